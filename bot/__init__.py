@@ -1,0 +1,1 @@
+"""labgate control plane: hears forges, decides, records, reports."""

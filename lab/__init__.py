@@ -1,0 +1,1 @@
+"""Devices and boots: QEMU through labgrid, console and KTAP parsing."""

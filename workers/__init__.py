@@ -1,0 +1,1 @@
+"""Executors: checkout, build and lab jobs; no forge tokens, no database."""
