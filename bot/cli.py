@@ -1,0 +1,131 @@
+"""The `labgate` command: config check, try, up, worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.config import Config, load_config, render_config_json_schema
+from workers.errors import ConfigError, LabgateError, UserError
+
+EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, default=_default_config_path(),
+                        help="labgate.yaml (default: $LABGATE_CONFIG, else built-in defaults)")  # fmt: skip
+
+
+def _default_config_path() -> Path | None:
+    value = os.environ.get("LABGATE_CONFIG")
+    return Path(value) if value else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labgate", description="Pre-merge CI for kernel-style trees.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="check or describe a configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="report every error with its key path")
+    check.add_argument("file", type=Path)
+    config_sub.add_parser("schema", help="print the JSON Schema of labgate.yaml")
+
+    try_ = sub.add_parser("try", help="test a change of a local or remote tree now")
+    try_.add_argument("repo", help="path or URL of the git repository")
+    source = try_.add_mutually_exclusive_group()
+    source.add_argument("--patch", action="append", type=Path, default=[], help="mbox/patch to apply (repeatable)")
+    source.add_argument("--ref", help="test this branch, tag or commit instead of patches")
+    try_.add_argument("--base", default="HEAD", help="base ref the patches apply on (default HEAD)")
+    try_.add_argument("--name", help="tree name (default: the repository's directory name)")
+    try_.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
+    _config_arg(try_)
+
+    up = sub.add_parser("up", help="run the web app, the control worker and the job workers")
+    _config_arg(up)
+
+    worker = sub.add_parser("worker", help="run one Celery worker")
+    worker.add_argument("--queues", "-Q", required=True, help="comma-separated queue names")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--name", default=None)
+    _config_arg(worker)
+
+    web = sub.add_parser("web", help="run only the web app")
+    _config_arg(web)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LABGATE_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        if args.command == "config":
+            return _config_command(args)
+        config = load_config(args.config)
+        if args.command == "try":
+            from bot.try_command import run_try
+
+            return run_try(config, args)
+        if args.command == "up":
+            from bot.up_command import run_up
+
+            return run_up(config, args.config)
+        if args.command == "worker":
+            return run_worker(args.queues.split(","), args.concurrency, args.name)
+        if args.command == "web":
+            from bot.up_command import run_web
+
+            return run_web(config, args.config)
+    except (ConfigError, UserError) as exc:
+        print(f"labgate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except LabgateError as exc:
+        print(f"labgate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_ERROR
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    if args.config_command == "schema":
+        sys.stdout.write(render_config_json_schema())
+        return EXIT_OK
+    try:
+        config: Config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{args.file}: ok ({len(config.trees)} trees, {len(config.device_classes)} device classes)")
+    return EXIT_OK
+
+
+def run_worker(queues: list[str], concurrency: int, name: str | None) -> int:
+    """One Celery worker; the broker and data dir come from the environment."""
+    from workers.app import CONTROL_QUEUE, configure_from_env
+
+    app = configure_from_env()
+    if not app.conf.broker_url:
+        raise ConfigError("LABGATE_BROKER_URL is not set; start workers through `labgate up` or set it")
+    if CONTROL_QUEUE in queues:
+        import bot.tasks  # noqa: F401  (registers the control tasks)
+    import workers.tasks  # noqa: F401
+
+    node = name or f"labgate-{'+'.join(queues)}-{os.getpid()}@%h"
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency), "--hostname", node,
+        "--loglevel", os.environ.get("LABGATE_WORKER_LOG_LEVEL", "INFO"),
+        "--without-gossip", "--without-mingle", "--pool", "prefork",
+    ])  # fmt: skip
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    time.sleep(0)
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""labgate.yaml: pydantic models, loading with key-path errors, JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from workers.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos far more often than forward compatibility: reject them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Caps(_Strict):
+    """Limits the lab enforces whatever a plan asks for."""
+
+    max_build_s: int = Field(1800, gt=0, description="wall-time cap of one build job")
+    max_job_s: int = Field(900, gt=0, description="wall-time cap of one test job (boot + suites)")
+    max_log_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest log kept per job")
+
+
+class QemuTarget(_Strict):
+    """How a QEMU device class boots."""
+
+    machine: str = "q35"
+    cpu: str = "qemu64"
+    memory: str = "512M"
+
+
+class DeviceClass(_Strict):
+    """A set of interchangeable targets, matched to tests by k=v tags."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    tags: dict[str, str]
+    lab: Literal["qemu"] = "qemu"
+    qemu: QemuTarget = QemuTarget()
+
+
+class Tree(_Strict):
+    """A repository labgate tests."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    url: str
+    branches: list[str] = ["main"]
+
+
+class Web(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(None, description="base URL of job pages in reports")
+
+
+class Config(_Strict):
+    """The whole labgate configuration."""
+
+    data_dir: Path = Field(Path(".labgate-data"), description="state, mirrors, artifacts")
+    database_url: str | None = Field(None, description="unset: SQLite in data_dir")
+    broker_url: str | None = Field(None, description="unset: a private redis-server in data_dir")
+    web: Web = Web()
+    caps: Caps = Caps()
+    trees: list[Tree] = []
+    device_classes: list[DeviceClass] = [
+        DeviceClass(name="qemu-x86_64", tags={"arch": "x86_64", "platform": "qemu"})
+    ]
+
+    @field_validator("device_classes")
+    @classmethod
+    def _unique_device_class_names(cls, value: list[DeviceClass]) -> list[DeviceClass]:
+        names = [dc.name for dc in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"device class names must be unique: {', '.join(duplicates)}")
+        return value
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def device_class(self, name: str) -> DeviceClass:
+        for dc in self.device_classes:
+            if dc.name == name:
+                return dc
+        raise ConfigError(f"no device class named {name!r}")
+
+
+def describe_validation_errors(error: ValidationError, source: str) -> list[str]:
+    """One line per problem: `source: key.path: reason`."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {path}: {item['msg']}")
+    return lines
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse YAML text into a Config; ConfigError lists every problem with its key path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_validation_errors(exc, source))) from exc
+
+
+def load_config(path: Path | None) -> Config:
+    """Load the config file; no file means every default (the embedded setup)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    config = parse_config(text, str(path))
+    if not config.data_dir.is_absolute():
+        # A relative data dir is relative to the config file, not to wherever labgate runs.
+        config = config.model_copy(update={"data_dir": (path.parent / config.data_dir)})
+    return config
+
+
+def config_json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "labgate configuration"
+    return schema
+
+
+def render_config_json_schema() -> str:
+    return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a database or broker URL before it reaches a log."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)

@@ -1,0 +1,193 @@
+"""In-tree plan (`.labgate/plan.yaml`) v1: parsing with file:line:key errors, job selection."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workers.errors import UserError
+
+NAME = r"^[a-z0-9][a-z0-9._-]*$"
+PLAN_PATH = ".labgate/plan.yaml"
+
+
+class PlanError(UserError):
+    """The plan is missing or invalid; the message names the file, line and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KernelRecipe(_Strict):
+    """A Linux kernel build: a config target, fragments merged in order, one make target."""
+
+    arch: str = Field("x86_64", pattern=r"^[a-z0-9_]+$")
+    config: str = Field("defconfig", pattern=r"^[a-z0-9_.]*config$")
+    fragments: tuple[str, ...] = ()
+    target: str = Field("bzImage", pattern=r"^[A-Za-z0-9_./-]+$")
+
+
+class Build(_Strict):
+    name: str = Field(pattern=NAME)
+    command: str | None = None
+    kernel: KernelRecipe | None = None
+    artifacts: tuple[str, ...] = Field(min_length=1)
+    timeout: int = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _one_recipe(self) -> Build:
+        if (self.command is None) == (self.kernel is None):
+            raise ValueError("give exactly one of `command` or `kernel`")
+        return self
+
+
+class Command(_Strict):
+    name: str = Field(pattern=NAME)
+    run: str = Field(min_length=1)
+
+
+class Test(_Strict):
+    __test__ = False
+    name: str = Field(pattern=NAME)
+    build: str
+    device: dict[str, str] = Field(min_length=1)
+    kernel: str = "debian"
+    commands: tuple[Command, ...] = Field(min_length=1)
+    timeout: int = Field(120, gt=0)
+    paths: tuple[str, ...] = ()
+
+
+class Plan(_Strict):
+    version: int = Field(ge=1, le=1)
+    builds: tuple[Build, ...] = Field(min_length=1)
+    tests: tuple[Test, ...] = ()
+
+
+
+def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
+    """Cross-references pydantic cannot see: unique names, tests naming real builds."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+
+    def unique(loc: tuple[Any, ...], names: list[str]) -> None:
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if name in seen:
+                problems.append(((*loc, index, "name"), f"name {name!r} is used twice"))
+            seen.add(name)
+
+    unique(("builds",), [b.name for b in plan.builds])
+    unique(("tests",), [t.name for t in plan.tests])
+    build_names = {b.name for b in plan.builds}
+    for index, test in enumerate(plan.tests):
+        if test.build not in build_names:
+            problems.append((("tests", index, "build"), f"no build named {test.build!r} in the plan"))
+        unique(("tests", index, "commands"), [c.name for c in test.commands])
+    return problems
+
+
+def _construct(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    """Turn a YAML node into Python, remembering the line of every key path."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            result[key] = _construct(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _line_for(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> int:
+    path = tuple(loc)
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
+    """Parse plan text; PlanError says `source:line: key.path: reason` for each problem."""
+    if text is None:
+        raise PlanError(f"{source}: no plan: the tree has no file at this path")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise PlanError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if node is None:
+        raise PlanError(f"{source}: the plan is empty")
+    lines: dict[tuple[Any, ...], int] = {}
+    raw = _construct(node, (), lines)
+    if not isinstance(raw, dict):
+        raise PlanError(f"{source}:1: (top level): expected a mapping")
+    problems: list[str] = []
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as exc:
+        for item in exc.errors():
+            # Validators of a whole model put their own loc; drop pydantic's union tags.
+            loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}:{_line_for(loc, lines)}: {key}: {message}")
+        raise PlanError("\n".join(problems)) from exc
+    for loc, message in _reference_problems(plan):
+        key = ".".join(str(p) for p in loc)
+        problems.append(f"{source}:{_line_for(loc, lines)}: {key}: {message}")
+    if problems:
+        raise PlanError("\n".join(problems))
+    return plan
+
+
+def render_build_script(build: Build) -> str:
+    """The shell script a build job runs at the worktree root."""
+    if build.command is not None:
+        return build.command
+    recipe = build.kernel
+    assert recipe is not None
+    make = f'make -s O="$LABGATE_BUILD" ARCH={shlex.quote(recipe.arch)}'
+    steps = [f"{make} {shlex.quote(recipe.config)}"]
+    if recipe.fragments:
+        fragments = " ".join(shlex.quote(f) for f in recipe.fragments)
+        steps.append(f'scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" "$LABGATE_BUILD/.config" {fragments}')
+        steps.append(f"{make} olddefconfig")
+    steps.append(f'{make} -j"$(nproc)" {shlex.quote(recipe.target)}')
+    return "\n".join(steps) + "\n"
+
+
+def select_tests(plan: Plan, changed_files: Sequence[str]) -> list[Test]:
+    """Tests to run for a change: those without `paths`, and those whose paths it touches."""
+    selected = []
+    for test in plan.tests:
+        if not test.paths or any(f.startswith(p) for p in test.paths for f in changed_files):
+            selected.append(test)
+    return selected
+
+
+def match_device_class(wanted: dict[str, str], classes: Sequence[tuple[str, dict[str, str]]]) -> str | None:
+    """The first device class carrying every wanted k=v tag."""
+    for name, tags in classes:
+        if all(tags.get(k) == v for k, v in wanted.items()):
+            return name
+    return None
+
+
+def plan_json_schema() -> dict[str, Any]:
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "labgate in-tree plan, version 1"
+    return schema
+
+
+def render_plan_json_schema() -> str:
+    return json.dumps(plan_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,253 @@
+"""Pipelines in the store: submit a revision, create and dispatch jobs, record results."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.core.plans import PlanError, parse_plan
+from bot.core.progress import Caps, draft_jobs, job_outcome, pipeline_result
+from bot.runtime import Runtime
+from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
+from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
+from workers.spec import TASK_NAMES, ArtifactRef, BuildSpec, CheckoutSpec, JobResult, JobSpec, PatchRef, QemuSpec, TestSpec
+
+log = logging.getLogger(__name__)
+START_PIPELINE_TASK = "bot.start_pipeline"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A revision to test, as any intake (CLI, forge hook, API) hands it over."""
+
+    tree_name: str
+    tree_url: str
+    source: str
+    external_id: str
+    base_ref: str
+    ref: str | None = None
+    patches: tuple[tuple[str, bytes], ...] = ()
+    title: str = ""
+    submitter: str = ""
+    plan_from: str = "head"
+
+
+def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
+    """Record the revision and a queued pipeline, then hand it to the control queue."""
+    patch_refs = [
+        {"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches
+    ]
+    with runtime.store.session() as session:
+        session.add(Delivery(source=submission.source, delivery_id=delivery_id or uuid.uuid4().hex,
+                             event="submission"))  # fmt: skip
+        tree = session.scalar(select(Tree).where(Tree.name == submission.tree_name))
+        if tree is None:
+            tree = Tree(name=submission.tree_name, url=submission.tree_url)
+            session.add(tree)
+        tree.url = submission.tree_url
+        change = session.scalar(select(Change).where(
+            Change.tree == tree, Change.source == submission.source,
+            Change.external_id == submission.external_id))  # fmt: skip
+        if change is None:
+            change = Change(tree=tree, source=submission.source, external_id=submission.external_id,
+                            title=submission.title, submitter=submission.submitter)  # fmt: skip
+            session.add(change)
+        revision = Revision(change=change, version=len(change.revisions) + 1, base_ref=submission.base_ref,
+                            ref=submission.ref, patches=patch_refs)  # fmt: skip
+        pipeline = Pipeline(revision=revision, state="queued")
+        session.add(pipeline)
+        session.flush()
+        checkout = CheckoutSpec(base_ref=submission.base_ref, ref=submission.ref,
+                                patches=tuple(PatchRef(**p) for p in patch_refs),
+                                plan_from=submission.plan_from)  # type: ignore[arg-type]  # fmt: skip
+        session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE,
+                        spec=checkout.model_dump(mode="json")))  # fmt: skip
+        pipeline_id = pipeline.id
+    app.send_task(START_PIPELINE_TASK, args=[pipeline_id], queue=CONTROL_QUEUE)
+    return pipeline_id
+
+
+class Outbox:
+    """Task messages held until the transaction that decided them has committed,
+    so a worker never reports on a job the store does not show as queued yet."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[object], str, str | None]] = []
+
+    def add(self, name: str, args: list[object], queue: str, task_id: str | None = None) -> None:
+        self.messages.append((name, args, queue, task_id))
+
+    def send(self) -> None:
+        for name, args, queue, task_id in self.messages:
+            app.send_task(name, args=args, queue=queue, task_id=task_id)
+        self.messages.clear()
+
+
+def _lock_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
+    # Row lock on PostgreSQL: two results of one pipeline are recorded one at a time.
+    return session.scalar(select(Pipeline).where(Pipeline.id == pipeline_id).with_for_update())
+
+
+def start_pipeline(runtime: Runtime, pipeline_id: int) -> None:
+    outbox = Outbox()
+    with runtime.store.session() as session:
+        pipeline = _lock_pipeline(session, pipeline_id)
+        if pipeline is None or pipeline.state != "queued":
+            return  # a redelivered message: already started
+        pipeline.state = "running"
+        for job in pipeline.jobs:
+            if job.state == "pending" and job.depends_on_id is None:
+                dispatch(runtime, session, job, outbox)
+    outbox.send()
+
+
+def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
+    """Mark a job queued and send it to its queue with everything it needs (never a secret)."""
+    tree = job.pipeline.revision.change.tree
+    fields: dict[str, object] = {}
+    if job.kind == "checkout":
+        fields["checkout"] = CheckoutSpec.model_validate(job.spec)
+    elif job.kind == "build":
+        fields["build"] = BuildSpec.model_validate(job.spec)
+    else:
+        assert job.depends_on_id is not None
+        build_job = session.get(Job, job.depends_on_id)
+        assert build_job is not None
+        dc = runtime.config.device_class(job.spec["device_class"])
+        fields["test"] = TestSpec(
+            name=job.spec["name"], device_class=dc.name, qemu=QemuSpec(**dc.qemu.model_dump()),
+            kernel=job.spec["kernel"], commands=job.spec["commands"], timeout_s=job.spec["timeout_s"],
+            artifacts={k: ArtifactRef(**v) for k, v in build_job.outputs.get("artifacts", {}).items()},
+        )  # fmt: skip
+    spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
+                   tree_url=tree.url, max_log_bytes=runtime.config.caps.max_log_bytes, **fields)  # type: ignore[arg-type]  # fmt: skip
+    job.state = "queued"
+    session.flush()
+    outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, f"job-{job.id}-{uuid.uuid4().hex[:8]}")
+
+
+def record_started(runtime: Runtime, job_id: int, delivery: int) -> None:
+    with runtime.store.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state == "done":
+            return
+        job.state = "running"
+        job.attempts = max(job.attempts, delivery)
+        job.started_at = job.started_at or utcnow()
+
+
+def record_result(runtime: Runtime, result: JobResult) -> None:
+    """Store a job's result and move its pipeline on. Idempotent: a repeat is ignored."""
+    outbox = Outbox()
+    with runtime.store.session() as session:
+        job = session.get(Job, result.job_id)
+        if job is None or _lock_pipeline(session, job.pipeline_id) is None:
+            return
+        session.refresh(job)
+        if job.state == "done":
+            return
+        job.state = "done"
+        job.result = result.result
+        job.error_code = result.error_code
+        job.error_message = result.error_message
+        job.log_digest = result.log_digest
+        job.command_s = result.command_s
+        job.outputs = dict(result.outputs)
+        job.attempts = max(job.attempts, result.delivery)
+        job.started_at = job.started_at or utcnow()
+        job.finished_at = utcnow()
+        for case in result.tests:
+            session.add(TestResult(job=job, path=case.path, status=case.status, directive=case.directive,
+                                   reason=case.reason, diagnostics=case.diagnostics))  # fmt: skip
+        pipeline = job.pipeline
+        if job.kind == "checkout":
+            _after_checkout(runtime, session, pipeline, job, outbox)
+        elif job.kind == "build":
+            _after_build(runtime, session, pipeline, job, outbox)
+        _finish_if_done(session, pipeline)
+    outbox.send()
+
+
+def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job: Job, outbox: Outbox) -> None:
+    if job.result != "pass":
+        return
+    revision = pipeline.revision
+    revision.base_sha = str(job.outputs["base_sha"])
+    revision.head_sha = str(job.outputs["head_sha"])
+    plan_path = job.spec.get("plan_path", ".labgate/plan.yaml")
+    plan_text = job.outputs.pop("plan_text", None)
+    job.outputs = dict(job.outputs)  # reassign so the JSON column is saved without the plan
+    try:
+        plan = parse_plan(plan_text if isinstance(plan_text, str) else None, plan_path)  # type: ignore[arg-type]
+    except PlanError as exc:
+        job.result = None
+        job.error_code = "user-error"
+        job.error_message = str(exc)
+        return
+    caps = runtime.config.caps
+    drafts = draft_jobs(
+        plan,
+        head_sha=revision.head_sha,
+        changed_files=list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
+        device_classes=[(dc.name, dc.tags) for dc in runtime.config.device_classes],
+        caps=Caps(max_build_s=caps.max_build_s, max_job_s=caps.max_job_s),
+    )
+    builds: dict[str, Job] = {}
+    for draft in drafts:
+        queue = BUILD_QUEUE if draft.kind == "build" else lab_queue(draft.device_class or "none")
+        new = Job(pipeline=pipeline, kind=draft.kind, name=draft.name, queue=queue,
+                  spec={**draft.spec, "device_class": draft.device_class},
+                  depends_on_id=builds[draft.needs].id if draft.needs else job.id)  # fmt: skip
+        if draft.skip_reason:
+            new.state, new.result, new.error_message = "done", "skip", draft.skip_reason
+        session.add(new)
+        session.flush()
+        if draft.kind == "build":
+            builds[draft.name] = new
+            dispatch(runtime, session, new, outbox)
+
+
+def _after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: Job, outbox: Outbox) -> None:
+    for job in pipeline.jobs:
+        if job.depends_on_id != build.id or job.state != "pending":
+            continue
+        if build.result == "pass":
+            dispatch(runtime, session, job, outbox)
+        else:
+            job.state, job.result = "done", "skip"
+            job.error_message = f"not run: build {build.name} did not pass"
+            job.finished_at = utcnow()
+
+
+def _finish_if_done(session: Session, pipeline: Pipeline) -> None:
+    session.flush()
+    if any(job.state != "done" for job in pipeline.jobs):
+        return
+    pipeline.state = "done"
+    pipeline.finished_at = utcnow()
+    outcomes = [job_outcome(j.result, j.error_code) for j in pipeline.jobs]
+    pipeline.result = pipeline_result(outcomes)
+    errors = [j for j in pipeline.jobs if job_outcome(j.result, j.error_code) == "error"]
+    if errors:
+        pipeline.error_code = errors[0].error_code
+        pipeline.error_message = errors[0].error_message
+
+
+def record_delivery(session: Session, source: str, delivery_id: str, event: str) -> bool:
+    """Store a delivery once; False when it was seen before (a redelivery)."""
+    try:
+        with session.begin_nested():
+            session.add(Delivery(source=source, delivery_id=delivery_id, event=event))
+    except IntegrityError:
+        return False
+    return True
+
+
+def pipelines_of(session: Session, ids: Sequence[int]) -> list[Pipeline]:
+    return list(session.scalars(select(Pipeline).where(Pipeline.id.in_(ids))))

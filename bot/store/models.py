@@ -1,0 +1,135 @@
+"""SQLAlchemy models: tree, change, revision, pipeline, job, test result, delivery."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import DateTime
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class Tree(Base):
+    __tablename__ = "tree"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    changes: Mapped[list[Change]] = relationship(back_populates="tree")
+
+
+class Change(Base):
+    """A PR, an MR, a Patchwork series, a pushed branch, or a `labgate try`."""
+
+    __tablename__ = "change"
+    __table_args__ = (UniqueConstraint("tree_id", "source", "external_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tree_id: Mapped[int] = mapped_column(ForeignKey("tree.id"))
+    source: Mapped[str] = mapped_column(String(40))  # "try", "github", ...
+    external_id: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(Text, default="")
+    submitter: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    tree: Mapped[Tree] = relationship(back_populates="changes")
+    revisions: Mapped[list[Revision]] = relationship(back_populates="change")
+
+
+class Revision(Base):
+    """One version of a change: patches on a base, or a ref."""
+
+    __tablename__ = "revision"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    change_id: Mapped[int] = mapped_column(ForeignKey("change.id"))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    base_ref: Mapped[str] = mapped_column(String(250))
+    ref: Mapped[str | None] = mapped_column(String(250))
+    patches: Mapped[list[Any]] = mapped_column(default=list)  # [{"name", "digest"}]
+    base_sha: Mapped[str | None] = mapped_column(String(64))
+    head_sha: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    change: Mapped[Change] = relationship(back_populates="revisions")
+    pipelines: Mapped[list[Pipeline]] = relationship(back_populates="revision")
+
+
+class Pipeline(Base):
+    """Everything run for one revision."""
+
+    __tablename__ = "pipeline"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revision.id"))
+    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued running done
+    result: Mapped[str | None] = mapped_column(String(20))  # pass fail skip incomplete error
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    revision: Mapped[Revision] = relationship(back_populates="pipelines")
+    jobs: Mapped[list[Job]] = relationship(back_populates="pipeline", order_by="Job.id")
+
+
+class Job(Base):
+    """One unit of work on one queue."""
+
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("pipeline_id", "kind", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # checkout build test
+    name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100))
+    depends_on_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    result: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    log_digest: Mapped[str | None] = mapped_column(String(64))
+    command_s: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    pipeline: Mapped[Pipeline] = relationship(back_populates="jobs")
+    tests: Mapped[list[TestResult]] = relationship(back_populates="job", order_by="TestResult.id")
+
+
+class TestResult(Base):
+    """One leaf test of a test job's KTAP output."""
+
+    __tablename__ = "test_result"
+    __test__ = False  # not a pytest class
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    path: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20))
+    directive: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    diagnostics: Mapped[str] = mapped_column(Text, default="")
+    job: Mapped[Job] = relationship(back_populates="tests")
+
+
+class Delivery(Base):
+    """A forge webhook delivery or a submission, stored before anything is enqueued."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("source", "delivery_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))
+    delivery_id: Mapped[str] = mapped_column(String(200))
+    event: Mapped[str] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(20), default="accepted")
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,89 @@
+"""Child processes labgate starts itself (redis, workers, web): start, watch, restart, stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Owns a set of children; `stop` ends each one's whole process group."""
+
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Child:
+        child = Child(name, list(argv), dict(env), log_path)
+        self._spawn(child)
+        self.children.append(child)
+        return child
+
+    def adopt(self, name: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.children.append(Child(name, list(map(str, process.args)), {}, log_path, process))  # type: ignore[arg-type]
+
+    def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with child.log_path.open("ab") as log_file:
+            child.process = subprocess.Popen(
+                child.argv, env={**os.environ, **child.env}, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
+    def restart_dead(self) -> list[str]:
+        """Restart children that exited; the names restarted."""
+        restarted = []
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None and child.env:
+                log.warning("%s exited with %s; restarting", child.name, child.process.returncode)
+                child.restarts += 1
+                self._spawn(child)
+                restarted.append(child.name)
+        return restarted
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """TERM every child group (Celery finishes or requeues its job), KILL what lingers."""
+        for child in reversed(self.children):
+            _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in reversed(self.children):
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(child.process, signal.SIGKILL)
+            child.process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def labgate_argv(*args: str) -> list[str]:
+    """Run a labgate subcommand with this same interpreter (works without the console script)."""
+    return [sys.executable, "-m", "bot.cli", *args]

@@ -1,0 +1,115 @@
+"""`labgate try`: submit a change through the control path, watch it, print the results."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bot.config import Config
+from bot.core.progress import exit_code_for
+from bot.core.render import outcome_word, render_counts, render_problems
+from bot.pipeline import Submission, submit
+from bot.runtime import Runtime
+from bot.services import open_services, start_missing_workers
+from bot.views import PipelineView, pipeline_view
+from workers.errors import UserError
+
+POLL_S = 0.2
+
+
+def read_submission(args: argparse.Namespace) -> Submission:
+    """Check the repository and patches the user named; UserError says which is wrong."""
+    repo = args.repo
+    if "://" not in repo:
+        path = Path(repo).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"{repo}: no such directory")
+        probe = subprocess.run(["git", "-C", str(path), "rev-parse", "--git-dir"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise UserError(f"{repo}: not a git repository ({probe.stderr.strip()})")
+        repo = str(path)
+    patches = []
+    for patch in args.patch:
+        try:
+            patches.append((patch.name, patch.read_bytes()))
+        except OSError as exc:
+            raise UserError(f"{patch}: cannot read patch: {exc.strerror}") from exc
+    name = args.name or Path(repo.rstrip("/")).name.removesuffix(".git")
+    return Submission(
+        tree_name=name, tree_url=repo, source="try", external_id=uuid.uuid4().hex,
+        base_ref=args.base, ref=args.ref, patches=tuple(patches),
+        title=", ".join(p.name for p in args.patch) or (args.ref or args.base), submitter="local",
+    )  # fmt: skip
+
+
+def progress_table(view: PipelineView) -> Table:
+    table = Table(title=f"pipeline {view.id} on {view.tree} ({view.base_ref})", expand=False)
+    for column in ("job", "state", "result", "time"):
+        table.add_column(column)
+    for job in view.jobs:
+        seconds = f"{job.duration_s:.1f}s" if job.duration_s is not None else ""
+        result = outcome_word(job) if job.state == "done" else ""
+        counts = render_counts(job.test_counts)
+        table.add_row(f"{job.kind} {job.name}", job.state, result + (f" [{counts}]" if counts else ""), seconds)
+    return table
+
+
+def watch(runtime: Runtime, pipeline_id: int, timeout_s: float, console: Console) -> PipelineView:
+    deadline = time.monotonic() + timeout_s
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=8) as live:
+            while True:
+                view = pipeline_view(runtime, pipeline_id, with_logs=False)
+                live.update(progress_table(view))
+                if view.state == "done" or time.monotonic() > deadline:
+                    break
+                time.sleep(POLL_S)
+    else:
+        seen: dict[int, str] = {}
+        while True:
+            view = pipeline_view(runtime, pipeline_id, with_logs=False)
+            for job in view.jobs:
+                word = outcome_word(job)
+                if seen.get(job.id) != word:
+                    seen[job.id] = word
+                    print(f"  {job.kind} {job.name}: {word}", flush=True)
+            if view.state == "done" or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+    return pipeline_view(runtime, pipeline_id)
+
+
+def run_try(config: Config, args: argparse.Namespace) -> int:
+    submission = read_submission(args)
+    console = Console()
+    services = open_services(config, args.config)
+    try:
+        started = start_missing_workers(services)
+        if started:
+            console.print(f"started private workers: {', '.join(started)}")
+        pipeline_id = submit(services.runtime, submission)
+        console.print(f"pipeline {pipeline_id}: {submission.tree_name} "
+                      f"{submission.title} on {submission.base_ref}")  # fmt: skip
+        view = watch(services.runtime, pipeline_id, args.timeout, console)
+    finally:
+        services.supervisor.stop()
+    if view.state != "done":
+        print(f"labgate: pipeline {pipeline_id} did not finish within {args.timeout:.0f} s", file=sys.stderr)
+        return 2
+    console.print(progress_table(view))
+    problems = render_problems(view.jobs)
+    if problems:
+        console.print(problems, markup=False, highlight=False)
+    base = f"{view.base_ref}@{view.base_sha[:12]}" if view.base_sha else view.base_ref
+    head = view.head_sha[:12] if view.head_sha else "-"
+    console.print(f"result: {view.result} (head {head} on {base}); job pages: "
+                  f"labgate up, then /jobs/<id>", markup=False)  # fmt: skip
+    return exit_code_for(view.result)

@@ -1,0 +1,74 @@
+"""Content-addressed artifact store: sha256 digests under the data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class ArtifactStore:
+    """Files named by the sha256 of their content; writes are atomic, duplicates free."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_of(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.root / digest[:2] / digest[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path_of(digest).exists()
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.has(digest):
+            self._commit(digest, lambda handle: handle.write(data))
+        return digest
+
+    def put_file(self, path: Path) -> str:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if not self.has(digest):
+            self._commit(digest, lambda out: _copy_into(path, out))
+        return digest
+
+    def get_bytes(self, digest: str) -> bytes:
+        return self.path_of(digest).read_bytes()
+
+    def materialize(self, digest: str, dest: Path, mode: int = 0o644) -> None:
+        """Place a copy at dest; a hard link when possible (stored files are read-only)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        source = self.path_of(digest)
+        if mode & 0o111:
+            shutil.copyfile(source, dest)  # a link would share the executable bit
+            dest.chmod(mode)
+            return
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copyfile(source, dest)
+
+    def _commit(self, digest: str, write: object) -> None:
+        final = self.path_of(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)  # type: ignore[operator]
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _copy_into(path: Path, handle: object) -> None:
+    with path.open("rb") as source:
+        shutil.copyfileobj(source, handle)  # type: ignore[misc]

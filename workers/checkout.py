@@ -1,0 +1,149 @@
+"""Mirror cache, per-job worktrees, applying patches with `git am`, reading the plan."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.errors import InfraError, UserError
+from workers.patchcheck import check_patch
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "labgate",
+    "GIT_AUTHOR_EMAIL": "labgate@localhost",
+    "GIT_COMMITTER_NAME": "labgate",
+    "GIT_COMMITTER_EMAIL": "labgate@localhost",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+@dataclass(frozen=True)
+class CheckoutOutcome:
+    base_sha: str
+    head_sha: str
+    plan_text: str | None  # None: the tree has no plan at that path
+    changed_files: tuple[str, ...]
+
+
+def git(args: Sequence[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run git; an unexpected failure is our infrastructure's, with git's own words."""
+    process = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_IDENTITY},
+    )
+    if check and process.returncode != 0:
+        raise InfraError(f"git {' '.join(args)} failed: {process.stderr.strip()}")
+    return process
+
+
+def mirror_path(data_dir: Path, tree_name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", tree_name)
+    return data_dir / "mirrors" / f"{safe}.git"
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialise git operations on one mirror across worker processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_mirror(mirror: Path, url: str) -> None:
+    """Clone the tree as a bare mirror, or fetch what is new."""
+    if not (mirror / "HEAD").exists():
+        shutil.rmtree(mirror, ignore_errors=True)
+        process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False)
+        if process.returncode != 0:
+            raise UserError(f"cannot clone {url}: {process.stderr.strip()}")
+        return
+    git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*",
+         "+refs/tags/*:refs/tags/*"], mirror)  # fmt: skip
+
+
+def resolve(mirror: Path, ref: str, what: str) -> str:
+    process = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], mirror, check=False)
+    if process.returncode != 0:
+        raise UserError(f"{what} {ref!r} is not a commit in the tree")
+    return process.stdout.strip()
+
+
+def add_worktree(mirror: Path, dest: Path, sha: str) -> None:
+    remove_worktree(mirror, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    git(["worktree", "add", "--detach", "--quiet", str(dest), sha], mirror)
+
+
+def remove_worktree(mirror: Path, dest: Path) -> None:
+    """Remove a worktree, also one a killed worker left half made."""
+    if dest.exists():
+        git(["worktree", "remove", "--force", str(dest)], mirror, check=False)
+        shutil.rmtree(dest, ignore_errors=True)
+    git(["worktree", "prune"], mirror, check=False)
+
+
+def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_label: str) -> None:
+    for name, data in patches:
+        check_patch(name, data)
+        process = subprocess.run(
+            ["git", "am", "--quiet", "--no-3way"],
+            cwd=worktree,
+            input=data,
+            capture_output=True,
+            env={**os.environ, **GIT_IDENTITY},
+        )
+        if process.returncode != 0:
+            message = (process.stderr or process.stdout).decode(errors="replace").strip()
+            git(["am", "--abort"], worktree, check=False)
+            raise UserError(f"{name} does not apply on {base_label}:\n{message}")
+
+
+def read_plan(mirror: Path, sha: str, plan_path: str) -> str | None:
+    process = git(["show", f"{sha}:{plan_path}"], mirror, check=False)
+    return process.stdout if process.returncode == 0 else None
+
+
+def prepare_checkout(
+    mirror: Path,
+    url: str,
+    *,
+    base_ref: str,
+    ref: str | None,
+    patches: Sequence[tuple[str, bytes]],
+    plan_path: str,
+    plan_from: str,
+    worktree: Path,
+    keep_ref: str,
+) -> CheckoutOutcome:
+    """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan."""
+    with locked(mirror):
+        update_mirror(mirror, url)
+        base_sha = resolve(mirror, base_ref, "base")
+        if ref is not None:
+            head_sha = resolve(mirror, ref, "ref")
+        else:
+            add_worktree(mirror, worktree, base_sha)
+            try:
+                apply_patches(worktree, patches, f"{base_ref}@{base_sha[:12]}")
+                head_sha = git(["rev-parse", "HEAD"], worktree).stdout.strip()
+            finally:
+                remove_worktree(mirror, worktree)
+        # Keeps the commit alive for the build jobs after the worktree is gone.
+        git(["update-ref", keep_ref, head_sha], mirror)
+        plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)
+        diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
+    return CheckoutOutcome(base_sha, head_sha, plan_text, tuple(diff.stdout.split()))

@@ -1,0 +1,147 @@
+"""Thin Celery tasks around checkout, build and test; results go back to the control queue."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from celery import Task
+
+from workers.app import CONTROL_QUEUE, app, broker_redis, data_dir_from_env
+from workers.artifacts import ArtifactStore
+from workers.build import run_build
+from workers.checkout import mirror_path, prepare_checkout
+from workers.errors import InfraError, UserError
+from workers.spec import TASK_NAMES, JobResult, JobSpec
+
+log = logging.getLogger(__name__)
+
+# After this many deliveries of one job (worker killed, InfraError retries) we
+# stop and say so, rather than loop on a change that kills its worker.
+MAX_DELIVERIES = 3
+RECORD_RESULT_TASK = "bot.record_result"
+JOB_STARTED_TASK = "bot.job_started"
+
+
+def count_delivery(job_id: int) -> int:
+    client = broker_redis(app.conf.broker_url)
+    key = f"labgate:deliveries:job:{job_id}"
+    count = int(client.incr(key))
+    client.expire(key, 7 * 24 * 3600)
+    return count
+
+
+def job_dir(spec: JobSpec) -> Path:
+    return data_dir_from_env() / "work" / f"job-{spec.job_id}"
+
+
+def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
+    assert spec.checkout is not None
+    data_dir = data_dir_from_env()
+    store = ArtifactStore(data_dir / "artifacts")
+    patches = [(p.name, store.get_bytes(p.digest)) for p in spec.checkout.patches]
+    outcome = prepare_checkout(
+        mirror_path(data_dir, spec.tree_name),
+        spec.tree_url,
+        base_ref=spec.checkout.base_ref,
+        ref=spec.checkout.ref,
+        patches=patches,
+        plan_path=spec.checkout.plan_path,
+        plan_from=spec.checkout.plan_from,
+        worktree=job_dir(spec) / "src",
+        keep_ref=f"refs/labgate/pipelines/{spec.pipeline_id}",
+    )
+    return JobResult(
+        job_id=spec.job_id,
+        delivery=delivery,
+        result="pass",
+        outputs={
+            "base_sha": outcome.base_sha,
+            "head_sha": outcome.head_sha,
+            "plan_text": outcome.plan_text,
+            "changed_files": list(outcome.changed_files),
+        },
+    )
+
+
+def execute_build(spec: JobSpec, delivery: int) -> JobResult:
+    assert spec.build is not None
+    data_dir = data_dir_from_env()
+    outcome = run_build(
+        spec.build,
+        mirror=mirror_path(data_dir, spec.tree_name),
+        job_dir=job_dir(spec),
+        store=ArtifactStore(data_dir / "artifacts"),
+        max_log_bytes=spec.max_log_bytes,
+    )
+    return JobResult(
+        job_id=spec.job_id,
+        delivery=delivery,
+        result=outcome.result,  # type: ignore[arg-type]
+        error_code=outcome.error_code,
+        error_message=outcome.message,
+        log_digest=outcome.log_digest,
+        command_s=outcome.command_s,
+        outputs={
+            "artifacts": {k: v.model_dump() for k, v in outcome.artifacts.items()},
+            "diagnostics": outcome.diagnostics,
+        },
+    )
+
+
+def execute_test(spec: JobSpec, delivery: int) -> JobResult:
+    from workers.testjob import run_test_job  # imports labgrid: only lab workers pay for it
+
+    return run_test_job(spec, delivery, data_dir_from_env())
+
+
+def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobResult]) -> None:
+    """Run one job and send its result, whatever happens, to the control queue."""
+    spec = JobSpec.model_validate_json(spec_json)
+    delivery = count_delivery(spec.job_id)
+    if delivery > MAX_DELIVERIES:
+        send_result(JobResult(
+            job_id=spec.job_id, delivery=delivery, result="incomplete", error_code="worker-lost",
+            error_message=f"the job's worker was lost or failed {MAX_DELIVERIES} times; not retried",
+        ))  # fmt: skip
+        return
+    app.send_task(JOB_STARTED_TASK, args=[spec.job_id, delivery], queue=CONTROL_QUEUE)
+    try:
+        result = execute(spec, delivery)
+    except UserError as exc:
+        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                           error_code="user-error", error_message=str(exc))  # fmt: skip
+    except InfraError as exc:
+        if delivery < MAX_DELIVERIES:
+            log.warning("job %s: infrastructure error, retrying: %s", spec.job_id, exc)
+            raise task.retry(exc=exc, countdown=2**delivery) from exc
+        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                           error_code="infra-error", error_message=str(exc))  # fmt: skip
+    except Exception as exc:  # a bug of ours: report it, never leave the job hanging
+        log.exception("job %s crashed", spec.job_id)
+        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                           error_code="infra-error",
+                           error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")  # fmt: skip
+    send_result(result)
+
+
+def send_result(result: JobResult) -> None:
+    app.send_task(RECORD_RESULT_TASK, args=[result.model_dump_json()], queue=CONTROL_QUEUE)
+
+
+@app.task(name=TASK_NAMES["checkout"], bind=True, max_retries=MAX_DELIVERIES)
+def run_checkout(self: Task, spec_json: str) -> None:
+    run_job(self, spec_json, execute_checkout)
+
+
+@app.task(name=TASK_NAMES["build"], bind=True, max_retries=MAX_DELIVERIES)
+def run_build_task(self: Task, spec_json: str) -> None:
+    run_job(self, spec_json, execute_build)
+
+
+@app.task(name=TASK_NAMES["test"], bind=True, max_retries=MAX_DELIVERIES)
+def run_test(self: Task, spec_json: str) -> None:
+    run_job(self, spec_json, execute_test)
+
