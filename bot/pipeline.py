@@ -202,7 +202,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     for draft in drafts:
         queue = BUILD_QUEUE if draft.kind == "build" else lab_queue(draft.device_class or "none")
         new = Job(pipeline=pipeline, kind=draft.kind, name=draft.name, queue=queue,
-                  spec={**draft.spec, "device_class": draft.device_class},
+                  spec=draft.spec if draft.kind == "build" else {**draft.spec, "device_class": draft.device_class},
                   depends_on_id=builds[draft.needs].id if draft.needs else job.id)  # fmt: skip
         if draft.skip_reason:
             new.state, new.result, new.error_message = "done", "skip", draft.skip_reason
@@ -237,6 +237,27 @@ def _finish_if_done(session: Session, pipeline: Pipeline) -> None:
     if errors:
         pipeline.error_code = errors[0].error_code
         pipeline.error_message = errors[0].error_message
+
+
+def fail_pipeline(runtime: Runtime, pipeline_id: int, message: str) -> None:
+    """A bug of ours stopped the control path: end the pipeline as an error, never leave it hanging."""
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None or pipeline.state == "done":
+            return
+        for job in pipeline.jobs:
+            if job.state != "done":
+                job.state, job.error_code, job.error_message = "done", "infra-error", "not run: " + message
+                job.finished_at = utcnow()
+        pipeline.state, pipeline.result = "done", "error"
+        pipeline.error_code, pipeline.error_message = "infra-error", message
+        pipeline.finished_at = utcnow()
+
+
+def pipeline_of_job(runtime: Runtime, job_id: int) -> int | None:
+    with runtime.store.session() as session:
+        job = session.get(Job, job_id)
+        return job.pipeline_id if job else None
 
 
 def record_delivery(session: Session, source: str, delivery_id: str, event: str) -> bool:

@@ -1,0 +1,53 @@
+"""`labgate up` and `labgate web`: the whole service on one machine, supervised."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+from bot.config import Config
+from bot.runtime import open_runtime
+from bot.services import open_services, worker_groups
+from bot.supervise import labgate_argv
+
+SUPERVISE_INTERVAL_S = 1.0
+
+
+def run_web(config: Config, config_path: Path | None) -> int:
+    import uvicorn
+
+    from bot.web.app import create_app
+
+    runtime = open_runtime(config)
+    uvicorn.run(create_app(runtime), host=config.web.host, port=config.web.port, log_level="warning")
+    return 0
+
+
+def run_up(config: Config, config_path: Path | None) -> int:
+    services = open_services(config, config_path)
+    for group in worker_groups(config):
+        services.start_worker(group)
+    services.supervisor.start(
+        "web", labgate_argv("web"), services.runtime.env(services.broker_url, config_path),
+        services.logs_dir / "web.log",
+    )  # fmt: skip
+    print(f"labgate up: web on http://{config.web.host}:{config.web.port}, data in "
+          f"{services.runtime.data_dir}, logs in {services.logs_dir}", flush=True)  # fmt: skip
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping:
+            for name in services.supervisor.restart_dead():
+                print(f"labgate up: restarted {name}", flush=True)
+            time.sleep(SUPERVISE_INTERVAL_S)
+    finally:
+        services.supervisor.stop()
+    return 0

@@ -1,0 +1,108 @@
+"""In-tree plan parsing: errors name file, line and key; recipes; selection; schema in sync."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.core.plans import PlanError, parse_plan, plan_json_schema, render_build_script, select_tests
+from bot.core.progress import Caps, draft_jobs, exit_code_for, pipeline_result
+
+REPO = Path(__file__).resolve().parents[3]
+GOOD = """\
+version: 1
+builds:
+  - name: x86_64
+    command: make O="$LABGATE_BUILD"
+    artifacts: [tests/*]
+    timeout: 5000
+tests:
+  - name: unit
+    build: x86_64
+    device: {arch: x86_64, platform: qemu}
+    commands:
+      - {name: math, run: ./tests/test_math}
+  - name: drivers
+    build: x86_64
+    device: {arch: arm64}
+    commands: [{name: d, run: "true"}]
+    paths: [drivers/]
+"""
+
+
+def test_example_plans_parse() -> None:
+    for path in (REPO / "examples" / "hello" / ".labgate" / "plan.yaml", REPO / "examples" / "linux" / "plan.yaml"):
+        plan = parse_plan(path.read_text(), str(path))
+        assert plan.builds and plan.tests
+
+
+def test_errors_name_file_line_and_key() -> None:
+    text = GOOD.replace("build: x86_64\n    device: {arch: arm64}", "build: arm\n    device: {arch: arm64}")
+    text = text.replace("    timeout: 5000\n", "    timeout: -1\n    colour: red\n")
+    with pytest.raises(PlanError) as info:
+        parse_plan(text, "hello/.labgate/plan.yaml")
+    lines = str(info.value).splitlines()
+    assert "hello/.labgate/plan.yaml:6: builds.0.timeout: Input should be greater than 0" in lines
+    assert "hello/.labgate/plan.yaml:7: builds.0.colour: Extra inputs are not permitted" in lines
+
+
+def test_reference_errors_point_at_the_key() -> None:
+    text = GOOD.replace("build: x86_64\n    device: {arch: arm64}", "build: arm\n    device: {arch: arm64}")
+    with pytest.raises(PlanError, match=r"^plan.yaml:14: tests.1.build: no build named 'arm' in the plan$"):
+        parse_plan(text, "plan.yaml")
+
+
+def test_missing_empty_and_broken_plans() -> None:
+    with pytest.raises(PlanError, match=r"\.labgate/plan\.yaml: no plan"):
+        parse_plan(None)
+    with pytest.raises(PlanError, match="empty"):
+        parse_plan("")
+    with pytest.raises(PlanError, match=r"p.yaml:4: not valid YAML"):
+        parse_plan("version: 1\nbuilds:\n  - name: [\n", "p.yaml")
+    with pytest.raises(PlanError, match=r"p.yaml:1: version: Input should be less than or equal to 1"):
+        parse_plan(GOOD.replace("version: 1", "version: 2"), "p.yaml")
+
+
+def test_build_needs_exactly_one_recipe() -> None:
+    text = GOOD.replace('    command: make O="$LABGATE_BUILD"\n', "")
+    with pytest.raises(PlanError, match=r"builds.0: give exactly one of `command` or `kernel`"):
+        parse_plan(text)
+
+
+def test_kernel_recipe_renders_config_merge_and_build() -> None:
+    text = (REPO / "examples" / "linux" / "plan.yaml").read_text()
+    build = parse_plan(text).builds[0]
+    script = render_build_script(build)
+    assert "tinyconfig" in script and "merge_config.sh" in script and "bzImage" in script
+    assert script.index("tinyconfig") < script.index("merge_config.sh") < script.index("bzImage")
+
+
+def test_tests_selected_by_changed_paths() -> None:
+    plan = parse_plan(GOOD)
+    assert [t.name for t in select_tests(plan, ["lib/x.c"])] == ["unit"]
+    assert [t.name for t in select_tests(plan, ["drivers/net/a.c"])] == ["unit", "drivers"]
+
+
+def test_drafts_cap_timeouts_and_match_devices() -> None:
+    plan = parse_plan(GOOD)
+    drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"],
+                        device_classes=[("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"})],
+                        caps=Caps(max_build_s=1800, max_job_s=60))  # fmt: skip
+    build, unit, drivers = drafts
+    assert build.spec["timeout_s"] == 1800  # the lab's cap beats the plan's 5000
+    assert unit.device_class == "qemu-x86_64" and unit.spec["timeout_s"] == 60
+    assert drivers.device_class is None and drivers.skip_reason == "no device class carries arch=arm64"
+
+
+def test_pipeline_result_is_the_worst_outcome() -> None:
+    assert pipeline_result(["pass", "skip", "pass"]) == "pass"
+    assert pipeline_result(["pass", "fail", "incomplete"]) == "fail"
+    assert pipeline_result(["fail", "error"]) == "error"
+    assert [exit_code_for(r) for r in ("pass", "skip", "fail", "incomplete", "error", None)] == [0, 0, 1, 2, 2, 2]
+
+
+def test_schema_file_is_in_sync() -> None:
+    on_disk = json.loads((REPO / "tests-intree" / "plan.schema.json").read_text())
+    assert on_disk == plan_json_schema()

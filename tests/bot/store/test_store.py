@@ -1,0 +1,53 @@
+"""The store on SQLite and on PostgreSQL: migrations build what the models describe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from bot.pipeline import record_delivery
+from bot.store.db import Store, database_url_for, migrate
+from bot.store.models import Base, Change, Job, Pipeline, Revision, TestResult, Tree
+
+
+def _exercise(url: str) -> None:
+    migrate(url)
+    migrate(url)  # a second run is a no-op
+    store = Store(url)
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+    assert {"tree", "change", "revision", "pipeline", "job", "test_result", "delivery"} <= set(
+        inspect(store.engine).get_table_names()
+    )
+    with store.session() as session:
+        tree = Tree(name="netdev/net-next", url="https://example.org/net-next.git")
+        change = Change(tree=tree, source="try", external_id="1", title="t")
+        pipeline = Pipeline(revision=Revision(change=change, base_ref="main", patches=[{"name": "p", "digest": "0" * 64}]))
+        job = Job(pipeline=pipeline, kind="build", name="x86_64", queue="build", spec={"script": "make"})
+        session.add_all([tree, job, TestResult(job=job, path="math.add", status="pass")])
+        assert record_delivery(session, "github", "d-1", "pull_request") is True
+        assert record_delivery(session, "github", "d-1", "pull_request") is False  # redelivery
+    with store.session() as session:
+        loaded = session.scalars(select(Job)).one()
+        assert loaded.spec == {"script": "make"}
+        assert loaded.pipeline.revision.patches[0]["name"] == "p"
+        assert [t.path for t in loaded.tests] == ["math.add"]
+    store.engine.dispose()
+
+
+def test_sqlite_store_is_the_embedded_default(tmp_path: Path) -> None:
+    url = database_url_for(None, tmp_path)
+    assert url == f"sqlite:///{tmp_path}/labgate.sqlite3"
+    _exercise(url)
+
+
+def test_postgresql_store(postgres_url: str) -> None:
+    _exercise(postgres_url)
+
+
+def test_configured_url_wins(tmp_path: Path) -> None:
+    assert database_url_for("postgresql+psycopg://x@h/db", tmp_path) == "postgresql+psycopg://x@h/db"

@@ -1,0 +1,68 @@
+"""labgate.yaml loading, key-path errors, schema kept in sync, `labgate config check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.config import Config, config_json_schema, load_config, parse_config
+from workers.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_loads() -> None:
+    config = load_config(REPO / "config" / "labgate.example.yaml")
+    assert config.database_url and config.database_url.startswith("postgresql")
+    assert [dc.name for dc in config.device_classes] == ["qemu-x86_64"]
+    assert config.caps.max_build_s == 1800
+
+
+def test_no_file_means_embedded_defaults() -> None:
+    config = load_config(None)
+    assert config.database_url is None and config.broker_url is None
+    assert config.device_classes[0].tags == {"arch": "x86_64", "platform": "qemu"}
+
+
+def test_every_error_is_reported_with_its_key_path() -> None:
+    text = "caps: {max_build_s: -1}\ntrees:\n  - name: hello\ndevice_classes:\n  - {name: Q, tags: {}}\nextra: 1\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.yaml")
+    lines = str(info.value).splitlines()
+    assert "site.yaml: caps.max_build_s: Input should be greater than 0" in lines
+    assert "site.yaml: trees.0.url: Field required" in lines
+    assert any(line.startswith("site.yaml: device_classes.0.name: String should match") for line in lines)
+    assert "site.yaml: extra: Extra inputs are not permitted" in lines
+
+
+def test_invalid_yaml_and_wrong_top_level() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config("caps: [", "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml: \(top level\): expected a mapping"):
+        parse_config("- 1\n", "x.yaml")
+
+
+def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "labgate.yaml"
+    path.write_text("data_dir: state\n")
+    assert load_config(path).resolved_data_dir() == (tmp_path / "state").resolve()
+
+
+def test_schema_file_is_in_sync_with_the_models() -> None:
+    on_disk = json.loads((REPO / "config" / "labgate.schema.json").read_text())
+    assert on_disk == config_json_schema(), "regenerate: labgate config schema > config/labgate.schema.json"
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(REPO / "config" / "labgate.example.yaml")]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("web: {port: 70000}\n")
+    assert main(["config", "check", str(bad)]) == 2
+    assert f"{bad}: web.port: Input should be less than or equal to 65535" in capsys.readouterr().err
+
+
+def test_defaults_roundtrip_through_the_model() -> None:
+    assert Config.model_validate(Config().model_dump()) == Config()

@@ -1,0 +1,62 @@
+"""Shared fixtures: real PostgreSQL and Redis on this machine, fresh per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO_ROOT / "examples"
+POSTGRES_ADMIN_URL = os.environ.get("LABGATE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("LABGATE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards."""
+    name = f"labgate_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # pragma: no cover - environment problem, said plainly
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable: {exc}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_db_url() -> Iterator[str]:
+    """A Redis database number of its own on the shared server, emptied before and after."""
+    number = 1 + (os.getpid() % 14)
+    url = f"{REDIS_URL}/{number}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+def make_git_repo(source: Path, dest: Path) -> Path:
+    """Copy a plain directory into a new git repository with one commit."""
+    subprocess.run(["cp", "-a", f"{source}/.", str(dest)], check=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Example Dev", "GIT_AUTHOR_EMAIL": "dev@example.org",
+           "GIT_COMMITTER_NAME": "Example Dev", "GIT_COMMITTER_EMAIL": "dev@example.org",
+           "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}  # fmt: skip
+    for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "import"]):
+        subprocess.run(argv, cwd=dest, check=True, env=env)
+    return dest
+
+
+@pytest.fixture
+def hello_repo(tmp_path: Path) -> Path:
+    """examples/hello as a git repository, as the demo makes it."""
+    return make_git_repo(EXAMPLES / "hello", tmp_path / "hello")
