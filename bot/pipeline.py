@@ -16,7 +16,17 @@ from bot.core.progress import Caps, draft_jobs, job_outcome, pipeline_result
 from bot.runtime import Runtime
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
-from workers.spec import TASK_NAMES, ArtifactRef, BuildSpec, CheckoutSpec, JobResult, JobSpec, PatchRef, QemuSpec, TestSpec
+from workers.spec import (
+    TASK_NAMES,
+    ArtifactRef,
+    BuildSpec,
+    CheckoutSpec,
+    JobResult,
+    JobSpec,
+    PatchRef,
+    QemuSpec,
+    TestSpec,
+)
 
 log = logging.getLogger(__name__)
 START_PIPELINE_TASK = "bot.start_pipeline"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -67,10 +68,8 @@ class Supervisor:
         for child in reversed(self.children):
             if child.process is None:
                 continue
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(child.process, signal.SIGKILL)
             child.process.wait()
 
@@ -78,10 +77,8 @@ class Supervisor:
 def _signal_group(process: subprocess.Popen[bytes] | None, sig: int) -> None:
     if process is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def labgate_argv(*args: str) -> list[str]:

@@ -6,7 +6,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class ArtifactStore:
@@ -55,13 +57,13 @@ class ArtifactStore:
         except OSError:
             shutil.copyfile(source, dest)
 
-    def _commit(self, digest: str, write: object) -> None:
+    def _commit(self, digest: str, write: Callable[[BinaryIO], object]) -> None:
         final = self.path_of(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
-                write(handle)  # type: ignore[operator]
+                write(handle)
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
         except BaseException:
@@ -69,6 +71,6 @@ class ArtifactStore:
             raise
 
 
-def _copy_into(path: Path, handle: object) -> None:
+def _copy_into(path: Path, handle: BinaryIO) -> None:
     with path.open("rb") as source:
-        shutil.copyfileobj(source, handle)  # type: ignore[misc]
+        shutil.copyfileobj(source, handle)

@@ -13,7 +13,9 @@ from workers.sandbox import run_sandboxed
 from workers.spec import ArtifactRef, BuildSpec
 
 # gcc/clang diagnostics: "path:line:col: warning: text" (also error).
-_DIAGNOSTIC = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<level>warning|error): (?P<text>.*)$")
+_DIAGNOSTIC = re.compile(
+    r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<level>warning|error): (?P<text>.*)$"
+)
 MAX_DIAGNOSTICS = 200
 
 
@@ -44,7 +46,9 @@ def parse_diagnostics(log: str, source_root: str) -> list[dict[str, object]]:
     return found
 
 
-def collect_artifacts(build_dir: Path, patterns: tuple[str, ...], store: ArtifactStore) -> tuple[dict[str, ArtifactRef], list[str]]:
+def collect_artifacts(
+    build_dir: Path, patterns: tuple[str, ...], store: ArtifactStore
+) -> tuple[dict[str, ArtifactRef], list[str]]:
     """Store every file matching the plan's patterns; list the patterns that matched nothing."""
     artifacts: dict[str, ArtifactRef] = {}
     missing: list[str] = []
@@ -58,7 +62,9 @@ def collect_artifacts(build_dir: Path, patterns: tuple[str, ...], store: Artifac
     return artifacts, missing
 
 
-def run_build(spec: BuildSpec, *, mirror: Path, job_dir: Path, store: ArtifactStore, max_log_bytes: int) -> BuildOutcome:
+def run_build(
+    spec: BuildSpec, *, mirror: Path, job_dir: Path, store: ArtifactStore, max_log_bytes: int
+) -> BuildOutcome:
     source = job_dir / "src"
     build_dir = job_dir / "build"
     shutil.rmtree(build_dir, ignore_errors=True)  # a redelivered job starts clean

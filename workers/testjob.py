@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from lab.ktap import KtapDocument, flatten_results, parse_ktap
 from lab.runner import BootOutcome, BootRequest, run_boot
 from workers.artifacts import ArtifactStore
 from workers.errors import InfraError, UserError
-from workers.spec import JobResult, JobSpec, TestCase
+from workers.spec import ArtifactRef, JobResult, JobSpec, TestCase
 
 ARTIFACTS_ON_TARGET = "/labgate/artifacts"
 
@@ -54,7 +55,7 @@ def run_test_job(spec: JobSpec, delivery: int, data_dir: Path) -> JobResult:
             local = work / "artifacts" / relative
             store.materialize(ref.digest, local, ref.mode)
             files[f"{ARTIFACTS_ON_TARGET}/{relative}"] = local
-        kernel = _kernel(test.kernel, test.artifacts, store, work, data_dir)
+        kernel = _kernel(test.kernel, test.artifacts, store, work)
         initramfs = build_initramfs(work / "initramfs.cpio.gz", files,
                                     commands=[Command(c.name, c.run) for c in test.commands])  # fmt: skip
         outcome = run_boot(BootRequest(
@@ -77,9 +78,11 @@ def run_test_job(spec: JobSpec, delivery: int, data_dir: Path) -> JobResult:
     )  # fmt: skip
 
 
-def _kernel(name: str, artifacts: dict, store: ArtifactStore, work: Path, data_dir: Path) -> Path:  # type: ignore[type-arg]
+def _kernel(name: str, artifacts: dict[str, ArtifactRef], store: ArtifactStore, work: Path) -> Path:
     if name == "debian":
-        return fetch_debian_kernel(data_dir / "cache" / "kernel")
+        # Shared by every data dir on the machine: the package is 70 MB and changes rarely.
+        cache = Path(os.environ.get("LABGATE_CACHE_DIR", "~/.cache/labgate")).expanduser()
+        return fetch_debian_kernel(cache / "kernel")
     ref = artifacts.get(name)
     if ref is None:
         raise UserError(f"test kernel {name!r} is not an artifact of its build "

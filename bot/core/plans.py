@@ -108,7 +108,7 @@ def _construct(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ..
 
 
 def _line_for(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> int:
-    path = tuple(loc)
+    path: tuple[Any, ...] = tuple(loc)
     while path and path not in lines:
         path = path[:-1]
     return lines.get(path, 1)
@@ -141,9 +141,9 @@ def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{source}:{_line_for(loc, lines)}: {key}: {message}")
         raise PlanError("\n".join(problems)) from exc
-    for loc, message in _reference_problems(plan):
-        key = ".".join(str(p) for p in loc)
-        problems.append(f"{source}:{_line_for(loc, lines)}: {key}: {message}")
+    for where, reason in _reference_problems(plan):
+        key = ".".join(str(p) for p in where)
+        problems.append(f"{source}:{_line_for(where, lines)}: {key}: {reason}")
     if problems:
         raise PlanError("\n".join(problems))
     return plan

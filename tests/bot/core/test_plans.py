@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.plans import PlanError, parse_plan, plan_json_schema, render_build_script, select_tests
+from bot.core.plans import (
+    PlanError,
+    parse_plan,
+    plan_json_schema,
+    render_build_script,
+    select_tests,
+)
 from bot.core.progress import Caps, draft_jobs, exit_code_for, pipeline_result
 
 REPO = Path(__file__).resolve().parents[3]

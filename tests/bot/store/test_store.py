@@ -26,7 +26,8 @@ def _exercise(url: str) -> None:
     with store.session() as session:
         tree = Tree(name="netdev/net-next", url="https://example.org/net-next.git")
         change = Change(tree=tree, source="try", external_id="1", title="t")
-        pipeline = Pipeline(revision=Revision(change=change, base_ref="main", patches=[{"name": "p", "digest": "0" * 64}]))
+        revision = Revision(change=change, base_ref="main", patches=[{"name": "p", "digest": "0" * 64}])
+        pipeline = Pipeline(revision=revision)
         job = Job(pipeline=pipeline, kind="build", name="x86_64", queue="build", spec={"script": "make"})
         session.add_all([tree, job, TestResult(job=job, path="math.add", status="pass")])
         assert record_delivery(session, "github", "d-1", "pull_request") is True

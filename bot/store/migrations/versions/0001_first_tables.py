@@ -1,13 +1,12 @@
 """first tables
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 09:36:03.208684
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install what labgate needs on a Debian machine (run as root): system packages,
+# a virtualenv with labgate, and the services the tests talk to.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-system-x86 busybox-static bubblewrap git cpio xz-utils gzip util-linux
+  redis-server build-essential bc bison flex libelf-dev libssl-dev kmod linux-source-6.1 python3-venv)
+
+# PostgreSQL for the tests, unless a server already answers (as on this project's CI machines).
+pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || APT_PACKAGES+=(postgresql)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+
+# Services for the tests (production uses its own): Redis and PostgreSQL on 127.0.0.1.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "setup: starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  hba=/etc/postgresql/$version/main/pg_hba.conf
+  # Test machines only: trust local TCP connections, as this project's CI machines do.
+  grep -q "labgate-tests" "$hba" || sed -i '1i host all all 127.0.0.1/32 trust # labgate-tests' "$hba"
+  echo "setup: starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+fi
+echo "setup: done"
