@@ -141,9 +141,9 @@ def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{source}:{_line_for(loc, lines)}: {key}: {message}")
         raise PlanError("\n".join(problems)) from exc
-    for where, reason in _reference_problems(plan):
-        key = ".".join(str(p) for p in where)
-        problems.append(f"{source}:{_line_for(where, lines)}: {key}: {reason}")
+    for ref_loc, reason in _reference_problems(plan):
+        key = ".".join(str(p) for p in ref_loc)
+        problems.append(f"{source}:{_line_for(ref_loc, lines)}: {key}: {reason}")
     if problems:
         raise PlanError("\n".join(problems))
     return plan
