@@ -1,0 +1,208 @@
+"""End to end: real workers on a real Redis, real git, bwrap and QEMU through labgrid.
+
+One set of workers serves the whole module (as `labgate up` would); each test
+submits through the same control path the CLI and the forges use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from bot.config import Config
+from bot.pipeline import Submission, submit
+from bot.services import Services, open_services, served_queues, worker_groups
+from bot.store.models import Job, Pipeline
+from bot.views import PipelineView, pipeline_view
+from bot.web.app import create_app
+from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
+
+PATCHES = EXAMPLES / "hello" / "patches"
+
+
+@dataclass
+class Lab:
+    services: Services
+    config_path: Path
+    hello: Path
+
+    def submit(self, repo: Path, *, patches: tuple[Path, ...] = (), ref: str | None = None,
+               base: str = "main") -> int:  # fmt: skip
+        submission = Submission(
+            tree_name=repo.name, tree_url=str(repo), source="test", external_id=f"{time.monotonic_ns()}",
+            base_ref=base, ref=ref, patches=tuple((p.name, p.read_bytes()) for p in patches),
+        )  # fmt: skip
+        return submit(self.services.runtime, submission)
+
+    def wait(self, pipeline_id: int, timeout_s: float = 180) -> PipelineView:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            view = pipeline_view(self.services.runtime, pipeline_id)
+            if view.state == "done":
+                return view
+            time.sleep(0.1)
+        raise AssertionError(f"pipeline {pipeline_id} still {view.state} after {timeout_s} s: {view.jobs}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("lab")
+    config_path = root / "labgate.yaml"
+    config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n")
+    services = open_services(Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120}),
+                             config_path)  # fmt: skip
+    groups = worker_groups(services.runtime.config)
+    for group in groups:
+        services.start_worker(group)
+    deadline = time.monotonic() + 60
+    while not {q for g in groups for q in g} <= served_queues(0.5):
+        assert time.monotonic() < deadline, "workers did not come up"
+    hello = make_git_repo(EXAMPLES / "hello", root / "hello")
+    yield Lab(services, config_path, hello)
+    services.supervisor.stop()
+
+
+def test_pass_patch_passes(lab: Lab) -> None:
+    view = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "pass.patch",)))
+    assert view.result == "pass", view.jobs
+    assert [(j.kind, j.result) for j in view.jobs] == [("checkout", "pass"), ("build", "pass"), ("test", "pass")]
+    test_job = view.jobs[2]
+    assert test_job.test_counts.get("pass", 0) >= 3 and test_job.test_counts.get("skip", 0) >= 1
+    assert view.head_sha and view.base_sha and view.head_sha != view.base_sha
+
+
+def test_fail_patch_names_the_test_and_its_output(lab: Lab) -> None:
+    view = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "fail.patch",)))
+    assert view.result == "fail"
+    failed = [t for j in view.jobs for t in j.failed_tests]
+    assert [t.path for t in failed] == ["math.mul"]
+    assert "expected 42" in failed[0].diagnostics
+
+
+def test_conflict_patch_is_a_user_error_with_gits_message(lab: Lab) -> None:
+    view = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "conflict.patch",)))
+    assert view.result == "error"
+    checkout = view.jobs[0]
+    assert checkout.error_code == "user-error" and len(view.jobs) == 1
+    assert "conflict.patch does not apply on main@" in (checkout.error_message or "")
+    assert "patch does not apply" in (checkout.error_message or "")
+
+
+def _commit_plan(repo: Path, text: str | None) -> None:
+    plan = repo / ".labgate" / "plan.yaml"
+    if text is None:
+        plan.unlink()
+    else:
+        plan.write_text(text)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "plan"], cwd=repo, check=True)
+
+
+def test_missing_and_invalid_plans_name_file_and_key(lab: Lab, tmp_path: Path) -> None:
+    repo = make_git_repo(EXAMPLES / "hello", tmp_path / "planless")
+    _commit_plan(repo, None)
+    view = lab.wait(lab.submit(repo, ref="main"))
+    assert view.result == "error"
+    assert view.jobs[0].error_message == ".labgate/plan.yaml: no plan: the tree has no file at this path"
+    plan = (EXAMPLES / "hello" / ".labgate" / "plan.yaml").read_text().replace("timeout: 120", "timeout: soon", 1)
+    (repo / ".labgate").mkdir(exist_ok=True)
+    (repo / ".labgate" / "plan.yaml").write_text(plan)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    _commit_plan(repo, plan)
+    view = lab.wait(lab.submit(repo, ref="main"))
+    message = view.jobs[0].error_message or ""
+    assert message.startswith(".labgate/plan.yaml:") and ".timeout: Input should be a valid integer" in message
+
+
+def test_cli_try_exit_codes(lab: Lab) -> None:
+    """The README's demo: the CLI uses the running workers (it starts none) and sets its exit code."""
+    def run(patch: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bot.cli", "try", str(lab.hello), "--base", "main",
+             "--patch", str(PATCHES / patch), "--config", str(lab.config_path)],
+            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        )  # fmt: skip
+
+    passed, failed, conflict = run("pass.patch"), run("fail.patch"), run("conflict.patch")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "started private workers" not in passed.stdout
+    assert failed.returncode == 1 and "not ok math.mul" in failed.stdout and "expected 42" in failed.stdout
+    assert conflict.returncode == 2 and "error: patch failed: src/greet.c" in conflict.stdout
+
+
+def test_cli_rejects_bad_input_before_submitting(lab: Lab, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "bot.cli", "try", "--config", str(lab.config_path)]
+    not_git = subprocess.run([*cli, str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert not_git.returncode == 2 and f"{tmp_path}: not a git repository" in not_git.stderr
+    missing = subprocess.run([*cli, str(lab.hello), "--patch", str(tmp_path / "nope.patch")],
+                             capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+    assert missing.returncode == 2 and "nope.patch: cannot read patch: No such file or directory" in missing.stderr
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def test_killed_build_worker_is_retried_and_leaves_no_sandbox(lab: Lab, tmp_path: Path) -> None:
+    repo = make_git_repo(EXAMPLES / "hello", tmp_path / "slow")
+    marker = "sleep 6.4321"
+    _commit_plan(repo, "version: 1\nbuilds:\n  - name: slow\n"
+                       f"    command: {marker}; echo done > \"$LABGATE_BUILD/out\"\n    artifacts: [out]\n")  # fmt: skip
+    pipeline_id = lab.submit(repo, ref="main")
+    deadline = time.monotonic() + 60
+    sandboxed: list[int] = []
+    while not sandboxed:
+        assert time.monotonic() < deadline, "the slow build never started"
+        sandboxed = [pid for pid, (_, cmd) in _processes().items() if marker in cmd]
+        time.sleep(0.1)
+    table = _processes()
+    # The pool process running the task: the ancestor of the sandbox whose parent is the worker.
+    pool = sandboxed[0]
+    while "--queues build" not in table[table[pool][0]][1] or "--queues build" not in table[pool][1]:
+        pool = table[pool][0]
+    os.kill(pool, signal.SIGKILL)
+    time.sleep(2)
+    survivors = [pid for pid in sandboxed if pid in _processes() and marker in _processes()[pid][1]]
+    assert survivors == [], "sandbox processes outlived their worker"
+    view = lab.wait(pipeline_id, timeout_s=120)
+    build = view.jobs[1]
+    assert build.result == "pass" and build.attempts == 2, build
+
+
+def test_job_page_shows_result_timings_and_log(lab: Lab) -> None:
+    view = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "fail.patch",)))
+    client = TestClient(create_app(lab.services.runtime))
+    assert client.get("/healthz").json() == {"ok": True, "database": "ok"}
+    test_job = view.jobs[2]
+    page = client.get(f"/jobs/{test_job.id}")
+    assert page.status_code == 200
+    assert "not ok math.mul" in page.text and "expected 42, got" in page.text
+    assert "KTAP version 1" in page.text  # the whole console is on the page
+    build_page = client.get(f"/jobs/{view.jobs[1].id}").text
+    assert "duration" in build_page and "s in the command" in build_page
+    assert client.get(f"/pipelines/{view.id}").status_code == 200
+    assert client.get("/jobs/999999").status_code == 404
+    assert client.get("/jobs/abc").status_code == 400
+    with lab.services.runtime.store.session() as session:
+        job = session.get(Job, test_job.id)
+        assert job is not None and job.pipeline.state == "done"
+        assert session.get(Pipeline, view.id) is not None
