@@ -70,6 +70,9 @@ def update_mirror(mirror: Path, url: str) -> None:
         process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False)
         if process.returncode != 0:
             raise UserError(f"cannot clone {url}: {process.stderr.strip()}")
+        # An automatic gc inside a job's `git worktree add` or `git am` stalls it for
+        # minutes on a kernel tree; packing the mirror is maintenance, not job work.
+        git(["config", "gc.auto", "0"], mirror)
         return
     git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*",
          "+refs/tags/*:refs/tags/*"], mirror)  # fmt: skip

@@ -158,9 +158,17 @@ def render_build_script(build: Build) -> str:
     make = f'make -s O="$LABGATE_BUILD" ARCH={shlex.quote(recipe.arch)}'
     steps = [f"{make} {shlex.quote(recipe.config)}"]
     if recipe.fragments:
-        fragments = " ".join(shlex.quote(f) for f in recipe.fragments)
-        steps.append(f'scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" "$LABGATE_BUILD/.config" {fragments}')
+        fragments = " ".join(f'"$LABGATE_SRC"/{shlex.quote(f)}' for f in recipe.fragments)
+        # merge_config.sh leaves temp files in its cwd: run it in the build dir, not the tree.
+        steps.append(f'(cd "$LABGATE_BUILD" && "$LABGATE_SRC"/scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" '
+                     f'"$LABGATE_BUILD/.config" {fragments})')
         steps.append(f"{make} olddefconfig")
+        # An option whose dependencies are unmet is dropped silently: say which, and stop.
+        steps.append(
+            f"for fragment in {fragments}; do grep -E '^CONFIG_[A-Za-z0-9_]+=' \"$fragment\" | while read -r line; do "
+            'grep -qxF "$line" "$LABGATE_BUILD/.config" || '
+            '{ echo "labgate: $fragment: $line did not survive olddefconfig" >&2; exit 1; }; done; done'
+        )
     steps.append(f'{make} -j"$(nproc)" {shlex.quote(recipe.target)}')
     return "\n".join(steps) + "\n"
 
