@@ -1,0 +1,101 @@
+"""Forge-neutral events: what a forge adapter hands the brain (forge words stay in the adapter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ChangeAction = Literal["opened", "updated", "reopened", "ready", "drafted", "closed"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Someone acting on a forge. `association` is the forge's own view of their role
+    (GitHub: OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, FIRST_TIMER, NONE, ...)."""
+
+    login: str
+    association: str | None = None
+    is_bot: bool = False
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    forge: str  # "github", "gitlab", ...
+    full_name: str  # "owner/name"
+    clone_url: str
+    default_branch: str = "main"
+    installation_id: int | None = None  # GitHub App installation that delivered the event
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """A change (pull request, merge request) was opened, got new commits, closed, ..."""
+
+    action: ChangeAction
+    repo: RepoRef
+    number: int
+    head_sha: str
+    head_ref: str
+    head_repo: str  # full name of the repository the head lives in (a fork differs)
+    base_ref: str
+    base_sha: str
+    title: str
+    author: Actor
+    sender: Actor
+    draft: bool = False
+    merged: bool = False
+
+
+@dataclass(frozen=True)
+class CommentEvent:
+    """A new comment on a change; it may carry commands."""
+
+    repo: RepoRef
+    number: int
+    comment_id: int
+    body: str
+    commenter: Actor
+
+
+@dataclass(frozen=True)
+class RerunEvent:
+    """The forge's own re-run button: one check, a whole suite, or a check's action button."""
+
+    repo: RepoRef
+    head_sha: str
+    scope: Literal["run", "suite", "action"]
+    requester: Actor
+    check_id: int | None = None
+    external_id: str | None = None  # what labgate put on the check (its job id)
+    action: str | None = None  # identifier of the requested action
+    numbers: tuple[int, ...] = ()  # changes the head belongs to, when the forge says
+
+
+@dataclass(frozen=True)
+class PushEvent:
+    repo: RepoRef
+    ref: str  # "refs/heads/staging"
+    before: str
+    after: str
+    created: bool
+    deleted: bool
+    forced: bool
+    pusher: Actor
+
+
+@dataclass(frozen=True)
+class PingEvent:
+    repo: RepoRef | None
+    hook_id: int | None
+    zen: str
+
+
+@dataclass(frozen=True)
+class InstallationEvent:
+    action: str  # created, deleted, suspend, ...
+    installation_id: int
+    account: str
+    repositories: tuple[str, ...]
+
+
+Event = ChangeEvent | CommentEvent | RerunEvent | PushEvent | PingEvent | InstallationEvent
