@@ -1,0 +1,48 @@
+"""Production shape: PostgreSQL and a shared Redis from the config; job workers get no DB credentials."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bot.config import Config
+from bot.pipeline import Submission, submit
+from bot.services import open_services, served_queues, worker_groups
+from bot.views import pipeline_view
+from tests.conftest import EXAMPLES
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_pipeline_on_postgresql_and_shared_redis(tmp_path: Path, postgres_url: str, redis_db_url: str,
+                                                 hello_repo: Path) -> None:  # fmt: skip
+    config = Config(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=redis_db_url)
+    services = open_services(config, None)
+    assert not (tmp_path / "data" / "redis.sock").exists()  # no private broker when one is configured
+    groups = worker_groups(config)
+    try:
+        for group in groups:
+            services.start_worker(group)
+        deadline = time.monotonic() + 60
+        while not {q for g in groups for q in g} <= served_queues(0.5):
+            assert time.monotonic() < deadline, "workers did not come up"
+        patch = EXAMPLES / "hello" / "patches" / "pass.patch"
+        pipeline_id = submit(services.runtime, Submission(
+            tree_name="hello", tree_url=str(hello_repo), source="test", external_id="pg-1", base_ref="main",
+            patches=(("pass.patch", patch.read_bytes()),)))  # fmt: skip
+        deadline = time.monotonic() + 180
+        while (view := pipeline_view(services.runtime, pipeline_id)).state != "done":
+            assert time.monotonic() < deadline, view
+            time.sleep(0.2)
+        assert view.result == "pass", view.jobs
+        by_queue = {child.name: child for child in services.supervisor.children}
+        control_env = _environ(by_queue["worker control"].process.pid)  # type: ignore[union-attr]
+        build_env = _environ(by_queue["worker build"].process.pid)  # type: ignore[union-attr]
+        assert control_env["LABGATE_DATABASE_URL"] == postgres_url
+        assert build_env["LABGATE_DATABASE_URL"] == "" and build_env["LABGATE_BROKER_URL"] == redis_db_url
+    finally:
+        services.supervisor.stop()
+        services.runtime.store.engine.dispose()
