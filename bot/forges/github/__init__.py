@@ -1,0 +1,1 @@
+"""GitHub adapter: webhook verification and parsing (sansio), reporting back through the API."""
