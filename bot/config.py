@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
@@ -45,12 +46,49 @@ class DeviceClass(_Strict):
     qemu: QemuTarget = QemuTarget()
 
 
+class TreeGitHub(_Strict):
+    """How a tree lives on GitHub."""
+
+    repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name")
+    staging_branches: list[str] = Field([], description="pushes here run a post-merge pipeline")
+    test_drafts: bool = Field(False, description="also test draft pull requests")
+    trust: TrustPolicy = TrustPolicy()
+
+
 class Tree(_Strict):
     """A repository labgate tests."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     url: str
     branches: list[str] = ["main"]
+    github: TreeGitHub | None = None
+
+
+class GitHubApp(_Strict):
+    """The GitHub App labgate acts as. Secrets live in files, never in this YAML."""
+
+    app_id: int = Field(gt=0)
+    private_key_file: Path = Field(description="PEM private key of the App")
+    webhook_secret_file: Path = Field(description="file holding the webhook secret")
+    api_url: str = Field("https://api.github.com", description="REST API root (GitHub Enterprise: https://HOST/api/v3)")
+
+    def read_webhook_secret(self) -> str:
+        """The secret, or ConfigError: GitHub intake never starts without one (fail closed)."""
+        try:
+            secret = self.webhook_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"github.webhook_secret_file: cannot read {self.webhook_secret_file}: "
+                              f"{exc.strerror}") from exc  # fmt: skip
+        if not secret:
+            raise ConfigError(f"github.webhook_secret_file: {self.webhook_secret_file} is empty")
+        return secret
+
+    def read_private_key(self) -> str:
+        try:
+            return self.private_key_file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"github.private_key_file: cannot read {self.private_key_file}: "
+                              f"{exc.strerror}") from exc  # fmt: skip
 
 
 class Web(_Strict):
@@ -66,6 +104,7 @@ class Config(_Strict):
     database_url: str | None = Field(None, description="unset: SQLite in data_dir")
     broker_url: str | None = Field(None, description="unset: a private redis-server in data_dir")
     web: Web = Web()
+    github: GitHubApp | None = None
     caps: Caps = Caps()
     trees: list[Tree] = []
     device_classes: list[DeviceClass] = [
@@ -83,6 +122,12 @@ class Config(_Strict):
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    def tree_for_github_repo(self, full_name: str) -> Tree | None:
+        for tree in self.trees:
+            if tree.github is not None and tree.github.repo.lower() == full_name.lower():
+                return tree
+        return None
 
     def device_class(self, name: str) -> DeviceClass:
         for dc in self.device_classes:

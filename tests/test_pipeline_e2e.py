@@ -165,8 +165,8 @@ def _processes() -> dict[int, tuple[int, str]]:
 def test_killed_build_worker_is_retried_and_leaves_no_sandbox(lab: Lab, tmp_path: Path) -> None:
     repo = make_git_repo(EXAMPLES / "hello", tmp_path / "slow")
     marker = "sleep 6.4321"
-    _commit_plan(repo, "version: 1\nbuilds:\n  - name: slow\n"
-                       f"    command: {marker}; echo done > \"$LABGATE_BUILD/out\"\n    artifacts: [out]\n")  # fmt: skip
+    plan = f'version: 1\nbuilds:\n  - name: slow\n    command: {marker}; echo done > "$LABGATE_BUILD/out"\n'
+    _commit_plan(repo, plan + "    artifacts: [out]\n")
     pipeline_id = lab.submit(repo, ref="main")
     deadline = time.monotonic() + 60
     sandboxed: list[int] = []

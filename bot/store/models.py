@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -41,8 +41,15 @@ class Change(Base):
     external_id: Mapped[str] = mapped_column(String(200))
     title: Mapped[str] = mapped_column(Text, default="")
     submitter: Mapped[str] = mapped_column(String(200), default="")
+    # Forge changes: where to report, and whether the author's own plan may be used.
+    forge_repo: Mapped[str | None] = mapped_column(String(200))
+    number: Mapped[int | None]
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    author_trusted: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(20), default="open")  # open, closed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     tree: Mapped[Tree] = relationship(back_populates="changes")
+    approvals: Mapped[list[Approval]] = relationship(back_populates="change", order_by="Approval.id")
     revisions: Mapped[list[Revision]] = relationship(back_populates="change")
 
 
@@ -73,6 +80,8 @@ class Pipeline(Base):
     result: Mapped[str | None] = mapped_column(String(20))  # pass fail skip incomplete error
     error_code: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(20), default="pre-merge")  # pre-merge, post-merge
+    rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     revision: Mapped[Revision] = relationship(back_populates="pipelines")
@@ -119,6 +128,36 @@ class TestResult(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     diagnostics: Mapped[str] = mapped_column(Text, default="")
     job: Mapped[Job] = relationship(back_populates="tests")
+
+
+class Approval(Base):
+    """A maintainer's /ok-to-test, bound to exactly one head SHA."""
+
+    __tablename__ = "approval"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    change_id: Mapped[int] = mapped_column(ForeignKey("change.id"), index=True)
+    sha: Mapped[str] = mapped_column(String(64))
+    approver: Mapped[str] = mapped_column(String(200))
+    hardware: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    change: Mapped[Change] = relationship(back_populates="approvals")
+
+
+class ForgeCheck(Base):
+    """A check run (or status) labgate keeps on a forge for one job, and the last state it sent."""
+
+    __tablename__ = "forge_check"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), unique=True)
+    pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"), index=True)
+    forge: Mapped[str] = mapped_column(String(40))
+    repo: Mapped[str] = mapped_column(String(200))
+    head_sha: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(250))
+    check_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Monotonic rank of the state sent (queued < in_progress < completed): an older
+    # report arriving late never overwrites a newer one.
+    sent_rank: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Delivery(Base):
