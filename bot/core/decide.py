@@ -1,0 +1,149 @@
+"""The one brain: a forge-neutral event, the tree's policy and the change's state in, actions out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from bot.core.commands import Command, parse_commands, render_help
+from bot.core.events import ChangeEvent, CommentEvent, RerunEvent
+from bot.core.trust import Approval, Tier, TrustPolicy, approval_matches, may_approve, render_waiting_text, tier_for
+
+
+@dataclass(frozen=True)
+class ChangeState:
+    """What the store knows of a change when an event about it arrives."""
+
+    author: str
+    author_trusted: bool
+    head_sha: str
+    approvals: tuple[Approval, ...] = ()
+    active_pipelines: tuple[int, ...] = ()  # queued or running, any revision
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class StartPipeline:
+    head_sha: str
+    tier: Tier
+    # A change must never rewrite the rules it is judged by: untrusted ones use the base's plan.
+    plan_from: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AwaitApproval:
+    head_sha: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelPipelines:
+    pipeline_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordApproval:
+    approval: Approval
+
+
+@dataclass(frozen=True)
+class Retest:
+    head_sha: str
+    job_name: str | None = None  # None: every failed job
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+
+
+@dataclass(frozen=True)
+class Ignore:
+    reason: str
+
+
+Action = StartPipeline | AwaitApproval | CancelPipelines | RecordApproval | Retest | Reply | Ignore
+
+
+def _start_or_wait(head_sha: str, state: ChangeState, policy: TrustPolicy, reason: str) -> list[Action]:
+    tier = tier_for(state.author_trusted, head_sha, state.approvals, policy)
+    if tier == "none":
+        previous = state.approvals[-1] if state.approvals else None
+        return [AwaitApproval(head_sha, render_waiting_text(policy, state.author, head_sha, previous))]
+    plan_from = "head" if state.author_trusted else "base"
+    return [StartPipeline(head_sha, tier, plan_from, reason)]
+
+
+def decide_change(event: ChangeEvent, state: ChangeState, policy: TrustPolicy, *, test_drafts: bool) -> list[Action]:
+    """Opened, updated, reopened, ready, drafted or closed."""
+    superseded = None
+    if state.active_pipelines:
+        superseded = CancelPipelines(state.active_pipelines, f"superseded by {event.head_sha}")
+    if event.action == "closed":
+        closing = CancelPipelines(state.active_pipelines, "the change was closed")
+        return [closing] if state.active_pipelines else [Ignore("closed; nothing running")]
+    if event.draft and not test_drafts:
+        actions: list[Action] = [superseded] if superseded else []
+        return actions + [Ignore("draft: not tested unless the tree's config says so")]
+    actions = [superseded] if superseded else []
+    return actions + _start_or_wait(event.head_sha, state, policy, f"change {event.action}")
+
+
+def decide_comment(
+    event: CommentEvent, state: ChangeState, policy: TrustPolicy, *, commenter_permission: str | None,
+    commenter_trusted: bool,
+) -> list[Action]:  # fmt: skip
+    """Commands in a new comment. Bots are never obeyed, whatever they write."""
+    if event.commenter.is_bot:
+        return [Ignore("comment by a bot")]
+    commands = parse_commands(event.body)
+    if not commands:
+        return [Ignore("no command")]
+    actions: list[Action] = []
+    for command in commands:
+        actions += _command_actions(command, event, state, policy, commenter_permission, commenter_trusted)
+    return actions
+
+
+def _command_actions(
+    command: Command, event: CommentEvent, state: ChangeState, policy: TrustPolicy,
+    permission: str | None, commenter_trusted: bool,
+) -> list[Action]:  # fmt: skip
+    who = event.commenter.login
+    maintainer = may_approve(permission, policy)
+    if command.name == "help":
+        return [Reply(render_help())]
+    if command.name == "ok-to-test":
+        if not maintainer:
+            return [Reply(f"@{who}: only users with {', '.join(policy.approvers_may_be)} permission may approve.")]
+        sha_prefix = next((a for a in command.args if a != "hardware"), None)
+        if not approval_matches(sha_prefix, state.head_sha):
+            return [Reply(f"@{who}: `{sha_prefix}` is not the current head `{state.head_sha[:12]}`; nothing approved.")]
+        approval = Approval(sha=state.head_sha, approver=who, hardware="hardware" in command.args)
+        new_state = replace(state, approvals=(*state.approvals, approval))
+        return [RecordApproval(approval), *_start_or_wait(state.head_sha, new_state, policy, f"approved by {who}")]
+    may_steer = maintainer or commenter_trusted or (
+        tier_for(state.author_trusted, state.head_sha, state.approvals, policy) != "none"
+    )
+    if not may_steer:
+        return [Reply(f"@{who}: `/{command.name}` needs an approved head or maintainer rights.")]
+    if command.name == "retest":
+        return [Retest(state.head_sha, " ".join(command.args) or None)]
+    if state.active_pipelines:
+        return [CancelPipelines(state.active_pipelines, f"cancelled by {who}")]
+    return [Reply(f"@{who}: nothing is running.")]
+
+
+def decide_rerun(event: RerunEvent, state: ChangeState | None, policy: TrustPolicy) -> list[Action]:
+    """The forge's Re-run button repeats the failed jobs of that head, if it may run at all."""
+    if state is None:
+        return [Ignore(f"no change of ours has head {event.head_sha}")]
+    if tier_for(state.author_trusted, event.head_sha, state.approvals, policy) == "none":
+        return [Ignore("re-run of an unapproved head")]
+    return [Retest(event.head_sha, None)]
+
+
+def pipelines_to_cancel(actions: Sequence[Action]) -> tuple[int, ...]:
+    return tuple(i for a in actions if isinstance(a, CancelPipelines) for i in a.pipeline_ids)
