@@ -30,6 +30,7 @@ from workers.spec import (
 
 log = logging.getLogger(__name__)
 START_PIPELINE_TASK = "bot.start_pipeline"
+REPORT_TASK = "bot.report"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class Submission:
     title: str = ""
     submitter: str = ""
     plan_from: str = "head"
+    merge: bool = False  # test the head merged onto the current base (speculative merge)
+    forge_repo: str | None = None
+    number: int | None = None
+    installation_id: int | None = None
+    author_trusted: bool = True
+    kind: str = "pre-merge"
 
 
 def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
@@ -66,21 +73,31 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
             Change.external_id == submission.external_id))  # fmt: skip
         if change is None:
             change = Change(tree=tree, source=submission.source, external_id=submission.external_id,
-                            title=submission.title, submitter=submission.submitter)  # fmt: skip
+                            title=submission.title, submitter=submission.submitter,
+                            forge_repo=submission.forge_repo, number=submission.number,
+                            installation_id=submission.installation_id)  # fmt: skip
             session.add(change)
+        change.author_trusted = submission.author_trusted
+        change.title = submission.title or change.title
         revision = Revision(change=change, version=len(change.revisions) + 1, base_ref=submission.base_ref,
                             ref=submission.ref, patches=patch_refs)  # fmt: skip
-        pipeline = Pipeline(revision=revision, state="queued")
+        pipeline = Pipeline(revision=revision, state="queued", kind=submission.kind)
         session.add(pipeline)
         session.flush()
         checkout = CheckoutSpec(base_ref=submission.base_ref, ref=submission.ref,
                                 patches=tuple(PatchRef(**p) for p in patch_refs),
-                                plan_from=submission.plan_from)  # type: ignore[arg-type]  # fmt: skip
+                                plan_from=submission.plan_from, merge=submission.merge)  # type: ignore[arg-type]  # fmt: skip
         session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE,
                         spec=checkout.model_dump(mode="json")))  # fmt: skip
         pipeline_id = pipeline.id
     app.send_task(START_PIPELINE_TASK, args=[pipeline_id], queue=CONTROL_QUEUE)
     return pipeline_id
+
+
+def _report(pipeline: Pipeline, outbox: Outbox) -> None:
+    """Forge changes get their checks brought up to date after every state change."""
+    if pipeline.revision.change.forge_repo:
+        outbox.add(REPORT_TASK, [pipeline.id], CONTROL_QUEUE)
 
 
 class Outbox:
@@ -114,6 +131,7 @@ def start_pipeline(runtime: Runtime, pipeline_id: int) -> None:
         for job in pipeline.jobs:
             if job.state == "pending" and job.depends_on_id is None:
                 dispatch(runtime, session, job, outbox)
+        _report(pipeline, outbox)
     outbox.send()
 
 
@@ -138,11 +156,13 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
                    tree_url=tree.url, max_log_bytes=runtime.config.caps.max_log_bytes, **fields)  # type: ignore[arg-type]  # fmt: skip
     job.state = "queued"
+    job.task_id = f"job-{job.id}-{uuid.uuid4().hex[:8]}"
     session.flush()
-    outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, f"job-{job.id}-{uuid.uuid4().hex[:8]}")
+    outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, job.task_id)
 
 
 def record_started(runtime: Runtime, job_id: int, delivery: int) -> None:
+    outbox = Outbox()
     with runtime.store.session() as session:
         job = session.get(Job, job_id)
         if job is None or job.state == "done":
@@ -150,6 +170,8 @@ def record_started(runtime: Runtime, job_id: int, delivery: int) -> None:
         job.state = "running"
         job.attempts = max(job.attempts, delivery)
         job.started_at = job.started_at or utcnow()
+        _report(job.pipeline, outbox)
+    outbox.send()
 
 
 def record_result(runtime: Runtime, result: JobResult) -> None:
@@ -181,6 +203,7 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
         elif job.kind == "build":
             _after_build(runtime, session, pipeline, job, outbox)
         _finish_if_done(session, pipeline)
+        _report(pipeline, outbox)
     outbox.send()
 
 
@@ -190,6 +213,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     revision = pipeline.revision
     revision.base_sha = str(job.outputs["base_sha"])
     revision.head_sha = str(job.outputs["head_sha"])
+    tested_sha = str(job.outputs.get("tested_sha") or revision.head_sha)
     plan_path = job.spec.get("plan_path", ".labgate/plan.yaml")
     plan_text = job.outputs.pop("plan_text", None)
     job.outputs = dict(job.outputs)  # reassign so the JSON column is saved without the plan
@@ -203,7 +227,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     caps = runtime.config.caps
     drafts = draft_jobs(
         plan,
-        head_sha=revision.head_sha,
+        head_sha=tested_sha,
         changed_files=list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
         device_classes=[(dc.name, dc.tags) for dc in runtime.config.device_classes],
         caps=Caps(max_build_s=caps.max_build_s, max_job_s=caps.max_job_s),

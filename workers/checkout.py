@@ -28,6 +28,7 @@ GIT_IDENTITY = {
 class CheckoutOutcome:
     base_sha: str
     head_sha: str
+    tested_sha: str  # what builds check out: the head, or the head merged onto the base
     plan_text: str | None  # None: the tree has no plan at that path
     changed_files: tuple[str, ...]
 
@@ -74,8 +75,9 @@ def update_mirror(mirror: Path, url: str) -> None:
         # minutes on a kernel tree; packing the mirror is maintenance, not job work.
         git(["config", "gc.auto", "0"], mirror)
         return
-    git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*",
-         "+refs/tags/*:refs/tags/*"], mirror)  # fmt: skip
+    # Forges publish change heads under refs/pull/* (GitHub) or refs/merge-requests/* (GitLab).
+    git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+         "+refs/pull/*/head:refs/pull/*/head"], mirror)  # fmt: skip
 
 
 def resolve(mirror: Path, ref: str, what: str) -> str:
@@ -115,6 +117,22 @@ def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_lab
             raise UserError(f"{name} does not apply on {base_label}:\n{message}")
 
 
+def merge_onto_base(mirror: Path, worktree: Path, base_sha: str, head_sha: str, base_label: str) -> str:
+    """The speculative merge a maintainer would make; a conflict names its files."""
+    add_worktree(mirror, worktree, base_sha)
+    try:
+        merged = git(["merge", "--no-ff", "--no-edit", "-m", f"labgate: merge {head_sha[:12]} onto {base_label}",
+                      head_sha], worktree, check=False)  # fmt: skip
+        if merged.returncode != 0:
+            conflicted = git(["diff", "--name-only", "--diff-filter=U"], worktree, check=False).stdout.split()
+            files = ", ".join(conflicted) or merged.stdout.strip() or merged.stderr.strip()
+            raise UserError(f"merge conflict with {base_label}: {files}")
+        return git(["rev-parse", "HEAD"], worktree).stdout.strip()
+    finally:
+        git(["merge", "--abort"], worktree, check=False)
+        remove_worktree(mirror, worktree)
+
+
 def read_plan(mirror: Path, sha: str, plan_path: str) -> str | None:
     process = git(["show", f"{sha}:{plan_path}"], mirror, check=False)
     return process.stdout if process.returncode == 0 else None
@@ -131,6 +149,7 @@ def prepare_checkout(
     plan_from: str,
     worktree: Path,
     keep_ref: str,
+    merge: bool = False,
 ) -> CheckoutOutcome:
     """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan."""
     with locked(mirror):
@@ -138,6 +157,9 @@ def prepare_checkout(
         base_sha = resolve(mirror, base_ref, "base")
         if ref is not None:
             head_sha = resolve(mirror, ref, "ref")
+            tested_sha = head_sha
+            if merge and git(["merge-base", "--is-ancestor", base_sha, head_sha], mirror, check=False).returncode:
+                tested_sha = merge_onto_base(mirror, worktree, base_sha, head_sha, f"{base_ref}@{base_sha[:12]}")
         else:
             add_worktree(mirror, worktree, base_sha)
             try:
@@ -145,8 +167,9 @@ def prepare_checkout(
                 head_sha = git(["rev-parse", "HEAD"], worktree).stdout.strip()
             finally:
                 remove_worktree(mirror, worktree)
+            tested_sha = head_sha
         # Keeps the commit alive for the build jobs after the worktree is gone.
-        git(["update-ref", keep_ref, head_sha], mirror)
+        git(["update-ref", keep_ref, tested_sha], mirror)
         plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)
         diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
-    return CheckoutOutcome(base_sha, head_sha, plan_text, tuple(diff.stdout.split()))
+    return CheckoutOutcome(base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()))

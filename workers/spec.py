@@ -33,6 +33,7 @@ class CheckoutSpec(_Frozen):
     plan_path: str = ".labgate/plan.yaml"
     # "base": untrusted submitter, the plan comes from the base, never from the change.
     plan_from: Literal["head", "base"] = "head"
+    merge: bool = False  # test `ref` merged onto the base's current head
 
 
 class ArtifactRef(_Frozen):

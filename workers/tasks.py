@@ -52,6 +52,7 @@ def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
         plan_from=spec.checkout.plan_from,
         worktree=job_dir(spec) / "src",
         keep_ref=f"refs/labgate/pipelines/{spec.pipeline_id}",
+        merge=spec.checkout.merge,
     )
     return JobResult(
         job_id=spec.job_id,
@@ -60,6 +61,7 @@ def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
         outputs={
             "base_sha": outcome.base_sha,
             "head_sha": outcome.head_sha,
+            "tested_sha": outcome.tested_sha,
             "plan_text": outcome.plan_text,
             "changed_files": list(outcome.changed_files),
         },

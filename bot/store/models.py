@@ -105,6 +105,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(100))  # to revoke it when superseded
+    reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # a re-run kept this result
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(64))
     command_s: Mapped[float | None]

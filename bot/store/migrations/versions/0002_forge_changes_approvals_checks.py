@@ -53,6 +53,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('author_trusted', sa.Boolean(), nullable=False, server_default=sa.true()))
         batch_op.add_column(sa.Column('state', sa.String(length=20), nullable=False, server_default='open'))
 
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('task_id', sa.String(length=100), nullable=True))
+        batch_op.add_column(sa.Column('reused_from_id', sa.Integer(), nullable=True))
+        batch_op.create_foreign_key('fk_job_reused_from_id', 'job', ['reused_from_id'], ['id'])
+
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
         batch_op.add_column(sa.Column('kind', sa.String(length=20), nullable=False, server_default='pre-merge'))
         batch_op.add_column(sa.Column('rerun_of_id', sa.Integer(), nullable=True))
@@ -61,6 +66,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_constraint('fk_job_reused_from_id', type_='foreignkey')
+        batch_op.drop_column('reused_from_id')
+        batch_op.drop_column('task_id')
+
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
         batch_op.drop_constraint('fk_pipeline_rerun_of_id', type_='foreignkey')
         batch_op.drop_column('rerun_of_id')
