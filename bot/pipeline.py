@@ -53,6 +53,7 @@ class Submission:
     installation_id: int | None = None
     author_trusted: bool = True
     kind: str = "pre-merge"
+    tier: str = "hardware"  # "qemu": an approved untrusted change may not reach boards
 
 
 def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
@@ -81,7 +82,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
         change.title = submission.title or change.title
         revision = Revision(change=change, version=len(change.revisions) + 1, base_ref=submission.base_ref,
                             ref=submission.ref, patches=patch_refs)  # fmt: skip
-        pipeline = Pipeline(revision=revision, state="queued", kind=submission.kind)
+        pipeline = Pipeline(revision=revision, state="queued", kind=submission.kind, tier=submission.tier)
         session.add(pipeline)
         session.flush()
         checkout = CheckoutSpec(base_ref=submission.base_ref, ref=submission.ref,
@@ -229,7 +230,8 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         plan,
         head_sha=tested_sha,
         changed_files=list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
-        device_classes=[(dc.name, dc.tags) for dc in runtime.config.device_classes],
+        device_classes=[(dc.name, dc.tags) for dc in runtime.config.device_classes
+                        if pipeline.tier == "hardware" or dc.lab == "qemu"],  # fmt: skip
         caps=Caps(max_build_s=caps.max_build_s, max_job_s=caps.max_job_s),
     )
     builds: dict[str, Job] = {}
@@ -273,6 +275,76 @@ def _finish_if_done(session: Session, pipeline: Pipeline) -> None:
         pipeline.error_message = errors[0].error_message
 
 
+def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str) -> None:
+    """Stop pipelines: queued tasks revoked, running ones terminated (their sandbox and QEMU
+    die with the worker process), every unfinished job recorded `cancelled` with the reason."""
+    outbox = Outbox()
+    revoke: list[str] = []
+    with runtime.store.session() as session:
+        for pipeline_id in pipeline_ids:
+            pipeline = _lock_pipeline(session, pipeline_id)
+            if pipeline is None or pipeline.state == "done":
+                continue
+            for job in pipeline.jobs:
+                if job.state == "done":
+                    continue
+                if job.task_id:
+                    revoke.append(job.task_id)
+                job.state, job.error_code, job.error_message = "done", "cancelled", reason
+                job.finished_at = utcnow()
+            pipeline.state, pipeline.result, pipeline.error_message = "done", "cancelled", reason
+            pipeline.finished_at = utcnow()
+            _report(pipeline, outbox)
+    if revoke:
+        app.control.revoke(revoke, terminate=True, signal="SIGTERM")
+    outbox.send()
+
+
+def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None) -> int | None:
+    """A new pipeline for the same revision that runs again only what did not pass
+    (or only `job_name`); what passed is carried over. The new pipeline's id."""
+    outbox = Outbox()
+    with runtime.store.session() as session:
+        old = session.get(Pipeline, pipeline_id)
+        if old is None or old.state != "done":
+            return None
+        new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id)
+        session.add(new)
+        copies: dict[int, Job] = {}
+        for job in old.jobs:
+            again = (job.name == job_name or f"{job.kind} {job.name}" == job_name) if job_name else (
+                job.result not in ("pass", "skip") or job.error_code is not None)  # fmt: skip
+            depends = copies.get(job.depends_on_id) if job.depends_on_id else None
+            if depends is not None and depends.state != "done":
+                again = True  # what it needs runs again, so it does too
+            copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=job.spec,
+                       depends_on_id=depends.id if depends else None)  # fmt: skip
+            if not again:
+                copy.state, copy.result, copy.outputs = "done", job.result, dict(job.outputs)
+                copy.log_digest, copy.command_s, copy.reused_from_id = job.log_digest, job.command_s, job.id
+                copy.started_at, copy.finished_at = job.started_at, job.finished_at
+                for test in job.tests:
+                    session.add(TestResult(job=copy, path=test.path, status=test.status, directive=test.directive,
+                                           reason=test.reason, diagnostics=test.diagnostics))  # fmt: skip
+            session.add(copy)
+            session.flush()
+            copies[job.id] = copy
+        if copies and next(iter(copies.values())).state != "done":
+            # The checkout itself runs again: start from scratch, like a new pipeline.
+            for job in list(new.jobs)[1:]:
+                session.delete(job)
+            session.flush()
+        for job in new.jobs:
+            parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
+            if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
+                dispatch(runtime, session, job, outbox)
+        _finish_if_done(session, new)
+        _report(new, outbox)
+        new_id = new.id
+    outbox.send()
+    return new_id
+
+
 def fail_pipeline(runtime: Runtime, pipeline_id: int, message: str) -> None:
     """A bug of ours stopped the control path: end the pipeline as an error, never leave it hanging."""
     with runtime.store.session() as session:
@@ -294,14 +366,25 @@ def pipeline_of_job(runtime: Runtime, job_id: int) -> int | None:
         return job.pipeline_id if job else None
 
 
-def record_delivery(session: Session, source: str, delivery_id: str, event: str) -> bool:
+def record_delivery(
+    session: Session, source: str, delivery_id: str, event: str, status: str = "accepted", detail: str = ""
+) -> bool:
     """Store a delivery once; False when it was seen before (a redelivery)."""
     try:
         with session.begin_nested():
-            session.add(Delivery(source=source, delivery_id=delivery_id, event=event))
+            session.add(Delivery(source=source, delivery_id=delivery_id, event=event, status=status, detail=detail))
     except IntegrityError:
         return False
     return True
+
+
+def mark_delivery(runtime: Runtime, source: str, delivery_id: str, status: str, detail: str) -> None:
+    with runtime.store.session() as session:
+        delivery = session.scalar(
+            select(Delivery).where(Delivery.source == source, Delivery.delivery_id == delivery_id)
+        )
+        if delivery is not None:
+            delivery.status, delivery.detail = status, detail[:10000]
 
 
 def pipelines_of(session: Session, ids: Sequence[int]) -> list[Pipeline]:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from bot import pipeline
+from bot.core.events import event_from_json
+from bot.forges.github.client import GitHubApp
+from bot.forges.github.intake import handle_event
+from bot.forges.github.reporter import sync_checks
+from bot.pipeline import mark_delivery
 from bot.runtime import runtime_from_env
 from workers.app import app
+from workers.errors import ConfigError
 from workers.spec import JobResult
 
 log = logging.getLogger(__name__)
@@ -44,3 +51,27 @@ def record_result(result_json: str) -> None:
     result = JobResult.model_validate_json(result_json)
     with pipeline_guard(lambda: pipeline.pipeline_of_job(runtime_from_env(), result.job_id)):
         pipeline.record_result(runtime_from_env(), result)
+
+
+@cache
+def github_app() -> GitHubApp:
+    config = runtime_from_env().config.github
+    if config is None:
+        raise ConfigError("a GitHub event arrived but the config has no `github:` section")
+    return GitHubApp(config.app_id, config.read_private_key(), config.api_url)
+
+
+@app.task(name="bot.github_event")
+def github_event(event_json: str, delivery_id: str) -> None:
+    runtime = runtime_from_env()
+    done = handle_event(runtime, github_app(), event_from_json(event_json))
+    log.info("github delivery %s: %s", delivery_id, "; ".join(done))
+    mark_delivery(runtime, "github", delivery_id, "handled", "\n".join(done))
+
+
+@app.task(name=pipeline.REPORT_TASK)
+def report(pipeline_id: int) -> None:
+    """Bring the forge's view of a pipeline up to date (idempotent: repeats send nothing)."""
+    runtime = runtime_from_env()
+    if runtime.config.github is not None:
+        sync_checks(runtime, github_app(), pipeline_id)

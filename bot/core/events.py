@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,3 +100,24 @@ class InstallationEvent:
 
 
 Event = ChangeEvent | CommentEvent | RerunEvent | PushEvent | PingEvent | InstallationEvent
+
+
+_EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls  # type: ignore[misc]
+    for cls in (ChangeEvent, CommentEvent, RerunEvent, PushEvent, PingEvent, InstallationEvent)
+}
+
+
+def event_to_json(event: Event) -> str:
+    """An event as a task argument (JSON, no secrets: events never hold one)."""
+    from pydantic import TypeAdapter
+
+    return json.dumps({"type": type(event).__name__, "data": TypeAdapter(type(event)).dump_python(event, mode="json")})
+
+
+def event_from_json(text: str) -> Event:
+    from pydantic import TypeAdapter
+
+    raw = json.loads(text)
+    cls = _EVENT_TYPES[raw["type"]]
+    return TypeAdapter(cls).validate_python(raw["data"])  # type: ignore[no-any-return]

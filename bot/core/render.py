@@ -75,3 +75,34 @@ def render_problems(jobs: Sequence[JobView], indent: str = "  ") -> str:
 def render_counts(counts: dict[str, int]) -> str:
     order = ("pass", "fail", "skip", "incomplete")
     return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
+
+
+def _fence(text: str) -> str:
+    longest = max((len(run) for run in text.split("\n") if set(run) == {"`"}), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def render_job_markdown(job: JobView, *, tests: Sequence[tuple[str, str]] = (), earlier_failure: str = "",
+                        reproduce: str = "") -> str:  # fmt: skip
+    """A job's report: what is broken first, with its first lines, then the table of tests."""
+    out: list[str] = []
+    if earlier_failure:
+        out += ["**Earlier attempt:**", "", _fence(earlier_failure), ""]
+    if job.error_message:
+        out += [_fence(job.error_message[:4000]), ""]
+    for test in job.failed_tests[:20]:
+        out.append(f"**not ok `{test.path}`**" + (f" ({test.reason})" if test.reason else ""))
+        if test.diagnostics:
+            out += ["", _fence("\n".join(test.diagnostics.splitlines()[:12]))]
+        out.append("")
+    if job.log_excerpt and not job.failed_tests:
+        out += ["First error lines of the log:", "", _fence(job.log_excerpt), ""]
+    if reproduce:
+        out += ["Reproduce locally:", "", _fence(reproduce), ""]
+    if tests:
+        out += ["| test | result |", "|---|---|"]
+        out += [f"| `{path}` | {status} |" for path, status in tests[:200]]
+        if len(tests) > 200:
+            out.append(f"| … | {len(tests) - 200} more |")
+    return "\n".join(out).strip() or "No details."

@@ -81,6 +81,7 @@ class Pipeline(Base):
     error_code: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(20), default="pre-merge")  # pre-merge, post-merge
+    tier: Mapped[str] = mapped_column(String(20), default="hardware")  # qemu: QEMU device classes only
     rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

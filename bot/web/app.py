@@ -16,6 +16,7 @@ from bot.core.render import outcome_word, render_counts
 from bot.runtime import Runtime
 from bot.store.models import Job, Pipeline
 from bot.views import job_view, read_log
+from bot.web.hooks import github_hook
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -73,12 +74,17 @@ def create_app(runtime: Runtime) -> Starlette:
             )
         return HTMLResponse(body)
 
-    return Starlette(routes=[
+    routes = [
         Route("/healthz", healthz),
         Route("/jobs/{job_id}", job_page),
         Route("/jobs/{job_id}/log", job_log),
         Route("/pipelines/{pipeline_id}", pipeline_page),
-    ])  # fmt: skip
+    ]
+    if runtime.config.github is not None:
+        # Fail closed: no readable secret, no app (read_webhook_secret raises ConfigError).
+        secret = runtime.config.github.read_webhook_secret()
+        routes.append(Route("/hooks/github", github_hook(runtime, secret), methods=["POST"]))
+    return Starlette(routes=routes)
 
 
 def _int_param(request: Request, name: str) -> int | None:

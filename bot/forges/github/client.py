@@ -15,12 +15,17 @@ RETRY_STATUSES = [429, *range(500, 600)]
 RETRY_METHODS = frozenset({"GET", "POST", "PATCH"})
 
 
-def make_retry(*, total: int = 5, backoff_s: float = 0.5, secondary_wait_s: float = 60,
-               max_wait_s: float = 900) -> GithubRetry:  # fmt: skip
+def make_retry(
+    *, total: int = 5, backoff_s: float = 0.5, secondary_wait_s: float = 60, max_wait_s: float = 900
+) -> GithubRetry:
     return GithubRetry(
-        total=total, backoff_factor=backoff_s, secondary_rate_wait=secondary_wait_s,
-        max_rate_limit_wait=max_wait_s, status_forcelist=RETRY_STATUSES, allowed_methods=RETRY_METHODS,
-    )  # fmt: skip
+        total=total,
+        backoff_factor=backoff_s,
+        secondary_rate_wait=secondary_wait_s,
+        max_rate_limit_wait=max_wait_s,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=RETRY_METHODS,
+    )
 
 
 class GitHubApp:
@@ -76,3 +81,21 @@ class GitHubApp:
 
     def comment(self, installation_id: int, full_name: str, number: int, body: str) -> None:
         self._call(installation_id, "POST", f"/repos/{full_name}/issues/{number}/comments", {"body": body})
+
+    def is_team_member(self, installation_id: int, team: str, login: str) -> bool:
+        """Active member of `org/team`."""
+        from github import GithubException
+
+        org, _, slug = team.partition("/")
+        try:
+            data = self._get(installation_id, f"/orgs/{org}/teams/{slug}/memberships/{login}")
+        except GithubException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return data.get("state") == "active"
+
+    def _get(self, installation_id: int, path: str) -> dict[str, Any]:
+        requester = self.installation(installation_id).requester
+        _, data = requester.requestJsonAndCheck("GET", f"{self._api_url}{path}")
+        return dict(data)

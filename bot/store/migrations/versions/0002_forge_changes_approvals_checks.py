@@ -61,6 +61,7 @@ def upgrade() -> None:
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
         batch_op.add_column(sa.Column('kind', sa.String(length=20), nullable=False, server_default='pre-merge'))
         batch_op.add_column(sa.Column('rerun_of_id', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('tier', sa.String(length=20), nullable=False, server_default='hardware'))
         batch_op.create_foreign_key('fk_pipeline_rerun_of_id', 'pipeline', ['rerun_of_id'], ['id'])
 
 
@@ -73,6 +74,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
         batch_op.drop_constraint('fk_pipeline_rerun_of_id', type_='foreignkey')
+        batch_op.drop_column('tier')
         batch_op.drop_column('rerun_of_id')
         batch_op.drop_column('kind')
 

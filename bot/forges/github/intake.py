@@ -1,0 +1,345 @@
+"""GitHub events in: gather the change's state, ask core.decide, carry out its actions."""
+
+from __future__ import annotations
+
+import logging
+
+from github.PullRequest import PullRequest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.config import Tree
+from bot.core.decide import (
+    Action,
+    AwaitApproval,
+    CancelPipelines,
+    ChangeState,
+    Ignore,
+    RecordApproval,
+    Reply,
+    Retest,
+    StartPipeline,
+    decide_change,
+    decide_comment,
+    decide_rerun,
+)
+from bot.core.events import Actor, ChangeEvent, CommentEvent, Event, PushEvent, RerunEvent
+from bot.core.trust import Approval as CoreApproval
+from bot.core.trust import TrustPolicy, is_trusted
+from bot.forges.github.client import GitHubApp
+from bot.forges.github.reporter import post_approval_check
+from bot.pipeline import Submission, cancel_pipelines, retest_failed, submit
+from bot.runtime import Runtime
+from bot.store.models import Approval, Change, Pipeline, Revision
+
+log = logging.getLogger(__name__)
+SOURCE = "github"
+
+
+def external_id(repo: str, number: int) -> str:
+    return f"{repo}#{number}"
+
+
+def _change(session: Session, repo: str, number: int) -> Change | None:
+    return session.scalar(
+        select(Change).where(Change.source == SOURCE, Change.external_id == external_id(repo, number))
+    )
+
+
+def _state(session: Session, change: Change | None, author: str, author_trusted: bool, head_sha: str) -> ChangeState:
+    if change is None:
+        return ChangeState(author=author, author_trusted=author_trusted, head_sha=head_sha)
+    approvals = tuple(CoreApproval(a.sha, a.approver, a.hardware) for a in change.approvals)
+    active = session.scalars(
+        select(Pipeline.id).join(Revision).where(Revision.change_id == change.id, Pipeline.state != "done")
+    ).all()
+    return ChangeState(
+        author=author,
+        author_trusted=author_trusted,
+        head_sha=head_sha,
+        approvals=approvals,
+        active_pipelines=tuple(active),
+        closed=change.state == "closed",
+    )
+
+
+def _teams_of(github: GitHubApp, installation_id: int | None, login: str, policy: TrustPolicy) -> frozenset[str]:
+    if not policy.trusted_teams or installation_id is None:
+        return frozenset()
+    return frozenset(t for t in policy.trusted_teams if github.is_team_member(installation_id, t, login))
+
+
+def handle_event(runtime: Runtime, github: GitHubApp, event: Event) -> list[str]:
+    """Carry out what the event calls for; one line per action, for the log."""
+    if isinstance(event, ChangeEvent | CommentEvent | RerunEvent | PushEvent):
+        tree = runtime.config.tree_for_github_repo(event.repo.full_name)
+        if tree is None or tree.github is None:
+            return [f"ignored: {event.repo.full_name} is not a configured tree"]
+    else:
+        return [f"ignored: {type(event).__name__}"]
+    policy = tree.github.trust
+    if isinstance(event, ChangeEvent):
+        return _on_change(runtime, github, tree, event, policy)
+    if isinstance(event, CommentEvent):
+        return _on_comment(runtime, github, tree, event, policy)
+    if isinstance(event, RerunEvent):
+        return _on_rerun(runtime, github, tree, event, policy)
+    return _on_push(runtime, tree, event)
+
+
+def _on_change(runtime: Runtime, github: GitHubApp, tree: Tree, event: ChangeEvent, policy: TrustPolicy) -> list[str]:
+    assert tree.github is not None
+    installation = event.repo.installation_id
+    trusted = is_trusted(event.author, policy, _teams_of(github, installation, event.author.login, policy))
+    with runtime.store.session() as session:
+        change = _change(session, event.repo.full_name, event.number)
+        if change is not None:
+            change.state = "closed" if event.action == "closed" else "open"
+            change.author_trusted = trusted
+        state = _state(session, change, event.author.login, trusted, event.head_sha)
+    actions = decide_change(event, state, policy, test_drafts=tree.github.test_drafts)
+    return _carry_out(
+        runtime,
+        github,
+        tree,
+        event.repo.full_name,
+        event.number,
+        installation,
+        event.base_ref,
+        event.title,
+        event.author.login,
+        trusted,
+        actions,
+    )
+
+
+def _on_comment(runtime: Runtime, github: GitHubApp, tree: Tree, event: CommentEvent, policy: TrustPolicy) -> list[str]:
+    installation = event.repo.installation_id
+    if installation is None:
+        return ["ignored: comment delivered without an App installation"]
+    if event.commenter.is_bot:
+        return ["ignored: comment by a bot"]
+    # The comment payload has no head SHA, and a push may be in flight: ask for the current one.
+    pull = github.pull(installation, event.repo.full_name, event.number)
+    author = pull.user.login
+    author_trusted = is_trusted(_actor_from_pull(pull), policy, _teams_of(github, installation, author, policy))
+    permission = github.permission(installation, event.repo.full_name, event.commenter.login)
+    commenter_trusted = is_trusted(event.commenter, policy)
+    with runtime.store.session() as session:
+        state = _state(
+            session, _change(session, event.repo.full_name, event.number), author, author_trusted, pull.head.sha
+        )
+    actions = decide_comment(event, state, policy, commenter_permission=permission, commenter_trusted=commenter_trusted)
+    return _carry_out(
+        runtime,
+        github,
+        tree,
+        event.repo.full_name,
+        event.number,
+        installation,
+        pull.base.ref,
+        pull.title,
+        author,
+        author_trusted,
+        actions,
+    )
+
+
+def _actor_from_pull(pull: PullRequest) -> Actor:
+    return Actor(pull.user.login, pull.raw_data.get("author_association"), pull.user.type == "Bot")
+
+
+def _on_rerun(runtime: Runtime, github: GitHubApp, tree: Tree, event: RerunEvent, policy: TrustPolicy) -> list[str]:
+    with runtime.store.session() as session:
+        change = session.scalar(
+            select(Change)
+            .join(Revision)
+            .where(
+                Change.source == SOURCE, Change.forge_repo == event.repo.full_name, Revision.head_sha == event.head_sha
+            )
+            .order_by(Change.id.desc())
+        )
+        state = None
+        if change is not None and change.number is not None:
+            state = _state(session, change, change.submitter, change.author_trusted, event.head_sha)
+            number, base_ref, title, author = (
+                change.number,
+                change.revisions[-1].base_ref,
+                change.title,
+                change.submitter,
+            )
+    actions = decide_rerun(event, state, policy)
+    if state is None:
+        return [f"ignored: {a.reason}" for a in actions if isinstance(a, Ignore)]
+    return _carry_out(
+        runtime,
+        github,
+        tree,
+        event.repo.full_name,
+        number,
+        event.repo.installation_id,
+        base_ref,
+        title,
+        author,
+        state.author_trusted,
+        actions,
+    )
+
+
+def _on_push(runtime: Runtime, tree: Tree, event: PushEvent) -> list[str]:
+    assert tree.github is not None
+    branch = event.ref.removeprefix("refs/heads/")
+    if event.deleted or not event.ref.startswith("refs/heads/") or branch not in tree.github.staging_branches:
+        return [f"ignored: push to {event.ref} is not to a staging branch"]
+    pipeline_id = submit(
+        runtime,
+        Submission(
+            tree_name=tree.name,
+            tree_url=tree.url,
+            source="github-push",
+            external_id=f"{event.repo.full_name}@{branch}",
+            base_ref=event.before if not event.created else event.after,
+            ref=event.after,
+            title=f"push to {branch}",
+            submitter=event.pusher.login,
+            forge_repo=event.repo.full_name,
+            installation_id=event.repo.installation_id,
+            kind="post-merge",
+        ),
+    )
+    return [f"post-merge pipeline {pipeline_id} for {branch}@{event.after[:12]}"]
+
+
+def _carry_out(
+    runtime: Runtime,
+    github: GitHubApp,
+    tree: Tree,
+    repo: str,
+    number: int,
+    installation: int | None,
+    base_ref: str,
+    title: str,
+    author: str,
+    author_trusted: bool,
+    actions: list[Action],
+) -> list[str]:
+    done: list[str] = []
+    for action in actions:
+        if isinstance(action, CancelPipelines):
+            cancel_pipelines(runtime, action.pipeline_ids, action.reason)
+            done.append(f"cancelled {list(action.pipeline_ids)}: {action.reason}")
+        elif isinstance(action, RecordApproval):
+            with runtime.store.session() as session:
+                change = _change(session, repo, number)
+                if change is None:
+                    change = _new_change(
+                        session, runtime, tree, repo, number, installation, title, author, author_trusted
+                    )
+                session.add(
+                    Approval(
+                        change=change,
+                        sha=action.approval.sha,
+                        approver=action.approval.approver,
+                        hardware=action.approval.hardware,
+                    )
+                )
+            done.append(f"approval of {action.approval.sha[:12]} by {action.approval.approver}")
+        elif isinstance(action, StartPipeline):
+            if not author_trusted and installation is not None:
+                approvers = _approvers(runtime, repo, number, action.head_sha)
+                post_approval_check(
+                    github,
+                    installation,
+                    repo,
+                    action.head_sha,
+                    waiting=False,
+                    text=f"Approved for `{action.head_sha[:12]}` by {approvers}.",
+                )
+            pipeline_id = submit(
+                runtime,
+                Submission(
+                    tree_name=tree.name,
+                    tree_url=tree.url,
+                    source=SOURCE,
+                    external_id=external_id(repo, number),
+                    base_ref=base_ref,
+                    ref=action.head_sha,
+                    merge=True,
+                    plan_from=action.plan_from,
+                    title=title,
+                    submitter=author,
+                    forge_repo=repo,
+                    number=number,
+                    installation_id=installation,
+                    author_trusted=author_trusted,
+                    tier=action.tier,
+                ),
+            )
+            done.append(f"pipeline {pipeline_id} for {action.head_sha[:12]} ({action.reason}, tier {action.tier})")
+        elif isinstance(action, AwaitApproval):
+            if installation is not None:
+                post_approval_check(github, installation, repo, action.head_sha, waiting=True, text=action.text)
+            done.append(f"waiting for approval of {action.head_sha[:12]}")
+        elif isinstance(action, Retest):
+            with runtime.store.session() as session:
+                last = session.scalar(
+                    select(Pipeline.id)
+                    .join(Revision)
+                    .join(Change)
+                    .where(
+                        Change.source == SOURCE,
+                        Change.external_id == external_id(repo, number),
+                        Revision.head_sha == action.head_sha,
+                        Pipeline.state == "done",
+                    )
+                    .order_by(Pipeline.id.desc())
+                )
+            new = retest_failed(runtime, last, action.job_name) if last else None
+            done.append(f"re-run of pipeline {last} as {new}" if new else "nothing to re-run")
+        elif isinstance(action, Reply):
+            if installation is not None:
+                github.comment(installation, repo, number, action.text)
+            done.append("replied")
+        else:
+            done.append(f"ignored: {action.reason}")
+    return done
+
+
+def _approvers(runtime: Runtime, repo: str, number: int, sha: str) -> str:
+    with runtime.store.session() as session:
+        change = _change(session, repo, number)
+        names = sorted({f"@{a.approver}" for a in (change.approvals if change else []) if a.sha == sha})
+    return ", ".join(names) or "a maintainer"
+
+
+def _new_change(
+    session: Session,
+    runtime: Runtime,
+    tree: Tree,
+    repo: str,
+    number: int,
+    installation: int | None,
+    title: str,
+    author: str,
+    author_trusted: bool,
+) -> Change:
+    from bot.store.models import Tree as TreeRow
+
+    row = session.scalar(select(TreeRow).where(TreeRow.name == tree.name))
+    if row is None:
+        row = TreeRow(name=tree.name, url=tree.url)
+        session.add(row)
+    change = Change(
+        tree=row,
+        source=SOURCE,
+        external_id=external_id(repo, number),
+        title=title,
+        submitter=author,
+        forge_repo=repo,
+        number=number,
+        installation_id=installation,
+        author_trusted=author_trusted,
+    )
+    session.add(change)
+    session.flush()
+    return change
