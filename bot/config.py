@@ -71,6 +71,9 @@ class GitHubApp(_Strict):
     private_key_file: Path = Field(description="PEM private key of the App")
     webhook_secret_file: Path = Field(description="file holding the webhook secret")
     api_url: str = Field("https://api.github.com", description="REST API root (GitHub Enterprise: https://HOST/api/v3)")
+    write_interval_s: float = Field(
+        1.0, ge=0, description="pause between writes, as GitHub asks of integrations (secondary rate limits)"
+    )
 
     def read_webhook_secret(self) -> str:
         """The secret, or ConfigError: GitHub intake never starts without one (fail closed)."""

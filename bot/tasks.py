@@ -58,7 +58,9 @@ def github_app() -> GitHubApp:
     config = runtime_from_env().config.github
     if config is None:
         raise ConfigError("a GitHub event arrived but the config has no `github:` section")
-    return GitHubApp(config.app_id, config.read_private_key(), config.api_url)
+    return GitHubApp(
+        config.app_id, config.read_private_key(), config.api_url, write_interval_s=config.write_interval_s
+    )
 
 
 @app.task(name="bot.github_event")

@@ -32,10 +32,18 @@ class GitHubApp:
     """One App; a cached `Github` per installation. PyGithub's AppInstallationAuth keeps the
     installation token and renews it shortly before it expires, so tokens never leave this object."""
 
-    def __init__(self, app_id: int, private_key: str, api_url: str, retry: GithubRetry | None = None) -> None:
+    def __init__(
+        self,
+        app_id: int,
+        private_key: str,
+        api_url: str,
+        retry: GithubRetry | None = None,
+        write_interval_s: float = 1.0,
+    ) -> None:
         self._auth = Auth.AppAuth(app_id, private_key)
         self._api_url = api_url.rstrip("/")
         self._retry = retry or make_retry()
+        self._write_interval_s = write_interval_s
         self._clients: dict[int, Github] = {}
         self._lock = threading.Lock()
 
@@ -44,7 +52,14 @@ class GitHubApp:
             client = self._clients.get(installation_id)
             if client is None:
                 auth = self._auth.get_installation_auth(installation_id)
-                client = Github(base_url=self._api_url, auth=auth, retry=self._retry, per_page=100)
+                client = Github(
+                    base_url=self._api_url,
+                    auth=auth,
+                    retry=self._retry,
+                    per_page=100,
+                    seconds_between_requests=0,
+                    seconds_between_writes=self._write_interval_s,
+                )
                 self._clients[installation_id] = client
             return client
 

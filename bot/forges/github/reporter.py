@@ -132,6 +132,7 @@ def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
                     repo=repo,
                     head_sha=head_sha,
                     name=check_name(view),
+                    sent_rank=0,
                 )
                 session.add(check)
             if state.rank <= check.sent_rank:

@@ -1,0 +1,281 @@
+"""GitHub App scenarios, webhook to final check run: real workers, real git and QEMU, and
+FakeGitHub (driven through PyGithub) recording what labgate asked of it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from bot.config import load_config
+from bot.services import Services, open_services, served_queues, worker_groups
+from bot.web.app import create_app
+from tests.conftest import EXAMPLES, make_git_repo
+from tests.fakes.github_api import FakeGitHub
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "github" / "octokit-webhooks"
+REPO = "octo-org/hello"
+INSTALLATION = 77
+SECRET = "It's a Secret to Everybody"
+PATCHES = EXAMPLES / "hello" / "patches"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.org", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+@dataclass
+class World:
+    fake: FakeGitHub
+    services: Services
+    client: TestClient
+    origin: Path  # stands for the repository on GitHub
+    base_sha: str
+
+    def push_pull(self, number: int, patch: Path | None, *, on: str | None = None) -> str:
+        """Make refs/pull/N/head in the origin (GitHub keeps one per pull request); its SHA."""
+        git(self.origin, "checkout", "-q", "--detach", on or self.base_sha)
+        if patch is not None:
+            git(self.origin, "am", "-q", str(patch))
+        else:
+            git(self.origin, "commit", "-q", "--allow-empty", "-m", f"empty {uuid.uuid4().hex[:6]}")
+        sha = git(self.origin, "rev-parse", "HEAD")
+        git(self.origin, "update-ref", f"refs/pull/{number}/head", sha)
+        git(self.origin, "checkout", "-q", "main")
+        return sha
+
+    def post(self, event: str, payload: dict[str, Any], *, delivery: str | None = None,
+             secret: str = SECRET) -> Any:  # fmt: skip
+        body = json.dumps(payload).encode()
+        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+                   "X-Hub-Signature-256": signature, "Content-Type": "application/json"}  # fmt: skip
+        return self.client.post("/hooks/github", content=body, headers=headers)
+
+    def pull_payload(self, action: str, number: int, head_sha: str, *, author: str = "alice",
+                     association: str = "MEMBER") -> dict[str, Any]:  # fmt: skip
+        payload = copy.deepcopy(json.loads((FIXTURES / "pull_request" / "opened.payload.json").read_text()))
+        payload["action"], payload["number"] = action, number
+        payload["installation"] = {"id": INSTALLATION, "node_id": "x"}
+        payload["repository"]["full_name"] = REPO
+        pr = payload["pull_request"]
+        pr["number"], pr["draft"], pr["author_association"] = number, False, association
+        pr["user"]["login"], pr["user"]["type"] = author, "User"
+        pr["head"]["sha"], pr["head"]["ref"], pr["head"]["repo"]["full_name"] = head_sha, f"topic-{number}", REPO
+        pr["base"]["sha"], pr["base"]["ref"], pr["base"]["repo"]["full_name"] = self.base_sha, "main", REPO
+        self.fake.add_pull(REPO, number, head_sha, f"topic-{number}", "main", self.base_sha, author, association)
+        return payload
+
+    def comment_payload(self, number: int, body: str, *, login: str = "maint") -> dict[str, Any]:
+        payload = copy.deepcopy(json.loads((FIXTURES / "issue_comment" / "created.payload.json").read_text()))
+        payload["installation"] = {"id": INSTALLATION, "node_id": "x"}
+        payload["repository"]["full_name"] = REPO
+        # octokit's samples are comments on plain issues; a PR comment carries issue.pull_request.
+        payload["issue"]["number"] = number
+        payload["issue"]["pull_request"] = {"url": f"{self.fake.base_url}/repos/{REPO}/pulls/{number}"}
+        payload["comment"]["body"], payload["comment"]["user"]["login"] = body, login
+        payload["comment"]["user"]["type"], payload["comment"]["author_association"] = "User", "MEMBER"
+        return payload
+
+    def checks(self, sha: str) -> dict[str, dict[str, Any]]:
+        """The newest check run of each name on a commit."""
+        runs: dict[str, dict[str, Any]] = {}
+        for run in self.fake.check_runs(REPO):
+            if run["head_sha"] == sha:
+                runs[run["name"]] = run
+        return runs
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def wait_completed(self, sha: str, names: set[str], timeout_s: float = 150) -> dict[str, dict[str, Any]]:
+        def done() -> bool:
+            runs = self.checks(sha)
+            return names <= set(runs) and all(runs[n]["status"] == "completed" for n in names)
+
+        self.wait(done, f"checks {names} completed on {sha[:12]}", timeout_s)
+        return self.checks(sha)
+
+
+PIPELINE_CHECKS = {"labgate / checkout", "labgate / build x86_64", "labgate / qemu-x86_64 unit"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("github")
+    origin = make_git_repo(EXAMPLES / "hello", root / "origin")
+    with FakeGitHub() as fake:
+        fake.add_repo(REPO)
+        fake.add_installation(INSTALLATION, [REPO])
+        fake.set_permission(REPO, "maint", "write")
+        fake.set_permission(REPO, "mallory", "read")
+        (root / "app.pem").write_text(fake.private_key_pem)
+        (root / "secret").write_text(SECRET)
+        (root / "labgate.yaml").write_text(
+            f"data_dir: {root / 'data'}\n"
+            f"web: {{public_url: 'https://ci.example.org'}}\n"
+            f"github: {{app_id: {fake.app_id}, private_key_file: {root / 'app.pem'}, "
+            f"webhook_secret_file: {root / 'secret'}, api_url: '{fake.base_url}', write_interval_s: 0}}\n"
+            f"trees:\n  - name: hello\n    url: {origin}\n"
+            f"    github: {{repo: {REPO}, staging_branches: [staging]}}\n"
+        )
+        config = load_config(root / "labgate.yaml")
+        services = open_services(config, root / "labgate.yaml")
+        groups = worker_groups(config)
+        for group in groups:
+            services.start_worker(group)
+        deadline = time.monotonic() + 60
+        while not {q for g in groups for q in g} <= served_queues(0.5):
+            assert time.monotonic() < deadline, "workers did not come up"
+        try:
+            yield World(
+                fake, services, TestClient(create_app(services.runtime)), origin, git(origin, "rev-parse", "HEAD")
+            )
+        finally:
+            services.supervisor.stop()
+
+
+def test_forged_signature_is_rejected_and_nothing_is_stored(world: World) -> None:
+    payload = world.pull_payload("opened", 90, "a" * 40)
+    answer = world.post("pull_request", payload, secret="not the secret")
+    assert answer.status_code == 401
+    unsigned = world.client.post("/hooks/github", content=b"{}", headers={"X-GitHub-Event": "ping"})
+    assert unsigned.status_code == 401
+    assert (
+        world.client.post(
+            "/hooks/github", content=b"x" * 10, headers={"Content-Length": str(26 * 1024 * 1024)}
+        ).status_code
+        == 413
+    )
+
+
+def test_trusted_pull_request_passes(world: World) -> None:
+    sha = world.push_pull(1, PATCHES / "pass.patch")
+    answer = world.post("pull_request", world.pull_payload("opened", 1, sha))
+    assert answer.status_code == 202 and answer.json()["status"] == "accepted"
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+    unit = runs["labgate / qemu-x86_64 unit"]
+    assert unit["details_url"].startswith("https://ci.example.org/jobs/")
+    assert "math" in unit["output"]["summary"]
+    # Each check went queued -> in_progress -> completed, never backwards.
+    updates = world.fake.requests_to("PATCH", rf"/repos/{REPO}/check-runs/{unit['id']}$")
+    statuses = [r.json["status"] for r in updates]
+    assert statuses == sorted(statuses, key=["queued", "in_progress", "completed"].index)
+
+
+def test_fail_patch_fails_naming_the_test(world: World) -> None:
+    sha = world.push_pull(2, PATCHES / "fail.patch")
+    world.post("pull_request", world.pull_payload("opened", 2, sha))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    unit = runs["labgate / qemu-x86_64 unit"]
+    assert unit["conclusion"] == "failure"
+    assert "math.mul" in unit["output"]["title"]
+    assert unit["output"]["summary"].index("math.mul") < unit["output"]["summary"].index("| test | result |")
+    assert "expected 42, got" in unit["output"]["summary"]
+    assert runs["labgate / build x86_64"]["conclusion"] == "success"
+
+    # The Re-run button (check_run rerequested) repeats only the failed job.
+    build_posts = len([r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$")
+                       if r.json["name"] == "labgate / build x86_64"])  # fmt: skip
+    rerun = copy.deepcopy(json.loads((FIXTURES / "check_run" / "rerequested.payload.json").read_text()))
+    rerun["installation"] = {"id": INSTALLATION, "node_id": "x"}
+    rerun["repository"]["full_name"] = REPO
+    rerun["check_run"]["head_sha"], rerun["check_run"]["id"] = sha, unit["id"]
+    rerun["check_run"]["external_id"] = unit["external_id"]
+    rerun["sender"]["login"], rerun["sender"]["type"] = "maint", "User"
+    assert world.post("check_run", rerun).status_code == 202
+    world.wait(lambda: world.checks(sha)["labgate / qemu-x86_64 unit"]["id"] != unit["id"]
+               and world.checks(sha)["labgate / qemu-x86_64 unit"]["status"] == "completed", "re-run")  # fmt: skip
+    again = world.checks(sha)["labgate / qemu-x86_64 unit"]
+    assert again["conclusion"] == "failure"
+    assert "Earlier attempt" in again["output"]["summary"]  # the first failure stays visible
+    assert len([r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$")
+                if r.json["name"] == "labgate / build x86_64"]) == build_posts  # fmt: skip
+
+
+def test_untrusted_waits_is_approved_and_a_new_push_needs_a_new_approval(world: World) -> None:
+    sha = world.push_pull(3, PATCHES / "pass.patch")
+    world.post("pull_request", world.pull_payload("opened", 3, sha, author="eve", association="NONE"))
+    world.wait(lambda: "labgate" in world.checks(sha), "the approval check")
+    waiting = world.checks(sha)["labgate"]
+    assert waiting["conclusion"] == "action_required"
+    assert "/ok-to-test" in waiting["output"]["summary"]
+    assert not (PIPELINE_CHECKS & set(world.checks(sha)))  # nothing ran
+
+    # A quoted command does nothing; a reader without write permission cannot approve.
+    world.post("issue_comment", world.comment_payload(3, "> /ok-to-test\nlooks fine to me"))
+    world.post("issue_comment", world.comment_payload(3, "/ok-to-test", login="mallory"))
+    world.wait(lambda: any("only users with" in c["body"] for c in world.fake.comments(REPO, 3)), "refusal")
+    assert not (PIPELINE_CHECKS & set(world.checks(sha)))
+
+    world.post("issue_comment", world.comment_payload(3, f"/ok-to-test {sha[:10]}"))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+    approved = [r for r in world.fake.check_runs(REPO) if r["name"] == "labgate" and r["head_sha"] == sha][-1]
+    assert approved["conclusion"] == "success" and "@maint" in approved["output"]["summary"]
+
+    new_sha = world.push_pull(3, None, on=sha)
+    world.post("pull_request", world.pull_payload("synchronize", 3, new_sha, author="eve", association="NONE"))
+    world.wait(lambda: "labgate" in world.checks(new_sha), "the approval check of the new push")
+    again = world.checks(new_sha)["labgate"]
+    assert again["conclusion"] == "action_required"
+    assert "needs a new approval" in again["output"]["summary"] and sha[:12] in again["output"]["summary"]
+    assert not (PIPELINE_CHECKS & set(world.checks(new_sha)))
+
+
+def test_synchronize_cancels_the_running_pipeline(world: World) -> None:
+    first = world.push_pull(4, PATCHES / "pass.patch")
+    world.post("pull_request", world.pull_payload("opened", 4, first))
+    world.wait(lambda: "labgate / checkout" in world.checks(first), "the first pipeline to start")
+    second = world.push_pull(4, None, on=first)
+    world.post("pull_request", world.pull_payload("synchronize", 4, second))
+    runs = world.wait_completed(first, PIPELINE_CHECKS & set(world.checks(first)) | {"labgate / checkout"})
+    cancelled = [r for r in runs.values() if r["conclusion"] == "cancelled"]
+    assert cancelled, runs
+    assert all(f"superseded by {second}" in r["output"]["summary"] for r in cancelled)
+    runs2 = world.wait_completed(second, PIPELINE_CHECKS)
+    assert {runs2[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+
+
+def test_redelivery_is_a_no_op(world: World) -> None:
+    sha = world.push_pull(5, PATCHES / "pass.patch")
+    payload = world.pull_payload("opened", 5, sha)
+    first = world.post("pull_request", payload, delivery="delivery-5")
+    second = world.post("pull_request", payload, delivery="delivery-5")
+    assert first.json()["status"] == "accepted" and second.json()["status"] == "duplicate"
+    world.wait_completed(sha, PIPELINE_CHECKS)
+    checkouts = [r for r in world.fake.check_runs(REPO) if r["head_sha"] == sha and r["name"] == "labgate / checkout"]
+    assert len(checkouts) == 1
+
+
+def test_ignored_events_say_why(world: World) -> None:
+    ping = json.loads((FIXTURES / "ping" / "payload.json").read_text())
+    answer = world.post("ping", ping)
+    assert answer.status_code == 202 and answer.json()["status"] in ("ignored", "accepted")
+    assert world.post("status", json.loads((FIXTURES / "status" / "payload.json").read_text())).json()["reason"]
+    malformed = world.client.post(
+        "/hooks/github",
+        content=b"{not json",
+        headers={
+            "X-GitHub-Event": "pull_request",
+            "X-GitHub-Delivery": "m-1",
+            "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), b"{not json", hashlib.sha256).hexdigest(),
+        },
+    )
+    assert malformed.status_code == 400
