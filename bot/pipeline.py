@@ -48,6 +48,7 @@ class Submission:
     submitter: str = ""
     plan_from: str = "head"
     merge: bool = False  # test the head merged onto the current base (speculative merge)
+    head_sha: str | None = None  # known up front for forge changes: reports attach to it
     forge_repo: str | None = None
     number: int | None = None
     installation_id: int | None = None
@@ -81,7 +82,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
         change.author_trusted = submission.author_trusted
         change.title = submission.title or change.title
         revision = Revision(change=change, version=len(change.revisions) + 1, base_ref=submission.base_ref,
-                            ref=submission.ref, patches=patch_refs)  # fmt: skip
+                            ref=submission.ref, patches=patch_refs, head_sha=submission.head_sha)  # fmt: skip
         pipeline = Pipeline(revision=revision, state="queued", kind=submission.kind, tier=submission.tier)
         session.add(pipeline)
         session.flush()

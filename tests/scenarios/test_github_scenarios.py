@@ -279,3 +279,98 @@ def test_ignored_events_say_why(world: World) -> None:
         },
     )
     assert malformed.status_code == 400
+
+
+def test_untrusted_change_is_judged_by_the_base_plan(world: World) -> None:
+    """A change must not rewrite the rules it is judged by: its own plan is not used."""
+    git(world.origin, "checkout", "-q", "--detach", world.base_sha)
+    plan = world.origin / ".labgate" / "plan.yaml"
+    plan.write_text(plan.read_text() + "      - name: injected\n        run: echo from-the-change; exit 1\n")
+    git(world.origin, "commit", "-qam", "plan: add a command")
+    sha = git(world.origin, "rev-parse", "HEAD")
+    git(world.origin, "update-ref", "refs/pull/6/head", sha)
+    git(world.origin, "checkout", "-q", "main")
+    world.post("pull_request", world.pull_payload("opened", 6, sha, author="eve", association="FIRST_TIMER"))
+    world.wait(lambda: "labgate" in world.checks(sha), "the approval check")
+    world.post("issue_comment", world.comment_payload(6, "/ok-to-test"))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    unit = runs["labgate / qemu-x86_64 unit"]
+    assert unit["conclusion"] == "success" and "injected" not in unit["output"]["summary"]
+
+
+def test_check_updates_survive_rate_limits_and_outages(world: World) -> None:
+    world.fake.fail_secondary_rate_limit("POST", rf"/repos/{REPO}/check-runs", retry_after=1)
+    world.fake.fail_next("PATCH", rf"/repos/{REPO}/check-runs/\d+", 502, times=2)
+    world.fake.fail_next("POST", rf"/repos/{REPO}/check-runs", 429, headers={"Retry-After": "1"})
+    sha = world.push_pull(7, PATCHES / "pass.patch")
+    world.post("pull_request", world.pull_payload("opened", 7, sha))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+    statuses = [r.status for r in world.fake.requests if "/check-runs" in r.path]
+    assert {403, 429, 502} <= set(statuses)
+
+
+def test_help_and_bot_comments(world: World) -> None:
+    sha = world.push_pull(8, None)
+    world.fake.add_pull(REPO, 8, sha, "topic-8", "main", world.base_sha, "alice", "MEMBER")
+    world.post("issue_comment", world.comment_payload(8, "thanks!\n\n/help"))
+    world.wait(lambda: any("/ok-to-test" in c["body"] for c in world.fake.comments(REPO, 8)), "the help reply")
+    bot = world.comment_payload(8, "/retest")
+    bot["comment"]["user"]["login"], bot["comment"]["user"]["type"] = "ci-bot[bot]", "Bot"
+    world.post("issue_comment", bot)
+    time.sleep(2)
+    assert len(world.fake.comments(REPO, 8)) == 1
+
+
+def test_speculative_merge_conflict_names_base_and_files(world: World) -> None:
+    git(world.origin, "checkout", "-q", "--detach", world.base_sha)
+    (world.origin / "src" / "greet.c").write_text(
+        (world.origin / "src" / "greet.c").read_text() + "/* from the change */\n"
+    )
+    git(world.origin, "commit", "-qam", "greet: a comment")
+    sha = git(world.origin, "rev-parse", "HEAD")
+    git(world.origin, "update-ref", "refs/pull/9/head", sha)
+    git(world.origin, "checkout", "-q", "main")
+    (world.origin / "src" / "greet.c").write_text((world.origin / "src" / "greet.c").read_text() + "/* on main */\n")
+    git(world.origin, "commit", "-qam", "greet: another comment")
+    main_sha = git(world.origin, "rev-parse", "HEAD")
+    try:
+        world.post("pull_request", world.pull_payload("opened", 9, sha))
+        runs = world.wait_completed(sha, {"labgate / checkout"})
+        checkout = runs["labgate / checkout"]
+        assert checkout["conclusion"] == "failure"
+        assert f"merge conflict with main@{main_sha[:12]}: src/greet.c" in checkout["output"]["summary"]
+    finally:
+        git(world.origin, "update-ref", "refs/heads/main", world.base_sha)
+        git(world.origin, "reset", "-q", "--hard", world.base_sha)
+
+
+def test_staging_push_runs_post_merge_and_lists_new_failures_first(world: World) -> None:
+    push = json.loads((FIXTURES / "push" / "with-new-branch.payload.json").read_text())
+    push["installation"] = {"id": INSTALLATION, "node_id": "x"}
+    push["repository"]["full_name"] = REPO
+    good = world.push_pull(10, PATCHES / "pass.patch")
+    git(world.origin, "update-ref", "refs/heads/staging", good)
+    push.update(ref="refs/heads/staging", before="0" * 40, after=good, created=True)
+    world.post("push", push)
+    first = world.wait_completed(good, PIPELINE_CHECKS)
+    assert "First run on this branch" in first["labgate / qemu-x86_64 unit"]["output"]["summary"]
+
+    bad = world.push_pull(11, PATCHES / "fail.patch", on=good)
+    git(world.origin, "update-ref", "refs/heads/staging", bad)
+    push.update(before=good, after=bad, created=False)
+    world.post("push", push)
+    second = world.wait_completed(bad, PIPELINE_CHECKS)
+    summary = second["labgate / qemu-x86_64 unit"]["output"]["summary"]
+    assert summary.startswith(f"**New failures since `{good[:12]}`")
+    assert summary.index("math.mul") < summary.index("| test | result |")
+
+    pushed_elsewhere = dict(push, ref="refs/heads/topic", after=bad)
+    world.post("push", pushed_elsewhere)
+
+
+def test_no_token_reaches_the_store_or_the_logs(world: World) -> None:
+    assert world.fake.tokens_issued >= 1
+    data_dir = world.services.runtime.data_dir
+    for path in [*data_dir.glob("*.sqlite3*"), *(data_dir / "logs").glob("*.log")]:
+        assert b"ghs_" not in path.read_bytes(), path

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
+from bot.core.triage import compare_results, render_comparison
 from bot.forges.github.client import GitHubApp
 from bot.runtime import Runtime
-from bot.store.models import ForgeCheck, Job, Pipeline
+from bot.store.models import ForgeCheck, Job, Pipeline, Revision
 from bot.views import job_view
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,14 @@ def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
         if installation is None or not head_sha or not repo:
             return 0
         earlier = _earlier_failures(session, pipeline)
+        compared = _post_merge_comparison(session, pipeline)
         for job in pipeline.jobs:
             if job.reused_from_id is not None:
                 continue  # its check from the earlier run still says it passed
             view = job_view(runtime, job)
             state = desired_state(job, view, earlier.get((job.kind, job.name), ""))
+            if compared and state.status == "completed" and job.kind == "test":
+                state = replace(state, summary=(compared + "\n\n" + state.summary)[:65000])
             check = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job.id))
             if check is None:
                 check = ForgeCheck(
@@ -156,6 +160,31 @@ def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
             check.sent_rank = state.rank
             session.flush()
     return requests
+
+
+def _test_statuses(pipeline: Pipeline) -> dict[str, str]:
+    return {f"{job.name}/{t.path}": t.status for job in pipeline.jobs if job.kind == "test" for t in job.tests}
+
+
+def _post_merge_comparison(session: Any, pipeline: Pipeline) -> str:
+    """For a push to a staging branch: this head's results against the previous head's."""
+    if pipeline.kind != "post-merge" or pipeline.state != "done":
+        return ""
+    previous = session.scalar(
+        select(Pipeline)
+        .join(Revision)
+        .where(
+            Revision.change_id == pipeline.revision.change_id,
+            Pipeline.id < pipeline.id,
+            Pipeline.state == "done",
+            Pipeline.result != "cancelled",
+        )
+        .order_by(Pipeline.id.desc())
+    )
+    if previous is None:
+        return "First run on this branch: nothing to compare with."
+    label = f"`{(previous.revision.head_sha or '')[:12]}` (pipeline {previous.id})"
+    return render_comparison(compare_results(_test_statuses(pipeline), _test_statuses(previous)), label)
 
 
 def _earlier_failures(session: Any, pipeline: Pipeline) -> dict[tuple[str, str], str]:
