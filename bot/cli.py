@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,5 +126,4 @@ def run_worker(queues: list[str], concurrency: int, name: str | None) -> int:
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     sys.exit(main())

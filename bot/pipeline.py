@@ -386,7 +386,3 @@ def mark_delivery(runtime: Runtime, source: str, delivery_id: str, status: str, 
         )
         if delivery is not None:
             delivery.status, delivery.detail = status, detail[:10000]
-
-
-def pipelines_of(session: Session, ids: Sequence[int]) -> list[Pipeline]:
-    return list(session.scalars(select(Pipeline).where(Pipeline.id.in_(ids))))

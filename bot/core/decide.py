@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot.core.commands import Command, parse_commands, render_help
@@ -143,7 +142,3 @@ def decide_rerun(event: RerunEvent, state: ChangeState | None, policy: TrustPoli
     if tier_for(state.author_trusted, event.head_sha, state.approvals, policy) == "none":
         return [Ignore("re-run of an unapproved head")]
     return [Retest(event.head_sha, None)]
-
-
-def pipelines_to_cancel(actions: Sequence[Action]) -> tuple[int, ...]:
-    return tuple(i for a in actions if isinstance(a, CancelPipelines) for i in a.pipeline_ids)
