@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
 
@@ -179,15 +179,15 @@ def load_config(path: Path | None) -> Config:
     return config
 
 
+CONFIG_SCHEMA_TITLE = "labgate configuration"
+
+
 def config_json_schema() -> dict[str, Any]:
-    schema = Config.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "labgate configuration"
-    return schema
+    return json_schema(Config, CONFIG_SCHEMA_TITLE)
 
 
 def render_config_json_schema() -> str:
-    return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
+    return render_json_schema(Config, CONFIG_SCHEMA_TITLE)
 
 
 def redact_url(url: str) -> str:

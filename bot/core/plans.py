@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.core.schema import json_schema, render_json_schema
 from workers.errors import UserError
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
@@ -190,12 +190,12 @@ def match_device_class(wanted: dict[str, str], classes: Sequence[tuple[str, dict
     return None
 
 
+PLAN_SCHEMA_TITLE = "labgate in-tree plan, version 1"
+
+
 def plan_json_schema() -> dict[str, Any]:
-    schema = Plan.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "labgate in-tree plan, version 1"
-    return schema
+    return json_schema(Plan, PLAN_SCHEMA_TITLE)
 
 
 def render_plan_json_schema() -> str:
-    return json.dumps(plan_json_schema(), indent=2, sort_keys=True) + "\n"
+    return render_json_schema(Plan, PLAN_SCHEMA_TITLE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from github.PullRequest import PullRequest
 from sqlalchemy import select
@@ -34,6 +35,20 @@ from bot.store.models import Approval, Change, Pipeline, Revision
 
 log = logging.getLogger(__name__)
 SOURCE = "github"
+
+
+@dataclass(frozen=True)
+class ChangeContext:
+    """The pull request an action is about, as the actions need it."""
+
+    tree: Tree
+    repo: str
+    number: int
+    installation: int | None
+    base_ref: str
+    title: str
+    author: str
+    author_trusted: bool
 
 
 def external_id(repo: str, number: int) -> str:
@@ -98,19 +113,10 @@ def _on_change(runtime: Runtime, github: GitHubApp, tree: Tree, event: ChangeEve
             change.author_trusted = trusted
         state = _state(session, change, event.author.login, trusted, event.head_sha)
     actions = decide_change(event, state, policy, test_drafts=tree.github.test_drafts)
-    return _carry_out(
-        runtime,
-        github,
-        tree,
-        event.repo.full_name,
-        event.number,
-        installation,
-        event.base_ref,
-        event.title,
-        event.author.login,
-        trusted,
-        actions,
+    context = ChangeContext(
+        tree, event.repo.full_name, event.number, installation, event.base_ref, event.title, event.author.login, trusted
     )
+    return _carry_out(runtime, github, context, actions)
 
 
 def _on_comment(runtime: Runtime, github: GitHubApp, tree: Tree, event: CommentEvent, policy: TrustPolicy) -> list[str]:
@@ -130,19 +136,10 @@ def _on_comment(runtime: Runtime, github: GitHubApp, tree: Tree, event: CommentE
             session, _change(session, event.repo.full_name, event.number), author, author_trusted, pull.head.sha
         )
     actions = decide_comment(event, state, policy, commenter_permission=permission, commenter_trusted=commenter_trusted)
-    return _carry_out(
-        runtime,
-        github,
-        tree,
-        event.repo.full_name,
-        event.number,
-        installation,
-        pull.base.ref,
-        pull.title,
-        author,
-        author_trusted,
-        actions,
+    context = ChangeContext(
+        tree, event.repo.full_name, event.number, installation, pull.base.ref, pull.title, author, author_trusted
     )
+    return _carry_out(runtime, github, context, actions)
 
 
 def _actor_from_pull(pull: PullRequest) -> Actor:
@@ -171,19 +168,10 @@ def _on_rerun(runtime: Runtime, github: GitHubApp, tree: Tree, event: RerunEvent
     actions = decide_rerun(event, state, policy)
     if state is None:
         return [f"ignored: {a.reason}" for a in actions if isinstance(a, Ignore)]
-    return _carry_out(
-        runtime,
-        github,
-        tree,
-        event.repo.full_name,
-        number,
-        event.repo.installation_id,
-        base_ref,
-        title,
-        author,
-        state.author_trusted,
-        actions,
+    context = ChangeContext(
+        tree, event.repo.full_name, number, event.repo.installation_id, base_ref, title, author, state.author_trusted
     )
+    return _carry_out(runtime, github, context, actions)
 
 
 def _on_push(runtime: Runtime, tree: Tree, event: PushEvent) -> list[str]:
@@ -211,19 +199,9 @@ def _on_push(runtime: Runtime, tree: Tree, event: PushEvent) -> list[str]:
     return [f"post-merge pipeline {pipeline_id} for {branch}@{event.after[:12]}"]
 
 
-def _carry_out(
-    runtime: Runtime,
-    github: GitHubApp,
-    tree: Tree,
-    repo: str,
-    number: int,
-    installation: int | None,
-    base_ref: str,
-    title: str,
-    author: str,
-    author_trusted: bool,
-    actions: list[Action],
-) -> list[str]:
+def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, actions: list[Action]) -> list[str]:
+    tree, repo, number, installation = context.tree, context.repo, context.number, context.installation
+    base_ref, title, author, author_trusted = context.base_ref, context.title, context.author, context.author_trusted
     done: list[str] = []
     for action in actions:
         if isinstance(action, CancelPipelines):
