@@ -206,3 +206,42 @@ def test_job_page_shows_result_timings_and_log(lab: Lab) -> None:
         job = session.get(Job, test_job.id)
         assert job is not None and job.pipeline.state == "done"
         assert session.get(Pipeline, view.id) is not None
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def test_job_page_in_headless_chromium(lab: Lab, tmp_path: Path) -> None:
+    """What a maintainer sees: the failing test, its first lines, and the console, in a real browser."""
+    import shutil
+    import socket
+    import threading
+
+    import uvicorn
+
+    chromium = shutil.which("chromium")
+    assert chromium, "scripts/setup.sh installs chromium"
+    view = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "fail.patch",)))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(lab.services.runtime), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/jobs/{view.jobs[2].id}"
+        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        shot = tmp_path / "job.png"
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1400", url],
+                       capture_output=True, timeout=120)  # fmt: skip
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert '<p class="fail">not ok math.mul</p>' in dom.stdout
+    assert "expected 42, got" in dom.stdout and "KTAP version 1" in dom.stdout
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -23,6 +24,9 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(["html"]),
 )
 TEMPLATES.globals.update(outcome_word=outcome_word, render_counts=render_counts)
+# Firmware and kernels write terminal escapes (SeaBIOS clears the screen); a page shows text.
+_TERMINAL_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[@-~])|[\x00-\x08\x0b-\x1f\x7f]")
+TEMPLATES.filters["printable"] = lambda text: _TERMINAL_ESCAPES.sub("", text or "")
 PAGE_LOG_BYTES = 2 * 1024 * 1024
 
 
