@@ -31,6 +31,7 @@ class CheckoutOutcome:
     tested_sha: str  # what builds check out: the head, or the head merged onto the base
     plan_text: str | None  # None: the tree has no plan at that path
     changed_files: tuple[str, ...]
+    changed_lines: dict[str, list[tuple[int, int]]]  # file -> [first, last] line ranges the change touched
 
 
 def git(args: Sequence[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -172,4 +173,28 @@ def prepare_checkout(
         git(["update-ref", keep_ref, tested_sha], mirror)
         plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)
         diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
-    return CheckoutOutcome(base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()))
+        hunks = git(["diff", "--unified=0", "--no-color", f"{base_sha}...{head_sha}"], mirror)
+    return CheckoutOutcome(
+        base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), parse_changed_lines(hunks.stdout)
+    )
+
+
+_FILE_HEADER = re.compile(r"^\+\+\+ b/(.+)$")
+_HUNK_HEADER = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+
+
+def parse_changed_lines(diff: str) -> dict[str, list[tuple[int, int]]]:
+    """Line ranges of the new side of a `git diff -U0`: where the change wrote."""
+    changed: dict[str, list[tuple[int, int]]] = {}
+    current: str | None = None
+    for line in diff.splitlines():
+        header = _FILE_HEADER.match(line)
+        if header:
+            current = header.group(1)
+            continue
+        hunk = _HUNK_HEADER.match(line)
+        if hunk and current is not None:
+            start, count = int(hunk.group(1)), int(hunk.group(2) or 1)
+            if count:
+                changed.setdefault(current, []).append((start, start + count - 1))
+    return changed

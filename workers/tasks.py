@@ -64,6 +64,7 @@ def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
             "tested_sha": outcome.tested_sha,
             "plan_text": outcome.plan_text,
             "changed_files": list(outcome.changed_files),
+            "changed_lines": outcome.changed_lines,
         },
     )
 

@@ -57,22 +57,25 @@ def conclusion_for(job: JobView) -> str:
 
 
 def annotations_for(job: Job) -> tuple[dict[str, Any], ...]:
-    """Compiler warnings and errors in files the change touched (GitHub shows them inline)."""
+    """Compiler warnings and errors on lines the change wrote (GitHub shows them inline)."""
     diagnostics = job.outputs.get("diagnostics") or []
-    changed = set(job.pipeline.jobs[0].outputs.get("changed_files") or []) if job.pipeline.jobs else set()
+    checkout = job.pipeline.jobs[0] if job.pipeline.jobs else None
+    changed = (checkout.outputs.get("changed_lines") or {}) if checkout is not None else {}
     found = []
     for item in diagnostics:
-        if item.get("file") in changed:
-            found.append(
-                {
-                    "path": item["file"],
-                    "start_line": item["line"],
-                    "end_line": item["line"],
-                    "annotation_level": "failure" if item["level"] == "error" else "warning",
-                    "message": str(item["text"])[:4000],
-                    "title": f"compiler {item['level']}",
-                }
-            )
+        ranges = changed.get(item.get("file"), [])
+        if not any(first <= item["line"] <= last for first, last in ranges):
+            continue
+        found.append(
+            {
+                "path": item["file"],
+                "start_line": item["line"],
+                "end_line": item["line"],
+                "annotation_level": "failure" if item["level"] == "error" else "warning",
+                "message": str(item["text"])[:4000],
+                "title": f"compiler {item['level']}",
+            }
+        )
     return tuple(found)
 
 
