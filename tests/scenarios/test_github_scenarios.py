@@ -374,3 +374,20 @@ def test_no_token_reaches_the_store_or_the_logs(world: World) -> None:
     data_dir = world.services.runtime.data_dir
     for path in [*data_dir.glob("*.sqlite3*"), *(data_dir / "logs").glob("*.log")]:
         assert b"ghs_" not in path.read_bytes(), path
+
+
+def test_compiler_warnings_on_changed_lines_become_annotations(world: World) -> None:
+    git(world.origin, "checkout", "-q", "--detach", world.base_sha)
+    source = world.origin / "src" / "mathx.c"
+    source.write_text(source.read_text().replace("\treturn a + b;\n", "\tint unused_here;\n\treturn a + b;\n", 1))
+    git(world.origin, "commit", "-qam", "mathx: a warning")
+    sha = git(world.origin, "rev-parse", "HEAD")
+    git(world.origin, "update-ref", "refs/pull/12/head", sha)
+    git(world.origin, "checkout", "-q", "main")
+    world.post("pull_request", world.pull_payload("opened", 12, sha))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    build = runs["labgate / build x86_64"]
+    assert build["conclusion"] == "success"
+    annotations = build["output"]["annotations"]
+    assert [(a["path"], a["start_line"], a["annotation_level"]) for a in annotations] == [("src/mathx.c", 6, "warning")]
+    assert "unused_here" in annotations[0]["message"]
