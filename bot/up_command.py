@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -11,17 +12,29 @@ from bot.config import Config
 from bot.runtime import open_runtime
 from bot.services import open_services, worker_groups
 from bot.supervise import labgate_argv
+from workers.app import configure
 
 SUPERVISE_INTERVAL_S = 1.0
 
 
 def run_web(config: Config, config_path: Path | None) -> int:
+    """The web app alone. Started by `labgate up` it gets the broker in its environment;
+    started by hand it finds (or starts, and later stops) the broker like any command."""
     import uvicorn
 
     from bot.web.app import create_app
 
-    runtime = open_runtime(config)
-    uvicorn.run(create_app(runtime), host=config.web.host, port=config.web.port, log_level="warning")
+    broker_url = os.environ.get("LABGATE_BROKER_URL")
+    if broker_url:
+        runtime = open_runtime(config)
+        configure(broker_url, longest_job_s=max(config.caps.max_build_s, config.caps.max_job_s))
+        uvicorn.run(create_app(runtime), host=config.web.host, port=config.web.port, log_level="warning")
+        return 0
+    services = open_services(config, config_path)
+    try:
+        uvicorn.run(create_app(services.runtime), host=config.web.host, port=config.web.port, log_level="warning")
+    finally:
+        services.supervisor.stop()
     return 0
 
 

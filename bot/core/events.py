@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
 
 ChangeAction = Literal["opened", "updated", "reopened", "ready", "drafted", "closed"]
 
@@ -108,16 +110,16 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# Built once: building an adapter costs ~1.7 ms, more than the rest of a webhook delivery.
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(cls) for name, cls in _EVENT_TYPES.items()}
+
+
 def event_to_json(event: Event) -> str:
     """An event as a task argument (JSON, no secrets: events never hold one)."""
-    from pydantic import TypeAdapter
-
-    return json.dumps({"type": type(event).__name__, "data": TypeAdapter(type(event)).dump_python(event, mode="json")})
+    name = type(event).__name__
+    return json.dumps({"type": name, "data": _ADAPTERS[name].dump_python(event, mode="json")})
 
 
 def event_from_json(text: str) -> Event:
-    from pydantic import TypeAdapter
-
     raw = json.loads(text)
-    cls = _EVENT_TYPES[raw["type"]]
-    return TypeAdapter(cls).validate_python(raw["data"])  # type: ignore[no-any-return]
+    return _ADAPTERS[raw["type"]].validate_python(raw["data"])  # type: ignore[no-any-return]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -17,7 +19,7 @@ from bot.core.render import outcome_word, render_counts
 from bot.runtime import Runtime
 from bot.store.models import Job, Pipeline
 from bot.views import job_view, read_log
-from bot.web.hooks import github_hook
+from bot.web.hooks import github_hook, open_intake
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -84,11 +86,20 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/jobs/{job_id}/log", job_log),
         Route("/pipelines/{pipeline_id}", pipeline_page),
     ]
+    intake = None
     if runtime.config.github is not None:
         # Fail closed: no readable secret, no app (read_webhook_secret raises ConfigError).
         secret = runtime.config.github.read_webhook_secret()
-        routes.append(Route("/hooks/github", github_hook(runtime, secret), methods=["POST"]))
-    return Starlette(routes=routes)
+        intake = open_intake(runtime)
+        routes.append(Route("/hooks/github", github_hook(intake, secret), methods=["POST"]))
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        if intake is not None:
+            await intake.close()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _int_param(request: Request, name: str) -> int | None:

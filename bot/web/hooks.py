@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis.asyncio as aredis
-from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bot.core.events import Event
+from bot.core.events import Event, event_to_json
 from bot.forges.github import sansio
 from bot.runtime import Runtime
 from bot.store.deliveries import DELIVERY_ID_MAX, EVENT_NAME_MAX, DeliveryLog, DeliveryRow, open_delivery_log
@@ -43,17 +42,6 @@ async def read_capped(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
-
-
-def event_json(event: Event) -> str:
-    """The text bot.core.events.event_to_json gives, with each event type's adapter built once, not per call
-    (building one costs ~1.7 ms, more than all the rest of a delivery)."""
-    kind = type(event)
-    adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(kind))
-    return json.dumps({"type": kind.__name__, "data": adapter.dump_python(event, mode="json")})
 
 
 class ControlQueue:
@@ -179,7 +167,7 @@ class Intake:
             for one in batch:  # nothing was stored; one bad delivery must not fail the others
                 await self._write([one])
             return
-        tasks = [(GITHUB_EVENT_TASK, [event_json(d.event), d.delivery_id])
+        tasks = [(GITHUB_EVENT_TASK, [event_to_json(d.event), d.delivery_id])
                  for (d, _), new in zip(batch, fresh, strict=True) if new and d.event is not None]  # fmt: skip
         try:
             await self.queue.send(tasks)
@@ -199,9 +187,12 @@ def _settle(batch: list[tuple[HookDelivery, asyncio.Future[bool]]], outcome: lis
             future.set_result(outcome[index])
 
 
-def github_hook(runtime: Runtime, secret: str) -> Callable[[Request], Awaitable[Response]]:
+def open_intake(runtime: Runtime) -> Intake:
+    return Intake(open_delivery_log(runtime.store), ControlQueue())
+
+
+def github_hook(intake: Intake, secret: str) -> Callable[[Request], Awaitable[Response]]:
     """The endpoint, closed over the webhook secret (read once at start: fail closed without one)."""
-    intake = Intake(open_delivery_log(runtime.store), ControlQueue())
 
     async def endpoint(request: Request) -> Response:
         try:
