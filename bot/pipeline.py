@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -63,8 +62,8 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
         {"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches
     ]
     with runtime.store.session() as session:
-        session.add(Delivery(source=submission.source, delivery_id=delivery_id or uuid.uuid4().hex,
-                             event="submission"))  # fmt: skip
+        if delivery_id is not None:  # intakes without a delivery record of their own (the CLI, the API)
+            session.add(Delivery(source=submission.source, delivery_id=delivery_id, event="submission"))
         tree = session.scalar(select(Tree).where(Tree.name == submission.tree_name))
         if tree is None:
             tree = Tree(name=submission.tree_name, url=submission.tree_url)
@@ -96,7 +95,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
     return pipeline_id
 
 
-def _report(pipeline: Pipeline, outbox: Outbox) -> None:
+def report_after(pipeline: Pipeline, outbox: Outbox) -> None:
     """Forge changes get their checks brought up to date after every state change."""
     if pipeline.revision.change.forge_repo:
         outbox.add(REPORT_TASK, [pipeline.id], CONTROL_QUEUE)
@@ -118,7 +117,7 @@ class Outbox:
         self.messages.clear()
 
 
-def _lock_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
+def lock_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
     # Row lock on PostgreSQL: two results of one pipeline are recorded one at a time.
     return session.scalar(select(Pipeline).where(Pipeline.id == pipeline_id).with_for_update())
 
@@ -126,14 +125,14 @@ def _lock_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
 def start_pipeline(runtime: Runtime, pipeline_id: int) -> None:
     outbox = Outbox()
     with runtime.store.session() as session:
-        pipeline = _lock_pipeline(session, pipeline_id)
+        pipeline = lock_pipeline(session, pipeline_id)
         if pipeline is None or pipeline.state != "queued":
             return  # a redelivered message: already started
         pipeline.state = "running"
         for job in pipeline.jobs:
             if job.state == "pending" and job.depends_on_id is None:
                 dispatch(runtime, session, job, outbox)
-        _report(pipeline, outbox)
+        report_after(pipeline, outbox)
     outbox.send()
 
 
@@ -172,7 +171,7 @@ def record_started(runtime: Runtime, job_id: int, delivery: int) -> None:
         job.state = "running"
         job.attempts = max(job.attempts, delivery)
         job.started_at = job.started_at or utcnow()
-        _report(job.pipeline, outbox)
+        report_after(job.pipeline, outbox)
     outbox.send()
 
 
@@ -181,7 +180,7 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
     outbox = Outbox()
     with runtime.store.session() as session:
         job = session.get(Job, result.job_id)
-        if job is None or _lock_pipeline(session, job.pipeline_id) is None:
+        if job is None or lock_pipeline(session, job.pipeline_id) is None:
             return
         session.refresh(job)
         if job.state == "done":
@@ -204,8 +203,8 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
             _after_checkout(runtime, session, pipeline, job, outbox)
         elif job.kind == "build":
             _after_build(runtime, session, pipeline, job, outbox)
-        _finish_if_done(session, pipeline)
-        _report(pipeline, outbox)
+        finish_if_done(session, pipeline)
+        report_after(pipeline, outbox)
     outbox.send()
 
 
@@ -262,7 +261,7 @@ def _after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: 
             job.finished_at = utcnow()
 
 
-def _finish_if_done(session: Session, pipeline: Pipeline) -> None:
+def finish_if_done(session: Session, pipeline: Pipeline) -> None:
     session.flush()
     if any(job.state != "done" for job in pipeline.jobs):
         return
@@ -274,91 +273,6 @@ def _finish_if_done(session: Session, pipeline: Pipeline) -> None:
     if errors:
         pipeline.error_code = errors[0].error_code
         pipeline.error_message = errors[0].error_message
-
-
-def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str) -> None:
-    """Stop pipelines: queued tasks revoked, running ones terminated (their sandbox and QEMU
-    die with the worker process), every unfinished job recorded `cancelled` with the reason."""
-    outbox = Outbox()
-    revoke: list[str] = []
-    with runtime.store.session() as session:
-        for pipeline_id in pipeline_ids:
-            pipeline = _lock_pipeline(session, pipeline_id)
-            if pipeline is None or pipeline.state == "done":
-                continue
-            for job in pipeline.jobs:
-                if job.state == "done":
-                    continue
-                if job.task_id:
-                    revoke.append(job.task_id)
-                job.state, job.error_code, job.error_message = "done", "cancelled", reason
-                job.finished_at = utcnow()
-            pipeline.state, pipeline.result, pipeline.error_message = "done", "cancelled", reason
-            pipeline.finished_at = utcnow()
-            _report(pipeline, outbox)
-    if revoke:
-        app.control.revoke(revoke, terminate=True, signal="SIGTERM")
-    outbox.send()
-
-
-def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None) -> int | None:
-    """A new pipeline for the same revision that runs again only what did not pass
-    (or only `job_name`); what passed is carried over. The new pipeline's id."""
-    outbox = Outbox()
-    with runtime.store.session() as session:
-        old = session.get(Pipeline, pipeline_id)
-        if old is None or old.state != "done":
-            return None
-        new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id)
-        session.add(new)
-        copies: dict[int, Job] = {}
-        for job in old.jobs:
-            again = (job.name == job_name or f"{job.kind} {job.name}" == job_name) if job_name else (
-                job.result not in ("pass", "skip") or job.error_code is not None)  # fmt: skip
-            depends = copies.get(job.depends_on_id) if job.depends_on_id else None
-            if depends is not None and depends.state != "done":
-                again = True  # what it needs runs again, so it does too
-            copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=job.spec,
-                       depends_on_id=depends.id if depends else None)  # fmt: skip
-            if not again:
-                copy.state, copy.result, copy.outputs = "done", job.result, dict(job.outputs)
-                copy.log_digest, copy.command_s, copy.reused_from_id = job.log_digest, job.command_s, job.id
-                copy.started_at, copy.finished_at = job.started_at, job.finished_at
-                for test in job.tests:
-                    session.add(TestResult(job=copy, path=test.path, status=test.status, directive=test.directive,
-                                           reason=test.reason, diagnostics=test.diagnostics))  # fmt: skip
-            session.add(copy)
-            session.flush()
-            copies[job.id] = copy
-        if copies and next(iter(copies.values())).state != "done":
-            # The checkout itself runs again: start from scratch, like a new pipeline.
-            for job in list(new.jobs)[1:]:
-                session.delete(job)
-            session.flush()
-        for job in new.jobs:
-            parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
-            if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
-                dispatch(runtime, session, job, outbox)
-        _finish_if_done(session, new)
-        _report(new, outbox)
-        new_id = new.id
-    outbox.send()
-    return new_id
-
-
-def fail_pipeline(runtime: Runtime, pipeline_id: int, message: str) -> None:
-    """A bug of ours stopped the control path: end the pipeline as an error, never leave it hanging."""
-    with runtime.store.session() as session:
-        pipeline = session.get(Pipeline, pipeline_id)
-        if pipeline is None or pipeline.state == "done":
-            return
-        for job in pipeline.jobs:
-            if job.state != "done":
-                job.state, job.error_code, job.error_message = "done", "infra-error", "not run: " + message
-                job.finished_at = utcnow()
-        pipeline.state, pipeline.result = "done", "error"
-        pipeline.error_code, pipeline.error_message = "infra-error", message
-        pipeline.finished_at = utcnow()
 
 
 def pipeline_of_job(runtime: Runtime, job_id: int) -> int | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
-from bot import pipeline
+from bot import pipeline, steering
 from bot.core.events import event_from_json
 from bot.forges.github.client import GitHubApp
 from bot.forges.github.intake import handle_event
@@ -30,7 +30,7 @@ def pipeline_guard(pipeline_id: Callable[[], int | None]) -> Iterator[None]:
         log.exception("control task failed")
         target = pipeline_id()
         if target is not None:
-            pipeline.fail_pipeline(runtime_from_env(), target,
+            steering.fail_pipeline(runtime_from_env(), target,
                                    f"labgate control error: {type(exc).__name__}: {exc}")  # fmt: skip
         raise
 

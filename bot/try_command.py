@@ -95,7 +95,7 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
         started = start_missing_workers(services)
         if started:
             console.print(f"started private workers: {', '.join(started)}")
-        pipeline_id = submit(services.runtime, submission)
+        pipeline_id = submit(services.runtime, submission, delivery_id=f"try-{submission.external_id}")
         console.print(f"pipeline {pipeline_id}: {submission.tree_name} "
                       f"{submission.title} on {submission.base_ref}")  # fmt: skip
         view = watch(services.runtime, pipeline_id, args.timeout, console)

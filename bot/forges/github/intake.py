@@ -29,8 +29,9 @@ from bot.core.trust import Approval as CoreApproval
 from bot.core.trust import TrustPolicy, is_trusted
 from bot.forges.github.client import GitHubApp
 from bot.forges.github.reporter import post_approval_check
-from bot.pipeline import Submission, cancel_pipelines, retest_failed, submit
+from bot.pipeline import Submission, submit
 from bot.runtime import Runtime
+from bot.steering import cancel_pipelines, retest_failed
 from bot.store.models import Approval, Change, Pipeline, Revision
 
 log = logging.getLogger(__name__)

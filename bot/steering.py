@@ -1,0 +1,95 @@
+"""Stopping and repeating pipelines: cancel superseded ones, re-run what failed, end one a bug stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.pipeline import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
+from bot.runtime import Runtime
+from bot.store.models import Job, Pipeline, TestResult, utcnow
+from workers.app import app
+
+
+def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str) -> None:
+    """Stop pipelines: queued tasks revoked, running ones terminated (their sandbox and QEMU
+    die with the worker process), every unfinished job recorded `cancelled` with the reason."""
+    outbox = Outbox()
+    revoke: list[str] = []
+    with runtime.store.session() as session:
+        for pipeline_id in pipeline_ids:
+            pipeline = lock_pipeline(session, pipeline_id)
+            if pipeline is None or pipeline.state == "done":
+                continue
+            for job in pipeline.jobs:
+                if job.state == "done":
+                    continue
+                if job.task_id:
+                    revoke.append(job.task_id)
+                job.state, job.error_code, job.error_message = "done", "cancelled", reason
+                job.finished_at = utcnow()
+            pipeline.state, pipeline.result, pipeline.error_message = "done", "cancelled", reason
+            pipeline.finished_at = utcnow()
+            report_after(pipeline, outbox)
+    if revoke:
+        app.control.revoke(revoke, terminate=True, signal="SIGTERM")
+    outbox.send()
+
+
+def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None) -> int | None:
+    """A new pipeline for the same revision that runs again only what did not pass
+    (or only `job_name`); what passed is carried over. The new pipeline's id."""
+    outbox = Outbox()
+    with runtime.store.session() as session:
+        old = session.get(Pipeline, pipeline_id)
+        if old is None or old.state != "done":
+            return None
+        new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id)
+        session.add(new)
+        copies: dict[int, Job] = {}
+        for job in old.jobs:
+            again = (job.name == job_name or f"{job.kind} {job.name}" == job_name) if job_name else (
+                job.result not in ("pass", "skip") or job.error_code is not None)  # fmt: skip
+            depends = copies.get(job.depends_on_id) if job.depends_on_id else None
+            if depends is not None and depends.state != "done":
+                again = True  # what it needs runs again, so it does too
+            copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=job.spec,
+                       depends_on_id=depends.id if depends else None)  # fmt: skip
+            if not again:
+                copy.state, copy.result, copy.outputs = "done", job.result, dict(job.outputs)
+                copy.log_digest, copy.command_s, copy.reused_from_id = job.log_digest, job.command_s, job.id
+                copy.started_at, copy.finished_at = job.started_at, job.finished_at
+                for test in job.tests:
+                    session.add(TestResult(job=copy, path=test.path, status=test.status, directive=test.directive,
+                                           reason=test.reason, diagnostics=test.diagnostics))  # fmt: skip
+            session.add(copy)
+            session.flush()
+            copies[job.id] = copy
+        if copies and next(iter(copies.values())).state != "done":
+            # The checkout itself runs again: start from scratch, like a new pipeline.
+            for job in list(new.jobs)[1:]:
+                session.delete(job)
+            session.flush()
+        for job in new.jobs:
+            parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
+            if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
+                dispatch(runtime, session, job, outbox)
+        finish_if_done(session, new)
+        report_after(new, outbox)
+        new_id = new.id
+    outbox.send()
+    return new_id
+
+
+def fail_pipeline(runtime: Runtime, pipeline_id: int, message: str) -> None:
+    """A bug of ours stopped the control path: end the pipeline as an error, never leave it hanging."""
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None or pipeline.state == "done":
+            return
+        for job in pipeline.jobs:
+            if job.state != "done":
+                job.state, job.error_code, job.error_message = "done", "infra-error", "not run: " + message
+                job.finished_at = utcnow()
+        pipeline.state, pipeline.result = "done", "error"
+        pipeline.error_code, pipeline.error_message = "infra-error", message
+        pipeline.finished_at = utcnow()
