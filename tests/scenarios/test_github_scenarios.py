@@ -249,6 +249,20 @@ def test_synchronize_cancels_the_running_pipeline(world: World) -> None:
     cancelled = [r for r in runs.values() if r["conclusion"] == "cancelled"]
     assert cancelled, runs
     assert all(f"superseded by {second}" in r["output"]["summary"] for r in cancelled)
+    # Whatever the cancelled jobs had running (sandbox, QEMU) is gone.
+    job_dirs = [f"/work/job-{r['external_id']}/" for r in cancelled]
+
+    def leftovers() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            found += [cmdline for d in job_dirs if d in cmdline]
+        return found
+
+    world.wait(lambda: not leftovers(), "the cancelled jobs' processes to end", timeout_s=20)
     runs2 = world.wait_completed(second, PIPELINE_CHECKS)
     assert {runs2[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
 
