@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.core.plans import PlanError, parse_plan
-from bot.core.progress import Caps, draft_jobs, job_outcome, pipeline_result
+from bot.core.progress import Caps, classes_for_tier, draft_jobs, job_outcome, pipeline_result
 from bot.runtime import Runtime
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
@@ -230,8 +230,9 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         plan,
         head_sha=tested_sha,
         changed_files=list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
-        device_classes=[(dc.name, dc.tags) for dc in runtime.config.device_classes
-                        if pipeline.tier == "hardware" or dc.lab == "qemu"],  # fmt: skip
+        device_classes=classes_for_tier(
+            [(dc.name, dc.tags, dc.lab) for dc in runtime.config.device_classes], pipeline.tier
+        ),
         caps=Caps(max_build_s=caps.max_build_s, max_job_s=caps.max_job_s),
     )
     builds: dict[str, Job] = {}

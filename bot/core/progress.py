@@ -76,6 +76,12 @@ def draft_jobs(
     return drafts
 
 
+def classes_for_tier(classes: Sequence[tuple[str, dict[str, str], str]], tier: str) -> list[tuple[str, dict[str, str]]]:
+    """Device classes (name, tags, lab) a pipeline of this tier may use: tier `qemu` keeps an approved
+    but untrusted change off real boards; `hardware` may use every class."""
+    return [(name, tags) for name, tags, lab in classes if tier == "hardware" or lab == "qemu"]
+
+
 def job_outcome(result: str | None, error_code: str | None) -> str:
     """One word per finished job: our error and bad input both count as `error`."""
     if result is None or error_code in ("user-error", "infra-error"):

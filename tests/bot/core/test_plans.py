@@ -14,7 +14,7 @@ from bot.core.plans import (
     render_build_script,
     select_tests,
 )
-from bot.core.progress import Caps, draft_jobs, exit_code_for, pipeline_result
+from bot.core.progress import Caps, classes_for_tier, draft_jobs, exit_code_for, pipeline_result
 
 REPO = Path(__file__).resolve().parents[3]
 GOOD = """\
@@ -112,3 +112,14 @@ def test_pipeline_result_is_the_worst_outcome() -> None:
 def test_schema_file_is_in_sync() -> None:
     on_disk = json.loads((REPO / "tests-intree" / "plan.schema.json").read_text())
     assert on_disk == plan_json_schema()
+
+
+def test_qemu_tier_keeps_untrusted_changes_off_boards() -> None:
+    classes = [("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"}, "qemu"),
+               ("board-x86", {"arch": "x86_64", "platform": "board"}, "labgrid")]  # fmt: skip
+    plan = parse_plan(GOOD.replace("device: {arch: arm64}", "device: {platform: board}"))
+    for tier, expected in (("qemu", None), ("hardware", "board-x86")):
+        drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"],
+                            device_classes=classes_for_tier(classes, tier), caps=Caps(1800, 60))  # fmt: skip
+        assert drafts[2].device_class == expected
+        assert drafts[1].device_class == "qemu-x86_64"
