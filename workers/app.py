@@ -24,8 +24,11 @@ def lab_queue(device_class: str) -> str:
 
 def configure(broker_url: str, *, longest_job_s: int) -> Celery:
     """Configure the one app; called by every process before it sends or serves tasks."""
-    # Drop pooled connections to a previous broker (a process that configures twice, as tests do).
+    # Drop pooled connections to a previous broker (a process that configures twice, as tests do),
+    # and the cached objects holding them (the control mailbox keeps its producer pool).
     app.close()
+    for cached in ("amqp", "control"):
+        app.__dict__.pop(cached, None)
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
