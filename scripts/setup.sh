@@ -30,13 +30,14 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "setup: starting redis-server on 127.0.0.1:6379"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
-if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || ! psql -h 127.0.0.1 -U postgres -c "select 1" >/dev/null 2>&1; then
   version=$(ls /etc/postgresql | sort -V | tail -1)
   hba=/etc/postgresql/$version/main/pg_hba.conf
   # Test machines only: trust local TCP connections, as this project's CI machines do.
   grep -q "labgate-tests" "$hba" || sed -i '1i host all all 127.0.0.1/32 trust # labgate-tests' "$hba"
-  echo "setup: starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  echo "setup: starting PostgreSQL $version (local TCP trusted for the tests)"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null ||
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
   for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
 fi
 echo "setup: done"
