@@ -56,6 +56,31 @@ class Submission:
     tier: str = "hardware"  # "qemu": an approved untrusted change may not reach boards
 
 
+def change_for(session: Session, submission: Submission) -> Change:
+    """The submission's change (and tree), created on first sight, brought up to date after."""
+    tree = session.scalar(select(Tree).where(Tree.name == submission.tree_name))
+    if tree is None:
+        tree = Tree(name=submission.tree_name, url=submission.tree_url)
+        session.add(tree)
+    tree.url = submission.tree_url
+    change = session.scalar(
+        select(Change).where(
+            Change.tree == tree, Change.source == submission.source, Change.external_id == submission.external_id
+        )
+    )
+    if change is None:
+        change = Change(
+            tree=tree, source=submission.source, external_id=submission.external_id, title=submission.title,
+            submitter=submission.submitter, forge_repo=submission.forge_repo, number=submission.number,
+            installation_id=submission.installation_id,
+        )  # fmt: skip
+        session.add(change)
+    change.author_trusted = submission.author_trusted
+    change.title = submission.title or change.title
+    session.flush()
+    return change
+
+
 def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
     """Record the revision and a queued pipeline, then hand it to the control queue."""
     patch_refs = [
@@ -64,22 +89,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
     with runtime.store.session() as session:
         if delivery_id is not None:  # intakes without a delivery record of their own (the CLI, the API)
             session.add(Delivery(source=submission.source, delivery_id=delivery_id, event="submission"))
-        tree = session.scalar(select(Tree).where(Tree.name == submission.tree_name))
-        if tree is None:
-            tree = Tree(name=submission.tree_name, url=submission.tree_url)
-            session.add(tree)
-        tree.url = submission.tree_url
-        change = session.scalar(select(Change).where(
-            Change.tree == tree, Change.source == submission.source,
-            Change.external_id == submission.external_id))  # fmt: skip
-        if change is None:
-            change = Change(tree=tree, source=submission.source, external_id=submission.external_id,
-                            title=submission.title, submitter=submission.submitter,
-                            forge_repo=submission.forge_repo, number=submission.number,
-                            installation_id=submission.installation_id)  # fmt: skip
-            session.add(change)
-        change.author_trusted = submission.author_trusted
-        change.title = submission.title or change.title
+        change = change_for(session, submission)
         revision = Revision(change=change, version=len(change.revisions) + 1, base_ref=submission.base_ref,
                             ref=submission.ref, patches=patch_refs, head_sha=submission.head_sha)  # fmt: skip
         pipeline = Pipeline(revision=revision, state="queued", kind=submission.kind, tier=submission.tier)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from github.PullRequest import PullRequest
 from sqlalchemy import select
@@ -29,7 +30,7 @@ from bot.core.trust import Approval as CoreApproval
 from bot.core.trust import TrustPolicy, is_trusted
 from bot.forges.github.client import GitHubApp
 from bot.forges.github.reporter import post_approval_check
-from bot.pipeline import Submission, submit
+from bot.pipeline import Submission, change_for, submit
 from bot.runtime import Runtime
 from bot.steering import cancel_pipelines, retest_failed
 from bot.store.models import Approval, Change, Pipeline, Revision
@@ -50,6 +51,15 @@ class ChangeContext:
     title: str
     author: str
     author_trusted: bool
+
+    def submission(self, **revision: Any) -> Submission:
+        """This pull request as the pipeline layer takes it; `revision` names what to test."""
+        return Submission(
+            tree_name=self.tree.name, tree_url=self.tree.url, source=SOURCE,
+            external_id=external_id(self.repo, self.number), base_ref=self.base_ref, title=self.title,
+            submitter=self.author, forge_repo=self.repo, number=self.number, installation_id=self.installation,
+            author_trusted=self.author_trusted, **revision,
+        )  # fmt: skip
 
 
 def external_id(repo: str, number: int) -> str:
@@ -201,8 +211,7 @@ def _on_push(runtime: Runtime, tree: Tree, event: PushEvent) -> list[str]:
 
 
 def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, actions: list[Action]) -> list[str]:
-    tree, repo, number, installation = context.tree, context.repo, context.number, context.installation
-    base_ref, title, author, author_trusted = context.base_ref, context.title, context.author, context.author_trusted
+    repo, number, installation = context.repo, context.number, context.installation
     done: list[str] = []
     for action in actions:
         if isinstance(action, CancelPipelines):
@@ -210,11 +219,7 @@ def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, acti
             done.append(f"cancelled {list(action.pipeline_ids)}: {action.reason}")
         elif isinstance(action, RecordApproval):
             with runtime.store.session() as session:
-                change = _change(session, repo, number)
-                if change is None:
-                    change = _new_change(
-                        session, runtime, tree, repo, number, installation, title, author, author_trusted
-                    )
+                change = change_for(session, context.submission())
                 session.add(
                     Approval(
                         change=change,
@@ -225,7 +230,7 @@ def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, acti
                 )
             done.append(f"approval of {action.approval.sha[:12]} by {action.approval.approver}")
         elif isinstance(action, StartPipeline):
-            if not author_trusted and installation is not None:
+            if not context.author_trusted and installation is not None:
                 approvers = _approvers(runtime, repo, number, action.head_sha)
                 post_approval_check(
                     github,
@@ -237,25 +242,11 @@ def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, acti
                 )
             pipeline_id = submit(
                 runtime,
-                Submission(
-                    tree_name=tree.name,
-                    tree_url=tree.url,
-                    source=SOURCE,
-                    external_id=external_id(repo, number),
-                    base_ref=base_ref,
-                    ref=action.head_sha,
-                    head_sha=action.head_sha,
-                    merge=True,
-                    plan_from=action.plan_from,
-                    title=title,
-                    submitter=author,
-                    forge_repo=repo,
-                    number=number,
-                    installation_id=installation,
-                    author_trusted=author_trusted,
+                context.submission(
+                    ref=action.head_sha, head_sha=action.head_sha, merge=True, plan_from=action.plan_from,
                     tier=action.tier,
                 ),
-            )
+            )  # fmt: skip
             done.append(f"pipeline {pipeline_id} for {action.head_sha[:12]} ({action.reason}, tier {action.tier})")
         elif isinstance(action, AwaitApproval):
             if installation is not None:
@@ -291,36 +282,3 @@ def _approvers(runtime: Runtime, repo: str, number: int, sha: str) -> str:
         change = _change(session, repo, number)
         names = sorted({f"@{a.approver}" for a in (change.approvals if change else []) if a.sha == sha})
     return ", ".join(names) or "a maintainer"
-
-
-def _new_change(
-    session: Session,
-    runtime: Runtime,
-    tree: Tree,
-    repo: str,
-    number: int,
-    installation: int | None,
-    title: str,
-    author: str,
-    author_trusted: bool,
-) -> Change:
-    from bot.store.models import Tree as TreeRow
-
-    row = session.scalar(select(TreeRow).where(TreeRow.name == tree.name))
-    if row is None:
-        row = TreeRow(name=tree.name, url=tree.url)
-        session.add(row)
-    change = Change(
-        tree=row,
-        source=SOURCE,
-        external_id=external_id(repo, number),
-        title=title,
-        submitter=author,
-        forge_repo=repo,
-        number=number,
-        installation_id=installation,
-        author_trusted=author_trusted,
-    )
-    session.add(change)
-    session.flush()
-    return change
