@@ -110,6 +110,7 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
         console.print(problems, markup=False, highlight=False)
     base = f"{view.base_ref}@{view.base_sha[:12]}" if view.base_sha else view.base_ref
     head = view.head_sha[:12] if view.head_sha else "-"
-    console.print(f"result: {view.result} (head {head} on {base}); job pages: "
-                  f"labgate up, then /jobs/<id>", markup=False)  # fmt: skip
+    web = config.web.public_url or f"http://{config.web.host}:{config.web.port}"
+    console.print(f"result: {view.result} (head {head} on {base})", markup=False)
+    console.print(f"details: {web}/pipelines/{view.id} (served by `labgate up`)", markup=False, highlight=False)
     return exit_code_for(view.result)

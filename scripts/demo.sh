@@ -24,5 +24,5 @@ expect pass.patch 0
 expect fail.patch 1
 expect conflict.patch 2
 echo
-echo "demo: job pages: run '.venv/bin/labgate up' and open http://127.0.0.1:8080/pipelines/1"
+echo "demo: to see the pipeline and job pages, run '.venv/bin/labgate up' and open the 'details:' links above"
 exit $status
