@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from bot.supervise import die_with_parent
 from workers.errors import ConfigError, InfraError
 
 
@@ -42,6 +43,7 @@ def start_private_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes] | 
         [server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
          "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=die_with_parent,
     )  # fmt: skip
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

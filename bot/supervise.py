@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Supervisor:
         with child.log_path.open("ab") as log_file:
             child.process = subprocess.Popen(
                 child.argv, env={**os.environ, **child.env}, stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
 
     def restart_dead(self) -> list[str]:
@@ -72,6 +74,13 @@ class Supervisor:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             _signal_group(child.process, signal.SIGKILL)
             child.process.wait()
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervising process dies, even by SIGKILL,
+    so a killed `labgate try` or `labgate up` leaves no worker consuming from the broker."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(process: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -61,14 +61,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     services = open_services(Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120}),
                              config_path)  # fmt: skip
     groups = worker_groups(services.runtime.config)
-    for group in groups:
-        services.start_worker(group)
-    deadline = time.monotonic() + 60
-    while not {q for g in groups for q in g} <= served_queues(0.5):
-        assert time.monotonic() < deadline, "workers did not come up"
-    hello = make_git_repo(EXAMPLES / "hello", root / "hello")
-    yield Lab(services, config_path, hello)
-    services.supervisor.stop()
+    try:
+        for group in groups:
+            services.start_worker(group)
+        deadline = time.monotonic() + 60
+        while not {q for g in groups for q in g} <= served_queues(0.5):
+            assert time.monotonic() < deadline, "workers did not come up"
+        hello = make_git_repo(EXAMPLES / "hello", root / "hello")
+        yield Lab(services, config_path, hello)
+    finally:  # also when the workers never came up: none may outlive the module
+        services.supervisor.stop()
 
 
 def test_pass_patch_passes(lab: Lab) -> None:

@@ -152,6 +152,8 @@ class Intake:
 
     async def _write_batches(self) -> None:
         while self._waiting:
+            # One turn of the event loop lets requests already read from their sockets join this batch.
+            await asyncio.sleep(0)
             batch, self._waiting = self._waiting, []
             await self._write(batch)
 

@@ -137,12 +137,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         config = load_config(root / "labgate.yaml")
         services = open_services(config, root / "labgate.yaml")
         groups = worker_groups(config)
-        for group in groups:
-            services.start_worker(group)
-        deadline = time.monotonic() + 60
-        while not {q for g in groups for q in g} <= served_queues(0.5):
-            assert time.monotonic() < deadline, "workers did not come up"
         try:
+            for group in groups:
+                services.start_worker(group)
+            deadline = time.monotonic() + 60
+            while not {q for g in groups for q in g} <= served_queues(0.5):
+                assert time.monotonic() < deadline, "workers did not come up"
             yield World(
                 fake, services, TestClient(create_app(services.runtime)), origin, git(origin, "rev-parse", "HEAD")
             )
