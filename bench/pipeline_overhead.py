@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from bot.config import Config  # noqa: E402
 from bot.pipeline import Submission, submit  # noqa: E402
-from bot.services import open_services, served_queues, worker_groups  # noqa: E402
+from bot.services import open_services, start_all_workers  # noqa: E402
 from bot.store.models import Pipeline  # noqa: E402
 
 TARGETS = {"overhead_median_s": 0.5, "overhead_p95_s": 2.0}
@@ -39,14 +39,6 @@ def make_repo(dest: Path) -> Path:
                  ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "import"]):  # fmt: skip
         subprocess.run(argv, cwd=dest, check=True)
     return dest
-
-
-def wait_for_workers(groups: list[list[str]], timeout_s: float = 60) -> None:
-    wanted = {q for group in groups for q in group}
-    deadline = time.monotonic() + timeout_s
-    while not wanted <= served_queues(0.5):
-        if time.monotonic() > deadline:
-            raise SystemExit("workers did not come up")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -63,11 +55,8 @@ def main() -> None:
         repo = make_repo(root / "hello")
         config = Config(data_dir=root / "data")
         services = open_services(config, None)
-        groups = worker_groups(config)
-        for group in groups:
-            services.start_worker(group)
         try:
-            wait_for_workers(groups)
+            start_all_workers(services)
             patch = (REPO / "examples" / "hello" / "patches" / "pass.patch").read_bytes()
             rows = []
             for run in range(args.runs + 1):  # run 0 warms caches (kernel, mirror) and is dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from bot.config import Config
 from bot.runtime import Runtime, open_runtime
 from bot.supervise import Supervisor, labgate_argv
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, configure, lab_queue
+from workers.errors import InfraError
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +81,15 @@ def start_missing_workers(services: Services) -> list[str]:
             services.start_worker(group)
             started.append("+".join(group))
     return started
+
+
+def start_all_workers(services: Services, *, ready_within_s: float = 60) -> None:
+    """One worker per queue group, and wait until every queue is served (InfraError if not)."""
+    groups = worker_groups(services.runtime.config)
+    for group in groups:
+        services.start_worker(group)
+    wanted = {queue for group in groups for queue in group}
+    deadline = time.monotonic() + ready_within_s
+    while not wanted <= served_queues(0.5):
+        if time.monotonic() > deadline:
+            raise InfraError(f"workers did not serve {sorted(wanted)} within {ready_within_s:.0f} s")

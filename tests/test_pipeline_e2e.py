@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from bot.config import Config
 from bot.pipeline import Submission, submit
-from bot.services import Services, open_services, served_queues, worker_groups
+from bot.services import Services, open_services, start_all_workers
 from bot.store.models import Job, Pipeline
 from bot.views import PipelineView, pipeline_view
 from bot.web.app import create_app
@@ -60,13 +60,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n")
     services = open_services(Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120}),
                              config_path)  # fmt: skip
-    groups = worker_groups(services.runtime.config)
     try:
-        for group in groups:
-            services.start_worker(group)
-        deadline = time.monotonic() + 60
-        while not {q for g in groups for q in g} <= served_queues(0.5):
-            assert time.monotonic() < deadline, "workers did not come up"
+        start_all_workers(services)
         hello = make_git_repo(EXAMPLES / "hello", root / "hello")
         yield Lab(services, config_path, hello)
     finally:  # also when the workers never came up: none may outlive the module

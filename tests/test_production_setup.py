@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.pipeline import Submission, submit
-from bot.services import open_services, served_queues, worker_groups
+from bot.services import open_services, start_all_workers
 from bot.views import pipeline_view
 from tests.conftest import EXAMPLES
 
@@ -22,13 +22,8 @@ def test_pipeline_on_postgresql_and_shared_redis(tmp_path: Path, postgres_url: s
     config = Config(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=redis_db_url)
     services = open_services(config, None)
     assert not (tmp_path / "data" / "redis.sock").exists()  # no private broker when one is configured
-    groups = worker_groups(config)
     try:
-        for group in groups:
-            services.start_worker(group)
-        deadline = time.monotonic() + 60
-        while not {q for g in groups for q in g} <= served_queues(0.5):
-            assert time.monotonic() < deadline, "workers did not come up"
+        start_all_workers(services)
         patch = EXAMPLES / "hello" / "patches" / "pass.patch"
         pipeline_id = submit(services.runtime, Submission(
             tree_name="hello", tree_url=str(hello_repo), source="test", external_id="pg-1", base_ref="main",

@@ -19,7 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from bot.config import load_config
-from bot.services import Services, open_services, served_queues, worker_groups
+from bot.services import Services, open_services, start_all_workers
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.github_api import FakeGitHub
@@ -136,13 +136,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         config = load_config(root / "labgate.yaml")
         services = open_services(config, root / "labgate.yaml")
-        groups = worker_groups(config)
         try:
-            for group in groups:
-                services.start_worker(group)
-            deadline = time.monotonic() + 60
-            while not {q for g in groups for q in g} <= served_queues(0.5):
-                assert time.monotonic() < deadline, "workers did not come up"
+            start_all_workers(services)
             yield World(
                 fake, services, TestClient(create_app(services.runtime)), origin, git(origin, "rev-parse", "HEAD")
             )
