@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import InfraError, UserError
-from workers.patchcheck import check_patch
+from workers.patchcheck import check_applied, check_patch
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "labgate",
@@ -103,8 +103,13 @@ def remove_worktree(mirror: Path, dest: Path) -> None:
 
 
 def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_label: str) -> None:
+    """`git am` each patch after check_patch, then check what git really wrote (the last defence)."""
+    # In the bare common dir git reads no .gitattributes from the tree, so a patch cannot mark
+    # its own binary file as text ("* diff") to hide it from --numstat.
+    common_dir = Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], worktree).stdout.strip())
     for name, data in patches:
         check_patch(name, data)
+        before = git(["rev-parse", "HEAD"], worktree).stdout.strip()
         process = subprocess.run(
             ["git", "am", "--quiet", "--no-3way"],
             cwd=worktree,
@@ -116,6 +121,17 @@ def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_lab
             message = (process.stderr or process.stdout).decode(errors="replace").strip()
             git(["am", "--abort"], worktree, check=False)
             raise UserError(f"{name} does not apply on {base_label}:\n{message}")
+        # Per patch, so the message names the culprit and a symlink that a later patch removes
+        # is still refused (the intermediate commits stay in the kept history).
+        after = git(["rev-parse", "HEAD"], worktree).stdout.strip()
+        diff = ["diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv",
+                "--ignore-submodules=none", "--no-color", before, after]  # fmt: skip
+        try:
+            check_applied(git(["-c", "core.bare=true", *diff], common_dir).stdout)
+        except UnicodeDecodeError as error:  # git() reads text as UTF-8; a patch may create other byte names
+            raise UserError(f"{name}: after applying: a file name is not UTF-8") from error
+        except UserError as error:
+            raise UserError(f"{name}: {error}") from error
 
 
 def merge_onto_base(mirror: Path, worktree: Path, base_sha: str, head_sha: str, base_label: str) -> str:
