@@ -25,7 +25,9 @@ __all__ = [
     "ARTIFACTS_DIR",
     "COMMANDS_FILE",
     "DUT_DIR",
+    "DUT_UID",
     "Command",
+    "StoredFile",
     "build_initramfs",
     "render_commands",
 ]
@@ -35,10 +37,16 @@ DUT_DIR = Path(__file__).resolve().parents[1] / "tests-intree" / "dut"
 ARTIFACTS_DIR = "/labgate/artifacts"
 COMMANDS_FILE = "/labgate/commands"
 RUN_DIR = "/labgate/run"
+KUNIT_FLAG = "/labgate/kunit"
+# The unprivileged user DUT commands run as (labgate-run drops to it with su).
+DUT_USER = "dut"
+DUT_UID = 1000
+_PASSWD = f"root:x:0:0:root:/root:/bin/sh\n{DUT_USER}:x:{DUT_UID}:{DUT_UID}:labgate DUT user:/tmp:/bin/sh\n".encode()
+_GROUP = f"root:x:0:\n{DUT_USER}:x:{DUT_UID}:\n".encode()
 
 _BASE_DIRS = (
     "bin", "dev", "etc", "labgate", "labgate/artifacts", "labgate/run", "proc", "root",
-    "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin",
+    "run", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin",
 )  # fmt: skip
 _RUN_INODE_BASE = 1 << 20  # keeps inode numbers of the two archives apart
 _GZIP_LEVEL = 1  # speed over size: the image lives for one boot
@@ -56,6 +64,15 @@ class Command:
     name: str
     run: str
     timeout_s: int = 0  # 0: no per-command cap, only the whole boot's
+    root: bool = False  # run as root instead of the DUT user (its results are not forge-proof)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A host file copied into the image with the mode the build gave it (store files are 0444)."""
+
+    path: Path
+    executable: bool
 
 
 @dataclass(frozen=True)
@@ -69,8 +86,8 @@ class _Entry:
 def render_commands(commands: Sequence[Command]) -> dict[str, bytes]:
     """The files that tell labgate-run what to run: an index plus one file per command.
 
-    /labgate/commands has one line per command, ``name<TAB>timeout_s``; the shell text
-    of command N (1-based) is in /labgate/run/N, so it may span lines.
+    /labgate/commands has one line per command, ``name<TAB>timeout_s<TAB>user``; the shell
+    text of command N (1-based) is in /labgate/run/N, so it may span lines.
     """
     files: dict[str, bytes] = {}
     index = []
@@ -79,7 +96,8 @@ def render_commands(commands: Sequence[Command]) -> dict[str, bytes]:
             raise ValueError(f"command name {command.name!r} is empty or holds tab/newline/#")
         if command.timeout_s < 0:
             raise ValueError(f"command {command.name!r}: negative timeout")
-        index.append(f"{command.name}\t{int(command.timeout_s)}\n")
+        user = "root" if command.root else DUT_USER
+        index.append(f"{command.name}\t{int(command.timeout_s)}\t{user}\n")
         files[f"{RUN_DIR}/{number}"] = command.run.encode()
     files[COMMANDS_FILE] = "".join(index).encode()
     return files
@@ -87,9 +105,10 @@ def render_commands(commands: Sequence[Command]) -> dict[str, bytes]:
 
 def build_initramfs(
     out: Path,
-    files: Mapping[str, Path | bytes],
+    files: Mapping[str, Path | bytes | StoredFile],
     *,
     commands: Sequence[Command] | None = None,
+    kunit: bool = False,
     busybox: Path = Path("/bin/busybox"),
     dut_dir: Path = DUT_DIR,
 ) -> Path:
@@ -98,9 +117,12 @@ def build_initramfs(
     ``files`` maps absolute paths inside the image (``/labgate/artifacts/test_x``) to a
     host path (a file, a directory copied recursively, or a symlink kept as a symlink,
     never followed) or to bytes. Exec bits of host files are kept (as 0755, else 0644).
-    ``commands``, when given, adds the output of :func:`render_commands`.
+    ``commands``, when given, adds the output of :func:`render_commands`; ``kunit`` asks
+    the runner to relay in-kernel KUnit results.
     """
-    wanted: dict[str, Path | bytes] = dict(files)
+    wanted: dict[str, Path | bytes | StoredFile] = dict(files)
+    if kunit:
+        wanted[KUNIT_FLAG] = b"1\n"
     if commands is not None:
         for path, data in render_commands(commands).items():
             if path in wanted:
@@ -162,6 +184,8 @@ def _base_archive(
         # The kernel opens /dev/console before /init runs; without it init has no stdio.
         _Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
         _Entry("dev/null", stat.S_IFCHR | 0o666, rdev=(1, 3)),
+        _Entry("etc/group", stat.S_IFREG | 0o644, _GROUP),
+        _Entry("etc/passwd", stat.S_IFREG | 0o644, _PASSWD),
         _Entry("init", stat.S_IFREG | 0o755, Path(init[0])),
         _Entry("usr/bin/labgate-run", stat.S_IFREG | 0o755, Path(runner[0])),
     ]
@@ -182,7 +206,7 @@ def _image_name(path: str) -> str:
     return "/".join(rest)
 
 
-def _run_entries(files: Mapping[str, Path | bytes], base: set[str]) -> list[_Entry]:
+def _run_entries(files: Mapping[str, Path | bytes | StoredFile], base: set[str]) -> list[_Entry]:
     entries: dict[str, _Entry] = {}
 
     def add(entry: _Entry) -> None:
@@ -198,6 +222,8 @@ def _run_entries(files: Mapping[str, Path | bytes], base: set[str]) -> list[_Ent
         name = _image_name(path)
         if isinstance(source, bytes | bytearray):
             add(_Entry(name, stat.S_IFREG | 0o644, bytes(source)))
+        elif isinstance(source, StoredFile):
+            add(_Entry(name, stat.S_IFREG | (0o755 if source.executable else 0o644), source.path))
         else:
             for entry in _host_entries(name, Path(source)):
                 add(entry)

@@ -134,6 +134,11 @@ class _Parser:
         self._check_done()
 
     def _result(self, indent: int, m: re.Match[str]) -> None:
+        if len(self.stack) == 1 and indent > self.stack[0].indent:
+            # An indented result belongs to a subtest, even one with no header or plan
+            # (TAP14 allows that); it must never count as a top-level result. (Deeper
+            # levels stay lenient: kunit's own output nests a result too deep at times.)
+            self.stack.append(_Block(indent))
         child: _Block | None = None
         while len(self.stack) > 1 and self.stack[-1].indent > indent:
             if len(self.stack) > 2 and self.stack[-2].indent > indent:
@@ -211,13 +216,23 @@ def _find_header(lines: list[str]) -> tuple[int, str, bool] | None:
     for i, line in enumerate(lines):
         stamp = _TIMESTAMP.match(line)
         text = line[stamp.end() :] if stamp else line
-        if _VERSION.fullmatch(text.strip()):
+        if _VERSION.fullmatch(text.strip(_BLANKS)):
             return i, text, stamp is not None
     return None
 
 
+# Only spaces and tabs indent. str.strip() would also eat \v, \f, \x1c-\x1f and \x85, which a
+# test's output can carry to forge an unindented (top-level) line.
+_BLANKS = " \t"
+
+
 def _indent(text: str) -> int:
-    return len(text[: len(text) - len(text.lstrip())].expandtabs(8))
+    return len(text[: len(text) - len(text.lstrip(_BLANKS))].expandtabs(8))
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on \n only (never on the other characters str.splitlines() breaks at), CR dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _collect_problems(results: Iterable[KtapResult], prefix: str) -> list[str]:
@@ -240,7 +255,7 @@ def parse_ktap(text: str) -> KtapDocument:
     read as KTAP (the time stripped); lines without are kept as diagnostics only.
     `problems` lists document-level problems, then each result's as "path: problem".
     """
-    lines = text.splitlines()
+    lines = split_lines(text)
     header = _find_header(lines)
     if header is None:
         return KtapDocument(
@@ -254,17 +269,24 @@ def parse_ktap(text: str) -> KtapDocument:
     start, version, stamped = header
     parser = _Parser(_indent(version))
     for line in lines[start + 1 :]:
-        if parser.done:
-            break  # whatever follows a complete top-level plan is not ours
         stamp = _TIMESTAMP.match(line)
         if stamped and stamp:
             line = line[stamp.end() :]
         elif stamped or stamp:
-            if line.strip():
-                parser.stack[-1].pending.append(line.strip())
+            if line.strip(_BLANKS) and not parser.done:
+                parser.stack[-1].pending.append(line.strip(_BLANKS))
             continue
-        if line.strip():
-            parser.feed(_indent(line), line.strip())
+        text = line.strip(_BLANKS)
+        if parser.done:
+            # Console noise may follow a complete document, but never a second document: a
+            # forged one placed first would otherwise decide the result.
+            if text and _indent(line) <= parser.stack[0].indent and _VERSION.fullmatch(text):
+                parser.problems.append("a second top-level KTAP document follows the first")
+                parser.incomplete = True
+                break
+            continue
+        if text:
+            parser.feed(_indent(line), text)
     if not parser.done:
         parser.finish("output ended")
     root = parser.stack[0]

@@ -1,4 +1,13 @@
-"""Boot a kernel + initramfs on QEMU through labgrid's QEMUDriver and capture the console."""
+"""Boot a kernel + initramfs on QEMU through labgrid's QEMUDriver; capture the console and the runner's port.
+
+Two serial ports: the first is labgrid's console (the kernel's console, kept whole for crash
+detection), the second is the DUT runner's own port, the only source of results. QEMU
+runs with its seccomp sandbox on, no network and no host device, and, when the caller
+gives a confinement prefix (bwrap + setpriv, built by the worker), as an unprivileged uid
+in a mount namespace of its own. Its sockets live in a runtime directory owned by that uid:
+labgrid makes its console socket in a private mkdtemp() directory, which QEMU under
+another uid could not reach, so that directory is made inside ours and handed over.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +16,20 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
+import select
 import shlex
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jinja2
-import pexpect
 from labgrid import Environment
 
 from lab.errors import LabSetupError
@@ -27,13 +39,16 @@ __all__ = ["END_MARKER", "BootOutcome", "BootRequest", "LabSetupError", "run_boo
 log = logging.getLogger(__name__)
 
 END_MARKER = "# labgate: end"
-Ended = Literal["end-marker", "timeout", "qemu-exit", "console-limit"]
+Ended = Literal["end-marker", "timeout", "qemu-exit", "console-limit", "runner-limit"]
+QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+SECCOMP_FD = 9  # the wrapper opens the filter here for bwrap --seccomp (dash knows fds 0-9 only)
 
 _END_LINE = re.compile(rb"\n" + re.escape(END_MARKER.encode()) + rb"\r?\n")
 _ENVS = Path(__file__).resolve().parent / "envs"
 _READ_POLL_S = 1.0  # upper bound on one read(); data and QEMU's exit wake it sooner
 _ACCEPT_CAP_S = 15.0  # QEMU connects the serial socket within ms; longer means it died
 _STOP_WAIT_S = 10.0
+_EXIT_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -47,20 +62,31 @@ class BootRequest:
     cpu: str = "qemu64"
     boot_args: str = "console=ttyS0 panic=-1"
     max_console_bytes: int = 16 * 1024 * 1024
+    max_runner_bytes: int = 16 * 1024 * 1024  # the runner's port carries the commands' output
     qemu: str = "qemu-system-x86_64"  # name on PATH or absolute path
     accel: str = "tcg"  # the only accelerator that boots stock guests on kvm-pvm hosts
+    # argv that runs QEMU confined (bwrap ... -- setpriv --reuid ... --); () runs it directly.
+    confine: tuple[str, ...] = ()
+    sandbox_uid: int | None = None  # owner of the runtime dir and sockets (QEMU's uid)
+    # Sockets live here; the default is a fresh short path in /tmp (AF_UNIX paths are capped at
+    # 108 bytes). A caller that confines QEMU makes it and binds it writable inside `confine`.
+    runtime_dir: Path | None = None
+    seccomp_filter: bytes | None = None  # opened on SECCOMP_FD for `confine`
+    cgroup_procs: tuple[Path, ...] = ()  # QEMU joins these cgroups before it starts
 
 
 @dataclass(frozen=True)
 class BootOutcome:
     console: str  # whole console, CR stripped, truncated with a marker line past the cap
+    runner: str  # what the runner wrote on its own port (the KTAP document), CR stripped
     ended: Ended
-    boot_s: float  # from qemu.on() to the end of the console
-    setup_s: float  # env file, labgrid environment and driver activation, before on()
+    boot_s: float  # from qemu.on() to the end of the runner's document
+    qemu_status: int | None  # QEMU's exit status when it exited on its own (0: the guest powered off)
+    setup_s: float  # env file, labgrid environment, driver activation and sockets, before on()
 
 
 def run_boot(req: BootRequest) -> BootOutcome:
-    """Boot once, read the console until the end marker or a cap, stop QEMU, return it all.
+    """Boot once, read both ports until the runner's end marker or a cap, stop QEMU, return it all.
 
     A failing guest is an outcome, never an exception; LabSetupError means the host
     cannot boot anything (missing kernel, QEMU, setpriv, or QEMU never came up).
@@ -71,26 +97,41 @@ def run_boot(req: BootRequest) -> BootOutcome:
             raise LabSetupError(f"{what} {path} is not a file; build or fetch it first")
     work_dir = Path(req.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    runtime = _runtime_dir(req)
     tools = _host_tools(req.qemu)
-    wrapper = _write_qemu_wrapper(work_dir, tools)
-    env_file = work_dir / "labgrid-env.yaml"
-    env_file.write_text(render_env(req, wrapper))
-    target = Environment(str(env_file)).get_target("main")
-    qemu: Any = None
+    listener = _listen(runtime / "runner.sock", req.sandbox_uid)
     try:
-        qemu = target.get_driver("QEMUDriver")  # activation binds the serial socket
-        setup_s = time.monotonic() - started
-        raw, ended, boot_s, exit_status = _boot(qemu, req)
+        wrapper = _write_qemu_wrapper(work_dir, tools, req)
+        env_file = work_dir / "labgrid-env.yaml"
+        env_file.write_text(render_env(req, wrapper, runtime / "runner.sock"))
+        target = Environment(str(env_file)).get_target("main")
+        qemu: Any = None
+        try:
+            qemu = _activate(target, runtime, req.sandbox_uid)
+            setup_s = time.monotonic() - started
+            raw, runner_raw, ended, boot_s, exit_status = _boot(qemu, listener, req)
+        finally:
+            _release(target, qemu)
     finally:
-        _release(target, qemu)
+        listener.close()
+        shutil.rmtree(runtime, ignore_errors=True)
     console = _render_console(raw, ended, req, exit_status, work_dir / "qemu.log")
     (work_dir / "console.log").write_text(console, encoding="utf-8")
-    return BootOutcome(console=console, ended=ended, boot_s=boot_s, setup_s=setup_s)
+    runner_text = runner_raw.decode("utf-8", errors="replace").replace("\r", "")
+    (work_dir / "runner.log").write_text(runner_text, encoding="utf-8")
+    return BootOutcome(console=console, runner=runner_text, ended=ended, boot_s=boot_s, setup_s=setup_s,
+                       qemu_status=exit_status if ended == "qemu-exit" else None)  # fmt: skip
 
 
-def render_env(req: BootRequest, qemu_wrapper: Path) -> str:
+def render_env(req: BootRequest, qemu_wrapper: Path, runner_socket: Path | None = None) -> str:
     """The labgrid environment YAML for one boot (lab/envs/qemu.yaml.j2)."""
-    extra = ["-accel", req.accel, "-no-reboot", "-initrd", str(Path(req.initramfs).resolve())]
+    extra = ["-accel", req.accel, "-no-reboot", "-initrd", str(Path(req.initramfs).resolve()),
+             "-sandbox", QEMU_SANDBOX]  # fmt: skip
+    if runner_socket is not None:
+        # labgrid appends its own `-serial` for the console after extra_args: that becomes
+        # ttyS0, and this explicit index keeps the runner's port at ttyS1 (I/O 0x2f8).
+        extra += ["-chardev", f"socket,id=runner,path={runner_socket}",
+                  "-device", "isa-serial,chardev=runner,index=1"]  # fmt: skip
     kernel = str(Path(req.kernel).resolve())
     if "$" in kernel or "$" in str(qemu_wrapper):
         # labgrid runs os.path.expandvars over tool and image paths.
@@ -104,6 +145,45 @@ def render_env(req: BootRequest, qemu_wrapper: Path) -> str:
         qemu_bin=str(qemu_wrapper),
         kernel=kernel,
     )
+
+
+def _runtime_dir(req: BootRequest) -> Path:
+    """QEMU's own directory for sockets: its uid's alone (0700), made fresh for the boot."""
+    if req.runtime_dir is None:
+        runtime = Path(tempfile.mkdtemp(prefix="labgate-qemu-"))
+    else:
+        runtime = Path(req.runtime_dir)
+        shutil.rmtree(runtime, ignore_errors=True)
+        runtime.mkdir(parents=True)
+    runtime.chmod(0o700)
+    if req.sandbox_uid is not None:
+        os.chown(runtime, req.sandbox_uid, req.sandbox_uid)
+    return runtime
+
+
+def _listen(path: Path, uid: int | None) -> socket.socket:
+    """The runner port's host end: QEMU connects to it as a client when it starts."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    path.chmod(0o600)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return listener
+
+
+def _activate(target: Any, runtime: Path, uid: int | None) -> Any:
+    """Activate QEMUDriver with its mkdtemp() socket dir inside runtime, then hand it to QEMU's uid."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(runtime)
+    try:
+        qemu = target.get_driver("QEMUDriver")  # activation binds the console socket
+    finally:
+        tempfile.tempdir = saved
+    if uid is not None:
+        os.chown(qemu._tempdir, uid, uid)
+        os.chown(f"{qemu._tempdir}/serialrw", uid, uid)
+    return qemu
 
 
 @functools.cache
@@ -143,28 +223,35 @@ def _host_tools(qemu_name: str) -> _HostTools:
     return _HostTools(qemu=qemu, setpriv=setpriv, version_line=lines[0])
 
 
-def _write_qemu_wrapper(work_dir: Path, tools: _HostTools) -> Path:
-    """A qemu_bin for labgrid: QEMU dies with its parent, and -version is answered from cache.
+def _write_qemu_wrapper(work_dir: Path, tools: _HostTools, req: BootRequest) -> Path:
+    """A qemu_bin for labgrid: QEMU confined, dying with its parent, -version answered from cache.
 
     QEMUDriver runs `qemu -version` on every activation (~0.1 s here); the answer is the
     same for the life of this process. setpriv's PR_SET_PDEATHSIG makes the kernel
-    SIGKILL QEMU if the process that started it dies, even by SIGKILL. (Strictly, when
-    the starting *thread* exits; run_boot stops QEMU before it returns anyway.)
+    SIGKILL the confinement (and with it QEMU) if the process that started it dies, even
+    by SIGKILL. The wrapper lives in the job's root-owned directory, out of QEMU's reach.
     """
     wrapper = work_dir / "qemu"
     q = shlex.quote
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "# Generated by labgate (lab/runner.py) for labgrid's QEMUDriver.\n"
-        f'if [ "$#" = 1 ] && [ "$1" = -version ]; then echo {q(tools.version_line)}; exit 0; fi\n'
-        f"exec 2>{q(str(work_dir / 'qemu.log'))}\n"
-        f'exec {q(tools.setpriv)} --pdeathsig KILL -- {q(tools.qemu)} "$@"\n'
-    )
+    lines = [
+        "#!/bin/sh",
+        "# Generated by labgate (lab/runner.py) for labgrid's QEMUDriver.",
+        f'if [ "$#" = 1 ] && [ "$1" = -version ]; then echo {q(tools.version_line)}; exit 0; fi',
+        f"exec 2>{q(str(work_dir / 'qemu.log'))}",
+    ]
+    lines += [f"echo $$ > {q(str(procs))}" for procs in req.cgroup_procs]
+    if req.seccomp_filter is not None:
+        filter_file = work_dir / "seccomp.bpf"
+        filter_file.write_bytes(req.seccomp_filter)
+        lines.append(f"exec {SECCOMP_FD}<{q(str(filter_file))}")
+    confine = " ".join(q(arg) for arg in req.confine)
+    lines.append(f'exec {q(tools.setpriv)} --pdeathsig KILL -- {confine} {q(tools.qemu)} "$@"')
+    wrapper.write_text("\n".join(lines) + "\n")
     wrapper.chmod(0o755)
     return wrapper
 
 
-def _boot(qemu: Any, req: BootRequest) -> tuple[bytes, Ended, float, int | None]:
+def _boot(qemu: Any, listener: socket.socket, req: BootRequest) -> tuple[bytes, bytes, Ended, float, int | None]:
     on_at = time.monotonic()
     deadline = on_at + req.timeout_s
     # QEMUDriver.on() blocks in accept() on the serial socket; a QEMU that dies first
@@ -172,48 +259,79 @@ def _boot(qemu: Any, req: BootRequest) -> tuple[bytes, Ended, float, int | None]
     qemu._socket.settimeout(max(0.1, min(req.timeout_s, _ACCEPT_CAP_S)))
     try:
         qemu.on()
+        listener.settimeout(max(0.1, min(req.timeout_s, _ACCEPT_CAP_S)))
+        runner_port, _ = listener.accept()  # QEMU connected it before the console
     except Exception as exc:
         child = qemu._child
         if child is not None and child.poll() is not None:
-            return b"", "qemu-exit", time.monotonic() - on_at, child.returncode
+            return b"", b"", "qemu-exit", time.monotonic() - on_at, child.returncode
+        _stop(qemu, graceful=False)
         raise LabSetupError(
             f"QEMU did not come up ({type(exc).__name__}: {exc}); see {req.work_dir}/qemu.log"
         ) from exc
-    raw, ended = _read_console(qemu, deadline, req.max_console_bytes)
+    try:
+        raw, runner_raw, ended = read_ports(qemu._clientsocket, runner_port, qemu._child, deadline,
+                                            req.max_console_bytes, req.max_runner_bytes)  # fmt: skip
+    finally:
+        runner_port.close()
     boot_s = time.monotonic() - on_at
-    return raw, ended, boot_s, _stop(qemu, graceful=ended == "end-marker")
+    return raw, runner_raw, ended, boot_s, _stop(qemu, graceful=ended == "end-marker", exiting=ended == "qemu-exit")
 
 
-def _read_console(qemu: Any, deadline: float, limit: int) -> tuple[bytes, Ended]:
-    buf = bytearray()
+class _Exited(Protocol):
+    def poll(self) -> int | None: ...
+
+
+def read_ports(
+    console: socket.socket, runner: socket.socket, child: _Exited, deadline: float, console_limit: int,
+    runner_limit: int,
+) -> tuple[bytes, bytes, Ended]:  # fmt: skip
+    """Read the console and the runner's port until the runner's end marker, a cap or QEMU's exit."""
+    console_buf, runner_buf = bytearray(), bytearray()
+    open_ports = {console.fileno(): console, runner.fileno(): runner}
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return bytes(buf), "timeout"
-        try:
-            chunk = qemu.read(size=4096, timeout=min(remaining, _READ_POLL_S))
-        except pexpect.TIMEOUT:
-            if qemu._child.poll() is not None:
-                return bytes(buf), "qemu-exit"
+            return bytes(console_buf), bytes(runner_buf), "timeout"
+        if not open_ports:
+            return bytes(console_buf), bytes(runner_buf), "qemu-exit"
+        ready, _, _ = select.select(list(open_ports), [], [], min(remaining, _READ_POLL_S))
+        if not ready:
+            if child.poll() is not None:
+                return bytes(console_buf), bytes(runner_buf), "qemu-exit"
             continue
-        except OSError:
-            chunk = b""
-        if not chunk:  # EOF: QEMU closed the serial socket, it is exiting
-            return bytes(buf), "qemu-exit"
-        searched_to = max(0, len(buf) - len(END_MARKER) - 2)
-        buf += chunk
-        found = _END_LINE.search(buf, searched_to)
-        if found and found.end() <= limit:
-            return bytes(buf[: found.end()]), "end-marker"
-        if len(buf) > limit:
-            return bytes(buf[:limit]), "console-limit"
+        for fd in ready:
+            try:
+                chunk = open_ports[fd].recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:  # QEMU closed the port: it is exiting
+                del open_ports[fd]
+            elif fd == console.fileno():
+                console_buf += chunk
+                if len(console_buf) > console_limit:
+                    return bytes(console_buf[:console_limit]), bytes(runner_buf), "console-limit"
+            else:
+                searched_to = max(0, len(runner_buf) - len(END_MARKER) - 2)
+                runner_buf += chunk
+                found = _END_LINE.search(runner_buf, searched_to)
+                if found and found.end() <= runner_limit:
+                    return bytes(console_buf), bytes(runner_buf[: found.end()]), "end-marker"
+                if len(runner_buf) > runner_limit:
+                    return bytes(console_buf), bytes(runner_buf[:runner_limit]), "runner-limit"
 
 
-def _stop(qemu: Any, *, graceful: bool) -> int | None:
-    """Stop QEMU for good and return its exit status (None if it was never started)."""
+def _stop(qemu: Any, *, graceful: bool, exiting: bool = False) -> int | None:
+    """Stop QEMU for good and return its exit status (None if it was never started).
+    `exiting`: QEMU closed its ports, so it is on its way out; give it a moment to say how."""
     child = qemu._child
     if child is None:
         return None
+    if exiting:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=_EXIT_WAIT_S)
     if graceful and child.poll() is None and qemu.status:
         try:
             qemu.off()  # QMP quit
@@ -257,6 +375,8 @@ def _render_console(
     notes = []
     if ended == "console-limit":
         notes.append(f"# labgate: console truncated at {req.max_console_bytes} bytes")
+    elif ended == "runner-limit":
+        notes.append(f"# labgate: the runner's output passed its cap of {req.max_runner_bytes} bytes")
     elif ended == "timeout":
         notes.append(f"# labgate: boot timed out after {req.timeout_s:g} s")
     elif ended == "qemu-exit":

@@ -13,7 +13,7 @@ import pytest
 
 from lab import initramfs
 from lab.errors import LabSetupError
-from lab.initramfs import DUT_DIR, Command, build_initramfs, render_commands
+from lab.initramfs import DUT_DIR, Command, StoredFile, build_initramfs, render_commands
 
 BUSYBOX = Path("/bin/busybox")
 pytestmark = pytest.mark.skipif(not BUSYBOX.is_file(), reason="busybox-static not installed")
@@ -139,13 +139,24 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_commands_become_an_index_and_one_file_each(tmp_path: Path) -> None:
-    commands = [Command("math", "./test_math"), Command("multi line", "a\nb", timeout_s=30)]
+    commands = [Command("math", "./test_math"), Command("multi line", "a\nb", timeout_s=30, root=True)]
     image = read_image(build_initramfs(tmp_path / "i.cpio.gz", {}, commands=commands))
 
-    assert image["labgate/commands"].data == b"math\t0\nmulti line\t30\n"
+    assert image["labgate/commands"].data == b"math\t0\tdut\nmulti line\t30\troot\n"
     assert image["labgate/run/1"].data == b"./test_math"
     assert image["labgate/run/2"].data == b"a\nb"
     assert render_commands([]) == {"/labgate/commands": b""}
+
+
+def test_the_base_image_knows_the_dut_user_and_keeps_artifacts_read_only(tmp_path: Path) -> None:
+    artifact = tmp_path / "test_x"
+    artifact.write_bytes(b"#!/bin/sh\n")
+    stored = StoredFile(artifact, executable=True)
+    image = read_image(build_initramfs(tmp_path / "i.cpio.gz", {"/labgate/artifacts/tests/test_x": stored}))
+    assert b"\ndut:x:1000:1000:" in image["etc/passwd"].data
+    entry = image["labgate/artifacts/tests/test_x"]
+    assert entry.mode & 0o777 == 0o755 and (entry.uid, entry.gid) == (0, 0)  # the DUT user may run, not write
+    assert image["labgate/artifacts/tests"].mode & 0o777 == 0o755 and image["run"].mode & 0o777 == 0o755
 
 
 @pytest.mark.parametrize(

@@ -723,3 +723,27 @@ def test_flatten_keeps_parents_without_subtests_and_numbers_nameless_tests() -> 
         ("2.1", "pass"),
         ("2.named", "fail"),
     ]
+
+
+# --- forgery: what a test's own output must never do to the document -----------------------
+
+
+def test_lines_split_on_newline_only_so_vertical_tabs_cannot_start_a_top_level_line() -> None:
+    forged = "    \vok 1 math\vok 2 strings\fok 3 x\x1c\x85\u2028ok 4 y\n"
+    text = f"KTAP version 1\n1..2\n{forged}not ok 1 math\nok 2 strings\n"
+    doc = parse_ktap(text)
+    assert doc.status == "fail"
+    assert [r.name for r in doc.results] == ["math", "strings"]
+
+
+def test_an_indented_result_before_any_top_level_one_is_never_top_level() -> None:
+    doc = parse_ktap("KTAP version 1\n1..1\n    ok 1 math\n    ok 2 more\nnot ok 1 math\n")
+    assert doc.status == "fail" and len(doc.results) == 1
+    assert [s.name for s in doc.results[0].subtests] == ["math", "more"]
+
+
+def test_a_second_top_level_document_makes_it_incomplete() -> None:
+    doc = parse_ktap("KTAP version 1\n1..1\nok 1 a\nreboot: Power down\nKTAP version 1\n1..1\nok 1 a\n")
+    assert doc.status == "incomplete"
+    assert "a second top-level KTAP document follows the first" in doc.problems
+    assert parse_ktap("KTAP version 1\n1..1\nok 1 a\nreboot: Power down\n").status == "pass"

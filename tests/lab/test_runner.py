@@ -5,17 +5,19 @@ Real boots (TCG, ~4-8 s each with Debian's kernel) are kept to four.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pexpect
 import pytest
 
 from lab import runner
@@ -38,22 +40,21 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
 # --- labgate-run on the host (busybox sh, no boot) -------------------------------------
 
 
-def run_dut_runner(tmp_path: Path, commands: list[Command]) -> str:
+def run_dut_runner(tmp_path: Path, commands: list[Command], *, dut_user: str = "nobody-here",
+                   extra_env: dict[str, str] | None = None) -> str:  # fmt: skip
+    """labgate-run on the host with busybox sh; commands marked root run as this test's user."""
     root = tmp_path / "labgate"
-    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts").mkdir(parents=True, exist_ok=True)
     for image_path, data in render_commands(commands).items():
         target = root / image_path.removeprefix("/labgate/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     assert BUSYBOX is not None
-    done = subprocess.run(
-        [BUSYBOX, "sh", str(DUT_DIR / "labgate-run")],
-        env={"LABGATE_ROOT": str(root), "TMPDIR": str(tmp_path), "PATH": os.environ["PATH"]},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0 and done.stderr == ""
+    env = {"LABGATE_ROOT": str(root), "LABGATE_STATE": str(tmp_path / "state"), "LABGATE_DUT_USER": dut_user,
+           "PATH": os.environ["PATH"], **(extra_env or {})}  # fmt: skip
+    done = subprocess.run([BUSYBOX, "sh", str(DUT_DIR / "labgate-run")], env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     return done.stdout
 
 
@@ -62,10 +63,10 @@ def test_dut_runner_prints_one_document(tmp_path: Path) -> None:
     out = run_dut_runner(
         tmp_path,
         [
-            Command("nested", "echo 'KTAP version 1'; echo 1..1; echo 'ok 1 inner'"),
-            Command("skip", "echo skipping; exit 4"),
-            Command("fail", "printf 'no newline'; exit 3"),
-            Command("cwd", 'pwd; read line; echo "stdin [$line]"'),
+            Command("nested", "echo 'KTAP version 1'; echo 1..1; echo 'ok 1 inner'", root=True),
+            Command("skip", "echo skipping; exit 4", root=True),
+            Command("fail", "printf 'no newline'; exit 3", root=True),
+            Command("cwd", 'pwd; read line; echo "stdin [$line]"', root=True),
         ],
     )
     assert out.splitlines() == [
@@ -92,8 +93,8 @@ def test_dut_runner_timeout_kills_the_command_and_its_children(tmp_path: Path) -
     out = run_dut_runner(
         tmp_path,
         [
-            Command("hangs", "echo before; sleep 30; echo after", timeout_s=1),
-            Command("leaves a child", "sleep 30 & echo started"),
+            Command("hangs", "echo before; sleep 30; echo after", timeout_s=1, root=True),
+            Command("leaves a child", "sleep 30 & echo started", root=True),
         ],
     )
     assert time.monotonic() - started < 10
@@ -108,61 +109,68 @@ def test_dut_runner_without_commands_prints_an_empty_plan(tmp_path: Path) -> Non
     assert run_dut_runner(tmp_path, []) == "KTAP version 1\n1..0\n# labgate: end\n"
 
 
-# --- the console loop against a fake driver --------------------------------------------
+# --- the two ports' read loop, on socket pairs ------------------------------------------
 
 
 class FakeChild:
     def __init__(self) -> None:
         self.returncode: int | None = None
-        self.killed = False
 
     def poll(self) -> int | None:
         return self.returncode
 
 
-class FakeQEMUDriver:
-    """Serves console chunks; None is a read that times out. Records the reads."""
+def read_pairs(console_chunks: list[bytes], runner_chunks: list[bytes], *, close: bool = False,
+               console_limit: int = 1 << 20, runner_limit: int = 1 << 20, seconds: float = 3.0):  # fmt: skip
+    console_host, console_qemu = socket.socketpair()
+    runner_host, runner_qemu = socket.socketpair()
+    for sock in (console_host, runner_host):
+        sock.setblocking(False)
 
-    def __init__(self, chunks: list[bytes | None]) -> None:
-        self.chunks = list(chunks)
-        self.reads: list[float] = []
-        self._child = FakeChild()
+    def feed() -> None:
+        for console, port in itertools.zip_longest(console_chunks, runner_chunks):
+            if console:
+                console_qemu.sendall(console)
+            if port:
+                runner_qemu.sendall(port)
+            time.sleep(0.02)
+        if close:
+            console_qemu.close()
+            runner_qemu.close()
 
-    def read(self, size: int = 1, timeout: float = 0.0) -> bytes:
-        self.reads.append(timeout)
-        if not self.chunks:
-            time.sleep(min(timeout, 0.01))
-            raise pexpect.TIMEOUT("fake")
-        chunk = self.chunks.pop(0)
-        if chunk is None:
-            time.sleep(min(timeout, 0.01))
-            raise pexpect.TIMEOUT("fake")
-        return chunk
-
-
-def read_fake(chunks: list[bytes | None], limit: int = 1 << 20, seconds: float = 5.0):
-    return runner._read_console(FakeQEMUDriver(chunks), time.monotonic() + seconds, limit)
-
-
-def test_end_marker_split_across_reads_is_found() -> None:
-    raw, ended = read_fake([b"boot\r\nKTAP version 1\r\n# lab", None, b"gate: end\r\n", b"more"])
-    assert ended == "end-marker"
-    assert raw == b"boot\r\nKTAP version 1\r\n# labgate: end\r\n"
-
-
-def test_indented_marker_does_not_end_the_boot() -> None:
-    raw, ended = read_fake([b"x\n    # labgate: end\n"], seconds=0.1)
-    assert ended == "timeout" and raw == b"x\n    # labgate: end\n"
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        return runner.read_ports(console_host, runner_host, FakeChild(), time.monotonic() + seconds, console_limit,
+                                 runner_limit)  # fmt: skip
+    finally:
+        feeder.join()
+        for sock in (console_host, console_qemu, runner_host, runner_qemu):
+            sock.close()
 
 
-def test_console_past_the_limit_is_cut() -> None:
-    raw, ended = read_fake([b"a" * 600, b"b" * 600], limit=1000)
-    assert ended == "console-limit" and raw == b"a" * 600 + b"b" * 400
+def test_the_end_marker_on_the_runner_port_ends_the_boot_even_split_across_reads() -> None:
+    console, out, ended = read_pairs([b"boot\r\n"], [b"KTAP version 1\n1..0\n# lab", b"gate: end\n", b"more"])
+    assert ended == "end-marker" and out == b"KTAP version 1\n1..0\n# labgate: end\n"
+    assert console == b"boot\r\n"
 
 
-def test_eof_means_qemu_exited() -> None:
-    raw, ended = read_fake([b"Kernel panic\n", b""])
-    assert ended == "qemu-exit" and raw == b"Kernel panic\n"
+def test_an_end_marker_on_the_console_or_indented_does_not_end_the_boot() -> None:
+    _, _, ended = read_pairs([b"KTAP version 1\n# labgate: end\n"], [b"KTAP version 1\n    # labgate: end\n"],
+                             seconds=0.5)  # fmt: skip
+    assert ended == "timeout"
+
+
+def test_each_port_past_its_limit_is_cut() -> None:
+    console, _, ended = read_pairs([b"a" * 600, b"b" * 600], [], console_limit=1000)
+    assert ended == "console-limit" and console == b"a" * 600 + b"b" * 400
+    _, out, ended = read_pairs([], [b"r" * 600, b"s" * 600], runner_limit=1000)
+    assert ended == "runner-limit" and len(out) == 1000
+
+
+def test_both_ports_closing_means_qemu_exited() -> None:
+    console, _, ended = read_pairs([b"Kernel panic\n"], [], close=True)
+    assert ended == "qemu-exit" and console == b"Kernel panic\n"
 
 
 def test_rendered_console_notes_why_it_ended(tmp_path: Path) -> None:
@@ -221,7 +229,7 @@ def test_boot_runs_the_commands_and_reports_each(debian_kernel: Path, tmp_path: 
 
     print(f"setup_s={outcome.setup_s:.3f} boot_s={outcome.boot_s:.2f}")
     assert outcome.ended == "end-marker", outcome.console[-2000:]
-    ktap = outcome.console[outcome.console.index("KTAP version 1\n1..3") :]
+    ktap = outcome.runner
     assert ktap == (
         "KTAP version 1\n1..3\n"
         "    hello from x86_64\n    KTAP version 1\n    1..1\n    ok 1 a\nok 1 ktap\n"
@@ -230,6 +238,7 @@ def test_boot_runs_the_commands_and_reports_each(debian_kernel: Path, tmp_path: 
         "# labgate: end\n"
     )
     assert "Linux version" in outcome.console and "\r" not in outcome.console
+    assert "KTAP version 1" not in outcome.console  # results never travel on the console
     assert (tmp_path / "console.log").read_text() == outcome.console
     assert outcome.setup_s < 0.3
     assert processes_mentioning(str(tmp_path)) == []
@@ -245,11 +254,11 @@ def test_boot_past_its_cap_ends_in_timeout(debian_kernel: Path, tmp_path: Path) 
 
 
 def test_guest_that_resets_ends_in_qemu_exit(debian_kernel: Path, tmp_path: Path) -> None:
-    reset = Command("reset", "echo going; sleep 1; echo b > /proc/sysrq-trigger; sleep 60")
+    reset = Command("reset", "echo going; sleep 1; echo b > /proc/sysrq-trigger; sleep 60", root=True)
     outcome = boot(debian_kernel, tmp_path, [reset], timeout_s=120)
 
     assert outcome.ended == "qemu-exit", outcome.console[-2000:]
-    assert "    going\n" in outcome.console and "# labgate: end" not in outcome.console
+    assert "    going\n" in outcome.runner and "# labgate: end" not in outcome.runner
     assert "# labgate: qemu exited (status 0) before the end marker" in outcome.console
     assert processes_mentioning(str(tmp_path)) == []
 
@@ -287,3 +296,66 @@ def test_killed_worker_takes_qemu_with_it(debian_kernel: Path, tmp_path: Path) -
             os.kill(pid, signal.SIGKILL)
         for socket_dir in socket_dirs:
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+# --- the DUT user and the KUnit relay, on the host ------------------------------------------
+
+
+DUT_STAND_IN = "labgate-qemu7"  # a sandbox uid setup creates; no boot of these tests uses slot 7
+
+
+def _stand_in_exists() -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(DUT_STAND_IN)
+    except KeyError:
+        return False
+    return os.geteuid() == 0
+
+
+@pytest.mark.skipif(BUSYBOX is None or not _stand_in_exists(), reason="needs root and the sandbox users (setup.sh)")
+def test_dut_commands_run_unprivileged_and_nothing_they_start_outlives_them(tmp_path: Path) -> None:
+    marker = f"labgate-daemon-{os.getpid()}"
+    (tmp_path / "labgate" / "artifacts").mkdir(parents=True)
+    (tmp_path / "labgate" / "artifacts").chmod(0o755)
+    tmp_path.chmod(0o755)
+    out = run_dut_runner(
+        tmp_path,
+        [
+            Command("whoami", "id -un; touch /labgate-dut-probe 2>&1 | grep -c denied"),
+            Command("daemon", f"(setsid sh -c 'exec -a {marker} sleep 300' >/dev/null 2>&1 &); echo started"),
+            Command("after", f"ps -eo args | grep -c '^{marker}' || true"),
+        ],
+        dut_user=DUT_STAND_IN,
+    )
+    assert f"    {DUT_STAND_IN}\n    1\nok 1 whoami\n" in out, out
+    assert "    started\nok 2 daemon\n" in out and "    0\nok 3 after\n" in out, out
+    assert not Path("/labgate-dut-probe").exists()
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+def test_kunit_results_in_debugfs_are_relayed_as_one_test_per_suite(tmp_path: Path) -> None:
+    debugfs = tmp_path / "debug"
+    suites = {
+        "example": "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: example\n    1..2\n"
+                   "    ok 1 example_simple_test\n    ok 2 example_skip_test # SKIP\nok 1 example\n",
+        "broken": "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: broken\n    1..1\n"
+                  "    not ok 1 broken_case\nnot ok 1 broken\n",
+    }  # fmt: skip
+    for name, text in suites.items():
+        (debugfs / "kunit" / name).mkdir(parents=True)
+        (debugfs / "kunit" / name / "results").write_text(text)
+    (tmp_path / "labgate").mkdir()
+    (tmp_path / "labgate" / "kunit").write_text("1\n")
+    out = run_dut_runner(tmp_path, [Command("first", "true", root=True)], extra_env={"LABGATE_DEBUGFS": str(debugfs)})
+    from lab.framing import check_runner_framing
+    from lab.ktap import flatten_results, parse_ktap
+
+    assert out.startswith("KTAP version 1\n1..3\nok 1 first\n"), out
+    assert "\nnot ok 2 kunit-broken\n" in out and "\nok 3 kunit-example\n# labgate: end\n" in out, out
+    assert check_runner_framing(out, ["first"], kunit=True) == []
+    leaves = {path: r.status for path, r in flatten_results(parse_ktap(out))}
+    assert leaves["kunit-broken.broken.broken_case"] == "fail"
+    assert leaves["kunit-example.example.example_simple_test"] == "pass"
