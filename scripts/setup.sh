@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-x86 busybox-static bubblewrap git cpio xz-utils gzip util-linux
+APT_PACKAGES=(qemu-system-x86 busybox-static bubblewrap git cpio xz-utils gzip util-linux e2fsprogs
   redis-server build-essential bc bison flex libelf-dev libssl-dev kmod linux-source-6.1 python3-venv chromium)
 
 # PostgreSQL for the tests, unless a server already answers (as on this project's CI machines).
@@ -18,6 +18,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Sandboxes run as unprivileged uids, one per concurrent job slot (config: sandbox.build_uids
+# and sandbox.qemu_uids, FIRST:COUNT). They own no home and no login shell on the host.
+add_slot_users() {  # add_slot_users PREFIX FIRST COUNT
+  for i in $(seq 0 $(($3 - 1))); do
+    uid=$(($2 + i))
+    getent passwd "$uid" >/dev/null && continue
+    groupadd --system --gid "$uid" "$1$i" 2>/dev/null || true
+    useradd --system --uid "$uid" --gid "$uid" --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin --comment "labgate sandbox" "$1$i"
+  done
+}
+if [ "$(id -u)" = 0 ]; then
+  add_slot_users labgate-build "${LABGATE_BUILD_UID_FIRST:-64100}" "${LABGATE_BUILD_UID_COUNT:-8}"
+  add_slot_users labgate-qemu "${LABGATE_QEMU_UID_FIRST:-64200}" "${LABGATE_QEMU_UID_COUNT:-8}"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -41,6 +41,33 @@ class ArtifactStore:
             self._commit(digest, lambda out: _copy_into(path, out))
         return digest
 
+    def put_fd(self, fd: int, *, limit: int) -> str:
+        """Store what an open file holds, reading at most limit bytes (ValueError past it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=".in-")
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(handle, "wb") as out:
+                while block := os.read(fd, 1 << 20):
+                    size += len(block)
+                    if size > limit:
+                        raise ValueError(f"file grew past {limit} bytes while being stored")
+                    sha.update(block)
+                    out.write(block)
+            digest = sha.hexdigest()
+            if self.has(digest):
+                os.unlink(tmp)
+            else:
+                final = self.path_of(digest)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, final)
+            return digest
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get_bytes(self, digest: str) -> bytes:
         return self.path_of(digest).read_bytes()
 

@@ -1,15 +1,22 @@
-"""Sandboxed builds: a worktree per job, the plan's script under bwrap, artifacts stored."""
+"""Sandboxed builds: the tested commit exported onto the job's own disk, the plan's script run
+as the slot's uid under every cap, artifacts collected without following the build's links."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.artifacts import ArtifactStore
-from workers.checkout import add_worktree, locked, remove_worktree
-from workers.sandbox import run_sandboxed
+from workers.cgroups import JobCgroup, create_job_cgroup
+from workers.checkout import locked
+from workers.collect import ArtifactCaps, collect_artifacts
+from workers.jobdisk import FILE_SIZE_SLACK_BYTES, JobDisk, open_job_disk
+from workers.sandbox import SandboxLimits, SandboxMounts, SandboxOutcome, run_sandboxed, write_synthetic_etc
+from workers.slots import UidRange, hold_slot
+from workers.source import export_tree, give_to
 from workers.spec import ArtifactRef, BuildSpec
 
 # gcc/clang diagnostics: "path:line:col: warning: text" (also error).
@@ -28,13 +35,16 @@ class BuildOutcome:
     command_s: float
     artifacts: dict[str, ArtifactRef]
     diagnostics: list[dict[str, object]]
+    confinement: dict[str, str]
+    confinement_s: float  # sandbox, disk and cgroup set-up and teardown, outside the command
+    cap: str | None = None
 
 
 def parse_diagnostics(log: str, source_root: str) -> list[dict[str, object]]:
     """Compiler warnings and errors with paths made relative to the tree."""
     found: list[dict[str, object]] = []
     prefix = source_root.rstrip("/") + "/"
-    for line in log.splitlines():
+    for line in log.split("\n"):
         match = _DIAGNOSTIC.match(line)
         if not match:
             continue
@@ -46,68 +56,86 @@ def parse_diagnostics(log: str, source_root: str) -> list[dict[str, object]]:
     return found
 
 
-def collect_artifacts(
-    build_dir: Path, patterns: tuple[str, ...], store: ArtifactStore
-) -> tuple[dict[str, ArtifactRef], list[str]]:
-    """Store every file matching the plan's patterns; list the patterns that matched nothing."""
-    artifacts: dict[str, ArtifactRef] = {}
-    missing: list[str] = []
-    for pattern in patterns:
-        matches = [p for p in sorted(build_dir.glob(pattern)) if p.is_file() and not p.is_symlink()]
-        if not matches:
-            missing.append(pattern)
-        for path in matches:
-            relative = str(path.relative_to(build_dir))
-            artifacts[relative] = ArtifactRef(digest=store.put_file(path), mode=path.stat().st_mode & 0o777)
-    return artifacts, missing
+def sandbox_limits(spec: BuildSpec, max_log_bytes: int) -> SandboxLimits:
+    limits = spec.limits
+    return SandboxLimits(
+        timeout_s=spec.timeout_s, max_output_bytes=max_log_bytes, memory_bytes=limits.memory_bytes,
+        max_processes=limits.max_processes, tmp_bytes=limits.tmp_bytes,
+        max_file_bytes=limits.disk_bytes + FILE_SIZE_SLACK_BYTES,
+    )  # fmt: skip
 
 
 def run_build(
-    spec: BuildSpec, *, mirror: Path, job_dir: Path, store: ArtifactStore, max_log_bytes: int
-) -> BuildOutcome:
-    source = job_dir / "src"
-    build_dir = job_dir / "build"
-    shutil.rmtree(build_dir, ignore_errors=True)  # a redelivered job starts clean
-    build_dir.mkdir(parents=True)
-    with locked(mirror):
-        add_worktree(mirror, source, spec.head_sha)
-    log_path = job_dir / "build.log"
-    try:
-        outcome = run_sandboxed(
-            ["sh", "-ec", spec.script],
-            cwd=source,
-            writable=[source, build_dir],
-            env={"LABGATE_SRC": str(source), "LABGATE_BUILD": str(build_dir)},
-            timeout_s=spec.timeout_s,
-            log_path=log_path,
-            max_log_bytes=max_log_bytes,
-        )
-        artifacts: dict[str, ArtifactRef] = {}
-        if outcome.timed_out:
-            result, code, message = "incomplete", "timeout", f"build exceeded its {spec.timeout_s} s cap"
-        elif outcome.exit_code != 0:
-            result, code, message = "fail", None, f"build command exited with status {outcome.exit_code}"
-        else:
-            artifacts, missing = collect_artifacts(build_dir, spec.artifacts, store)
-            if missing:
-                result, code = "fail", None
-                message = f"build produced no file for artifact pattern(s): {', '.join(missing)}"
-            else:
-                result, code, message = "pass", None, None
-        if message:
+    spec: BuildSpec, *, mirror: Path, job_dir: Path, slots_dir: Path, uids: UidRange, store: ArtifactStore,
+    max_log_bytes: int,
+) -> BuildOutcome:  # fmt: skip
+    """Build once; a failing or capped build is an outcome, InfraError means our side broke."""
+    with hold_slot(slots_dir, "build", uids) as slot:
+        started = time.monotonic()
+        disk = open_job_disk(job_dir, spec.limits.disk_bytes)  # also clears a redelivered job's leftovers
+        cgroup: JobCgroup | None = None
+        try:
+            source, build_dir = disk.root / "src", disk.root / "build"
+            with locked(mirror):
+                export_tree(mirror, spec.head_sha, source, job_dir / "index")
+            build_dir.mkdir()
+            give_to(slot.uid, source, build_dir)
+            etc = write_synthetic_etc(job_dir / "etc", slot.uid, "build")
+            limits = sandbox_limits(spec, max_log_bytes)
+            cgroup = create_job_cgroup(slot.name, memory_bytes=limits.memory_bytes, max_pids=limits.max_processes)
+            prepared_s = time.monotonic() - started
+            log_path = job_dir / "build.log"
+            outcome = run_sandboxed(
+                ["sh", "-ec", spec.script], cwd=source,
+                mounts=SandboxMounts(writable=(source, build_dir), etc_dir=etc),
+                env={"LABGATE_SRC": str(source), "LABGATE_BUILD": str(build_dir)},
+                limits=limits, log_path=log_path, slot=slot, cgroup=cgroup, disk=disk,
+            )  # fmt: skip
+            cap = outcome.cap or _disk_cap(disk, outcome, log_path)
+            artifacts, result, message = _judge(outcome, cap, build_dir, spec, store)
             with log_path.open("a") as log:
-                log.write(f"\n*** labgate: {message} ***\n")
-        log_text = log_path.read_text(errors="replace")
-        return BuildOutcome(
-            result=result,
-            error_code=code,
-            message=message,
-            log_digest=store.put_file(log_path),
-            command_s=outcome.duration_s,
-            artifacts=artifacts,
-            diagnostics=parse_diagnostics(log_text, str(source)),
-        )
-    finally:
-        with locked(mirror):
-            remove_worktree(mirror, source)
-        shutil.rmtree(build_dir, ignore_errors=True)
+                if message and not outcome.cap:
+                    log.write(f"\n*** labgate: {message} ***\n")
+            log_text = log_path.read_text(errors="replace")
+            return BuildOutcome(
+                result=result, error_code=None, message=message, log_digest=store.put_file(log_path),
+                command_s=outcome.duration_s, artifacts=artifacts,
+                diagnostics=parse_diagnostics(log_text, str(source)), confinement=outcome.confinement,
+                confinement_s=prepared_s + outcome.setup_s, cap=cap,
+            )  # fmt: skip
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+            disk.release()
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _judge(outcome: SandboxOutcome, cap: str | None, build_dir: Path, spec: BuildSpec,
+           store: ArtifactStore) -> tuple[dict[str, ArtifactRef], str, str | None]:  # fmt: skip
+    """(artifacts, result, message): a cap the build's own code made fire is its failure."""
+    if cap is not None:
+        return {}, "fail", f"build stopped: it hit {cap}"
+    if outcome.exit_code != 0:
+        return {}, "fail", f"build command exited with status {outcome.exit_code}"
+    caps = ArtifactCaps(spec.limits.max_artifact_bytes, spec.limits.max_artifacts_bytes)
+    collected = collect_artifacts(build_dir, spec.artifacts, store, caps)
+    if collected.refused:
+        return {}, "fail", "artifacts refused: " + "; ".join(collected.refused)
+    if collected.missing:
+        return {}, "fail", f"build produced no file for artifact pattern(s): {', '.join(collected.missing)}"
+    return collected.artifacts, "pass", None
+
+
+def _disk_cap(disk: JobDisk, outcome: SandboxOutcome, log_path: Path) -> str | None:
+    """A build that failed with its disk (or /tmp) full hit that cap, whatever it printed after."""
+    if outcome.exit_code == 0:
+        return None
+    if disk.is_full():
+        return f"the disk cap of {disk.limit_bytes >> 20} MiB"
+    with log_path.open("rb") as log:
+        log.seek(max(0, log_path.stat().st_size - 65536))
+        tail = log.read()
+    if b"No space left on device" in tail:
+        # The only other filesystem it can fill is /tmp: a tmpfs of fixed size.
+        return f"the /tmp cap of {outcome.confinement.get('tmp', '?').removeprefix('tmpfs of ')}"
+    return None

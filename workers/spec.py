@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Callable
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 JobKind = Literal["checkout", "build", "test"]
 Result = Literal["pass", "fail", "skip", "incomplete"]
@@ -18,7 +21,66 @@ TASK_NAMES: dict[str, str] = {
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a URL with a token in it) must not ride into a log.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a path a change or a worker named cannot be used below a job's directory; None if it can."""
+    if not path:
+        return "is empty"
+    if any(c in path for c in "\0\n\r"):
+        return "holds a NUL or line break"
+    if path.startswith("/"):
+        return "is absolute"
+    parts = path.split("/")
+    if ".." in parts:
+        return "has a '..' component"
+    if any(part in ("", ".") for part in parts):
+        return "has an empty or '.' component"
+    return None
+
+
+def _refusing(reason_of: Callable[[str], str | None], what: str) -> AfterValidator:
+    """A pydantic validator that refuses a value with the reason `reason_of` gives."""
+
+    def check(value: str) -> str:
+        reason = reason_of(value)
+        if reason:
+            raise ValueError(f"{what} {reason}")
+        return value
+
+    return AfterValidator(check)
+
+
+# A path below a job's directory: never absolute, never climbing out.
+RelativePath = Annotated[str, _refusing(unsafe_path_reason, "path")]
+
+_SCP_LIKE = re.compile(r"^(?P<user>[^@/:]+)@[^/:]+:")  # git@host:path
+
+
+def url_credentials_reason(url: str) -> str | None:
+    """Why a repository URL must be refused for carrying a secret; None if it carries none.
+
+    A token in a URL ends up in argv, logs, `.git/config` and every error message git
+    prints. An http(s) URL may carry no user at all (a token can be the user name); ssh
+    URLs may name a user (git@host) but never a password.
+    """
+    scp = _SCP_LIKE.match(url)
+    if scp and "://" not in url:
+        return None
+    parsed = urlsplit(url)
+    if "@" not in parsed.netloc:
+        return None
+    userinfo = parsed.netloc.rsplit("@", 1)[0]
+    if parsed.scheme in ("http", "https", "git"):
+        return "carries credentials (user or token before '@'); give them to labgate another way"
+    if ":" in userinfo:
+        return "carries a password; use an ssh key or labgate's per-job credential"
+    return None
+
+
+RepositoryUrl = Annotated[str, _refusing(url_credentials_reason, "repository URL")]
 
 
 class PatchRef(_Frozen):
@@ -41,12 +103,24 @@ class ArtifactRef(_Frozen):
     mode: int = 0o644
 
 
+class BuildLimits(_Frozen):
+    """Lab caps on one build; the operator's config sets them, never the plan."""
+
+    memory_bytes: int = Field(8 << 30, gt=0)  # all processes of the build together
+    max_processes: int = Field(2048, gt=0)  # processes and threads
+    disk_bytes: int = Field(20 << 30, gt=0)  # source tree + build dir
+    tmp_bytes: int = Field(256 << 20, gt=0)  # the sandbox's /tmp (host RAM)
+    max_artifact_bytes: int = Field(256 << 20, gt=0)
+    max_artifacts_bytes: int = Field(1 << 30, gt=0)
+
+
 class BuildSpec(_Frozen):
     name: str
     head_sha: str
     script: str  # sh script run at the worktree root
-    artifacts: tuple[str, ...]
+    artifacts: tuple[RelativePath, ...]
     timeout_s: int
+    limits: BuildLimits = BuildLimits()
 
 
 class QemuSpec(_Frozen):
@@ -56,8 +130,10 @@ class QemuSpec(_Frozen):
 
 
 class TestCommand(_Frozen):
+    __test__ = False  # not a pytest class
     name: str
     run: str
+    root: bool = False  # runs as root on the DUT: its results are not forge-proof
 
 
 class TestSpec(_Frozen):
@@ -67,16 +143,19 @@ class TestSpec(_Frozen):
     qemu: QemuSpec
     kernel: str  # "debian" or the path of a build artifact
     commands: tuple[TestCommand, ...]
-    artifacts: dict[str, ArtifactRef]
+    artifacts: dict[RelativePath, ArtifactRef]
     timeout_s: int
+    kunit: bool = False  # relay in-kernel KUnit results from debugfs after the commands
 
 
 class JobSpec(_Frozen):
     job_id: int
     pipeline_id: int
     kind: JobKind
+    # Proves a result comes from the worker that was given this job (bot checks it).
+    result_token: str = ""
     tree_name: str
-    tree_url: str
+    tree_url: RepositoryUrl
     max_log_bytes: int
     checkout: CheckoutSpec | None = None
     build: BuildSpec | None = None
@@ -90,10 +169,12 @@ class TestCase(_Frozen):
     directive: str | None = None
     reason: str = ""
     diagnostics: str = ""
+    caveat: str = ""  # e.g. "ran as root: not forge-proof"
 
 
 class JobResult(_Frozen):
     job_id: int
+    result_token: str = ""  # copied from the JobSpec
     delivery: int  # which delivery of the task message produced this (1 = first)
     result: Result | None  # None when error_code says our side or the input failed
     error_code: str | None = None  # "user-error", "infra-error", "worker-lost", "timeout"

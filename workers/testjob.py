@@ -1,81 +1,159 @@
-"""Test jobs: artifacts into an initramfs, a boot through the lab, KTAP into results."""
+"""Test jobs: artifacts into an initramfs, a confined boot through the lab, the runner's KTAP into results."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from lab.errors import LabSetupError
-from lab.initramfs import Command, build_initramfs
+from lab.framing import check_runner_framing
+from lab.initramfs import Command, StoredFile, build_initramfs
 from lab.kernel import fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
-from lab.runner import BootOutcome, BootRequest, run_boot
+from lab.runner import SECCOMP_FD, BootOutcome, BootRequest, run_boot
+from workers import seccomp
 from workers.artifacts import ArtifactStore
+from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.errors import InfraError, UserError
-from workers.spec import ArtifactRef, JobResult, JobSpec, TestCase
+from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
+from workers.slots import DEFAULT_QEMU_UIDS, QEMU_UIDS_ENV, Slot, UidRange, hold_slot
+from workers.spec import ArtifactRef, JobResult, JobSpec, TestCase, TestSpec
 
 ARTIFACTS_ON_TARGET = "/labgate/artifacts"
+ROOT_CAVEAT = "ran as root: not forge-proof"
+QEMU_OVERHEAD_BYTES = 768 << 20  # QEMU's own memory beyond the guest's (TCG code buffer, devices)
+QEMU_MAX_PROCESSES = 256  # QEMU's threads (vCPU, I/O workers)
+QEMU_TMP_BYTES = 16 << 20
 
 
-def test_cases(doc: KtapDocument) -> tuple[TestCase, ...]:
+def test_cases(doc: KtapDocument, caveat: str = "") -> tuple[TestCase, ...]:
     cases = []
     for path, result in flatten_results(doc):
         diagnostics = "\n".join((*result.diagnostics, *result.problems))
         cases.append(TestCase(path=path, status=result.status, directive=result.directive,
-                              reason=result.reason, diagnostics=diagnostics))  # fmt: skip
+                              reason=result.reason, diagnostics=diagnostics, caveat=caveat))  # fmt: skip
     return tuple(cases)
 
 
-def judge(outcome: BootOutcome, doc: KtapDocument) -> tuple[str, str | None, str | None]:
-    """(result, error_code, message) of one boot."""
+def judge(outcome: BootOutcome, doc: KtapDocument, framing: list[str], own_kernel: bool,
+          timeout_s: float) -> tuple[str, str | None, str | None]:  # fmt: skip
+    """(result, error_code, message) of one boot.
+
+    A cap fired by the change's code (its kernel, its commands) is the change's failure;
+    a boot that never reached the runner on the lab's own kernel, or a QEMU that failed
+    by itself, is ours (incomplete). Framing the runner did not write never passes.
+    """
     if outcome.ended == "end-marker":
+        if framing:
+            return "incomplete", "runner-framing", "results refused: " + "; ".join(framing)
         message = "; ".join(doc.problems) if doc.status == "incomplete" else None
         return doc.status, None, message
-    tail = "\n".join(outcome.console.rstrip().splitlines()[-15:])
-    if outcome.ended == "timeout":
-        return "incomplete", "timeout", f"no end of the KTAP document before the cap; console ends:\n{tail}"
+    tail = "\n".join(outcome.console.rstrip().split("\n")[-15:])
+    started = bool(outcome.runner.strip())
+    if outcome.ended == "runner-limit":
+        return "fail", None, "the test stopped: its output passed the runner's output cap"
     if outcome.ended == "console-limit":
-        return "incomplete", "log-limit", "console output exceeded the log cap"
-    return "incomplete", "boot-failed", f"the target stopped before the end of the tests; console ends:\n{tail}"
+        return "fail", None, "the test stopped: the kernel console passed its output cap"
+    if outcome.ended == "timeout":
+        if not started and not own_kernel:
+            return "incomplete", "timeout", f"the lab's kernel never reached the runner; console ends:\n{tail}"
+        return "fail", None, f"the test stopped: it hit the wall-time cap of {timeout_s:g} s; console ends:\n{tail}"
+    if outcome.qemu_status not in (0, None):
+        return "incomplete", "qemu-failed", f"QEMU exited with status {outcome.qemu_status}; console ends:\n{tail}"
+    if not started and not own_kernel:
+        return "incomplete", "boot-failed", f"the lab's kernel stopped before the runner started; console ends:\n{tail}"
+    return "fail", None, f"the target stopped before the end of the tests; console ends:\n{tail}"
 
 
-def run_test_job(spec: JobSpec, delivery: int, data_dir: Path) -> JobResult:
+def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
     test = spec.test
     assert test is not None
-    store = ArtifactStore(data_dir / "artifacts")
-    work = data_dir / "work" / f"job-{spec.job_id}"
-    shutil.rmtree(work, ignore_errors=True)  # a redelivered job starts clean
-    work.mkdir(parents=True)
-    try:
-        files: dict[str, Path | bytes] = {}
-        for relative, ref in test.artifacts.items():
-            if relative == test.kernel:
-                continue
-            local = work / "artifacts" / relative
-            store.materialize(ref.digest, local, ref.mode)
-            files[f"{ARTIFACTS_ON_TARGET}/{relative}"] = local
-        kernel = _kernel(test.kernel, test.artifacts, store, work)
-        initramfs = build_initramfs(work / "initramfs.cpio.gz", files,
-                                    commands=[Command(c.name, c.run) for c in test.commands])  # fmt: skip
-        outcome = run_boot(BootRequest(
-            kernel=kernel, initramfs=initramfs, work_dir=work, timeout_s=test.timeout_s,
-            memory=test.qemu.memory, machine=test.qemu.machine, cpu=test.qemu.cpu,
-            max_console_bytes=spec.max_log_bytes,
-        ))  # fmt: skip
-    except LabSetupError as exc:
-        raise InfraError(f"lab: {exc}") from exc
-    finally:
-        shutil.rmtree(work / "artifacts", ignore_errors=True)
-    doc = parse_ktap(outcome.console)
-    result, code, message = judge(outcome, doc)
+    uids = UidRange.from_env(QEMU_UIDS_ENV, DEFAULT_QEMU_UIDS)
+    with hold_slot(work_root / "slots", "qemu", uids) as slot:
+        work = work_root / "work" / f"job-{spec.job_id}"
+        shutil.rmtree(work, ignore_errors=True)  # a redelivered job starts clean
+        work.mkdir(parents=True)
+        work.chmod(0o755)
+        cgroup = create_job_cgroup(slot.name, memory_bytes=_memory_bytes(test.qemu.memory) + QEMU_OVERHEAD_BYTES,
+                                   max_pids=QEMU_MAX_PROCESSES)  # fmt: skip
+        try:
+            outcome = _boot(spec, test, work, store, slot, cgroup)
+        except LabSetupError as exc:
+            raise InfraError(f"lab: {exc}") from exc
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(work, ignore_errors=True)
+    names = [c.name for c in test.commands]
+    framing = check_runner_framing(outcome.runner, names, kunit=test.kunit) if outcome.ended == "end-marker" else []
+    doc = parse_ktap(outcome.runner)
+    result, code, message = judge(outcome, doc, framing, test.kernel != "debian", test.timeout_s)
+    caveat = ROOT_CAVEAT if any(c.root for c in test.commands) else ""
+    log = outcome.console + "\n# ---- labgate: the runner's port ----\n" + outcome.runner
     return JobResult(
         job_id=spec.job_id, delivery=delivery, result=result, error_code=code,  # type: ignore[arg-type]
-        error_message=message, log_digest=store.put_bytes(outcome.console.encode()),
-        command_s=outcome.boot_s, tests=test_cases(doc),
+        error_message=message, log_digest=store.put_bytes(log.encode()),
+        command_s=outcome.boot_s, tests=() if framing else test_cases(doc, caveat),
         outputs={"ended": outcome.ended, "boot_s": round(outcome.boot_s, 3),
-                 "setup_s": round(outcome.setup_s, 3)},
+                 "setup_s": round(outcome.setup_s, 3), "confinement": _describe(slot, cgroup)},
     )  # fmt: skip
+
+
+def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot: Slot,
+          cgroup: JobCgroup | None) -> BootOutcome:  # fmt: skip
+    # Artifacts go straight from the store into the image: the lab side writes no file a
+    # worker-sent name could place (only the kernel, under its base name).
+    files: dict[str, Path | bytes | StoredFile] = {
+        f"{ARTIFACTS_ON_TARGET}/{relative}": StoredFile(store.path_of(ref.digest), bool(ref.mode & 0o111))
+        for relative, ref in test.artifacts.items() if relative != test.kernel
+    }  # fmt: skip
+    kernel = _kernel(test.kernel, test.artifacts, store, work)
+    commands = [Command(c.name, c.run, root=c.root) for c in test.commands]
+    try:
+        initramfs = build_initramfs(work / "initramfs.cpio.gz", files, commands=commands, kunit=test.kunit)
+    except ValueError as exc:
+        raise UserError(f"test {test.name}: {exc}") from exc
+    runtime = Path(tempfile.mkdtemp(prefix="labgate-qemu-"))
+    etc = write_synthetic_etc(work / "etc", slot.uid, "qemu")
+    filtered = seccomp.is_supported()
+    confine = bwrap_argv(
+        [], cwd=runtime, mounts=SandboxMounts(writable=(runtime,), read_only=(kernel, initramfs), etc_dir=etc,
+                                              dev_shm=False),
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, uid=slot.uid, tmp_bytes=QEMU_TMP_BYTES,
+        seccomp_fd=SECCOMP_FD if filtered else None,
+    )  # fmt: skip
+    try:
+        return run_boot(BootRequest(
+            kernel=kernel, initramfs=initramfs, work_dir=work, timeout_s=test.timeout_s,
+            memory=test.qemu.memory, machine=test.qemu.machine, cpu=test.qemu.cpu,
+            max_console_bytes=spec.max_log_bytes, max_runner_bytes=spec.max_log_bytes,
+            confine=tuple(confine), sandbox_uid=slot.uid, runtime_dir=runtime,
+            seccomp_filter=seccomp.build_filter() if filtered else None,
+            cgroup_procs=tuple(d / "cgroup.procs" for d in cgroup.dirs) if cgroup is not None else (),
+        ))  # fmt: skip
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _describe(slot: Slot, cgroup: JobCgroup | None) -> dict[str, str]:
+    return {
+        "uid": f"{slot.uid} (slot {slot.index})" if slot.uid is not None else f"{os.getuid()} (worker not root)",
+        "qemu": "-sandbox on (obsolete, elevateprivileges, spawn, resourcecontrol denied), no network, no host device",
+        "mounts": "/usr, the kernel and the image read-only; its socket directory",
+        "memory": cgroup.mechanism if cgroup is not None else "guest memory only (no cgroup)",
+        "dut": "commands as the unprivileged DUT user; results only from the runner's own serial port",
+    }
+
+
+def _memory_bytes(text: str) -> int:
+    """QEMU's -m size ("512M", "2G", a plain number of MiB)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text) << 20
 
 
 def _kernel(name: str, artifacts: dict[str, ArtifactRef], store: ArtifactStore, work: Path) -> Path:
@@ -87,6 +165,6 @@ def _kernel(name: str, artifacts: dict[str, ArtifactRef], store: ArtifactStore, 
     if ref is None:
         raise UserError(f"test kernel {name!r} is not an artifact of its build "
                         f"(artifacts: {', '.join(sorted(artifacts)) or 'none'})")  # fmt: skip
-    path = work / "kernel" / Path(name).name
+    path = work / "kernel" / Path(name).name  # the base name only: nothing a name holds can climb out
     store.materialize(ref.digest, path, 0o644)
     return path
