@@ -19,7 +19,7 @@ from bot.core.events import Event, event_to_json
 from bot.forges.github import sansio
 from bot.runtime import Runtime
 from bot.store.deliveries import DELIVERY_ID_MAX, EVENT_NAME_MAX, DeliveryLog, DeliveryRow, open_delivery_log
-from workers.app import CONTROL_QUEUE, app
+from workers.app import CONTROL_QUEUE, app, broker_socket_kwargs
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -106,9 +106,9 @@ def _redis_client(url: str | None, transport_options: dict[str, Any]) -> aredis.
     """A client on the broker when it is a plain Redis one kombu would write to the same way; else None."""
     if not url or set(transport_options) - {"visibility_timeout"}:  # e.g. a key prefix changes the keys
         return None
-    if url.startswith("redis+socket://"):
-        return aredis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), socket_timeout=BROKER_TIMEOUT_S,
-                            socket_connect_timeout=BROKER_TIMEOUT_S)  # fmt: skip
+    socket_kwargs = broker_socket_kwargs(url)
+    if socket_kwargs is not None:
+        return aredis.Redis(**socket_kwargs, socket_timeout=BROKER_TIMEOUT_S, socket_connect_timeout=BROKER_TIMEOUT_S)
     if url.startswith(("redis://", "rediss://")):
         return aredis.Redis.from_url(url, socket_timeout=BROKER_TIMEOUT_S, socket_connect_timeout=BROKER_TIMEOUT_S)
     return None
