@@ -82,7 +82,7 @@ def main() -> None:
                 print(f"run {run}: wall {wall:.3f} s, inside commands {inside:.3f} s, "
                       f"overhead {wall - inside:.3f} s", flush=True)  # fmt: skip
         finally:
-            services.supervisor.stop()
+            services.stop()
     overheads = [wall - inside for wall, inside in rows]
     figures = {
         "runs": len(rows),

@@ -107,20 +107,30 @@ def _config_command(args: argparse.Namespace) -> int:
 
 def run_worker(queues: list[str], concurrency: int, name: str | None) -> int:
     """One Celery worker; the broker and data dir come from the environment."""
-    from workers.app import CONTROL_QUEUE, configure_from_env
+    from workers.app import CONTROL_QUEUE, RESULTS_QUEUE, configure_from_env
 
     app = configure_from_env()
     if not app.conf.broker_url:
         raise ConfigError("LABGATE_BROKER_URL is not set; start workers through `labgate up` or set it")
-    if CONTROL_QUEUE in queues:
+    control = CONTROL_QUEUE in queues or RESULTS_QUEUE in queues
+    if control and not set(queues) <= {CONTROL_QUEUE, RESULTS_QUEUE}:
+        raise ConfigError(f"--queues {','.join(queues)}: the control worker serves only {CONTROL_QUEUE} "
+                          f"and {RESULTS_QUEUE}; job queues need workers of their own (they run changes' "
+                          "code)")  # fmt: skip
+    # Each worker knows only its own tasks: a job worker cannot run a control task, and a job
+    # task that reaches the control worker (pushed by a hostile worker) is discarded, never run.
+    app.conf.imports = ["bot.tasks"] if control else ["workers.tasks"]
+    if control:
         import bot.tasks  # noqa: F401  (registers the control tasks)
-    import workers.tasks  # noqa: F401
+    else:
+        import workers.tasks  # noqa: F401
 
     node = name or f"labgate-{'+'.join(queues)}-{os.getpid()}@%h"
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency), "--hostname", node,
         "--loglevel", os.environ.get("LABGATE_WORKER_LOG_LEVEL", "INFO"),
-        "--without-gossip", "--without-mingle", "--pool", "prefork",
+        # No heartbeat: it is an event PUBLISH, which job workers' broker users may not send.
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--pool", "prefork",
     ])  # fmt: skip
     return EXIT_OK
 

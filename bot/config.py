@@ -12,13 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
+from workers.slots import DEFAULT_BUILD_UIDS, DEFAULT_QEMU_UIDS, UidRange
+from workers.spec import BuildLimits, RepositoryUrl
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
 class _Strict(BaseModel):
     # Unknown keys are typos far more often than forward compatibility: reject them.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class Caps(_Strict):
@@ -26,7 +28,39 @@ class Caps(_Strict):
 
     max_build_s: int = Field(1800, gt=0, description="wall-time cap of one build job")
     max_job_s: int = Field(900, gt=0, description="wall-time cap of one test job (boot + suites)")
-    max_log_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest log kept per job")
+    max_log_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest log kept per job; more output stops it")
+    max_build_memory_bytes: int = Field(8 << 30, gt=0, description="memory of all a build's processes together")
+    max_build_processes: int = Field(2048, gt=0, description="processes and threads of one build")
+    max_build_disk_bytes: int = Field(20 << 30, gt=0, description="bytes a build may write (source + build dir)")
+    max_build_tmp_bytes: int = Field(256 << 20, gt=0, description="size of the build's /tmp (a tmpfs in RAM)")
+    max_artifact_bytes: int = Field(256 << 20, gt=0, description="largest single artifact")
+    max_artifacts_bytes: int = Field(1 << 30, gt=0, description="all artifacts of one build together")
+    max_patch_bytes: int = Field(8 << 20, gt=0, description="largest patch or mbox accepted; refused before storing")
+
+    def build_limits(self) -> BuildLimits:
+        return BuildLimits(
+            memory_bytes=self.max_build_memory_bytes, max_processes=self.max_build_processes,
+            disk_bytes=self.max_build_disk_bytes, tmp_bytes=self.max_build_tmp_bytes,
+            max_artifact_bytes=self.max_artifact_bytes, max_artifacts_bytes=self.max_artifacts_bytes,
+        )  # fmt: skip
+
+
+class Sandbox(_Strict):
+    """Unprivileged uids the sandboxes run as: one per concurrent job slot (setup creates them)."""
+
+    build_uids: str = Field(DEFAULT_BUILD_UIDS, pattern=r"^[0-9]+:[0-9]+$",
+                            description="FIRST:COUNT uids for builds, one per concurrent build")
+    qemu_uids: str = Field(DEFAULT_QEMU_UIDS, pattern=r"^[0-9]+:[0-9]+$",
+                           description="FIRST:COUNT uids for QEMU, one per concurrent boot")
+
+    @field_validator("build_uids", "qemu_uids")
+    @classmethod
+    def _valid_range(cls, value: str) -> str:
+        try:
+            UidRange.parse(value, "uid range")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
 
 
 class QemuTarget(_Strict):
@@ -59,8 +93,10 @@ class Tree(_Strict):
     """A repository labgate tests."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-    url: str
+    url: RepositoryUrl
     branches: list[str] = ["main"]
+    private: bool = Field(False, description="clone with a short-lived read credential minted per checkout "
+                                             "(GitHub: an installation token, contents: read, this repository only)")
     github: TreeGitHub | None = None
 
 
@@ -109,6 +145,7 @@ class Config(_Strict):
     web: Web = Web()
     github: GitHubApp | None = None
     caps: Caps = Caps()
+    sandbox: Sandbox = Sandbox()
     trees: list[Tree] = []
     device_classes: list[DeviceClass] = [
         DeviceClass(name="qemu-x86_64", tags={"arch": "x86_64", "platform": "qemu"})
@@ -129,6 +166,12 @@ class Config(_Strict):
     def tree_for_github_repo(self, full_name: str) -> Tree | None:
         for tree in self.trees:
             if tree.github is not None and tree.github.repo.lower() == full_name.lower():
+                return tree
+        return None
+
+    def tree(self, name: str) -> Tree | None:
+        for tree in self.trees:
+            if tree.name == name:
                 return tree
         return None
 
@@ -191,5 +234,5 @@ def render_config_json_schema() -> str:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password in a database or broker URL before it reaches a log."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    """Hide the credentials in a URL (a password, or a token given as the user) before it reaches a log."""
+    return re.sub(r"(://)[^/@]+@", r"\1***@", url)

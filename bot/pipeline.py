@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -12,9 +15,11 @@ from sqlalchemy.orm import Session
 
 from bot.core.plans import PlanError, parse_plan
 from bot.core.progress import Caps, classes_for_tier, draft_jobs, job_outcome, pipeline_result
+from bot.credentials import remove_checkout_credential, write_checkout_credential
 from bot.runtime import Runtime
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
+from workers.errors import UserError
 from workers.spec import (
     TASK_NAMES,
     ArtifactRef,
@@ -25,6 +30,8 @@ from workers.spec import (
     PatchRef,
     QemuSpec,
     TestSpec,
+    unsafe_path_reason,
+    url_credentials_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -81,8 +88,20 @@ def change_for(session: Session, submission: Submission) -> Change:
     return change
 
 
+def check_submission(runtime: Runtime, submission: Submission) -> None:
+    """Refuse what no pipeline may carry, before anything is stored (UserError says why)."""
+    reason = url_credentials_reason(submission.tree_url)
+    if reason:
+        raise UserError(f"tree {submission.tree_name}: its URL {reason}")
+    cap = runtime.config.caps.max_patch_bytes
+    for name, data in submission.patches:
+        if len(data) > cap:
+            raise UserError(f"{name}: {len(data)} bytes is over the {cap} byte patch cap; nothing was stored")
+
+
 def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
     """Record the revision and a queued pipeline, then hand it to the control queue."""
+    check_submission(runtime, submission)
     patch_refs = [
         {"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches
     ]
@@ -152,8 +171,10 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     fields: dict[str, object] = {}
     if job.kind == "checkout":
         fields["checkout"] = CheckoutSpec.model_validate(job.spec)
+        write_checkout_credential(runtime, job)
     elif job.kind == "build":
-        fields["build"] = BuildSpec.model_validate(job.spec)
+        # The lab's caps as configured now: nothing the plan says can lift them.
+        fields["build"] = BuildSpec.model_validate({**job.spec, "limits": runtime.config.caps.build_limits()})
     else:
         assert job.depends_on_id is not None
         build_job = session.get(Job, job.depends_on_id)
@@ -163,20 +184,36 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
             name=job.spec["name"], device_class=dc.name, qemu=QemuSpec(**dc.qemu.model_dump()),
             kernel=job.spec["kernel"], commands=job.spec["commands"], timeout_s=job.spec["timeout_s"],
             artifacts={k: ArtifactRef(**v) for k, v in build_job.outputs.get("artifacts", {}).items()},
+            kunit=job.spec.get("kunit", False),
         )  # fmt: skip
+    token = secrets.token_urlsafe(24)
     spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
-                   tree_url=tree.url, max_log_bytes=runtime.config.caps.max_log_bytes, **fields)  # type: ignore[arg-type]  # fmt: skip
+                   tree_url=tree.url, max_log_bytes=runtime.config.caps.max_log_bytes, result_token=token,
+                   **fields)  # type: ignore[arg-type]  # fmt: skip
+    job.result_token_hash = _token_hash(token)  # a redelivery keeps the message, and so the token
     job.state = "queued"
     job.task_id = f"job-{job.id}-{uuid.uuid4().hex[:8]}"
     session.flush()
     outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, job.task_id)
 
 
-def record_started(runtime: Runtime, job_id: int, delivery: int) -> None:
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def holds_token(job: Job, token: str) -> bool:
+    """Whether a message comes from the worker that was given this job (constant-time compare)."""
+    return job.result_token_hash is not None and hmac.compare_digest(job.result_token_hash, _token_hash(token))
+
+
+def record_started(runtime: Runtime, job_id: int, delivery: int, token: str = "") -> None:
     outbox = Outbox()
     with runtime.store.session() as session:
         job = session.get(Job, job_id)
         if job is None or job.state == "done":
+            return
+        if not holds_token(job, token):
+            log.warning("job %s: start message without the job's token ignored", job_id)
             return
         job.state = "running"
         job.attempts = max(job.attempts, delivery)
@@ -195,6 +232,12 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
         session.refresh(job)
         if job.state == "done":
             return
+        if not holds_token(job, result.result_token):
+            # Another worker (or anyone who can write to the results queue) speaking for a job
+            # it was never given: dropped, the job's own worker still reports.
+            log.warning("job %s: result without the job's token ignored", result.job_id)
+            return
+        result = _checked_outputs(job, result)
         job.state = "done"
         job.result = result.result
         job.error_code = result.error_code
@@ -207,15 +250,28 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
         job.finished_at = utcnow()
         for case in result.tests:
             session.add(TestResult(job=job, path=case.path, status=case.status, directive=case.directive,
-                                   reason=case.reason, diagnostics=case.diagnostics))  # fmt: skip
+                                   reason=case.reason, diagnostics=case.diagnostics, caveat=case.caveat))  # fmt: skip
         pipeline = job.pipeline
         if job.kind == "checkout":
+            remove_checkout_credential(runtime, job.id)  # the worker removed it; a lost worker did not
             _after_checkout(runtime, session, pipeline, job, outbox)
         elif job.kind == "build":
             _after_build(runtime, session, pipeline, job, outbox)
         finish_if_done(session, pipeline)
         report_after(pipeline, outbox)
     outbox.send()
+
+
+def _checked_outputs(job: Job, result: JobResult) -> JobResult:
+    """A build's artifact names are a worker's word: any that would leave a job dir voids the result."""
+    artifacts = result.outputs.get("artifacts", {}) if job.kind == "build" else {}
+    bad = [name for name in artifacts if unsafe_path_reason(str(name))] if isinstance(artifacts, dict) else ["?"]
+    if not bad:
+        return result
+    return result.model_copy(update={
+        "result": None, "error_code": "infra-error", "outputs": {},
+        "error_message": f"the build worker sent artifact names that leave the build dir: {bad[:5]}",
+    })  # fmt: skip
 
 
 def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job: Job, outbox: Outbox) -> None:

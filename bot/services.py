@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from bot.broker import start_private_redis
+from bot.broker_acl import install_role_users, remove_role_users
 from bot.config import Config
 from bot.runtime import Runtime, open_runtime
 from bot.supervise import Supervisor, labgate_argv
-from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, configure, lab_queue
+from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, RESULTS_QUEUE, configure, lab_queue
 from workers.errors import InfraError
 
 log = logging.getLogger(__name__)
@@ -23,17 +28,28 @@ class Services:
     broker_url: str
     config_path: Path | None
     supervisor: Supervisor = field(default_factory=Supervisor)
+    role_urls: dict[str, str] = field(default_factory=dict)  # broker URL per job-worker role
 
     @property
     def logs_dir(self) -> Path:
         return self.runtime.data_dir / "logs"
 
     def worker_env(self, queues: list[str]) -> dict[str, str]:
-        env = self.runtime.env(self.broker_url, self.config_path)
-        if CONTROL_QUEUE not in queues:
-            # Job workers run untrusted builds: they get no database credentials.
-            env["LABGATE_DATABASE_URL"] = ""
-        return env
+        """The control worker gets this runtime; a job worker only where its files are and its queue
+        access: no config file, no database URL, no forge secret, not the data dir."""
+        if CONTROL_QUEUE in queues:
+            return {**self.runtime.env(self.broker_url, self.config_path), "LABGATE_WORKER_ROLE": "control"}
+        config = self.runtime.config
+        role = worker_role(queues)
+        return {
+            "LABGATE_WORK_DIR": str(self.runtime.data_dir / "worker"),
+            "LABGATE_ARTIFACTS_DIR": str(self.runtime.artifacts.root),
+            "LABGATE_BROKER_URL": self.role_url(role),  # never the admin URL: fail closed
+            "LABGATE_WORKER_ROLE": role,
+            "LABGATE_LONGEST_JOB_S": str(max(config.caps.max_build_s, config.caps.max_job_s)),
+            "LABGATE_BUILD_UIDS": config.sandbox.build_uids,
+            "LABGATE_QEMU_UIDS": config.sandbox.qemu_uids,
+        }
 
     def start_worker(self, queues: list[str], concurrency: int = 1) -> None:
         name = "+".join(queues)
@@ -42,7 +58,33 @@ class Services:
             labgate_argv("worker", "--queues", ",".join(queues), "--concurrency", str(concurrency)),
             self.worker_env(queues),
             self.logs_dir / f"worker-{name}.log",
+            inherit_env=CONTROL_QUEUE in queues,
         )
+
+
+    def role_url(self, role: str) -> str:
+        """The broker URL of a job-worker role, its user made (with a fresh password) the first time
+        this process starts a worker of it. Only then: another labgate process's workers of other
+        roles keep working with theirs."""
+        if role not in self.role_urls:
+            self.role_urls.update(install_role_users(self.broker_url, [role], instance=self.instance))
+        return self.role_urls[role]
+
+    def stop(self) -> None:
+        """Stop every child, then drop the job workers' broker users (on a shared Redis they would linger)."""
+        self.supervisor.stop()
+        if self.role_urls and self.runtime.config.broker_url:
+            with contextlib.suppress(redis.RedisError, OSError):
+                remove_role_users(self.broker_url, list(self.role_urls), instance=self.instance)
+
+    @property
+    def instance(self) -> str:
+        return broker_instance(self.runtime.data_dir)
+
+
+def broker_instance(data_dir: Path) -> str:
+    """Names this labgate's broker users apart from another's on the same Redis: one per data dir."""
+    return "labgate-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
 
 
 def open_services(config: Config, config_path: Path | None) -> Services:
@@ -60,9 +102,14 @@ def open_services(config: Config, config_path: Path | None) -> Services:
 
 def worker_groups(config: Config) -> list[list[str]]:
     """One worker process per group: control work never waits behind a build or a boot."""
-    return [[CONTROL_QUEUE], [CHECKOUT_QUEUE], [BUILD_QUEUE]] + [
+    return [[CONTROL_QUEUE, RESULTS_QUEUE], [CHECKOUT_QUEUE], [BUILD_QUEUE]] + [
         [lab_queue(dc.name)] for dc in config.device_classes
     ]
+
+
+def worker_role(queues: list[str]) -> str:
+    """A job worker's broker role is its queue (one queue per job worker group)."""
+    return "+".join(queues)
 
 
 def served_queues(timeout_s: float = 1.0) -> set[str]:

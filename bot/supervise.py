@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
+# What a child that must not inherit the supervisor's environment (a job worker) still gets:
+# where things are and how to talk, never a secret the supervisor was started with.
+CLEAN_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+                   "LABGATE_CACHE_DIR", "LABGATE_KERNEL", "LABGATE_LOG_LEVEL", "LABGATE_WORKER_LOG_LEVEL")  # fmt: skip
+
+
 @dataclass
 class Child:
     name: str
@@ -26,6 +32,12 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    inherit_env: bool = True
+
+    def full_env(self) -> dict[str, str]:
+        if self.inherit_env:
+            return {**os.environ, **self.env}
+        return {**{k: os.environ[k] for k in CLEAN_ENV_NAMES if k in os.environ}, **self.env}
 
 
 @dataclass
@@ -34,8 +46,9 @@ class Supervisor:
 
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Child:
-        child = Child(name, list(argv), dict(env), log_path)
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *,
+              inherit_env: bool = True) -> Child:  # fmt: skip
+        child = Child(name, list(argv), dict(env), log_path, inherit_env=inherit_env)
         self._spawn(child)
         self.children.append(child)
         return child
@@ -47,7 +60,7 @@ class Supervisor:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
         with child.log_path.open("ab") as log_file:
             child.process = subprocess.Popen(
-                child.argv, env={**os.environ, **child.env}, stdout=log_file, stderr=subprocess.STDOUT,
+                child.argv, env=child.full_env(), stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
 

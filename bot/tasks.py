@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
+from celery import Task
+
 from bot import pipeline, steering
 from bot.core.events import event_from_json
 from bot.forges.github.client import GitHubApp
@@ -14,7 +16,7 @@ from bot.forges.github.intake import handle_event
 from bot.forges.github.reporter import sync_checks
 from bot.pipeline import mark_delivery
 from bot.runtime import runtime_from_env
-from workers.app import app
+from workers.app import RESULTS_QUEUE, app
 from workers.errors import ConfigError
 from workers.spec import JobResult
 
@@ -35,15 +37,26 @@ def pipeline_guard(pipeline_id: Callable[[], int | None]) -> Iterator[None]:
         raise
 
 
-@app.task(name=pipeline.START_PIPELINE_TASK)
-def start_pipeline(pipeline_id: int) -> None:
+def arrived_on_results(task: Task) -> bool:
+    """Job workers may write only to the results queue: anything but a result found there is refused."""
+    info = task.request.delivery_info or {}
+    if info.get("routing_key") == RESULTS_QUEUE:
+        log.warning("refused %s from the results queue (only job results travel there)", task.name)
+        return True
+    return False
+
+
+@app.task(name=pipeline.START_PIPELINE_TASK, bind=True)
+def start_pipeline(self: Task, pipeline_id: int) -> None:
+    if arrived_on_results(self):
+        return
     with pipeline_guard(lambda: pipeline_id):
         pipeline.start_pipeline(runtime_from_env(), pipeline_id)
 
 
 @app.task(name="bot.job_started")
-def job_started(job_id: int, delivery: int) -> None:
-    pipeline.record_started(runtime_from_env(), job_id, delivery)
+def job_started(job_id: int, delivery: int, token: str = "") -> None:
+    pipeline.record_started(runtime_from_env(), job_id, delivery, token)
 
 
 @app.task(name="bot.record_result")
@@ -63,17 +76,21 @@ def github_app() -> GitHubApp:
     )
 
 
-@app.task(name="bot.github_event")
-def github_event(event_json: str, delivery_id: str) -> None:
+@app.task(name="bot.github_event", bind=True)
+def github_event(self: Task, event_json: str, delivery_id: str) -> None:
+    if arrived_on_results(self):
+        return
     runtime = runtime_from_env()
     done = handle_event(runtime, github_app(), event_from_json(event_json))
     log.info("github delivery %s: %s", delivery_id, "; ".join(done))
     mark_delivery(runtime, "github", delivery_id, "handled", "\n".join(done))
 
 
-@app.task(name=pipeline.REPORT_TASK)
-def report(pipeline_id: int) -> None:
+@app.task(name=pipeline.REPORT_TASK, bind=True)
+def report(self: Task, pipeline_id: int) -> None:
     """Bring the forge's view of a pipeline up to date (idempotent: repeats send nothing)."""
+    if arrived_on_results(self):
+        return
     runtime = runtime_from_env()
     if runtime.config.github is not None:
         sync_checks(runtime, github_app(), pipeline_id)

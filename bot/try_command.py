@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bot.config import Config
+from bot.config import Config, redact_url
 from bot.core.progress import exit_code_for
 from bot.core.render import outcome_word, render_counts, render_problems
 from bot.pipeline import Submission, submit
@@ -21,13 +21,17 @@ from bot.runtime import Runtime
 from bot.services import open_services, start_missing_workers
 from bot.views import PipelineView, pipeline_view
 from workers.errors import UserError
+from workers.spec import url_credentials_reason
 
 POLL_S = 0.2
 
 
-def read_submission(args: argparse.Namespace) -> Submission:
+def read_submission(args: argparse.Namespace, max_patch_bytes: int) -> Submission:
     """Check the repository and patches the user named; UserError says which is wrong."""
     repo = args.repo
+    reason = url_credentials_reason(repo)
+    if reason:
+        raise UserError(f"{redact_url(repo)}: the repository URL {reason}")
     if "://" not in repo:
         path = Path(repo).expanduser().resolve()
         if not path.exists():
@@ -39,6 +43,9 @@ def read_submission(args: argparse.Namespace) -> Submission:
     patches = []
     for patch in args.patch:
         try:
+            size = patch.stat().st_size
+            if size > max_patch_bytes:  # refused before it is even read, let alone stored
+                raise UserError(f"{patch}: {size} bytes is over the {max_patch_bytes} byte patch cap")
             patches.append((patch.name, patch.read_bytes()))
         except OSError as exc:
             raise UserError(f"{patch}: cannot read patch: {exc.strerror}") from exc
@@ -88,7 +95,7 @@ def watch(runtime: Runtime, pipeline_id: int, timeout_s: float, console: Console
 
 
 def run_try(config: Config, args: argparse.Namespace) -> int:
-    submission = read_submission(args)
+    submission = read_submission(args, config.caps.max_patch_bytes)
     console = Console()
     services = open_services(config, args.config)
     try:
@@ -100,7 +107,7 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
                       f"{submission.title} on {submission.base_ref}")  # fmt: skip
         view = watch(services.runtime, pipeline_id, args.timeout, console)
     finally:
-        services.supervisor.stop()
+        services.stop()
     if view.state != "done":
         print(f"labgate: pipeline {pipeline_id} did not finish within {args.timeout:.0f} s", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def run_web(config: Config, config_path: Path | None) -> int:
     try:
         uvicorn.run(create_app(services.runtime), host=config.web.host, port=config.web.port, log_level="warning")
     finally:
-        services.supervisor.stop()
+        services.stop()
     return 0
 
 
@@ -62,5 +62,5 @@ def run_up(config: Config, config_path: Path | None) -> int:
                 print(f"labgate up: restarted {name}", flush=True)
             time.sleep(SUPERVISE_INTERVAL_S)
     finally:
-        services.supervisor.stop()
+        services.stop()
     return 0

@@ -44,6 +44,7 @@ def job_view(runtime: Runtime, job: Job, *, with_logs: bool = True) -> JobView:
         error_code=job.error_code, error_message=job.error_message, attempts=job.attempts,
         duration_s=duration, failed_tests=failed,
         test_counts=dict(Counter(t.status for t in job.tests)), log_excerpt=excerpt,
+        caveats=tuple(sorted({t.caveat for t in job.tests if t.caveat})),
     )  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         hello = make_git_repo(EXAMPLES / "hello", root / "hello")
         yield Lab(services, config_path, hello)
     finally:  # also when the workers never came up: none may outlive the module
-        services.supervisor.stop()
+        services.stop()
 
 
 def test_pass_patch_passes(lab: Lab) -> None:

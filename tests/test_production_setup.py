@@ -34,10 +34,14 @@ def test_pipeline_on_postgresql_and_shared_redis(tmp_path: Path, postgres_url: s
             time.sleep(0.2)
         assert view.result == "pass", view.jobs
         by_queue = {child.name: child for child in services.supervisor.children}
-        control_env = _environ(by_queue["worker control"].process.pid)  # type: ignore[union-attr]
+        control_env = _environ(by_queue["worker control+results"].process.pid)  # type: ignore[union-attr]
         build_env = _environ(by_queue["worker build"].process.pid)  # type: ignore[union-attr]
         assert control_env["LABGATE_DATABASE_URL"] == postgres_url
-        assert build_env["LABGATE_DATABASE_URL"] == "" and build_env["LABGATE_BROKER_URL"] == redis_db_url
+        # Job workers: no database, no config, and a broker user of their own on the shared Redis.
+        assert "LABGATE_DATABASE_URL" not in build_env and "LABGATE_CONFIG" not in build_env
+        role_url = build_env["LABGATE_BROKER_URL"]
+        assert role_url != redis_db_url and f"{services.instance}-build:" in role_url
+        assert role_url.endswith(redis_db_url.removeprefix("redis://127.0.0.1:6379"))
     finally:
-        services.supervisor.stop()
+        services.stop()
         services.runtime.store.engine.dispose()

@@ -12,25 +12,13 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO_ROOT
+from tests.processes import children_of
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
@@ -49,7 +37,7 @@ def test_up_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline and up.poll() is None, "web did not come up"
                 time.sleep(0.3)
         assert answer.json() == {"ok": True, "database": "ok"}
-        children = _children_of(up.pid)
+        children = children_of(up.pid)
         assert len(children) >= 6  # redis, four workers, web
     finally:
         up.send_signal(signal.SIGTERM)

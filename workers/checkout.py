@@ -21,7 +21,22 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "labgate",
     "GIT_COMMITTER_EMAIL": "labgate@localhost",
     "GIT_TERMINAL_PROMPT": "0",
+    # A URL with credentials in it is refused by git itself (they would land in .git/config and
+    # in every error message), and no credential helper may store what askpass hands over.
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "transfer.credentialsInUrl",
+    "GIT_CONFIG_VALUE_0": "die",
+    "GIT_CONFIG_KEY_1": "credential.helper",
+    "GIT_CONFIG_VALUE_1": "",
 }
+ASKPASS = Path(__file__).resolve().parent / "git-askpass.sh"
+
+
+def credential_env(credential_file: Path | None) -> dict[str, str]:
+    """What git needs to read a private tree with the job's credential file (none: a public tree)."""
+    if credential_file is None:
+        return {}
+    return {"GIT_ASKPASS": str(ASKPASS), "LABGATE_GIT_CREDENTIAL": str(credential_file)}
 
 
 @dataclass(frozen=True)
@@ -34,14 +49,15 @@ class CheckoutOutcome:
     changed_lines: dict[str, list[tuple[int, int]]]  # file -> [first, last] line ranges the change touched
 
 
-def git(args: Sequence[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(args: Sequence[str], cwd: Path, *, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run git; an unexpected failure is our infrastructure's, with git's own words."""
     process = subprocess.run(
         ["git", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **GIT_IDENTITY},
+        env={**os.environ, **GIT_IDENTITY, **(env or {})},
     )
     if check and process.returncode != 0:
         raise InfraError(f"git {' '.join(args)} failed: {process.stderr.strip()}")
@@ -65,11 +81,12 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def update_mirror(mirror: Path, url: str) -> None:
+def update_mirror(mirror: Path, url: str, credential_file: Path | None = None) -> None:
     """Clone the tree as a bare mirror, or fetch what is new."""
+    env = credential_env(credential_file)
     if not (mirror / "HEAD").exists():
         shutil.rmtree(mirror, ignore_errors=True)
-        process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False)
+        process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False, env=env)
         if process.returncode != 0:
             raise UserError(f"cannot clone {url}: {process.stderr.strip()}")
         # An automatic gc inside a job's `git worktree add` or `git am` stalls it for
@@ -78,7 +95,7 @@ def update_mirror(mirror: Path, url: str) -> None:
         return
     # Forges publish change heads under refs/pull/* (GitHub) or refs/merge-requests/* (GitLab).
     git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
-         "+refs/pull/*/head:refs/pull/*/head"], mirror)  # fmt: skip
+         "+refs/pull/*/head:refs/pull/*/head"], mirror, env=env)  # fmt: skip
 
 
 def resolve(mirror: Path, ref: str, what: str) -> str:
@@ -167,10 +184,11 @@ def prepare_checkout(
     worktree: Path,
     keep_ref: str,
     merge: bool = False,
+    credential_file: Path | None = None,
 ) -> CheckoutOutcome:
     """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan."""
     with locked(mirror):
-        update_mirror(mirror, url)
+        update_mirror(mirror, url, credential_file)
         base_sha = resolve(mirror, base_ref, "base")
         if ref is not None:
             head_sha = resolve(mirror, ref, "ref")

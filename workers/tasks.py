@@ -9,11 +9,12 @@ from pathlib import Path
 
 from celery import Task
 
-from workers.app import CONTROL_QUEUE, app, broker_redis, data_dir_from_env
+from workers.app import RESULTS_QUEUE, app, artifacts_dir_from_env, broker_redis, work_dir_from_env
 from workers.artifacts import ArtifactStore
 from workers.build import run_build
-from workers.checkout import mirror_path, prepare_checkout
+from workers.checkout import CheckoutOutcome, mirror_path, prepare_checkout
 from workers.errors import InfraError, UserError
+from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
 from workers.spec import TASK_NAMES, JobResult, JobSpec
 
 log = logging.getLogger(__name__)
@@ -26,34 +27,34 @@ JOB_STARTED_TASK = "bot.job_started"
 
 
 def count_delivery(job_id: int) -> int:
+    from workers.app import configured_role, delivery_key
+
     client = broker_redis(app.conf.broker_url)
-    key = f"labgate:deliveries:job:{job_id}"
+    # Keyed by role: a worker's broker user may touch its own role's counters only.
+    key = delivery_key(configured_role(), job_id)
     count = int(client.incr(key))
     client.expire(key, 7 * 24 * 3600)
     return count
 
 
 def job_dir(spec: JobSpec) -> Path:
-    return data_dir_from_env() / "work" / f"job-{spec.job_id}"
+    return work_dir_from_env() / "work" / f"job-{spec.job_id}"
+
+
+def credential_file(spec: JobSpec) -> Path:
+    """Where the control side leaves a private tree's read credential for this one job."""
+    return work_dir_from_env() / "credentials" / f"job-{spec.job_id}"
 
 
 def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
     assert spec.checkout is not None
-    data_dir = data_dir_from_env()
-    store = ArtifactStore(data_dir / "artifacts")
+    store = ArtifactStore(artifacts_dir_from_env())
     patches = [(p.name, store.get_bytes(p.digest)) for p in spec.checkout.patches]
-    outcome = prepare_checkout(
-        mirror_path(data_dir, spec.tree_name),
-        spec.tree_url,
-        base_ref=spec.checkout.base_ref,
-        ref=spec.checkout.ref,
-        patches=patches,
-        plan_path=spec.checkout.plan_path,
-        plan_from=spec.checkout.plan_from,
-        worktree=job_dir(spec) / "src",
-        keep_ref=f"refs/labgate/pipelines/{spec.pipeline_id}",
-        merge=spec.checkout.merge,
-    )
+    credential = credential_file(spec)
+    try:
+        outcome = _checkout(spec, patches, credential if credential.exists() else None)
+    finally:
+        credential.unlink(missing_ok=True)  # used once; the token also expires on its own
     return JobResult(
         job_id=spec.job_id,
         delivery=delivery,
@@ -69,14 +70,33 @@ def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
     )
 
 
+def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path | None) -> CheckoutOutcome:
+    assert spec.checkout is not None
+    return prepare_checkout(
+        mirror_path(work_dir_from_env(), spec.tree_name),
+        spec.tree_url,
+        base_ref=spec.checkout.base_ref,
+        ref=spec.checkout.ref,
+        patches=patches,
+        plan_path=spec.checkout.plan_path,
+        plan_from=spec.checkout.plan_from,
+        worktree=job_dir(spec) / "src",
+        keep_ref=f"refs/labgate/pipelines/{spec.pipeline_id}",
+        merge=spec.checkout.merge,
+        credential_file=credential,
+    )
+
+
 def execute_build(spec: JobSpec, delivery: int) -> JobResult:
     assert spec.build is not None
-    data_dir = data_dir_from_env()
+    work_dir = work_dir_from_env()
     outcome = run_build(
         spec.build,
-        mirror=mirror_path(data_dir, spec.tree_name),
+        mirror=mirror_path(work_dir, spec.tree_name),
         job_dir=job_dir(spec),
-        store=ArtifactStore(data_dir / "artifacts"),
+        slots_dir=work_dir / "slots",
+        uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS),
+        store=ArtifactStore(artifacts_dir_from_env()),
         max_log_bytes=spec.max_log_bytes,
     )
     return JobResult(
@@ -90,6 +110,9 @@ def execute_build(spec: JobSpec, delivery: int) -> JobResult:
         outputs={
             "artifacts": {k: v.model_dump() for k, v in outcome.artifacts.items()},
             "diagnostics": outcome.diagnostics,
+            "confinement": outcome.confinement,
+            "confinement_s": round(outcome.confinement_s, 3),
+            "cap": outcome.cap,
         },
     )
 
@@ -97,7 +120,7 @@ def execute_build(spec: JobSpec, delivery: int) -> JobResult:
 def execute_test(spec: JobSpec, delivery: int) -> JobResult:
     from workers.testjob import run_test_job  # imports labgrid: only lab workers pay for it
 
-    return run_test_job(spec, delivery, data_dir_from_env())
+    return run_test_job(spec, delivery, work_dir_from_env(), ArtifactStore(artifacts_dir_from_env()))
 
 
 def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobResult]) -> None:
@@ -106,11 +129,12 @@ def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobRes
     delivery = count_delivery(spec.job_id)
     if delivery > MAX_DELIVERIES:
         send_result(JobResult(
-            job_id=spec.job_id, delivery=delivery, result="incomplete", error_code="worker-lost",
+            job_id=spec.job_id, result_token=spec.result_token, delivery=delivery, result="incomplete",
+            error_code="worker-lost",
             error_message=f"the job's worker was lost or failed {MAX_DELIVERIES} times; not retried",
         ))  # fmt: skip
         return
-    app.send_task(JOB_STARTED_TASK, args=[spec.job_id, delivery], queue=CONTROL_QUEUE)
+    app.send_task(JOB_STARTED_TASK, args=[spec.job_id, delivery, spec.result_token], queue=RESULTS_QUEUE)
     try:
         result = execute(spec, delivery)
     except UserError as exc:
@@ -127,11 +151,11 @@ def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobRes
         result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
                            error_code="infra-error",
                            error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")  # fmt: skip
-    send_result(result)
+    send_result(result.model_copy(update={"result_token": spec.result_token}))
 
 
 def send_result(result: JobResult) -> None:
-    app.send_task(RECORD_RESULT_TASK, args=[result.model_dump_json()], queue=CONTROL_QUEUE)
+    app.send_task(RECORD_RESULT_TASK, args=[result.model_dump_json()], queue=RESULTS_QUEUE)
 
 
 @app.task(name=TASK_NAMES["checkout"], bind=True, max_retries=MAX_DELIVERIES)

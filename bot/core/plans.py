@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bot.core.schema import json_schema, render_json_schema
 from workers.errors import UserError
+from workers.spec import unsafe_path_reason
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 PLAN_PATH = ".labgate/plan.yaml"
@@ -33,11 +34,18 @@ class KernelRecipe(_Strict):
     target: str = Field("bzImage", pattern=r"^[A-Za-z0-9_./-]+$")
 
 
+def _artifact_pattern(pattern: str) -> str:
+    reason = unsafe_path_reason(pattern)
+    if reason:
+        raise ValueError(f"artifact pattern {pattern!r} {reason}: patterns are relative to $LABGATE_BUILD")
+    return pattern
+
+
 class Build(_Strict):
     name: str = Field(pattern=NAME)
     command: str | None = None
     kernel: KernelRecipe | None = None
-    artifacts: tuple[str, ...] = Field(min_length=1)
+    artifacts: tuple[Annotated[str, AfterValidator(_artifact_pattern)], ...] = Field(min_length=1)
     timeout: int = Field(600, gt=0)
 
     @model_validator(mode="after")
@@ -50,6 +58,8 @@ class Build(_Strict):
 class Command(_Strict):
     name: str = Field(pattern=NAME)
     run: str = Field(min_length=1)
+    # Root on the DUT can write the runner's port: such results are marked not forge-proof.
+    root: bool = False
 
 
 class Test(_Strict):
@@ -61,6 +71,7 @@ class Test(_Strict):
     commands: tuple[Command, ...] = Field(min_length=1)
     timeout: int = Field(120, gt=0)
     paths: tuple[str, ...] = ()
+    kunit: bool = False  # relay the kernel's built-in KUnit results (debugfs) as tests
 
 
 class Plan(_Strict):

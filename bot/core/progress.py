@@ -69,6 +69,7 @@ def draft_jobs(
                     "kernel": test.kernel,
                     "commands": [c.model_dump() for c in test.commands],
                     "timeout_s": min(test.timeout, caps.max_job_s),
+                    "kunit": test.kunit,
                 },
                 skip_reason=None if device_class else f"no device class carries {tags}",
             )

@@ -32,6 +32,7 @@ class JobView:
     failed_tests: tuple[FailedTest, ...] = ()
     test_counts: dict[str, int] = field(default_factory=dict)
     log_excerpt: str = ""
+    caveats: tuple[str, ...] = ()  # e.g. "ran as root: not forge-proof"
 
 
 def first_error_lines(log: str, limit: int = 12) -> str:
@@ -69,6 +70,8 @@ def render_problems(jobs: Sequence[JobView], indent: str = "  ") -> str:
             out.extend(indent * 2 + line for line in test.diagnostics.splitlines()[:8])
         if job.log_excerpt and not job.failed_tests:
             out.extend(indent + "| " + line for line in job.log_excerpt.splitlines())
+    for job in jobs:
+        out += [f"NOTE: {job.kind} {job.name}: {caveat}" for caveat in job.caveats]
     return "\n".join(out)
 
 

@@ -107,6 +107,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     task_id: Mapped[str | None] = mapped_column(String(100))  # to revoke it when superseded
+    # sha256 of the secret in the job's spec: a result must carry the secret to be recorded.
+    result_token_hash: Mapped[str | None] = mapped_column(String(64))
     reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # a re-run kept this result
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(64))
@@ -130,6 +132,7 @@ class TestResult(Base):
     directive: Mapped[str | None] = mapped_column(String(20))
     reason: Mapped[str] = mapped_column(Text, default="")
     diagnostics: Mapped[str] = mapped_column(Text, default="")
+    caveat: Mapped[str] = mapped_column(Text, default="")  # "ran as root: not forge-proof"
     job: Mapped[Job] = relationship(back_populates="tests")
 
 

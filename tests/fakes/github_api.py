@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -37,6 +38,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.fakes.git_http import ServedRepo, serve_git
 
 DOCS_URL = "https://docs.github.com/rest"
 SECONDARY_RATE_LIMIT_MESSAGE = (
@@ -406,6 +409,37 @@ class FakeGitHub:
             account = names[0].split("/")[0] if names else "octo-org"
             perms = dict(permissions or DEFAULT_INSTALLATION_PERMISSIONS)
             self._installations[installation_id] = _Installation(installation_id, names, perms, account)
+
+    def serve_git(self, full_name: str, path: Path, *, private: bool = True) -> str:
+        """Serve clones of `path` at `<base_url>/<full_name>.git`, as github.com does; its clone URL.
+        A private repository needs an installation token that may read its contents."""
+        served = ServedRepo(full_name, Path(path), private)
+
+        async def handle(request: Request) -> Response:
+            response = await serve_git(request, served, self._may_read)
+            with self._lock:
+                headers = {k.lower(): v for k, v in request.headers.items()}
+                self._requests.append(RecordedRequest(request.method, request.url.path, dict(request.query_params),
+                                                      headers, None, self.now(), response.status_code))  # fmt: skip
+            return response
+
+        route = Route(f"/{full_name}.git/{{rest:path}}", handle, methods=["GET", "POST"])
+        self.app.router.routes.insert(0, route)
+        return f"{self.base_url}/{full_name}.git"
+
+    def _may_read(self, full_name: str, credentials: tuple[str, str] | None) -> bool:
+        if credentials is None or credentials[0] != "x-access-token":
+            return False
+        with self._lock:
+            token = self._tokens.get(credentials[1])
+            return (token is not None and token.expires_at > self.now() and _key(full_name) in token.repos
+                    and _LEVELS.get(token.permissions.get("contents", ""), 0) >= _LEVELS["read"])  # fmt: skip
+
+    def tokens_for(self, full_name: str) -> list[dict[str, Any]]:
+        """Tokens issued that reach this repository: their permissions and repositories (for assertions)."""
+        with self._lock:
+            return [{"value": t.value, "permissions": dict(t.permissions), "repos": sorted(t.repos)}
+                    for t in self._tokens.values() if _key(full_name) in t.repos]  # fmt: skip
 
     # ---- assertions ----------------------------------------------------------------------------------------
 

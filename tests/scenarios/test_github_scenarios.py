@@ -142,7 +142,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 fake, services, TestClient(create_app(services.runtime)), origin, git(origin, "rev-parse", "HEAD")
             )
         finally:
-            services.supervisor.stop()
+            services.stop()
 
 
 def test_forged_signature_is_rejected_and_nothing_is_stored(world: World) -> None:

@@ -28,6 +28,29 @@ def make_retry(
     )
 
 
+def mint_read_token(app_id: int, private_key: str, api_url: str, full_name: str,
+                    installation_id: int | None = None) -> str:  # fmt: skip
+    """A fresh installation token that can only read the contents of this one repository (1 h life).
+
+    PyGithub's get_access_token cannot narrow a token to one repository, so this is one
+    POST with the App's JWT (and, when the installation is not known, one GET to find it).
+    """
+    import httpx
+
+    api = api_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {Auth.AppAuth(app_id, private_key).token}",
+               "Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}  # fmt: skip
+    with httpx.Client(headers=headers, timeout=30) as client:
+        if installation_id is None:
+            found = client.get(f"{api}/repos/{full_name}/installation")
+            found.raise_for_status()
+            installation_id = int(found.json()["id"])
+        body = {"repositories": [full_name.split("/", 1)[1]], "permissions": {"contents": "read"}}
+        minted = client.post(f"{api}/app/installations/{installation_id}/access_tokens", json=body)
+        minted.raise_for_status()
+        return str(minted.json()["token"])
+
+
 class GitHubApp:
     """One App; a cached `Github` per installation. PyGithub's AppInstallationAuth keeps the
     installation token and renews it shortly before it expires, so tokens never leave this object."""
