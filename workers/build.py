@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from workers.artifacts import ArtifactStore
@@ -71,19 +71,21 @@ def run_build(
 ) -> BuildOutcome:  # fmt: skip
     """Build once; a failing or capped build is an outcome, InfraError means our side broke."""
     with hold_slot(slots_dir, "build", uids) as slot:
-        started = time.monotonic()
+        clock = _Stopwatch()
         disk = open_job_disk(job_dir, spec.limits.disk_bytes)  # also clears a redelivered job's leftovers
         cgroup: JobCgroup | None = None
         try:
             source, build_dir = disk.root / "src", disk.root / "build"
+            clock.pause()  # the export is the checkout's work, not the sandbox's
             with locked(mirror):
                 export_tree(mirror, spec.head_sha, source, job_dir / "index")
+            clock.resume()
             build_dir.mkdir()
             give_to(slot.uid, source, build_dir)
             etc = write_synthetic_etc(job_dir / "etc", slot.uid, "build")
             limits = sandbox_limits(spec, max_log_bytes)
             cgroup = create_job_cgroup(slot.name, memory_bytes=limits.memory_bytes, max_pids=limits.max_processes)
-            prepared_s = time.monotonic() - started
+            clock.pause()
             log_path = job_dir / "build.log"
             outcome = run_sandboxed(
                 ["sh", "-ec", spec.script], cwd=source,
@@ -97,17 +99,37 @@ def run_build(
                 if message and not outcome.cap:
                     log.write(f"\n*** labgate: {message} ***\n")
             log_text = log_path.read_text(errors="replace")
-            return BuildOutcome(
+            built = BuildOutcome(
                 result=result, error_code=None, message=message, log_digest=store.put_file(log_path),
                 command_s=outcome.duration_s, artifacts=artifacts,
                 diagnostics=parse_diagnostics(log_text, str(source)), confinement=outcome.confinement,
-                confinement_s=prepared_s + outcome.setup_s, cap=cap,
+                confinement_s=outcome.setup_s, cap=cap,
             )  # fmt: skip
         finally:
+            clock.resume()
             if cgroup is not None:
                 cgroup.remove()
             disk.release()
+            clock.pause()
             shutil.rmtree(job_dir, ignore_errors=True)
+    return replace(built, confinement_s=built.confinement_s + clock.total_s)
+
+
+class _Stopwatch:
+    """Adds up the spans between resume() and pause(); starts running."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self._since: float | None = time.monotonic()
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self.total_s += time.monotonic() - self._since
+            self._since = None
+
+    def resume(self) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
 
 
 def _judge(outcome: SandboxOutcome, cap: str | None, build_dir: Path, spec: BuildSpec,

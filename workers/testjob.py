@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from lab.errors import LabSetupError
@@ -72,19 +73,23 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
     assert test is not None
     uids = UidRange.from_env(QEMU_UIDS_ENV, DEFAULT_QEMU_UIDS)
     with hold_slot(work_root / "slots", "qemu", uids) as slot:
+        started = time.monotonic()
         work = work_root / "work" / f"job-{spec.job_id}"
         shutil.rmtree(work, ignore_errors=True)  # a redelivered job starts clean
         work.mkdir(parents=True)
         work.chmod(0o755)
         cgroup = create_job_cgroup(slot.name, memory_bytes=_memory_bytes(test.qemu.memory) + QEMU_OVERHEAD_BYTES,
                                    max_pids=QEMU_MAX_PROCESSES)  # fmt: skip
+        confinement_s = time.monotonic() - started
         try:
             outcome = _boot(spec, test, work, store, slot, cgroup)
         except LabSetupError as exc:
             raise InfraError(f"lab: {exc}") from exc
         finally:
+            ending = time.monotonic()
             if cgroup is not None:
                 cgroup.remove()
+            confinement_s += time.monotonic() - ending
             shutil.rmtree(work, ignore_errors=True)
     names = [c.name for c in test.commands]
     framing = check_runner_framing(outcome.runner, names, kunit=test.kunit) if outcome.ended == "end-marker" else []
@@ -97,7 +102,8 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
         error_message=message, log_digest=store.put_bytes(log.encode()),
         command_s=outcome.boot_s, tests=() if framing else test_cases(doc, caveat),
         outputs={"ended": outcome.ended, "boot_s": round(outcome.boot_s, 3),
-                 "setup_s": round(outcome.setup_s, 3), "confinement": _describe(slot, cgroup)},
+                 "setup_s": round(outcome.setup_s, 3), "confinement": _describe(slot, cgroup),
+                 "confinement_s": round(confinement_s, 3)},
     )  # fmt: skip
 
 
