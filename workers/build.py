@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,9 +68,14 @@ def sandbox_limits(spec: BuildSpec, max_log_bytes: int) -> SandboxLimits:
 
 def run_build(
     spec: BuildSpec, *, mirror: Path, job_dir: Path, slots_dir: Path, uids: UidRange, store: ArtifactStore,
-    max_log_bytes: int,
+    max_log_bytes: int, later: Callable[[Callable[[], None]], None] | None = None,
 ) -> BuildOutcome:  # fmt: skip
-    """Build once; a failing or capped build is an outcome, InfraError means our side broke."""
+    """Build once; a failing or capped build is an outcome, InfraError means our side broke.
+
+    `later`, when given, takes the removal of the job's disk and directory, to run after the
+    result is sent: nothing of the job runs any more by then (its cgroup is emptied and
+    removed here, while the slot is held), so the verdict need not wait for an unmount.
+    """
     with hold_slot(slots_dir, "build", uids) as slot:
         clock = _Stopwatch()
         disk = open_job_disk(job_dir, spec.limits.disk_bytes)  # also clears a redelivered job's leftovers
@@ -109,10 +115,18 @@ def run_build(
             clock.resume()
             if cgroup is not None:
                 cgroup.remove()
-            disk.release()
             clock.pause()
-            shutil.rmtree(job_dir, ignore_errors=True)
+            (later or _now)(lambda: _remove_job_dir(disk, job_dir))
     return replace(built, confinement_s=built.confinement_s + clock.total_s)
+
+
+def _now(action: Callable[[], None]) -> None:
+    action()
+
+
+def _remove_job_dir(disk: JobDisk, job_dir: Path) -> None:
+    disk.release()
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 class _Stopwatch:

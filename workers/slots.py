@@ -97,6 +97,8 @@ def processes_of(uid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.stat().st_uid != uid:  # /proc/<pid> belongs to the process's (effective) uid
+                continue
             status = Path(entry.path, "status").read_text().splitlines()
             fields = dict(line.split(":", 1) for line in status if ":" in line)
             if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):

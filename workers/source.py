@@ -31,11 +31,15 @@ def export_tree(mirror: Path, sha: str, dest: Path, index_file: Path) -> None:
 
 
 def give_to(uid: int | None, *paths: Path) -> None:
-    """Hand the job's directories to the sandbox's uid (root keeps nothing it must trust in them)."""
+    """Hand the job's directories to the sandbox's uid (root keeps nothing it must trust in them).
+    Nothing of the job runs yet, so walking without following links is enough."""
     if uid is None:
         return
-    for path in paths:
-        done = subprocess.run(["chown", "-R", "--no-dereference", f"{uid}:{uid}", str(path)],
-                              capture_output=True, text=True, check=False)  # fmt: skip
-        if done.returncode != 0:
-            raise InfraError(f"chown of {path} to uid {uid} failed: {done.stderr.strip()}")
+    try:
+        for path in paths:
+            os.lchown(path, uid, uid)
+            for top, dirs, files in os.walk(path):
+                for name in (*dirs, *files):
+                    os.lchown(os.path.join(top, name), uid, uid)
+    except OSError as exc:
+        raise InfraError(f"handing {exc.filename} to uid {uid} failed: {exc.strerror}") from exc

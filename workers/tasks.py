@@ -46,7 +46,7 @@ def credential_file(spec: JobSpec) -> Path:
     return work_dir_from_env() / "credentials" / f"job-{spec.job_id}"
 
 
-def execute_checkout(spec: JobSpec, delivery: int) -> JobResult:
+def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     assert spec.checkout is not None
     store = ArtifactStore(artifacts_dir_from_env())
     patches = [(p.name, store.get_bytes(p.digest)) for p in spec.checkout.patches]
@@ -87,7 +87,7 @@ def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path 
     )
 
 
-def execute_build(spec: JobSpec, delivery: int) -> JobResult:
+def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     assert spec.build is not None
     work_dir = work_dir_from_env()
     outcome = run_build(
@@ -98,6 +98,7 @@ def execute_build(spec: JobSpec, delivery: int) -> JobResult:
         uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS),
         store=ArtifactStore(artifacts_dir_from_env()),
         max_log_bytes=spec.max_log_bytes,
+        later=later.append,
     )
     return JobResult(
         job_id=spec.job_id,
@@ -117,14 +118,14 @@ def execute_build(spec: JobSpec, delivery: int) -> JobResult:
     )
 
 
-def execute_test(spec: JobSpec, delivery: int) -> JobResult:
+def execute_test(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     from workers.testjob import run_test_job  # imports labgrid: only lab workers pay for it
 
     return run_test_job(spec, delivery, work_dir_from_env(), ArtifactStore(artifacts_dir_from_env()))
 
 
-def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobResult]) -> None:
-    """Run one job and send its result, whatever happens, to the control queue."""
+def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult]) -> None:
+    """Run one job and send its result, whatever happens, to the results queue; then clean up after it."""
     spec = JobSpec.model_validate_json(spec_json)
     delivery = count_delivery(spec.job_id)
     if delivery > MAX_DELIVERIES:
@@ -135,23 +136,44 @@ def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int], JobRes
         ))  # fmt: skip
         return
     app.send_task(JOB_STARTED_TASK, args=[spec.job_id, delivery, spec.result_token], queue=RESULTS_QUEUE)
+    later: list[Callable[[], None]] = []
     try:
-        result = execute(spec, delivery)
+        result = _execute(task, spec, delivery, execute, later)
+    except BaseException:  # a retry: clean up before the job runs again
+        _run_all(later)
+        raise
+    send_result(result.model_copy(update={"result_token": spec.result_token}))
+    _run_all(later)
+
+
+def _execute(task: Task, spec: JobSpec, delivery: int,
+             execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult],
+             later: list[Callable[[], None]]) -> JobResult:  # fmt: skip
+    """The job's result, with our own failures turned into results (InfraError retried first)."""
+    try:
+        return execute(spec, delivery, later)
     except UserError as exc:
-        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
-                           error_code="user-error", error_message=str(exc))  # fmt: skip
+        return JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                         error_code="user-error", error_message=str(exc))  # fmt: skip
     except InfraError as exc:
         if delivery < MAX_DELIVERIES:
             log.warning("job %s: infrastructure error, retrying: %s", spec.job_id, exc)
             raise task.retry(exc=exc, countdown=2**delivery) from exc
-        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
-                           error_code="infra-error", error_message=str(exc))  # fmt: skip
+        return JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                         error_code="infra-error", error_message=str(exc))  # fmt: skip
     except Exception as exc:  # a bug of ours: report it, never leave the job hanging
         log.exception("job %s crashed", spec.job_id)
-        result = JobResult(job_id=spec.job_id, delivery=delivery, result=None,
-                           error_code="infra-error",
-                           error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")  # fmt: skip
-    send_result(result.model_copy(update={"result_token": spec.result_token}))
+        return JobResult(job_id=spec.job_id, delivery=delivery, result=None,
+                         error_code="infra-error",
+                         error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")  # fmt: skip
+
+
+def _run_all(actions: list[Callable[[], None]]) -> None:
+    while actions:
+        try:
+            actions.pop(0)()
+        except Exception:  # cleanup of a finished job: log it, the next job starts clean anyway
+            log.exception("cleaning up after a job failed")
 
 
 def send_result(result: JobResult) -> None:
