@@ -61,7 +61,6 @@ class Services:
             inherit_env=CONTROL_QUEUE in queues,
         )
 
-
     def role_url(self, role: str) -> str:
         """The broker URL of a job-worker role, its user made (with a fresh password) the first time
         this process starts a worker of it. Only then: another labgate process's workers of other

@@ -15,6 +15,7 @@ from workers.spec import unsafe_path_reason
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 PLAN_PATH = ".labgate/plan.yaml"
+MAX_PLAN_CHARS = 256 * 1024  # a plan is read by the control plane, before any trust is decided
 
 
 class PlanError(UserError):
@@ -39,6 +40,13 @@ def _artifact_pattern(pattern: str) -> str:
     if reason:
         raise ValueError(f"artifact pattern {pattern!r} {reason}: patterns are relative to $LABGATE_BUILD")
     return pattern
+
+
+def _kernel_name(name: str) -> str:
+    reason = None if name == "debian" else unsafe_path_reason(name)
+    if reason:
+        raise ValueError(f"kernel {name!r} {reason}: give 'debian' or an artifact path of the build")
+    return name
 
 
 class Build(_Strict):
@@ -67,7 +75,7 @@ class Test(_Strict):
     name: str = Field(pattern=NAME)
     build: str
     device: dict[str, str] = Field(min_length=1)
-    kernel: str = "debian"
+    kernel: Annotated[str, AfterValidator(_kernel_name)] = "debian"
     commands: tuple[Command, ...] = Field(min_length=1)
     timeout: int = Field(120, gt=0)
     paths: tuple[str, ...] = ()
@@ -125,11 +133,22 @@ def _line_for(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> int:
     return lines.get(path, 1)
 
 
+def _refuse_anchors(text: str, source: str) -> None:
+    """Anchors and aliases let a few lines expand to gigabytes (a "billion laughs" plan); no plan needs them."""
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+            line = token.start_mark.line + 1
+            raise PlanError(f"{source}:{line}: YAML anchors and aliases are not accepted in a plan")
+
+
 def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
     """Parse plan text; PlanError says `source:line: key.path: reason` for each problem."""
     if text is None:
         raise PlanError(f"{source}: no plan: the tree has no file at this path")
+    if len(text) > MAX_PLAN_CHARS:
+        raise PlanError(f"{source}: the plan is {len(text)} characters, over the cap of {MAX_PLAN_CHARS}")
     try:
+        _refuse_anchors(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

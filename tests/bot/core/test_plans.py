@@ -123,3 +123,24 @@ def test_qemu_tier_keeps_untrusted_changes_off_boards() -> None:
                             device_classes=classes_for_tier(classes, tier), caps=Caps(1800, 60))  # fmt: skip
         assert drafts[2].device_class == expected
         assert drafts[1].device_class == "qemu-x86_64"
+
+
+def test_anchors_and_aliases_are_refused_so_a_plan_cannot_expand_into_a_bomb() -> None:
+    bomb = "version: 1\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    bomb += "".join(f"c{i}: &c{i} [*{'b' if i == 0 else f'c{i - 1}'}] \n" for i in range(30))
+    with pytest.raises(PlanError, match=r"plan.yaml:2: YAML anchors and aliases are not accepted"):
+        parse_plan(bomb, ".labgate/plan.yaml")
+
+
+def test_an_oversized_plan_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(PlanError, match="over the cap"):
+        parse_plan("#" * (300 * 1024), ".labgate/plan.yaml")
+
+
+@pytest.mark.parametrize("kernel", ["../../etc/passwd", "/boot/vmlinuz", "a//b"])
+def test_a_test_kernel_must_be_debian_or_a_relative_artifact_path(kernel: str) -> None:
+    text = GOOD.replace("    build: x86_64\n    device: {arch: x86_64", f"    build: x86_64\n    kernel: {kernel!r}\n"
+                        "    device: {arch: x86_64", 1)  # fmt: skip
+    assert text != GOOD
+    with pytest.raises(PlanError, match="give 'debian' or an artifact path"):
+        parse_plan(text, ".labgate/plan.yaml")
