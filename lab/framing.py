@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from lab.ktap import split_lines
 
 RUNNER_END = "# labgate: end"
+ROOT_ONLY_NOTE = "# labgate: note: no DUT user"
+_NOTE = re.compile(r"# labgate: note: .*")
 _OUTPUT_PREFIX = "    "
 _RESULT = re.compile(
     r"(?P<ok>ok|not ok) (?P<number>[1-9][0-9]*) (?P<name>\S+)"
@@ -23,6 +25,11 @@ _RESULT = re.compile(
 )
 _KUNIT_NAME = re.compile(r"kunit-[A-Za-z0-9_.-]+")
 MAX_PROBLEMS = 5
+
+
+def ran_as_root_only(text: str) -> bool:
+    """Whether the runner found no DUT user to drop to (a kernel without CONFIG_MULTIUSER)."""
+    return any(line.startswith(ROOT_ONLY_NOTE) for line in split_lines(text))
 
 
 def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool = False) -> list[str]:
@@ -55,6 +62,8 @@ def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool
         if line == RUNNER_END:
             ended_at = number
             continue
+        if _NOTE.fullmatch(line):
+            continue  # the runner's own remarks (e.g. that commands ran as root)
         result = _RESULT.fullmatch(line)
         if result is None:
             problem(number, f"not the runner's framing: {line[:80]!r}")

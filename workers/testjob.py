@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lab.errors import LabSetupError
-from lab.framing import check_runner_framing
+from lab.framing import check_runner_framing, ran_as_root_only
 from lab.initramfs import Command, StoredFile, build_initramfs
 from lab.kernel import fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
@@ -95,7 +95,8 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
     framing = check_runner_framing(outcome.runner, names, kunit=test.kunit) if outcome.ended == "end-marker" else []
     doc = parse_ktap(outcome.runner)
     result, code, message = judge(outcome, doc, framing, test.kernel != "debian", test.timeout_s)
-    caveat = ROOT_CAVEAT if any(c.root for c in test.commands) else ""
+    as_root = any(c.root for c in test.commands) or ran_as_root_only(outcome.runner)
+    caveat = ROOT_CAVEAT if as_root else ""
     log = outcome.console + "\n# ---- labgate: the runner's port ----\n" + outcome.runner
     return JobResult(
         job_id=spec.job_id, delivery=delivery, result=result, error_code=code,  # type: ignore[arg-type]

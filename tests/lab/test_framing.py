@@ -54,3 +54,11 @@ def test_kunit_suites_may_follow_the_commands_when_asked_for() -> None:
     doc = GOOD.replace("1..2", "1..3").replace("# labgate: end\n", relayed)
     assert check_runner_framing(doc, ["math", "strings"], kunit=True) == []
     assert check_runner_framing(doc, ["math", "strings"]) != []
+
+
+def test_the_runners_note_that_commands_ran_as_root_is_its_own_framing() -> None:
+    from lab.framing import ran_as_root_only
+
+    noted = GOOD.replace("1..2\n", "1..2\n# labgate: note: no DUT user (su: x); commands run as root\n")
+    assert check_runner_framing(noted, ["math", "strings"]) == [] and ran_as_root_only(noted)
+    assert not ran_as_root_only(GOOD)

@@ -26,6 +26,8 @@ from lab.runner import BootOutcome, BootRequest, run_boot
 from tests.lab.conftest import processes_mentioning
 
 BUSYBOX = shutil.which("busybox")
+# Host runs name a user that does not exist: commands run as root, and the runner says so.
+NO_DUT_USER = "# labgate: note: no DUT user (no unprivileged user nobody-here); commands run as root"
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
@@ -72,6 +74,7 @@ def test_dut_runner_prints_one_document(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "KTAP version 1",
         "1..4",
+        NO_DUT_USER,
         "    KTAP version 1",
         "    1..1",
         "    ok 1 inner",
@@ -106,7 +109,7 @@ def test_dut_runner_timeout_kills_the_command_and_its_children(tmp_path: Path) -
 
 @pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
 def test_dut_runner_without_commands_prints_an_empty_plan(tmp_path: Path) -> None:
-    assert run_dut_runner(tmp_path, []) == "KTAP version 1\n1..0\n# labgate: end\n"
+    assert run_dut_runner(tmp_path, []) == f"KTAP version 1\n1..0\n{NO_DUT_USER}\n# labgate: end\n"
 
 
 # --- the two ports' read loop, on socket pairs ------------------------------------------
@@ -353,9 +356,26 @@ def test_kunit_results_in_debugfs_are_relayed_as_one_test_per_suite(tmp_path: Pa
     from lab.framing import check_runner_framing
     from lab.ktap import flatten_results, parse_ktap
 
-    assert out.startswith("KTAP version 1\n1..3\nok 1 first\n"), out
+    assert out.startswith(f"KTAP version 1\n1..3\n{NO_DUT_USER}\nok 1 first\n"), out
     assert "\nnot ok 2 kunit-broken\n" in out and "\nok 3 kunit-example\n# labgate: end\n" in out, out
     assert check_runner_framing(out, ["first"], kunit=True) == []
     leaves = {path: r.status for path, r in flatten_results(parse_ktap(out))}
     assert leaves["kunit-broken.broken.broken_case"] == "fail"
     assert leaves["kunit-example.example.example_simple_test"] == "pass"
+
+
+@pytest.mark.skipif(BUSYBOX is None or not _stand_in_exists(), reason="needs root and the sandbox users (setup.sh)")
+def test_a_kernel_without_users_runs_commands_as_root_and_says_so(tmp_path: Path) -> None:
+    """tinyconfig has no CONFIG_MULTIUSER: su fails on setgroups. The runner says so in its framing."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "su").write_text("#!/bin/sh\necho \"su: can't set groups: Function not implemented\" >&2\nexit 1\n")
+    (fake_bin / "su").chmod(0o755)
+    out = run_dut_runner(tmp_path, [Command("first", "echo ran")], dut_user=DUT_STAND_IN,
+                         extra_env={"LABGATE_SU": str(fake_bin / "su")})  # fmt: skip
+    assert out.split("\n")[2] == ("# labgate: note: no DUT user (su: can't set groups: Function not implemented); "
+                                  "commands run as root")  # fmt: skip
+    assert "    ran\nok 1 first\n" in out
+    from lab.framing import check_runner_framing
+
+    assert check_runner_framing(out, ["first"]) == []
