@@ -13,7 +13,14 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from redis.connection import parse_url
 from redis.lock import Lock
 
-from workers.app import RESULTS_QUEUE, broker_redis, broker_socket_kwargs, delivery_key, is_job_role, unacked_keys
+from workers.app import (
+    RESULTS_QUEUE,
+    broker_redis,
+    broker_socket_kwargs,
+    delivery_key_prefix,
+    is_job_role,
+    unacked_keys,
+)
 from workers.errors import ConfigError
 
 # Celery's control_exchange: the pidbox exchanges, queues and channel are named after it.
@@ -72,7 +79,7 @@ def role_acl_rules(role: str, queues: Sequence[str], results_queue: str = RESULT
         # script are checked against these same rules.
         _selector(["set", "get", "del", "evalsha"], [_literal(unacked["unacked_mutex_key"])]),
         # delivery_key(role, <job id>) for any job id.
-        _selector(["incrby", "expire"], [_literal(delivery_key(role, 0).rpartition(":")[0]) + ":*"]),
+        _selector(["incrby", "expire"], [_literal(delivery_key_prefix(role)) + "*"]),
         # Write, never read: a job worker must not see other jobs' results.
         _selector(["lpush"], _queue_keys(results_queue), "%W~"),
         # Replies are routed through this direct exchange's binding table, written by the asker.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -112,18 +113,22 @@ def run_worker(queues: list[str], concurrency: int, name: str | None) -> int:
     app = configure_from_env()
     if not app.conf.broker_url:
         raise ConfigError("LABGATE_BROKER_URL is not set; start workers through `labgate up` or set it")
-    control = CONTROL_QUEUE in queues or RESULTS_QUEUE in queues
-    if control and not set(queues) <= {CONTROL_QUEUE, RESULTS_QUEUE}:
-        raise ConfigError(f"--queues {','.join(queues)}: the control worker serves only {CONTROL_QUEUE} "
-                          f"and {RESULTS_QUEUE}; job queues need workers of their own (they run changes' "
-                          "code)")  # fmt: skip
-    # Each worker knows only its own tasks: a job worker cannot run a control task, and a job
-    # task that reaches the control worker (pushed by a hostile worker) is discarded, never run.
-    app.conf.imports = ["bot.tasks"] if control else ["workers.tasks"]
-    if control:
-        import bot.tasks  # noqa: F401  (registers the control tasks)
+    # Each worker knows only its own tasks. Job workers can write to the results queue alone,
+    # so its worker registers only the two result tasks: anything else pushed there is
+    # discarded as unregistered, never run (bot/result_tasks.py).
+    if queues == [RESULTS_QUEUE]:
+        modules = ["bot.result_tasks"]
+    elif queues == [CONTROL_QUEUE]:
+        modules = ["bot.tasks"]
+    elif not {CONTROL_QUEUE, RESULTS_QUEUE} & set(queues):
+        modules = ["workers.tasks"]
     else:
-        import workers.tasks  # noqa: F401
+        raise ConfigError(f"--queues {','.join(queues)}: {CONTROL_QUEUE} and {RESULTS_QUEUE} each need a worker "
+                          "of their own, apart from each other and from the job queues (those run changes' "
+                          "code)")  # fmt: skip
+    app.conf.imports = modules
+    for module in modules:
+        importlib.import_module(module)
 
     node = name or f"labgate-{'+'.join(queues)}-{os.getpid()}@%h"
     app.worker_main([

@@ -37,7 +37,7 @@ class Services:
     def worker_env(self, queues: list[str]) -> dict[str, str]:
         """The control worker gets this runtime; a job worker only where its files are and its queue
         access: no config file, no database URL, no forge secret, not the data dir."""
-        if CONTROL_QUEUE in queues:
+        if CONTROL_QUEUE in queues or RESULTS_QUEUE in queues:
             return {**self.runtime.env(self.broker_url, self.config_path), "LABGATE_WORKER_ROLE": "control"}
         config = self.runtime.config
         role = worker_role(queues)
@@ -58,7 +58,7 @@ class Services:
             labgate_argv("worker", "--queues", ",".join(queues), "--concurrency", str(concurrency)),
             self.worker_env(queues),
             self.logs_dir / f"worker-{name}.log",
-            inherit_env=CONTROL_QUEUE in queues,
+            inherit_env=CONTROL_QUEUE in queues or RESULTS_QUEUE in queues,
         )
 
     def role_url(self, role: str) -> str:
@@ -101,7 +101,7 @@ def open_services(config: Config, config_path: Path | None) -> Services:
 
 def worker_groups(config: Config) -> list[list[str]]:
     """One worker process per group: control work never waits behind a build or a boot."""
-    return [[CONTROL_QUEUE, RESULTS_QUEUE], [CHECKOUT_QUEUE], [BUILD_QUEUE]] + [
+    return [[CONTROL_QUEUE], [RESULTS_QUEUE], [CHECKOUT_QUEUE], [BUILD_QUEUE]] + [
         [lab_queue(dc.name)] for dc in config.device_classes
     ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lab.ktap import split_lines
 
@@ -20,8 +21,8 @@ ROOT_ONLY_NOTE = "# labgate: note: no DUT user"
 _NOTE = re.compile(r"# labgate: note: .*")
 _OUTPUT_PREFIX = "    "
 _RESULT = re.compile(
-    r"(?P<ok>ok|not ok) (?P<number>[1-9][0-9]*) (?P<name>\S+)"
-    r"(?: # (?:SKIP|exit status [0-9]+(?: \(timed out after [0-9]+ s\))?))?"
+    r"(?P<ok>ok|not ok) (?P<number>[1-9][0-9]{0,8}) (?P<name>\S+)"
+    r"(?: # (?P<skip>SKIP)| # exit status [0-9]{1,3}(?: \(timed out after [0-9]{1,9} s\))?)?"
 )
 _KUNIT_NAME = re.compile(r"kunit-[A-Za-z0-9_.-]+")
 MAX_PROBLEMS = 5
@@ -32,8 +33,21 @@ def ran_as_root_only(text: str) -> bool:
     return any(line.startswith(ROOT_ONLY_NOTE) for line in split_lines(text))
 
 
+@dataclass(frozen=True)
+class RunnerDocument:
+    """The runner's own lines: their problems, and its verdict on each command (pass, fail, skip)."""
+
+    problems: list[str]
+    results: list[tuple[str, str]]
+
+
 def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool = False) -> list[str]:
     """Problems with the runner document's framing (empty when it is exactly the runner's)."""
+    return read_runner_document(text, command_names, kunit=kunit).problems
+
+
+def read_runner_document(text: str, command_names: Sequence[str], *, kunit: bool = False) -> RunnerDocument:
+    """The runner's top-level lines, checked one by one; commands' own (indented) output is skipped."""
     lines = split_lines(text)
     while lines and not lines[-1]:
         lines.pop()
@@ -43,11 +57,12 @@ def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool
         if len(problems) < MAX_PROBLEMS:
             problems.append(f"runner line {number}: {why}")
 
+    results: list[tuple[str, str]] = []
     if not lines or lines[0] != "KTAP version 1":
-        return ["the runner's document does not start with 'KTAP version 1'"]
-    plan = re.fullmatch(r"1\.\.([0-9]+)", lines[1]) if len(lines) > 1 else None
+        return RunnerDocument(["the runner's document does not start with 'KTAP version 1'"], results)
+    plan = re.fullmatch(r"1\.\.([0-9]{1,9})", lines[1]) if len(lines) > 1 else None
     if plan is None:
-        return ["the runner's document has no plan on its second line"]
+        return RunnerDocument(["the runner's document has no plan on its second line"], results)
     planned = int(plan.group(1))
     if planned != len(command_names) and not (kunit and planned > len(command_names)):
         problems.append(f"the plan says 1..{planned} but {len(command_names)} commands were given")
@@ -70,6 +85,7 @@ def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool
             continue
         seen += 1
         name = result["name"]
+        results.append((name, "skip" if result["skip"] else "pass" if result["ok"] == "ok" else "fail"))
         if int(result["number"]) != seen:
             problem(number, f"result number {result['number']} where {seen} was due")
         elif seen <= len(command_names) and name != command_names[seen - 1]:
@@ -80,4 +96,4 @@ def check_runner_framing(text: str, command_names: Sequence[str], *, kunit: bool
         problems.append("the runner's end marker never came")
     elif seen != planned:
         problems.append(f"the plan said 1..{planned} but the runner reported {seen} results")
-    return problems
+    return RunnerDocument(problems, results)

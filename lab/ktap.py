@@ -13,9 +13,14 @@ Status = Literal["pass", "fail", "skip", "incomplete"]
 _TIMESTAMP = re.compile(r"\[\s*\d+\.\d+\](?:\[\s*[A-Z]?\d+\])? ?")
 _VERSION = re.compile(r"K?TAP version \d+")
 _SUBTEST = re.compile(r"#\s*Subtest:\s*(.*)")
-_PLAN = re.compile(r"1\.\.(\d+)\s*(?:#\s*(.*))?")
+# Numbers have at most 9 digits: a test's output may print a 5000-digit "test number", and
+# int() of that raises. Patterns are written so that no two adjacent parts can match the same
+# characters: otherwise a long line costs quadratic time (a hostile test prints one).
+_PLAN = re.compile(r"1\.\.(\d{1,9})\s*(?:#\s*(.*))?")
 # "-" right after the number is TAP's optional separator, not part of the name ("ok 1 -1" keeps it).
-_RESULT = re.compile(r"(ok|not ok)\s+(\d+)(?:\s+-(?=\s|$))?(?:\s+([^#]*?))?\s*(?:#\s*(.*))?")
+_RESULT = re.compile(r"(ok|not ok)\s+(\d{1,9})(?:\s+-(?=\s|$))?(?:\s([^#]*))?(?:#\s*(.*))?")
+# Longer lines are kept as diagnostics (shortened), never parsed as KTAP.
+MAX_LINE_CHARS = 4096
 _BAIL_OUT = re.compile(r"Bail out!\s*(.*)")
 # TIMEOUT and ERROR are listed by ktap.rst; they keep the ok / not ok outcome.
 _DIRECTIVES = frozenset({"SKIP", "TODO", "XFAIL", "TIMEOUT", "ERROR"})
@@ -90,7 +95,9 @@ class _Parser:
         self.done = False
 
     def feed(self, indent: int, text: str) -> None:
-        if m := _BAIL_OUT.fullmatch(text):
+        if len(text) > MAX_LINE_CHARS:
+            self.stack[-1].pending.append(f"{text[:200]}... ({len(text)} characters)")
+        elif m := _BAIL_OUT.fullmatch(text):
             self.problems.append(f"bail out: {m.group(1)}" if m.group(1) else "bail out")
             self.incomplete = True
             self.finish("bail out")

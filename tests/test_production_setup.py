@@ -34,7 +34,7 @@ def test_pipeline_on_postgresql_and_shared_redis(tmp_path: Path, postgres_url: s
             time.sleep(0.2)
         assert view.result == "pass", view.jobs
         by_queue = {child.name: child for child in services.supervisor.children}
-        control_env = _environ(by_queue["worker control+results"].process.pid)  # type: ignore[union-attr]
+        control_env = _environ(by_queue["worker control"].process.pid)  # type: ignore[union-attr]
         build_env = _environ(by_queue["worker build"].process.pid)  # type: ignore[union-attr]
         assert control_env["LABGATE_DATABASE_URL"] == postgres_url
         # Job workers: no database, no config, and a broker user of their own on the shared Redis.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -55,9 +56,15 @@ def unacked_keys(role: str) -> dict[str, str]:
             "unacked_mutex_key": f"unacked_mutex:{role}"}  # fmt: skip
 
 
-def delivery_key(role: str, job_id: int) -> str:
-    """The counter of a job's deliveries, in its role's own keys."""
-    return f"labgate:deliveries:{role}:{job_id}"
+def delivery_key_prefix(role: str) -> str:
+    return f"labgate:deliveries:{role}:"
+
+
+def delivery_key(role: str, job_id: int, token: str) -> str:
+    """The counter of a job's deliveries, in its role's own keys. It names the job's token (a digest
+    of it): a hostile worker of the role cannot pre-count jobs that do not exist yet, whose
+    tokens it cannot know, and so cannot make them look lost before they run."""
+    return f"{delivery_key_prefix(role)}{job_id}:{hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
 def configured_role() -> str:

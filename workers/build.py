@@ -14,7 +14,14 @@ from workers.artifacts import ArtifactStore
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.checkout import locked
 from workers.collect import ArtifactCaps, collect_artifacts
-from workers.jobdisk import FILE_SIZE_SLACK_BYTES, JobDisk, open_job_disk
+from workers.jobdisk import (
+    FILE_SIZE_SLACK_BYTES,
+    JobDisk,
+    is_nearly_full,
+    mount_job_tmp,
+    open_job_disk,
+    release_job_tmp,
+)
 from workers.sandbox import SandboxLimits, SandboxMounts, SandboxOutcome, run_sandboxed, write_synthetic_etc
 from workers.slots import UidRange, hold_slot
 from workers.source import export_tree, give_to
@@ -67,7 +74,7 @@ def sandbox_limits(spec: BuildSpec, max_log_bytes: int) -> SandboxLimits:
 
 
 def run_build(
-    spec: BuildSpec, *, mirror: Path, job_dir: Path, slots_dir: Path, uids: UidRange, store: ArtifactStore,
+    spec: BuildSpec, *, mirror: Path, job_dir: Path, uids: UidRange, store: ArtifactStore,
     max_log_bytes: int, later: Callable[[Callable[[], None]], None] | None = None,
 ) -> BuildOutcome:  # fmt: skip
     """Build once; a failing or capped build is an outcome, InfraError means our side broke.
@@ -76,7 +83,7 @@ def run_build(
     result is sent: nothing of the job runs any more by then (its cgroup is emptied and
     removed here, while the slot is held), so the verdict need not wait for an unmount.
     """
-    with hold_slot(slots_dir, "build", uids) as slot:
+    with hold_slot("build", uids) as slot:
         clock = _Stopwatch()
         disk = open_job_disk(job_dir, spec.limits.disk_bytes)  # also clears a redelivered job's leftovers
         cgroup: JobCgroup | None = None
@@ -88,6 +95,7 @@ def run_build(
             clock.resume()
             build_dir.mkdir()
             give_to(slot.uid, source, build_dir)
+            tmp = mount_job_tmp(job_dir, spec.limits.tmp_bytes)
             etc = write_synthetic_etc(job_dir / "etc", slot.uid, "build")
             limits = sandbox_limits(spec, max_log_bytes)
             cgroup = create_job_cgroup(slot.name, memory_bytes=limits.memory_bytes, max_pids=limits.max_processes)
@@ -95,11 +103,11 @@ def run_build(
             log_path = job_dir / "build.log"
             outcome = run_sandboxed(
                 ["sh", "-ec", spec.script], cwd=source,
-                mounts=SandboxMounts(writable=(source, build_dir), etc_dir=etc),
+                mounts=SandboxMounts(writable=(source, build_dir), etc_dir=etc, tmp_dir=tmp),
                 env={"LABGATE_SRC": str(source), "LABGATE_BUILD": str(build_dir)},
                 limits=limits, log_path=log_path, slot=slot, cgroup=cgroup, disk=disk,
             )  # fmt: skip
-            cap = outcome.cap or _disk_cap(disk, outcome, log_path)
+            cap = outcome.cap or _disk_cap(disk, tmp, spec.limits.tmp_bytes, outcome, log_path)
             artifacts, result, message = _judge(outcome, cap, build_dir, spec, store)
             with log_path.open("a") as log:
                 if message and not outcome.cap:
@@ -125,6 +133,7 @@ def _now(action: Callable[[], None]) -> None:
 
 
 def _remove_job_dir(disk: JobDisk, job_dir: Path) -> None:
+    release_job_tmp(job_dir / "tmp")
     disk.release()
     shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -148,7 +157,8 @@ class _Stopwatch:
 
 def _judge(outcome: SandboxOutcome, cap: str | None, build_dir: Path, spec: BuildSpec,
            store: ArtifactStore) -> tuple[dict[str, ArtifactRef], str, str | None]:  # fmt: skip
-    """(artifacts, result, message): a cap the build's own code made fire is its failure."""
+    """(artifacts, result, message): a cap the build's own code made fire is its failure, also
+    when the build ignored the error it got (ENOSPC) and exited 0."""
     if cap is not None:
         return {}, "fail", f"build stopped: it hit {cap}"
     if outcome.exit_code != 0:
@@ -162,16 +172,18 @@ def _judge(outcome: SandboxOutcome, cap: str | None, build_dir: Path, spec: Buil
     return collected.artifacts, "pass", None
 
 
-def _disk_cap(disk: JobDisk, outcome: SandboxOutcome, log_path: Path) -> str | None:
-    """A build that failed with its disk (or /tmp) full hit that cap, whatever it printed after."""
-    if outcome.exit_code == 0:
-        return None
+def _disk_cap(disk: JobDisk, tmp: Path | None, tmp_bytes: int, outcome: SandboxOutcome,
+              log_path: Path) -> str | None:  # fmt: skip
+    """A build that filled its disk (or /tmp) hit that cap, whatever it printed or returned after."""
     if disk.is_full():
         return f"the disk cap of {disk.limit_bytes >> 20} MiB"
+    tmp_cap = f"the /tmp cap of {tmp_bytes >> 20} MiB"
+    if tmp is not None:  # a tmpfs the worker mounted: its fill is there to read
+        return tmp_cap if is_nearly_full(tmp) else None
+    if outcome.exit_code == 0:
+        return None
+    # bwrap's own tmpfs is gone with the sandbox: the build's last words are all there is.
     with log_path.open("rb") as log:
         log.seek(max(0, log_path.stat().st_size - 65536))
         tail = log.read()
-    if b"No space left on device" in tail:
-        # The only other filesystem it can fill is /tmp: a tmpfs of fixed size.
-        return f"the /tmp cap of {outcome.confinement.get('tmp', '?').removeprefix('tmpfs of ')}"
-    return None
+    return tmp_cap if b"No space left on device" in tail else None

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_KILL_ROUNDS = 200
 _KILL_PAUSE_S = 0.01
 
 
@@ -55,20 +54,25 @@ class JobCgroup:
                 found |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
         return found
 
-    def kill_all(self) -> bool:
-        """SIGKILL every process of the job until none is left; False if some survived."""
+    def kill_all(self, wait_s: float = 2.0) -> bool:
+        """SIGKILL every process of the job until none is left; False if some are still there after wait_s
+        (a process blocked in I/O dies only when the I/O ends)."""
         if self.version == 2:
             with contextlib.suppress(OSError):
                 (self.memory_dir / "cgroup.kill").write_text("1")
-        for _ in range(_KILL_ROUNDS):
+        deadline = time.monotonic() + wait_s
+        pause = _KILL_PAUSE_S
+        while True:
             left = self.pids()
             if not left:
                 return True
+            if time.monotonic() > deadline:
+                return False
             for pid in left:  # a fork between read and kill lands in the cgroup: the next round gets it
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(_KILL_PAUSE_S)
-        return not self.pids()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     def events(self) -> CapEvents:
         if self.version == 2:

@@ -167,6 +167,29 @@ def merge_onto_base(mirror: Path, worktree: Path, base_sha: str, head_sha: str, 
         remove_worktree(mirror, worktree)
 
 
+NAME_MAX_BYTES = 255  # one path component, as every Linux filesystem limits it
+PATH_MAX_BYTES = 4095
+
+
+def check_tree_names(mirror: Path, sha: str) -> None:
+    """Refuse a tree the build could not be given: a name longer than the filesystem takes,
+    or one that is not UTF-8 (nothing downstream could name it in a report)."""
+    listing = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", sha], cwd=mirror, capture_output=True,
+                             env={**os.environ, **GIT_IDENTITY}, check=False)  # fmt: skip
+    if listing.returncode != 0:
+        raise InfraError(f"git ls-tree {sha[:12]} failed: {listing.stderr.decode(errors='replace').strip()}")
+    for raw in listing.stdout.split(b"\0"):
+        if not raw:
+            continue
+        shown = raw.decode(errors="replace")[:120]
+        if len(raw) > PATH_MAX_BYTES or any(len(part) > NAME_MAX_BYTES for part in raw.split(b"/")):
+            raise UserError(f"the tree holds a path too long for a filesystem: {shown}...")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"the tree holds a file name that is not UTF-8: {shown}") from exc
+
+
 def read_plan(mirror: Path, sha: str, plan_path: str) -> str | None:
     process = git(["show", f"{sha}:{plan_path}"], mirror, check=False)
     return process.stdout if process.returncode == 0 else None
@@ -203,6 +226,7 @@ def prepare_checkout(
             finally:
                 remove_worktree(mirror, worktree)
             tested_sha = head_sha
+        check_tree_names(mirror, tested_sha)
         # Keeps the commit alive for the build jobs after the worktree is gone.
         git(["update-ref", keep_ref, tested_sha], mirror)
         plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)

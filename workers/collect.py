@@ -78,7 +78,10 @@ def _match(dir_fd: int, prefix: tuple[str, ...], parts: tuple[str, ...], collect
         if not fnmatch.fnmatchcase(name, head):
             continue
         path = "/".join((*prefix, name))
-        if stat.S_ISLNK(mode):
+        if not _is_utf8(name):
+            # Nothing downstream could name it in a report, a spec or a page.
+            collected.refused.append(f"{shown(path)}: its name is not UTF-8")
+        elif stat.S_ISLNK(mode):
             collected.refused.append(f"{path}: is a symlink; links are never followed out of the build dir")
         elif rest:
             if stat.S_ISDIR(mode):
@@ -89,12 +92,26 @@ def _match(dir_fd: int, prefix: tuple[str, ...], parts: tuple[str, ...], collect
             collected.refused.append(f"{path}: is not a regular file")
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir gave undecodable bytes as surrogates
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """A path as a report can carry it (undecodable bytes shown as U+FFFD)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _descend(dir_fd: int, prefix: tuple[str, ...], name: str, parts: tuple[str, ...],
              collected: Collected) -> Iterator[str]:  # fmt: skip
     try:
         child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError as exc:  # ELOOP: it became a link (cannot happen once the job is dead, but refuse)
-        collected.refused.append(f"{'/'.join((*prefix, name))}: cannot be opened as a directory ({exc.strerror})")
+        where = shown("/".join((*prefix, name)))
+        collected.refused.append(f"{where}: cannot be opened as a directory ({exc.strerror})")
         return
     try:
         yield from _match(child, (*prefix, name), parts, collected)

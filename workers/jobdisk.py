@@ -50,10 +50,8 @@ class JobDisk:
 
     def is_full(self) -> bool:
         """The job wrote up to its cap (give or take the filesystem's own bookkeeping)."""
-        if self.image is not None:
-            stats = os.statvfs(self.root)
-            if stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES:
-                return True
+        if self.image is not None and is_nearly_full(self.root):
+            return True
         return self.usage_bytes() >= self.limit_bytes - (1 << 20)
 
     def release(self) -> None:
@@ -86,19 +84,39 @@ def release_disk(root: Path, image: Path | None) -> None:
         image.unlink(missing_ok=True)
 
 
+def mount_job_tmp(job_dir: Path, size_bytes: int) -> Path | None:
+    """A size-capped tmpfs for the job's /tmp and /dev/shm, mounted by the worker so that its fill
+    can be read after the job; None where mounting is not possible (bwrap then makes its own)."""
+    tmp = job_dir / "tmp"
+    release_job_tmp(tmp)
+    tmp.mkdir(parents=True)
+    if os.geteuid() != 0:
+        return None
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=1777,nosuid,nodev", "tmpfs",
+                           str(tmp)], capture_output=True, text=True, check=False)  # fmt: skip
+    return tmp if done.returncode == 0 else None
+
+
+def release_job_tmp(tmp: Path) -> None:
+    if os.path.ismount(tmp):
+        subprocess.run(["umount", "-l", str(tmp)], capture_output=True, check=False)
+    if tmp.exists() and not os.path.ismount(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_nearly_full(path: Path) -> bool:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
+
+
 def disk_usage(root: Path) -> int:
-    """Bytes allocated under root (like `du -s`), never following a symlink."""
+    """Bytes allocated under root (like `du -s`). Walks directory file descriptors and never follows
+    a link: the job may swap a directory for a link to /usr between two polls."""
     total = 0
-    stack = [str(root)]
-    while stack:
-        directory = stack.pop()
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    info = entry.stat(follow_symlinks=False)
-                    total += info.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+    for _top, dirs, files, top_fd in os.fwalk(root, follow_symlinks=False):
+        for name in (*dirs, *files):
+            with contextlib.suppress(OSError):
+                total += os.stat(name, dir_fd=top_fd, follow_symlinks=False).st_blocks * 512
     return total
 
 

@@ -45,6 +45,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_ETC = ("ld.so.cache", "alternatives")
 SANDBOX_HOME = "/tmp"
 _READ_CHUNK = 1 << 16
+KILL_WAIT_S = 60.0  # a process in uninterruptible I/O dies when it ends; bounded by the disk cap
 _TICK_S = 0.05
 
 
@@ -65,6 +66,7 @@ class SandboxOutcome:
     cap: str | None  # the cap that stopped or broke the command, in words; None if none fired
     confinement: dict[str, str]  # mechanism of each boundary, for the job's record
     setup_s: float  # time spent before the command started and after it ended
+    stuck: bool = False  # some process outlived SIGKILL (blocked in I/O): its disk must not be read
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class SandboxMounts:
     read_only: tuple[Path, ...] = ()
     etc_dir: Path | None = None  # holds the synthetic passwd, group and hosts
     dev_shm: bool = True
+    # A size-capped tmpfs the worker mounted for this job (its fill can be checked afterwards),
+    # bound at /tmp and /dev/shm; None: bwrap makes one of its own for each.
+    tmp_dir: Path | None = None
 
 
 def write_synthetic_etc(etc_dir: Path, uid: int | None, user: str) -> Path:
@@ -132,10 +137,15 @@ def bwrap_argv(
         "--proc", "/proc",
         "--ro-bind", "/proc/sys", "/proc/sys",  # sysctls (core_pattern...) stay read-only whoever asks
         "--dev", "/dev",
-        "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
     ]  # fmt: skip
-    if mounts.dev_shm:
-        argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    if mounts.tmp_dir is not None:
+        argv += ["--bind", str(mounts.tmp_dir), "/tmp"]
+        if mounts.dev_shm:  # one budget for both, not one each
+            argv += ["--bind", str(mounts.tmp_dir), "/dev/shm"]
+    else:
+        argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+        if mounts.dev_shm:
+            argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
     argv += _parent_dirs([*mounts.read_only, *mounts.writable])
     for path in mounts.read_only:
         argv += ["--ro-bind", str(path), str(path)]
@@ -189,7 +199,8 @@ def run_sandboxed(
     seccomp_fd = _seccomp_pipe() if seccomp.is_supported() else None
     argv = bwrap_argv(command, cwd=cwd, mounts=mounts, env=full_env, uid=slot.uid, tmp_bytes=limits.tmp_bytes,
                       seccomp_fd=seccomp_fd)  # fmt: skip
-    confinement = describe_confinement(slot, cgroup, disk, limits, seccomp_fd is not None)
+    confinement = describe_confinement(slot, cgroup, disk, limits, seccomp_fd is not None,
+                                       mounted_tmp=mounts.tmp_dir is not None)  # fmt: skip
     cap: str | None = None
     with log_path.open("wb") as log:
         try:
@@ -209,19 +220,26 @@ def run_sandboxed(
         assert process.stdout is not None
         cap = _pump(process, log, limits, disk, started)
         ended = time.monotonic()
-        if cap is not None:
-            _kill_job(process, cgroup)
-        exit_code = process.wait()
-        _kill_job(process, cgroup)  # a job ends with its last process, whatever it started
+        killed = _kill_job(process, cgroup) if cap is not None else True
+        try:
+            exit_code = process.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # bwrap's init waits for its namespace's last process
+            exit_code, killed = -signal.SIGKILL, False
+        killed = _kill_job(process, cgroup) and killed  # a job ends with its last process, whatever it started
+        if not killed:
+            # Blocked in I/O: SIGKILL lands when the I/O ends. That is the job's doing (it wrote
+            # the data), never our outage; the slot stays out of use until they are gone.
+            cap = cap or f"processes that outlived SIGKILL for {KILL_WAIT_S} s (blocked in I/O)"
         cap = cap or _cap_from_events(cgroup, limits, exit_code)
         if cap is not None:
             log.write(f"\n*** labgate: stopped: {cap} ***\n".encode())
     setup_s = (started - prepared) + (time.monotonic() - ended)
-    return SandboxOutcome(exit_code, ended - started, cap, confinement, setup_s)
+    return SandboxOutcome(exit_code, ended - started, cap, confinement, setup_s, stuck=not killed)
 
 
 def describe_confinement(
-    slot: Slot, cgroup: JobCgroup | None, disk: JobDisk | None, limits: SandboxLimits, filtered: bool
+    slot: Slot, cgroup: JobCgroup | None, disk: JobDisk | None, limits: SandboxLimits, filtered: bool, *,
+    mounted_tmp: bool = False,
 ) -> dict[str, str]:
     """Which mechanism holds each boundary on this host, in words for the job's record."""
     mib = 1 << 20
@@ -232,7 +250,8 @@ def describe_confinement(
         "network": "none (own network namespace)",
         "memory": f"{limits.memory_bytes // mib} MiB, {where}",
         "processes": f"{limits.max_processes}, {where} + RLIMIT_NPROC",
-        "tmp": f"tmpfs of {limits.tmp_bytes // mib} MiB",
+        "tmp": f"tmpfs of {limits.tmp_bytes // mib} MiB"
+               + (", shared with /dev/shm" if mounted_tmp else " each for /tmp and /dev/shm"),
         "file_size": f"{limits.max_file_bytes // mib} MiB per file (RLIMIT_FSIZE)",
         "output": f"{limits.max_output_bytes // mib} MiB",
         "wall_time": f"{limits.timeout_s:g} s",
@@ -300,14 +319,14 @@ def _pump(process: subprocess.Popen[bytes], log: BinaryIO, limits: SandboxLimits
             return f"the output cap of {limits.max_output_bytes} bytes"
 
 
-def _kill_job(process: subprocess.Popen[bytes], cgroup: JobCgroup | None) -> None:
+def _kill_job(process: subprocess.Popen[bytes], cgroup: JobCgroup | None) -> bool:
+    """SIGKILL every process of the job; False if some are still there after KILL_WAIT_S."""
     if cgroup is not None:
-        if not cgroup.kill_all():
-            raise InfraError(f"processes of the job survived SIGKILL in {cgroup.memory_dir}")
-        return
+        return cgroup.kill_all(wait_s=KILL_WAIT_S)
     # Without a cgroup: killing bwrap's group makes its init exit, which tears the pid namespace down.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+    return True
 
 
 def _cap_from_events(cgroup: JobCgroup | None, limits: SandboxLimits, exit_code: int) -> str | None:

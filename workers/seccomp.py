@@ -46,6 +46,22 @@ DENIED_SYSCALLS = {
     "setns": 308,
     "userfaultfd": 323,
 }
+# Return 0 without doing anything. The job's disk is thrown away, so durability means nothing to
+# it, while a wait for writeback is uninterruptible: a build could sit out SIGKILL in sync(2)
+# (which also stalls every other writer on the host) or fsync(2) after flooding the page cache.
+NOOP_SYSCALLS = {
+    "fdatasync": 75,
+    "fsync": 74,
+    "sync": 162,
+    "sync_file_range": 277,
+    "syncfs": 306,
+}
+# socket(2) and socketpair(2) families a build may use: local, IP (its own empty network
+# namespace) and netlink (ip, ss). AF_VSOCK is not per network namespace and reaches the
+# hypervisor; the other ~40 families are attack surface no build needs.
+SOCKET = 41
+SOCKETPAIR = 53
+ALLOWED_SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
 CLONE = 56
 UNSHARE = 272
 CLONE3 = 435
@@ -88,14 +104,27 @@ def build_filter() -> bytes:
         _Insn(_JEQ_K, CLONE, jt="check_flags"),
         _Insn(_JEQ_K, UNSHARE, jt="check_flags"),
         _Insn(_JEQ_K, CLONE3, jt="enosys"),
+        _Insn(_JEQ_K, SOCKET, jt="check_family"),
+        _Insn(_JEQ_K, SOCKETPAIR, jt="check_family"),
     ]
     program += [_Insn(_JEQ_K, number, jt="eperm") for number in sorted(DENIED_SYSCALLS.values())]
+    program += [_Insn(_JEQ_K, number, jt="noop") for number in sorted(NOOP_SYSCALLS.values())]
     program += [
         _Insn(_RET_K, RET_ALLOW),
         "check_flags",
         _Insn(_LD_W_ABS, _ARG0_LOW_OFFSET),
         _Insn(_JSET_K, CLONE_NEWUSER, jt="eperm"),
         _Insn(_RET_K, RET_ALLOW),
+        "check_family",
+        _Insn(_LD_W_ABS, _ARG0_LOW_OFFSET),
+    ]
+    program += [_Insn(_JEQ_K, family, jt="allow") for family in sorted(ALLOWED_SOCKET_FAMILIES.values())]
+    program += [
+        _Insn(_RET_K, RET_ERRNO | errno.EAFNOSUPPORT),
+        "allow",
+        _Insn(_RET_K, RET_ALLOW),
+        "noop",
+        _Insn(_RET_K, RET_ERRNO | 0),
         "eperm",
         _Insn(_RET_K, eperm),
         "enosys",

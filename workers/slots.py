@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import ConfigError, InfraError
+
+log = logging.getLogger(__name__)
 
 BUILD_UIDS_ENV = "LABGATE_BUILD_UIDS"
 QEMU_UIDS_ENV = "LABGATE_QEMU_UIDS"
@@ -57,21 +61,35 @@ class Slot:
         return self.uid
 
 
+def host_lock_dir() -> Path:
+    """Where slot locks live: one place per host, since uids are the host's, not one labgate's
+    (two instances with their own data dirs must not hand out the same uid at once)."""
+    if os.geteuid() == 0:
+        return Path("/run/labgate/slots")
+    return Path(tempfile.gettempdir()) / f"labgate-slots-{os.getuid()}"
+
+
 @contextlib.contextmanager
-def hold_slot(lock_dir: Path, role: str, uids: UidRange, *, wait_s: float = 3600) -> Iterator[Slot]:
+def hold_slot(role: str, uids: UidRange, *, lock_dir: Path | None = None, wait_s: float = 3600) -> Iterator[Slot]:
     """The first free slot of this role, held until the block ends."""
+    lock_dir = lock_dir or host_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     while True:
         for index in range(uids.count):
-            lock = _try_lock(lock_dir / f"{role}-{index}.lock")
+            lock = _try_lock(lock_dir / f"uid-{uids.first + index}.lock")
             if lock is None:
                 continue
+            uid = uids.first + index if os.geteuid() == 0 else None
+            if uid is not None and not kill_processes_of(uid):
+                # Processes of an earlier job still blocked in I/O: this slot waits until they are gone.
+                log.warning("slot %s: processes of uid %s outlive SIGKILL; trying another slot", index, uid)
+                os.close(lock)
+                continue
+            # Named by uid: a uid is the host's, so its cgroup is the same for every labgate instance.
+            name = f"labgate-uid-{uid}" if uid is not None else f"labgate-{role}-{index}-{os.getuid()}"
             try:
-                uid = uids.first + index if os.geteuid() == 0 else None
-                if uid is not None:
-                    kill_processes_of(uid)
-                yield Slot(index, uid, f"labgate-{role}-{index}")
+                yield Slot(index, uid, name)
             finally:
                 os.close(lock)  # releases the flock
             return

@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from workers.errors import InfraError
+from workers.errors import InfraError, UserError
 
 
 def export_tree(mirror: Path, sha: str, dest: Path, index_file: Path) -> None:
@@ -26,7 +26,10 @@ def export_tree(mirror: Path, sha: str, dest: Path, index_file: Path) -> None:
     for argv in ([*git, "read-tree", sha], [*git, f"--work-tree={dest}", "checkout-index", "--all", "--force"]):
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            raise InfraError(f"exporting {sha[:12]} failed: {' '.join(argv[5:])}: {done.stderr.strip()}")
+            # The mirror and the commit are known good (the checkout made them): what fails here is
+            # the tree's own content (a name too long, more than the disk cap), so it is the change's.
+            raise UserError(f"the tested tree {sha[:12]} cannot be written out for the build: "
+                            f"{done.stderr.strip()[-600:]}")  # fmt: skip
     index_file.unlink(missing_ok=True)
 
 

@@ -22,16 +22,17 @@ log = logging.getLogger(__name__)
 # After this many deliveries of one job (worker killed, InfraError retries) we
 # stop and say so, rather than loop on a change that kills its worker.
 MAX_DELIVERIES = 3
+# Task names of bot/result_tasks.py (the bot sends by name, workers never import bot).
 RECORD_RESULT_TASK = "bot.record_result"
 JOB_STARTED_TASK = "bot.job_started"
 
 
-def count_delivery(job_id: int) -> int:
+def count_delivery(job_id: int, token: str = "") -> int:
     from workers.app import configured_role, delivery_key
 
     client = broker_redis(app.conf.broker_url)
     # Keyed by role: a worker's broker user may touch its own role's counters only.
-    key = delivery_key(configured_role(), job_id)
+    key = delivery_key(configured_role(), job_id, token)
     count = int(client.incr(key))
     client.expire(key, 7 * 24 * 3600)
     return count
@@ -94,7 +95,6 @@ def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]])
         spec.build,
         mirror=mirror_path(work_dir, spec.tree_name),
         job_dir=job_dir(spec),
-        slots_dir=work_dir / "slots",
         uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS),
         store=ArtifactStore(artifacts_dir_from_env()),
         max_log_bytes=spec.max_log_bytes,
@@ -127,7 +127,7 @@ def execute_test(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) 
 def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult]) -> None:
     """Run one job and send its result, whatever happens, to the results queue; then clean up after it."""
     spec = JobSpec.model_validate_json(spec_json)
-    delivery = count_delivery(spec.job_id)
+    delivery = count_delivery(spec.job_id, spec.result_token)
     if delivery > MAX_DELIVERIES:
         send_result(JobResult(
             job_id=spec.job_id, result_token=spec.result_token, delivery=delivery, result="incomplete",
@@ -142,7 +142,13 @@ def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Ca
     except BaseException:  # a retry: clean up before the job runs again
         _run_all(later)
         raise
-    send_result(result.model_copy(update={"result_token": spec.result_token}))
+    try:
+        send_result(result.model_copy(update={"result_token": spec.result_token}))
+    except ValueError as exc:  # e.g. text a change made that JSON cannot carry: never leave the job hanging
+        log.exception("job %s: its result could not be sent", spec.job_id)
+        send_result(JobResult(job_id=spec.job_id, result_token=spec.result_token, delivery=delivery,
+                              result="incomplete", error_code="unsendable-result",
+                              error_message=f"the job's result could not be sent: {type(exc).__name__}"))  # fmt: skip
     _run_all(later)
 
 

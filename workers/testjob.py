@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from lab.errors import LabSetupError
-from lab.framing import check_runner_framing, ran_as_root_only
+from lab.framing import RunnerDocument, ran_as_root_only, read_runner_document
 from lab.initramfs import Command, StoredFile, build_initramfs
 from lab.kernel import fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
@@ -22,6 +23,7 @@ from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
 from workers.slots import DEFAULT_QEMU_UIDS, QEMU_UIDS_ENV, Slot, UidRange, hold_slot
 from workers.spec import ArtifactRef, JobResult, JobSpec, TestCase, TestSpec
 
+log = logging.getLogger(__name__)
 ARTIFACTS_ON_TARGET = "/labgate/artifacts"
 ROOT_CAVEAT = "ran as root: not forge-proof"
 QEMU_OVERHEAD_BYTES = 768 << 20  # QEMU's own memory beyond the guest's (TCG code buffer, devices)
@@ -38,7 +40,20 @@ def test_cases(doc: KtapDocument, caveat: str = "") -> tuple[TestCase, ...]:
     return tuple(cases)
 
 
-def judge(outcome: BootOutcome, doc: KtapDocument, framing: list[str], own_kernel: bool,
+def verdict(runner: RunnerDocument, doc: KtapDocument) -> tuple[str, str | None]:
+    """(result, message) of a well-framed runner document. The runner's own result lines come
+    first: a command's output, whatever it holds, can add failures but never remove one, and
+    malformed KTAP in it fails the job rather than hiding anything."""
+    if any(status == "fail" for _, status in runner.results) or doc.status == "fail":
+        return "fail", None
+    if doc.status == "incomplete":
+        return "fail", "a command printed malformed KTAP: " + "; ".join(doc.problems[:5])
+    if runner.results and all(status == "skip" for _, status in runner.results):
+        return "skip", None
+    return "pass", None
+
+
+def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, own_kernel: bool,
           timeout_s: float) -> tuple[str, str | None, str | None]:  # fmt: skip
     """(result, error_code, message) of one boot.
 
@@ -47,10 +62,10 @@ def judge(outcome: BootOutcome, doc: KtapDocument, framing: list[str], own_kerne
     by itself, is ours (incomplete). Framing the runner did not write never passes.
     """
     if outcome.ended == "end-marker":
-        if framing:
-            return "incomplete", "runner-framing", "results refused: " + "; ".join(framing)
-        message = "; ".join(doc.problems) if doc.status == "incomplete" else None
-        return doc.status, None, message
+        if runner.problems:
+            return "incomplete", "runner-framing", "results refused: " + "; ".join(runner.problems)
+        result, message = verdict(runner, doc)
+        return result, None, message
     tail = "\n".join(outcome.console.rstrip().split("\n")[-15:])
     started = bool(outcome.runner.strip())
     if outcome.ended == "runner-limit":
@@ -72,7 +87,7 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
     test = spec.test
     assert test is not None
     uids = UidRange.from_env(QEMU_UIDS_ENV, DEFAULT_QEMU_UIDS)
-    with hold_slot(work_root / "slots", "qemu", uids) as slot:
+    with hold_slot("qemu", uids) as slot:
         started = time.monotonic()
         work = work_root / "work" / f"job-{spec.job_id}"
         shutil.rmtree(work, ignore_errors=True)  # a redelivered job starts clean
@@ -92,15 +107,21 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
             confinement_s += time.monotonic() - ending
             shutil.rmtree(work, ignore_errors=True)
     names = [c.name for c in test.commands]
-    framing = check_runner_framing(outcome.runner, names, kunit=test.kunit) if outcome.ended == "end-marker" else []
-    doc = parse_ktap(outcome.runner)
-    result, code, message = judge(outcome, doc, framing, test.kernel != "debian", test.timeout_s)
+    runner = read_runner_document(outcome.runner, names, kunit=test.kunit)
+    try:
+        doc = parse_ktap(outcome.runner)
+    except Exception as exc:  # the commands' output broke our parser: it never passes, and it is not our outage
+        log.exception("job %s: KTAP parser failed", spec.job_id)
+        why = f"the output could not be parsed ({type(exc).__name__})"
+        doc = KtapDocument(None, None, (), "incomplete", (why,), ())
+    result, code, message = judge(outcome, doc, runner, test.kernel != "debian", test.timeout_s)
+    framing = runner.problems if outcome.ended == "end-marker" else []
     as_root = any(c.root for c in test.commands) or ran_as_root_only(outcome.runner)
     caveat = ROOT_CAVEAT if as_root else ""
-    log = outcome.console + "\n# ---- labgate: the runner's port ----\n" + outcome.runner
+    record = outcome.console + "\n# ---- labgate: the runner's port ----\n" + outcome.runner
     return JobResult(
         job_id=spec.job_id, delivery=delivery, result=result, error_code=code,  # type: ignore[arg-type]
-        error_message=message, log_digest=store.put_bytes(log.encode()),
+        error_message=message, log_digest=store.put_bytes(record.encode()),
         command_s=outcome.boot_s, tests=() if framing else test_cases(doc, caveat),
         outputs={"ended": outcome.ended, "boot_s": round(outcome.boot_s, 3),
                  "setup_s": round(outcome.setup_s, 3), "confinement": _describe(slot, cgroup),

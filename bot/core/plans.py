@@ -110,12 +110,20 @@ def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
     return problems
 
 
+class _Unreadable(Exception):
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line = line
+
+
 def _construct(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
     """Turn a YAML node into Python, remembering the line of every key path."""
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Unreadable(key_node.start_mark.line + 1, "a mapping key must be a plain word")
             key = yaml.safe_load(yaml.serialize(key_node))
             lines[(*path, key)] = key_node.start_mark.line + 1
             result[key] = _construct(value_node, (*path, key), lines)
@@ -154,10 +162,19 @@ def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise PlanError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError as exc:
+        raise PlanError(f"{source}: nested too deeply to be a plan") from exc
     if node is None:
         raise PlanError(f"{source}: the plan is empty")
     lines: dict[tuple[Any, ...], int] = {}
-    raw = _construct(node, (), lines)
+    try:
+        raw = _construct(node, (), lines)
+    except _Unreadable as exc:
+        raise PlanError(f"{source}:{exc.line}: {exc}") from exc
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:  # unknown tags, bad timestamps...
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise PlanError(f"{where}: cannot read the plan: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(raw, dict):
         raise PlanError(f"{source}:1: (top level): expected a mapping")
     problems: list[str] = []

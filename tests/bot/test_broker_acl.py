@@ -38,7 +38,7 @@ from bot.broker_acl import (
 )
 from tests.conftest import REPO_ROOT
 from tests.processes import children_of
-from workers.app import RESULTS_QUEUE, broker_redis, broker_socket_kwargs
+from workers.app import RESULTS_QUEUE, broker_redis, broker_socket_kwargs, delivery_key
 from workers.errors import ConfigError
 
 LAB = "lab.qemu-x86_64"
@@ -417,7 +417,7 @@ def test_build_worker_consumes_answers_and_gets_its_job_back(broker: Broker, tmp
         # A job from `build`, answered on `results`, counted in the role's own delivery key.
         controller.send_task(PROBE_TASK, args=[1, "first", 0], queue="build")
         assert _pop_result(admin, log) == {"job_id": 1, "token": "first", "delivery": 1, "redelivered": False}
-        assert admin.get("labgate:deliveries:build:1") == b"1"
+        assert admin.get(delivery_key("build", 1, "")) == b"1"
 
         # With the role's user nobody can broadcast `shutdown` through the pidbox.
         hostile = Celery("acl-hostile", broker=urls["build"], set_as_current=False)
@@ -430,7 +430,7 @@ def test_build_worker_consumes_answers_and_gets_its_job_back(broker: Broker, tmp
         controller.send_task(PROBE_TASK, args=[2, "child killed", 60], queue="build")
         _wait(lambda: admin.hlen("unacked:build") == 1, "job 2 never in flight", log)
         assert not admin.exists("unacked")  # in flight in the role's hash, not kombu's shared one
-        _wait(lambda: admin.get("labgate:deliveries:build:2") == b"1", "job 2 never started", log)
+        _wait(lambda: admin.get(delivery_key("build", 2, "")) == b"1", "job 2 never started", log)
         (pool_process,) = children_of(workers[0].pid)
         os.kill(pool_process, signal.SIGKILL)
         assert _pop_result(admin, log) == {"job_id": 2, "token": "child killed", "delivery": 2, "redelivered": True}
@@ -438,7 +438,7 @@ def test_build_worker_consumes_answers_and_gets_its_job_back(broker: Broker, tmp
         # The whole worker killed mid-job: the message stays in unacked:build until its visibility
         # timeout; the next build worker restores it (under the role's mutex) and runs it.
         controller.send_task(PROBE_TASK, args=[3, "worker killed", 60], queue="build")
-        _wait(lambda: admin.get("labgate:deliveries:build:3") == b"1", "job 3 never started", log)
+        _wait(lambda: admin.get(delivery_key("build", 3, "")) == b"1", "job 3 never started", log)
         _kill(workers[0])
         assert admin.hlen("unacked:build") == 1 and admin.llen("build") == 0
         time.sleep(3.5)

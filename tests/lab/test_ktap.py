@@ -747,3 +747,13 @@ def test_a_second_top_level_document_makes_it_incomplete() -> None:
     assert doc.status == "incomplete"
     assert "a second top-level KTAP document follows the first" in doc.problems
     assert parse_ktap("KTAP version 1\n1..1\nok 1 a\nreboot: Power down\n").status == "pass"
+
+
+def test_a_megabyte_line_and_a_5000_digit_number_parse_at_once_and_never_count() -> None:
+    import time
+
+    started = time.monotonic()
+    doc = parse_ktap("KTAP version 1\n1..1\n    ok 1 a" + " " * (1 << 20) + "b\n    ok " + "9" * 5000
+                     + " warmup\nnot ok 1 math\n")  # fmt: skip
+    assert time.monotonic() - started < 1.0
+    assert doc.status == "fail" and [r.name for r in doc.results] == ["math"]

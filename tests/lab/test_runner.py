@@ -379,3 +379,14 @@ def test_a_kernel_without_users_runs_commands_as_root_and_says_so(tmp_path: Path
     from lab.framing import check_runner_framing
 
     assert check_runner_framing(out, ["first"]) == []
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+def test_a_command_cannot_read_the_command_index_to_skip_or_replay_later_commands(tmp_path: Path) -> None:
+    out = run_dut_runner(tmp_path, [
+        Command("greedy", "cat <&3 >/dev/null && echo READ-THE-INDEX; read -r line <&3 && echo SKIPPED", root=True),
+        Command("second", "echo second ran", root=True),
+        Command("third", "exit 1", root=True),
+    ])  # fmt: skip
+    assert "READ-THE-INDEX" not in out and "SKIPPED" not in out
+    assert "    second ran\nok 2 second\n" in out and "not ok 3 third # exit status 1\n" in out

@@ -169,6 +169,16 @@ def test_disk_filling_build_stops_at_the_disk_cap(attack_lab: AttackLab) -> None
     assert str(outputs["confinement"]["disk"]).startswith("loop ext4")  # type: ignore[index]
 
 
+def test_a_build_that_ignores_a_full_disk_or_tmp_and_exits_0_still_fails(attack_lab: AttackLab) -> None:
+    for where, cap in (("$(O)/big", f"the disk cap of {CAPS['max_build_disk_bytes'] >> 20} MiB"),
+                       ("/tmp/big", f"the /tmp cap of {CAPS['max_build_tmp_bytes'] >> 20} MiB")):  # fmt: skip
+        repo = attack_lab.repo()
+        patch = attack_lab.patch(repo, makefile_running(f"dd if=/dev/zero of={where} bs=1M count=3000 || true"))
+        tried = attack_lab.try_(repo, patch)
+        message = attack_lab.build_message(tried.pipeline_id)
+        assert tried.returncode == 1 and cap in message, (where, message)
+
+
 def test_tmp_filling_build_stops_at_the_tmp_cap(attack_lab: AttackLab) -> None:
     repo = attack_lab.repo()
     patch = attack_lab.patch(repo, makefile_running("dd if=/dev/zero of=/tmp/big bs=1M count=1000"))

@@ -45,6 +45,20 @@ def test_vertical_tab_lines_cannot_turn_a_failing_change_into_a_pass(attack_lab:
     assert "not ok math.mul" in tried.output and "expected 42" in tried.output
 
 
+def test_output_that_breaks_the_parser_cannot_turn_a_failure_into_an_outage(attack_lab: AttackLab) -> None:
+    """A 5000-digit test number and a megabyte line once raised in the parser: infra-error, a neutral check."""
+    repo = attack_lab.repo()
+    noise = ('\tprintf("ok %s warmup\\n", "' + "9" * 5000 + '");\n'
+             '\tfor (int i = 0; i < 200000; i++) putchar(32);\n\tprintf("x\\n");\n')  # fmt: skip
+    noisy = TEST_MATH.replace("int main(void)\n{\n", "int main(void)\n{\n" + noise, 1)
+    assert noisy != TEST_MATH
+    tried = attack_lab.try_(repo, FAIL_PATCH, attack_lab.patch(repo, {"tests/test_math.c": noisy}))
+    assert tried.returncode == 1, tried.output
+    assert "not ok math.mul" in tried.output
+    test_job = [j for j in attack_lab.view(tried.pipeline_id).jobs if j.kind == "test"][0]
+    assert test_job.result == "fail" and test_job.error_code is None
+
+
 def test_console_port_forgery_and_later_commands_are_out_of_reach(attack_lab: AttackLab) -> None:
     repo = attack_lab.repo()
     plan = PLAN_HEAD + """      - name: forge

@@ -3,13 +3,17 @@ steer the control side through the results queue: both are refused."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import time
+import uuid
+from typing import Any
 
 from tests.conftest import REPO_ROOT
 from tests.security.conftest import AttackLab, wait_for
+from workers.app import CONTROL_QUEUE, RESULTS_QUEUE, broker_redis
 from workers.spec import ArtifactRef, JobResult
 
 SEND_AS_WORKER = """
@@ -57,16 +61,40 @@ def test_a_forged_pass_for_another_job_is_dropped(attack_lab: AttackLab) -> None
     output, _ = runner.communicate(timeout=120)
     assert runner.returncode == 1, output  # the build's own exit 1, not the forged pass
     assert "build command exited with status 1" in output
-    log = (attack_lab.data_dir / "logs" / "worker-control+results.log").read_text()
+    log = (attack_lab.data_dir / "logs" / "worker-results.log").read_text()
     assert f"job {job_id}: result without the job's token ignored" in log
 
 
 def test_control_tasks_and_job_tasks_pushed_onto_the_results_queue_are_not_run(attack_lab: AttackLab) -> None:
-    log_path = attack_lab.data_dir / "logs" / "worker-control+results.log"
+    """Also when the message lies about its own routing: kombu takes delivery_info from the sender."""
+    log_path = attack_lab.data_dir / "logs" / "worker-results.log"
+    control_log = attack_lab.data_dir / "logs" / "worker-control.log"
     _send_as(attack_lab, "build", [("bot.report", [1]), ("bot.start_pipeline", [1]),
                                    ("workers.run_checkout", ["{}"])])  # fmt: skip
-    assert wait_for(lambda: "refused bot.start_pipeline from the results queue" in log_path.read_text(), 30)
-    time.sleep(1)
+    # The same kind of message, made by hand and pushed as the build user, claiming to come from control.
+    forged = _celery_message("bot.github_event", ['{"forged": true}', "forged-delivery"])
+    forged["properties"]["delivery_info"]["routing_key"] = CONTROL_QUEUE
+    assert broker_redis(attack_lab.services.role_url("build")).lpush(RESULTS_QUEUE, json.dumps(forged))
+    assert wait_for(lambda: "of type 'bot.github_event'" in log_path.read_text(), 30), log_path.read_text()[-2000:]
+    time.sleep(0.5)
     log = log_path.read_text()
-    assert "refused bot.report from the results queue" in log
-    assert "Received unregistered task of type 'workers.run_checkout'" in log
+    for name in ("bot.report", "bot.start_pipeline", "workers.run_checkout", "bot.github_event"):
+        assert f"Received unregistered task of type '{name}'" in log, name
+    control = control_log.read_text()
+    assert "Task bot.github_event[" not in control and "forged-delivery" not in control
+
+
+def _celery_message(name: str, args: list[object]) -> dict[str, Any]:
+    """A Celery protocol-2 message as kombu's Redis transport stores it."""
+    task_id = str(uuid.uuid4())
+    body = base64.b64encode(json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None,
+                                                   "chord": None}]).encode()).decode()  # fmt: skip
+    return {
+        "body": body, "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": {"lang": "py", "task": name, "id": task_id, "root_id": task_id, "parent_id": None,
+                    "group": None, "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "",
+                    "origin": "mallory"},
+        "properties": {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2, "priority": 0,
+                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+                       "delivery_info": {"exchange": "", "routing_key": RESULTS_QUEUE}},
+    }  # fmt: skip

@@ -93,3 +93,14 @@ def test_oversized_patch_is_refused() -> None:
 def test_changed_lines_follow_the_new_side_of_each_hunk() -> None:
     diff = "+++ b/x.c\n@@ -3 +3,2 @@\n@@ -10,2 +11,0 @@\n+++ b/y.c\n@@ -1 +1 @@\n"
     assert parse_changed_lines(diff) == {"x.c": [(3, 4)], "y.c": [(1, 1)]}
+
+
+def test_a_tree_no_filesystem_can_hold_is_the_changes_error(hello_repo: Path, tmp_path: Path) -> None:
+    """A ref whose tree has a 300-byte name: git stores it, no build could be given it."""
+    git = ["git", "-C", str(hello_repo), "-c", "user.name=m", "-c", "user.email=m@m"]
+    blob = subprocess.run([*git, "hash-object", "-w", "--stdin"], input="x", capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    subprocess.run([*git, "update-index", "--add", "--cacheinfo", f"100644,{blob},{'n' * 300}"], check=True)
+    subprocess.run([*git, "commit", "-qm", "long name"], check=True)
+    with pytest.raises(UserError, match="path too long for a filesystem: nnnn"):
+        _checkout(hello_repo, tmp_path, ref="main")

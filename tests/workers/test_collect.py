@@ -77,3 +77,11 @@ def test_size_caps_per_file_and_per_job(build: Path, tmp_path: Path) -> None:
 def test_patterns_that_leave_the_build_dir_are_refused(build: Path, tmp_path: Path, pattern: str) -> None:
     got = collect(build, tmp_path, pattern)
     assert got.artifacts == {} and len(got.refused) == 1 and got.refused[0].startswith(f"pattern {pattern!r}")
+
+
+def test_a_name_that_is_not_utf8_is_refused_and_the_refusal_can_be_reported(build: Path, tmp_path: Path) -> None:
+    (build / "tests").joinpath(os.fsdecode(b"test_\xff")).write_bytes(b"x")
+    got = collect(build, tmp_path, "tests/test_*")
+    assert "tests/test_\ufffd: its name is not UTF-8" in got.refused
+    assert all(name.isprintable() for name in got.artifacts)
+    "; ".join(got.refused).encode("utf-8")  # what goes into the result message is plain UTF-8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,4 +144,15 @@ def test_a_test_kernel_must_be_debian_or_a_relative_artifact_path(kernel: str) -
                         "    device: {arch: x86_64", 1)  # fmt: skip
     assert text != GOOD
     with pytest.raises(PlanError, match="give 'debian' or an artifact path"):
+        parse_plan(text, ".labgate/plan.yaml")
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("version: 1\n[a, b]: 1\n", "plan.yaml:2: a mapping key must be a plain word"),
+    ("version: 1\nx: !!python/object:os.system 1\n", "cannot read the plan"),
+    ("version: 1\nx: !!timestamp 2020-99-99\n", "cannot read the plan"),
+    ("version: 1\nx: " + "[" * 5000 + "\n", "plan.yaml"),
+])  # fmt: skip
+def test_plans_that_trip_the_yaml_library_are_plan_errors_not_crashes(text: str, why: str) -> None:
+    with pytest.raises(PlanError, match=re.escape(why)):
         parse_plan(text, ".labgate/plan.yaml")
