@@ -1,4 +1,4 @@
-"""The `labgate` command: config check, try, up, worker."""
+"""The `labgate` command: config check, try, up, worker, web, cancel, retest."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("web", help="run only the web app")
     _config_arg(web)
+
+    cancel = sub.add_parser("cancel", help="stop a running pipeline (recorded with who ran it)")
+    cancel.add_argument("pipeline", type=int)
+    cancel.add_argument("--why", default="", help="said in the pipeline's record and its report")
+    _config_arg(cancel)
+    retest = sub.add_parser("retest", help="re-run what did not pass in a finished pipeline")
+    retest.add_argument("pipeline", type=int)
+    retest.add_argument("--job", default=None, help="only this job (its name, or 'kind name')")
+    _config_arg(retest)
     return parser
 
 
@@ -82,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.up_command import run_web
 
             return run_web(config, args.config)
+        if args.command in ("cancel", "retest"):
+            from bot.operator_command import run_operator
+
+            return run_operator(config, args)
     except (ConfigError, UserError) as exc:
         print(f"labgate: {exc}", file=sys.stderr)
         return EXIT_ERROR

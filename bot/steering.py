@@ -35,7 +35,8 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
     outbox.send()
 
 
-def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None) -> int | None:
+def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None,
+                  requested_by: str = "") -> int | None:  # fmt: skip
     """A new pipeline for the same revision that runs again only what did not pass
     (or only `job_name`); what passed is carried over. The new pipeline's id."""
     outbox = Outbox()
@@ -43,7 +44,8 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
         old = session.get(Pipeline, pipeline_id)
         if old is None or old.state != "done":
             return None
-        new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id)
+        new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id,
+                       requested_by=requested_by)  # fmt: skip
         session.add(new)
         copies: dict[int, Job] = {}
         for job in old.jobs:
@@ -60,7 +62,8 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
                 copy.started_at, copy.finished_at = job.started_at, job.finished_at
                 for test in job.tests:
                     session.add(TestResult(job=copy, path=test.path, status=test.status, directive=test.directive,
-                                           reason=test.reason, diagnostics=test.diagnostics))  # fmt: skip
+                                           reason=test.reason, diagnostics=test.diagnostics,
+                                           caveat=test.caveat))  # fmt: skip
             session.add(copy)
             session.flush()
             copies[job.id] = copy

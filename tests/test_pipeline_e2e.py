@@ -242,3 +242,38 @@ def test_job_page_in_headless_chromium(lab: Lab, tmp_path: Path) -> None:
     assert '<p class="fail">not ok math.mul</p>' in dom.stdout
     assert "expected 42, got" in dom.stdout and "KTAP version 1" in dom.stdout
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_operator_cancel_and_retest_are_recorded_with_who_ran_them(lab: Lab, tmp_path: Path) -> None:
+    import getpass
+
+    who = os.environ.get("SUDO_USER") or getpass.getuser()
+    cli = [sys.executable, "-m", "bot.cli"]
+    repo = make_git_repo(EXAMPLES / "hello", tmp_path / "operator")
+    _commit_plan(repo, "version: 1\nbuilds:\n  - name: slow\n    command: sleep 30\n    artifacts: [out]\n")
+    pipeline_id = lab.submit(repo, ref="main")
+    deadline = time.monotonic() + 60
+    while pipeline_view(lab.services.runtime, pipeline_id).jobs[-1].kind != "build":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cancelled = subprocess.run([*cli, "cancel", str(pipeline_id), "--why", "wrong base", "--config",
+                                str(lab.config_path)], capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+    assert cancelled.returncode == 0, cancelled.stderr
+    lab.wait(pipeline_id, timeout_s=60)
+    with lab.services.runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        assert pipeline is not None and pipeline.result == "cancelled"
+        assert pipeline.error_message == f"cancelled by {who} (labgate cancel): wrong base"
+    failed = lab.wait(lab.submit(lab.hello, patches=(PATCHES / "fail.patch",)))
+    retested = subprocess.run([*cli, "retest", str(failed.id), "--config", str(lab.config_path)],
+                              capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+    assert retested.returncode == 0, retested.stderr
+    new_id = int(retested.stdout.split()[1].rstrip(":"))
+    again = lab.wait(new_id)
+    assert again.result == "fail" and [j.kind for j in again.jobs] == [j.kind for j in failed.jobs]
+    with lab.services.runtime.store.session() as session:
+        new = session.get(Pipeline, new_id)
+        assert new is not None and new.rerun_of_id == failed.id and new.requested_by == f"{who} (labgate retest)"
+    refused = subprocess.run([*cli, "cancel", str(failed.id), "--config", str(lab.config_path)],
+                             capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+    assert refused.returncode == 2 and "has finished; nothing to cancel" in refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from bot.core.commands import Command, parse_commands, render_help
 from bot.core.events import ChangeEvent, CommentEvent, RerunEvent
@@ -19,6 +20,9 @@ class ChangeState:
     approvals: tuple[Approval, ...] = ()
     active_pipelines: tuple[int, ...] = ()  # queued or running, any revision
     closed: bool = False
+    # When labgate first heard of head_sha (None: not yet). A bare /ok-to-test written before
+    # then cannot have been about this head.
+    head_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class RecordApproval:
 class Retest:
     head_sha: str
     job_name: str | None = None  # None: every failed job
+    requested_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,24 +120,60 @@ def _command_actions(
     if command.name == "help":
         return [Reply(render_help())]
     if command.name == "ok-to-test":
-        if not maintainer:
-            return [Reply(f"@{who}: only users with {', '.join(policy.approvers_may_be)} permission may approve.")]
-        sha_prefix = next((a for a in command.args if a != "hardware"), None)
-        if not approval_matches(sha_prefix, state.head_sha):
-            return [Reply(f"@{who}: `{sha_prefix}` is not the current head `{state.head_sha[:12]}`; nothing approved.")]
-        approval = Approval(sha=state.head_sha, approver=who, hardware="hardware" in command.args)
-        new_state = replace(state, approvals=(*state.approvals, approval))
-        return [RecordApproval(approval), *_start_or_wait(state.head_sha, new_state, policy, f"approved by {who}")]
-    may_steer = maintainer or commenter_trusted or (
-        tier_for(state.author_trusted, state.head_sha, state.approvals, policy) != "none"
-    )
-    if not may_steer:
-        return [Reply(f"@{who}: `/{command.name}` needs an approved head or maintainer rights.")]
+        return _approve(command, event, state, policy, maintainer)
+    # Steering (retest, cancel) is for the change's author, its approvers and trusted users: a
+    # stranger must not stop someone else's pipeline or spend the lab on it.
+    is_author = who.lower() == state.author.lower()
+    if not (is_author or maintainer or commenter_trusted):
+        return [Reply(f"@{who}: `/{command.name}` is for the change's author, users with "
+                      f"{', '.join(policy.approvers_may_be)} permission, and trusted users.")]  # fmt: skip
+    if state.closed:
+        return [Reply(f"@{who}: this change is closed; there is nothing to `/{command.name}`.")]
     if command.name == "retest":
-        return [Retest(state.head_sha, " ".join(command.args) or None)]
+        if tier_for(state.author_trusted, state.head_sha, state.approvals, policy) == "none":
+            return [Reply(f"@{who}: the head `{state.head_sha[:12]}` is not approved, so it has not run; "
+                          "nothing to retest.")]  # fmt: skip
+        return [Retest(state.head_sha, " ".join(command.args) or None, requested_by=who)]
     if state.active_pipelines:
         return [CancelPipelines(state.active_pipelines, f"cancelled by {who}")]
     return [Reply(f"@{who}: nothing is running.")]
+
+
+def _approve(command: Command, event: CommentEvent, state: ChangeState, policy: TrustPolicy,
+             maintainer: bool) -> list[Action]:  # fmt: skip
+    """/ok-to-test [sha] [hardware]: binds to one head, the one the approver saw."""
+    who = event.commenter.login
+    if not maintainer:
+        return [Reply(f"@{who}: only users with {', '.join(policy.approvers_may_be)} permission may approve.")]
+    if state.closed:
+        return [Reply(f"@{who}: this change is closed; nothing approved.")]
+    head = state.head_sha
+    sha_prefix = next((a for a in command.args if a != "hardware"), None) or event.seen_head_sha
+    if sha_prefix is None and not _saw_head(event, state):
+        # The comment names no SHA and may predate the current head (a force-push just before it was
+        # processed): approving "whatever is current" would approve code nobody looked at.
+        return [Reply(f"@{who}: the head changed to `{head[:12]}` after your comment, or labgate has not "
+                      f"heard of it yet; to approve that head, comment `/ok-to-test {head[:12]}`.")]  # fmt: skip
+    if not approval_matches(sha_prefix, head):
+        return [Reply(f"@{who}: `{sha_prefix[:12] if sha_prefix else ''}` is not the current head `{head[:12]}`; "
+                      "nothing approved.")]  # fmt: skip
+    approval = Approval(sha=head, approver=who, hardware="hardware" in command.args)
+    new_state = replace(state, approvals=(*state.approvals, approval))
+    return [RecordApproval(approval), *_start_or_wait(head, new_state, policy, f"approved by {who}")]
+
+
+def _saw_head(event: CommentEvent, state: ChangeState) -> bool:
+    """Whether the head was known before the comment was written (labgate heard of it after the
+    push, so if it heard before the comment, the commenter could have seen it). Strictly before:
+    forges stamp comments to the second, so one written in the second of the push is refused."""
+    if event.created_at is None or state.head_seen_at is None:
+        return False
+    return _utc(state.head_seen_at) < _utc(event.created_at)
+
+
+def _utc(moment: datetime) -> datetime:
+    # A store may hand back naive UTC times (SQLite); forges send aware ones.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def decide_rerun(event: RerunEvent, state: ChangeState | None, policy: TrustPolicy) -> list[Action]:
@@ -141,4 +182,4 @@ def decide_rerun(event: RerunEvent, state: ChangeState | None, policy: TrustPoli
         return [Ignore(f"no change of ours has head {event.head_sha}")]
     if tier_for(state.author_trusted, event.head_sha, state.approvals, policy) == "none":
         return [Ignore("re-run of an unapproved head")]
-    return [Retest(event.head_sha, None)]
+    return [Retest(event.head_sha, None, requested_by=event.requester.login)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
@@ -58,6 +59,9 @@ class CommentEvent:
     comment_id: int
     body: str
     commenter: Actor
+    created_at: datetime | None = None  # the forge's own time of the comment
+    # The head the commenter saw, when the forge says (GitLab's Note Hook does; GitHub's does not).
+    seen_head_sha: str | None = None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ class Change(Base):
     installation_id: Mapped[int | None] = mapped_column(BigInteger)
     author_trusted: Mapped[bool] = mapped_column(Boolean, default=True)
     state: Mapped[str] = mapped_column(String(20), default="open")  # open, closed
+    # The newest head a forge event told us of, and when we heard: a bare /ok-to-test written
+    # before that moment cannot have been about this head.
+    head_sha: Mapped[str | None] = mapped_column(String(64))
+    head_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     tree: Mapped[Tree] = relationship(back_populates="changes")
     approvals: Mapped[list[Approval]] = relationship(back_populates="change", order_by="Approval.id")
@@ -83,6 +87,7 @@ class Pipeline(Base):
     kind: Mapped[str] = mapped_column(String(20), default="pre-merge")  # pre-merge, post-merge
     tier: Mapped[str] = mapped_column(String(20), default="hardware")  # qemu: QEMU device classes only
     rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"))
+    requested_by: Mapped[str] = mapped_column(String(200), default="")  # who asked for a re-run (forge user, operator)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     revision: Mapped[Revision] = relationship(back_populates="pipelines")

@@ -86,6 +86,9 @@ class World:
         payload["issue"]["number"] = number
         payload["issue"]["pull_request"] = {"url": f"{self.fake.base_url}/repos/{REPO}/pulls/{number}"}
         payload["comment"]["body"], payload["comment"]["user"]["login"] = body, login
+        # Written now, stamped to the second as GitHub does (the sample's 2019 time would predate every
+        # head): the next second, so that it is after the head labgate heard of just before.
+        payload["comment"]["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
         payload["comment"]["user"]["type"], payload["comment"]["author_association"] = "User", "MEMBER"
         return payload
 

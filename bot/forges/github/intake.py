@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.config import Tree
+from bot.core.commands import parse_commands
 from bot.core.decide import (
     Action,
     AwaitApproval,
@@ -33,7 +34,7 @@ from bot.forges.github.reporter import post_approval_check
 from bot.pipeline import Submission, change_for, submit
 from bot.runtime import Runtime
 from bot.steering import cancel_pipelines, retest_failed
-from bot.store.models import Approval, Change, Pipeline, Revision
+from bot.store.models import Approval, Change, Pipeline, Revision, utcnow
 
 log = logging.getLogger(__name__)
 SOURCE = "github"
@@ -72,9 +73,10 @@ def _change(session: Session, repo: str, number: int) -> Change | None:
     )
 
 
-def _state(session: Session, change: Change | None, author: str, author_trusted: bool, head_sha: str) -> ChangeState:
+def _state(session: Session, change: Change | None, author: str, author_trusted: bool, head_sha: str,
+           *, closed: bool | None = None) -> ChangeState:  # fmt: skip
     if change is None:
-        return ChangeState(author=author, author_trusted=author_trusted, head_sha=head_sha)
+        return ChangeState(author=author, author_trusted=author_trusted, head_sha=head_sha, closed=bool(closed))
     approvals = tuple(CoreApproval(a.sha, a.approver, a.hardware) for a in change.approvals)
     active = session.scalars(
         select(Pipeline.id).join(Revision).where(Revision.change_id == change.id, Pipeline.state != "done")
@@ -85,7 +87,8 @@ def _state(session: Session, change: Change | None, author: str, author_trusted:
         head_sha=head_sha,
         approvals=approvals,
         active_pipelines=tuple(active),
-        closed=change.state == "closed",
+        closed=change.state == "closed" if closed is None else closed,
+        head_seen_at=change.head_seen_at if change.head_sha == head_sha else None,
     )
 
 
@@ -117,16 +120,16 @@ def _on_change(runtime: Runtime, github: GitHubApp, tree: Tree, event: ChangeEve
     assert tree.github is not None
     installation = event.repo.installation_id
     trusted = is_trusted(event.author, policy, _teams_of(github, installation, event.author.login, policy))
-    with runtime.store.session() as session:
-        change = _change(session, event.repo.full_name, event.number)
-        if change is not None:
-            change.state = "closed" if event.action == "closed" else "open"
-            change.author_trusted = trusted
-        state = _state(session, change, event.author.login, trusted, event.head_sha)
-    actions = decide_change(event, state, policy, test_drafts=tree.github.test_drafts)
     context = ChangeContext(
         tree, event.repo.full_name, event.number, installation, event.base_ref, event.title, event.author.login, trusted
     )
+    with runtime.store.session() as session:
+        change = change_for(session, context.submission())
+        change.state = "closed" if event.action == "closed" else "open"
+        if change.head_sha != event.head_sha:
+            change.head_sha, change.head_seen_at = event.head_sha, utcnow()
+        state = _state(session, change, event.author.login, trusted, event.head_sha)
+    actions = decide_change(event, state, policy, test_drafts=tree.github.test_drafts)
     return _carry_out(runtime, github, context, actions)
 
 
@@ -136,6 +139,8 @@ def _on_comment(runtime: Runtime, github: GitHubApp, tree: Tree, event: CommentE
         return ["ignored: comment delivered without an App installation"]
     if event.commenter.is_bot:
         return ["ignored: comment by a bot"]
+    if not parse_commands(event.body):
+        return ["ignored: no command"]  # decided before any token is minted or API call made
     # The comment payload has no head SHA, and a push may be in flight: ask for the current one.
     pull = github.pull(installation, event.repo.full_name, event.number)
     author = pull.user.login
@@ -143,9 +148,8 @@ def _on_comment(runtime: Runtime, github: GitHubApp, tree: Tree, event: CommentE
     permission = github.permission(installation, event.repo.full_name, event.commenter.login)
     commenter_trusted = is_trusted(event.commenter, policy)
     with runtime.store.session() as session:
-        state = _state(
-            session, _change(session, event.repo.full_name, event.number), author, author_trusted, pull.head.sha
-        )
+        state = _state(session, _change(session, event.repo.full_name, event.number), author, author_trusted,
+                       pull.head.sha, closed=pull.state == "closed")  # fmt: skip
     actions = decide_comment(event, state, policy, commenter_permission=permission, commenter_trusted=commenter_trusted)
     context = ChangeContext(
         tree, event.repo.full_name, event.number, installation, pull.base.ref, pull.title, author, author_trusted
@@ -266,7 +270,7 @@ def _carry_out(runtime: Runtime, github: GitHubApp, context: ChangeContext, acti
                     )
                     .order_by(Pipeline.id.desc())
                 )
-            new = retest_failed(runtime, last, action.job_name) if last else None
+            new = retest_failed(runtime, last, action.job_name, action.requested_by) if last else None
             done.append(f"re-run of pipeline {last} as {new}" if new else "nothing to re-run")
         elif isinstance(action, Reply):
             if installation is not None:

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -255,8 +256,19 @@ def _issue_comment(payload: _Payload) -> ParseOutcome:
         # GitHub sends "" for an empty comment, but null costs nothing to accept.
         body=comment.optional_str("body") or "",
         commenter=_user(comment.obj("user"), comment.text("author_association")),
+        created_at=_timestamp(comment.optional_str("created_at")),
     )
     return ParseOutcome(event, f"comment {event.comment_id} on pull request #{number}")
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    """GitHub's ISO 8601 times ("2019-05-15T15:20:33Z"); None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _numbers(owner: _Payload) -> tuple[int, ...]:

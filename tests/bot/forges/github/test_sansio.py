@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -316,6 +317,7 @@ def test_comment_on_pull_request() -> None:
         comment_id=492700400,
         body="/ok-to-test\n",
         commenter=Actor("Codertocat", "OWNER", False),
+        created_at=datetime(2019, 5, 15, 15, 20, 21, tzinfo=UTC),  # the sample's comment.created_at
     )
     assert outcome.reason == "comment 492700400 on pull request #1"
 
