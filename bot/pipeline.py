@@ -14,7 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.core.plans import PlanError, parse_plan
-from bot.core.progress import Caps, classes_for_tier, draft_jobs, job_outcome, pipeline_result
+from bot.core.progress import (
+    Caps,
+    classes_for_tier,
+    draft_jobs,
+    job_outcome,
+    no_test_ran,
+    pipeline_result,
+    selection_notes,
+)
 from bot.credentials import remove_checkout_credential, write_checkout_credential
 from bot.runtime import Runtime
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
@@ -291,6 +299,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         job.error_code = "user-error"
         job.error_message = str(exc)
         return
+    pipeline.notes = selection_notes(plan, list(job.outputs.get("changed_files", [])))  # type: ignore[call-overload]
     caps = runtime.config.caps
     drafts = draft_jobs(
         plan,
@@ -308,7 +317,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
                   spec=draft.spec if draft.kind == "build" else {**draft.spec, "device_class": draft.device_class},
                   depends_on_id=builds[draft.needs].id if draft.needs else job.id)  # fmt: skip
         if draft.skip_reason:
-            new.state, new.result, new.error_message = "done", "skip", draft.skip_reason
+            new.state, new.result, new.error_message = "done", draft.result, draft.skip_reason
         session.add(new)
         session.flush()
         if draft.kind == "build":
@@ -340,6 +349,9 @@ def finish_if_done(session: Session, pipeline: Pipeline) -> None:
     if errors:
         pipeline.error_code = errors[0].error_code
         pipeline.error_message = errors[0].error_message
+    nothing = no_test_ran([(j.result, j.error_message) for j in pipeline.jobs if j.kind == "test"])
+    if nothing and pipeline.result in ("pass", "skip"):
+        pipeline.result, pipeline.error_code, pipeline.error_message = "incomplete", "no-test-ran", nothing
 
 
 def pipeline_of_job(runtime: Runtime, job_id: int) -> int | None:

@@ -45,7 +45,7 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
         if old is None or old.state != "done":
             return None
         new = Pipeline(revision=old.revision, state="running", kind=old.kind, tier=old.tier, rerun_of_id=old.id,
-                       requested_by=requested_by)  # fmt: skip
+                       requested_by=requested_by, notes=list(old.notes))  # fmt: skip
         session.add(new)
         copies: dict[int, Job] = {}
         for job in old.jobs:

@@ -20,6 +20,8 @@ class PipelineView:
     base_sha: str | None
     head_sha: str | None
     jobs: tuple[JobView, ...]
+    message: str | None = None  # the pipeline's own word: "no test ran: ...", an error
+    notes: tuple[str, ...] = ()  # what did not run on purpose
 
 
 def read_log(runtime: Runtime, digest: str | None, limit: int = 4 * 1024 * 1024) -> str:
@@ -59,4 +61,5 @@ def pipeline_view(runtime: Runtime, pipeline_id: int, *, with_logs: bool = True)
             tree=revision.change.tree.name, base_ref=revision.base_ref, base_sha=revision.base_sha,
             head_sha=revision.head_sha,
             jobs=tuple(job_view(runtime, j, with_logs=with_logs) for j in pipeline.jobs),
+            message=pipeline.error_message, notes=tuple(pipeline.notes or ()),
         )  # fmt: skip

@@ -277,3 +277,19 @@ def test_operator_cancel_and_retest_are_recorded_with_who_ran_them(lab: Lab, tmp
     refused = subprocess.run([*cli, "cancel", str(failed.id), "--config", str(lab.config_path)],
                              capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
     assert refused.returncode == 2 and "has finished; nothing to cancel" in refused.stderr
+
+
+def test_no_test_ran_is_not_a_pass_and_a_plan_without_tests_says_so(lab: Lab, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "bot.cli", "try", "--config", str(lab.config_path), "--ref", "main"]
+    repo = make_git_repo(EXAMPLES / "hello", tmp_path / "arm")
+    plan = (EXAMPLES / "hello" / ".labgate" / "plan.yaml").read_text()
+    plan = plan.replace("arch: x86_64, platform: qemu", "arch: arm64, platform: qemu")
+    _commit_plan(repo, plan)
+    tried = subprocess.run([*cli, str(repo)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert tried.returncode == 2, tried.stdout + tried.stderr
+    assert "no test ran: no device class carries arch=arm64 platform=qemu" in tried.stdout
+    builds_only = make_git_repo(EXAMPLES / "hello", tmp_path / "builds")
+    _commit_plan(builds_only, plan.split("tests:")[0])
+    tried = subprocess.run([*cli, str(builds_only)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    assert "NOTE: the plan has no tests: builds only" in tried.stdout

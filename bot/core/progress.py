@@ -22,6 +22,7 @@ class JobDraft:
     needs: str | None  # name of the build job it waits for
     spec: dict[str, Any] = field(default_factory=dict)
     skip_reason: str | None = None  # created already finished: nothing can run it
+    result: str = "skip"  # what such a job ends as: `incomplete` when no device class could run it
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,30 @@ def draft_jobs(
                     "timeout_s": min(test.timeout, caps.max_job_s),
                     "kunit": test.kunit,
                 },
-                skip_reason=None if device_class else f"no device class carries {tags}",
+                skip_reason=None if device_class else f"no test ran: no device class carries {tags}",
+                # Nothing the lab has can run it: that is not a pass of the test, nor a skip it chose.
+                result="skip" if device_class else "incomplete",
             )
         )
     return drafts
+
+
+def selection_notes(plan: Plan, changed_files: Sequence[str]) -> list[str]:
+    """What the report says about tests that will not run on purpose (said, and not a failure)."""
+    if not plan.tests:
+        return ["the plan has no tests: builds only"]
+    selected = {test.name for test in select_tests(plan, changed_files)}
+    return [f"test {test.name} not selected: the change touches none of {', '.join(test.paths)}"
+            for test in plan.tests if test.name not in selected]  # fmt: skip
+
+
+def no_test_ran(tests: Sequence[tuple[str | None, str | None]]) -> str | None:
+    """Why a pipeline tested nothing, from its test jobs' (result, message); None if some test ran.
+    Such a pipeline is not a pass, whatever its builds did."""
+    if not tests or any(result not in ("skip", None) for result, _ in tests):
+        return None
+    reasons = sorted({message or "skipped" for _, message in tests})
+    return "no test ran: " + "; ".join(reason.removeprefix("no test ran: ") for reason in reasons)
 
 
 def classes_for_tier(classes: Sequence[tuple[str, dict[str, str], str]], tier: str) -> list[tuple[str, dict[str, str]]]:

@@ -88,6 +88,7 @@ class Pipeline(Base):
     tier: Mapped[str] = mapped_column(String(20), default="hardware")  # qemu: QEMU device classes only
     rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"))
     requested_by: Mapped[str] = mapped_column(String(200), default="")  # who asked for a re-run (forge user, operator)
+    notes: Mapped[list[str]] = mapped_column(JSON, default=list)  # said in reports: tests not selected, ...
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     revision: Mapped[Revision] = relationship(back_populates="pipelines")

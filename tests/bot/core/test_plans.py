@@ -100,7 +100,8 @@ def test_drafts_cap_timeouts_and_match_devices() -> None:
     build, unit, drivers = drafts
     assert build.spec["timeout_s"] == 1800  # the lab's cap beats the plan's 5000
     assert unit.device_class == "qemu-x86_64" and unit.spec["timeout_s"] == 60
-    assert drivers.device_class is None and drivers.skip_reason == "no device class carries arch=arm64"
+    assert drivers.device_class is None and drivers.skip_reason == "no test ran: no device class carries arch=arm64"
+    assert drivers.result == "incomplete"
 
 
 def test_pipeline_result_is_the_worst_outcome() -> None:
@@ -156,3 +157,19 @@ def test_a_test_kernel_must_be_debian_or_a_relative_artifact_path(kernel: str) -
 def test_plans_that_trip_the_yaml_library_are_plan_errors_not_crashes(text: str, why: str) -> None:
     with pytest.raises(PlanError, match=re.escape(why)):
         parse_plan(text, ".labgate/plan.yaml")
+
+
+def test_no_test_ran_is_said_and_deselection_is_a_note() -> None:
+    from bot.core.progress import no_test_ran, selection_notes
+
+    plan = parse_plan(GOOD, "p")
+    assert selection_notes(plan, ["src/x.c"]) == ["test drivers not selected: the change touches none of drivers/"]
+    assert selection_notes(plan, ["drivers/y.c"]) == []
+    builds_only = parse_plan(GOOD.split("tests:")[0], "p")
+    assert selection_notes(builds_only, []) == ["the plan has no tests: builds only"]
+    assert no_test_ran([]) is None
+    assert no_test_ran([("pass", None), ("skip", "x")]) is None
+    assert no_test_ran([("incomplete", "no test ran: no device class carries arch=arm64")]) is None
+    assert no_test_ran([("skip", "needs /ok-to-test hardware"), ("skip", "needs /ok-to-test hardware")]) == (
+        "no test ran: needs /ok-to-test hardware"
+    )

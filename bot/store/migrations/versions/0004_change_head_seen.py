@@ -1,4 +1,4 @@
-"""change head seen, pipeline requested by
+"""change head seen, pipeline requested by and notes
 
 Revision ID: 0004
 Revises: 0003
@@ -20,10 +20,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('head_seen_at', sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
         batch_op.add_column(sa.Column('requested_by', sa.String(length=200), nullable=False, server_default=''))
+        batch_op.add_column(sa.Column('notes', sa.JSON(), nullable=False, server_default='[]'))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('pipeline', schema=None) as batch_op:
+        batch_op.drop_column('notes')
         batch_op.drop_column('requested_by')
     with op.batch_alter_table('change', schema=None) as batch_op:
         batch_op.drop_column('head_seen_at')
