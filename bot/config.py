@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.core.links import is_sha256_hex
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
@@ -96,7 +97,8 @@ class Tree(_Strict):
     url: RepositoryUrl
     branches: list[str] = ["main"]
     private: bool = Field(False, description="clone with a short-lived read credential minted per checkout "
-                                             "(GitHub: an installation token, contents: read, this repository only)")
+                                             "(GitHub: an installation token, contents: read, this repository only); "
+                                             "its pages open only with a signed link or an operator token")
     github: TreeGitHub | None = None
 
 
@@ -134,6 +136,21 @@ class Web(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="base URL of job pages in reports")
+    # Pages of private trees open only with a signed link (the one a forge report carries) or an operator token.
+    link_key_file: Path | None = Field(None, description="HMAC key signing private trees' page links (32+ bytes); "
+                                       "unset: data_dir/link-key, made on first use, mode 0600")  # fmt: skip
+    link_lifetime_days: int = Field(30, gt=0, le=3650, description="how long a signed page link opens its pipeline")
+    operator_token_sha256: list[str] = Field([], description="sha256 (hex) of each operator token; a token sent as "
+                                             "`Authorization: Bearer TOKEN` opens every page")  # fmt: skip
+
+    @field_validator("operator_token_sha256")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        bad = [i for i, digest in enumerate(value) if not is_sha256_hex(digest.lower())]
+        if bad:
+            raise ValueError(f"entries {bad} are not sha256 hex digests (64 hex digits: "
+                             "printf %s TOKEN | sha256sum)")  # fmt: skip
+        return [digest.lower() for digest in value]
 
 
 class Config(_Strict):

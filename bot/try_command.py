@@ -16,6 +16,7 @@ from rich.table import Table
 from bot.config import Config, redact_url
 from bot.core.progress import exit_code_for
 from bot.core.render import outcome_word, render_counts, render_problems
+from bot.links import pipeline_page_url, tree_is_private
 from bot.pipeline import Submission, submit
 from bot.runtime import Runtime
 from bot.services import open_services, start_missing_workers
@@ -119,7 +120,9 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
         console.print(f"NOTE: {line}", markup=False, highlight=False)
     base = f"{view.base_ref}@{view.base_sha[:12]}" if view.base_sha else view.base_ref
     head = view.head_sha[:12] if view.head_sha else "-"
-    web = config.web.public_url or f"http://{config.web.host}:{config.web.port}"
     console.print(f"result: {view.result} (head {head} on {base})", markup=False)
-    console.print(f"details: {web}/pipelines/{view.id} (served by `labgate up`)", markup=False, highlight=False)
+    details = pipeline_page_url(config, config.resolved_data_dir(), view.id, view.tree)
+    if tree_is_private(config, view.tree):
+        details += f" (private tree: a signed link to this pipeline only, for {config.web.link_lifetime_days} days)"
+    console.print(f"details: {details} (served by `labgate up`)", markup=False, highlight=False)
     return exit_code_for(view.result)
