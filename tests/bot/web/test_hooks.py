@@ -26,10 +26,10 @@ from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
 from bot.web import hooks
 from bot.web.app import create_app
+from tests.samples import github_body
 from workers.app import CONTROL_QUEUE, app, configure
 from workers.errors import ConfigError
 
-SAMPLES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "github" / "octokit-webhooks"
 SECRET = "It's a Secret to Everybody"
 REPO = "octo-org/hello"
 
@@ -57,9 +57,7 @@ class Hook:
 
 
 def pull_request_body() -> bytes:
-    payload = json.loads((SAMPLES / "pull_request" / "synchronize.payload.json").read_text())
-    payload["repository"]["full_name"] = REPO
-    return json.dumps(payload).encode()
+    return github_body("pull_request/synchronize.json")  # a pull request of REPO
 
 
 def make_config(root: Path, secret: str | None = SECRET) -> Config:
@@ -144,7 +142,7 @@ def test_oversize_is_413_declared_or_streamed(hook: Hook, monkeypatch: pytest.Mo
 
 
 def test_ignored_event_is_stored_as_ignored_and_not_enqueued(hook: Hook) -> None:
-    answer = hook.post("status", (SAMPLES / "status" / "payload.json").read_bytes(), delivery="d-4")
+    answer = hook.post("status", github_body("status/payload.json"), delivery="d-4")
     assert answer.status_code == 202
     assert answer.json()["status"] == "ignored" and "reports" in answer.json()["reason"]
     assert hook.stored() == [("d-4", "status", "ignored")]
@@ -188,9 +186,9 @@ def test_kombu_reads_the_message(hook: Hook) -> None:
 
 
 def test_event_json_round_trips() -> None:
-    for path in ("pull_request/synchronize.payload.json", "ping/payload.json", "push/payload.json"):
+    for path in ("pull_request/synchronize.json", "ping/payload.json", "push/payload.json"):
         name = path.split("/")[0]
-        event = sansio.parse({"X-GitHub-Event": name}, (SAMPLES / path).read_bytes()).event
+        event = sansio.parse({"X-GitHub-Event": name}, github_body(path)).event
         assert event is not None
         assert event_from_json(event_to_json(event)) == event
 
