@@ -12,10 +12,25 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from tests.requirements import need
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 POSTGRES_ADMIN_URL = os.environ.get("LABGATE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LABGATE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(name, reason): the host must have `name` (tests/requirements.py HOST); "
+        "skipped without it, failed under CI=true",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # At run time, not at import: a host without the tool still collects every test.
+    for mark in item.iter_markers("needs"):
+        need(*mark.args)
 
 
 @pytest.fixture
