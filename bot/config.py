@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.core.links import is_sha256_hex
 from bot.core.schema import json_schema, render_json_schema
@@ -44,6 +45,15 @@ class Caps(_Strict):
             disk_bytes=self.max_build_disk_bytes, tmp_bytes=self.max_build_tmp_bytes,
             max_artifact_bytes=self.max_artifact_bytes, max_artifacts_bytes=self.max_artifacts_bytes,
         )  # fmt: skip
+
+
+class Retries(_Strict):
+    """Forge events and reports are retried on forge and infrastructure errors (5xx, rate limits,
+    the database or broker away), with exponential backoff and full jitter; other errors are not."""
+
+    attempts: int = Field(10, ge=0, le=100, description="retries after the first try; then the task is recorded failed")
+    base_s: float = Field(2.0, gt=0, description="first wait; each retry waits up to twice the one before")
+    max_s: float = Field(600.0, gt=0, description="longest single wait")
 
 
 class Sandbox(_Strict):
@@ -102,27 +112,60 @@ class Tree(_Strict):
     github: TreeGitHub | None = None
 
 
+class WebhookSecret(NamedTuple):
+    """A secret deliveries may be signed with, until a time (None: for as long as it is configured)."""
+
+    secret: str
+    until: datetime | None
+
+
 class GitHubApp(_Strict):
     """The GitHub App labgate acts as. Secrets live in files, never in this YAML."""
 
     app_id: int = Field(gt=0)
     private_key_file: Path = Field(description="PEM private key of the App")
     webhook_secret_file: Path = Field(description="file holding the webhook secret")
+    # Rotation without refused deliveries: put the new secret in webhook_secret_file and the old one
+    # here with an end, restart `labgate web`, then change the secret on GitHub before that end.
+    previous_webhook_secret_file: Path | None = Field(
+        None, description="file holding the secret being rotated out; accepted until previous_webhook_secret_until"
+    )
+    previous_webhook_secret_until: AwareDatetime | None = Field(
+        None, description="end of the rotation overlap, with its zone (2026-12-31T12:00:00Z); the previous "
+                          "secret is refused from then on",
+    )  # fmt: skip
+    replay_window_days: int = Field(
+        30, gt=0, le=3650, description="body digests are kept this long to refuse replays under a new delivery "
+                                       "id; events whose own times are all older are ignored as replays",
+    )  # fmt: skip
     api_url: str = Field("https://api.github.com", description="REST API root (GitHub Enterprise: https://HOST/api/v3)")
     write_interval_s: float = Field(
         1.0, ge=0, description="pause between writes, as GitHub asks of integrations (secondary rate limits)"
     )
+    resync_interval_s: int = Field(
+        600, ge=0, description="how often `labgate up` lists open pull requests to catch up on heads whose webhook "
+        "never came (GitHub does not redeliver); 0: never"
+    )
+
+    @model_validator(mode="after")
+    def _previous_secret_has_an_end(self) -> GitHubApp:
+        if (self.previous_webhook_secret_file is None) != (self.previous_webhook_secret_until is None):
+            raise ValueError("previous_webhook_secret_file and previous_webhook_secret_until go together "
+                             "(an old secret is accepted only until a set time)")  # fmt: skip
+        return self
 
     def read_webhook_secret(self) -> str:
         """The secret, or ConfigError: GitHub intake never starts without one (fail closed)."""
-        try:
-            secret = self.webhook_secret_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"github.webhook_secret_file: cannot read {self.webhook_secret_file}: "
-                              f"{exc.strerror}") from exc  # fmt: skip
-        if not secret:
-            raise ConfigError(f"github.webhook_secret_file: {self.webhook_secret_file} is empty")
-        return secret
+        return _read_secret(self.webhook_secret_file, "github.webhook_secret_file")
+
+    def read_webhook_secrets(self) -> list[WebhookSecret]:
+        """The current secret, then the previous one with its end if one is configured; ConfigError
+        when a configured file is unreadable or empty."""
+        secrets = [WebhookSecret(self.read_webhook_secret(), None)]
+        if self.previous_webhook_secret_file is not None:
+            previous = _read_secret(self.previous_webhook_secret_file, "github.previous_webhook_secret_file")
+            secrets.append(WebhookSecret(previous, self.previous_webhook_secret_until))
+        return secrets
 
     def read_private_key(self) -> str:
         try:
@@ -132,10 +175,37 @@ class GitHubApp(_Strict):
                               f"{exc.strerror}") from exc  # fmt: skip
 
 
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    if not secret:
+        raise ConfigError(f"{key}: {path} is empty")
+    return secret
+
+
+class WebLimits(_Strict):
+    """What one client may hold of the web server (bot/web/server.py): anyone can connect to the webhook."""
+
+    header_timeout_s: float = Field(10.0, gt=0, le=300, description="a request head (line and headers) must be "
+                                    "complete this long after the connection opens or the last answer")  # fmt: skip
+    body_timeout_s: float = Field(30.0, gt=0, le=300, description="the whole body must arrive this long after "
+                                  "its head, however it trickles")  # fmt: skip
+    keep_alive_timeout_s: int = Field(5, gt=0, le=300, description="an idle keep-alive connection is closed after this")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 << 20, description="largest request head (h11)")
+    max_body_bytes_in_flight: int = Field(64 << 20, ge=1 << 20, description="webhook body bytes buffered, not yet "
+                                          "verified, all requests together; more: 503 with Retry-After")  # fmt: skip
+    limit_concurrency: int = Field(1000, gt=0, description="connections or requests in progress at once; more: "
+                                   "503 (uvicorn's limit; /healthz is always answered)")  # fmt: skip
+    backlog: int = Field(2048, gt=0, description="connections the kernel queues before they are accepted")
+
+
 class Web(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="base URL of job pages in reports")
+    limits: WebLimits = WebLimits()
     # Pages of private trees open only with a signed link (the one a forge report carries) or an operator token.
     link_key_file: Path | None = Field(None, description="HMAC key signing private trees' page links (32+ bytes); "
                                        "unset: data_dir/link-key, made on first use, mode 0600")  # fmt: skip
@@ -162,6 +232,7 @@ class Config(_Strict):
     web: Web = Web()
     github: GitHubApp | None = None
     caps: Caps = Caps()
+    retries: Retries = Retries()
     sandbox: Sandbox = Sandbox()
     trees: list[Tree] = []
     device_classes: list[DeviceClass] = [

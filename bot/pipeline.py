@@ -26,6 +26,7 @@ from bot.core.progress import (
 from bot.credentials import remove_checkout_credential, write_checkout_credential
 from bot.runtime import Runtime
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
+from bot.store.once import once_done, record_once
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
 from workers.errors import UserError
 from workers.spec import (
@@ -107,8 +108,17 @@ def check_submission(runtime: Runtime, submission: Submission) -> None:
             raise UserError(f"{name}: {len(data)} bytes is over the {cap} byte patch cap; nothing was stored")
 
 
-def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None) -> int:
-    """Record the revision and a queued pipeline, then hand it to the control queue."""
+def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = None, *,
+           once_key: str | None = None) -> int:  # fmt: skip
+    """Record the revision and a queued pipeline, then hand it to the control queue.
+    With `once_key` (bot/store/once.py), a second call returns the first call's pipeline."""
+    if once_key is not None:
+        with runtime.store.session() as session:
+            done = once_done(session, once_key)
+        if done is not None:
+            # The first attempt may have committed and then failed to enqueue: starting is idempotent.
+            app.send_task(START_PIPELINE_TASK, args=[int(done)], queue=CONTROL_QUEUE)
+            return int(done)
     check_submission(runtime, submission)
     patch_refs = [
         {"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches
@@ -128,6 +138,8 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
         session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE,
                         spec=checkout.model_dump(mode="json")))  # fmt: skip
         pipeline_id = pipeline.id
+        if once_key is not None:
+            record_once(session, once_key, str(pipeline_id))
     app.send_task(START_PIPELINE_TASK, args=[pipeline_id], queue=CONTROL_QUEUE)
     return pipeline_id
 
@@ -370,6 +382,13 @@ def record_delivery(
     except IntegrityError:
         return False
     return True
+
+
+def delivery_status(runtime: Runtime, source: str, delivery_id: str) -> str | None:
+    with runtime.store.session() as session:
+        return session.scalar(
+            select(Delivery.status).where(Delivery.source == source, Delivery.delivery_id == delivery_id)
+        )
 
 
 def mark_delivery(runtime: Runtime, source: str, delivery_id: str, status: str, detail: str) -> None:

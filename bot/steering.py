@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from bot.pipeline import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
 from bot.runtime import Runtime
 from bot.store.models import Job, Pipeline, TestResult, utcnow
+from bot.store.once import once_done, record_once
 from workers.app import app
 
 
@@ -36,11 +37,15 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
 
 
 def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = None,
-                  requested_by: str = "") -> int | None:  # fmt: skip
+                  requested_by: str = "", *, once_key: str | None = None) -> int | None:  # fmt: skip
     """A new pipeline for the same revision that runs again only what did not pass
-    (or only `job_name`); what passed is carried over. The new pipeline's id."""
+    (or only `job_name`); what passed is carried over. The new pipeline's id.
+    With `once_key` (bot/store/once.py), a second call returns the first call's pipeline."""
     outbox = Outbox()
     with runtime.store.session() as session:
+        done = once_done(session, once_key) if once_key is not None else None
+        if done is not None:
+            return int(done)
         old = session.get(Pipeline, pipeline_id)
         if old is None or old.state != "done":
             return None
@@ -79,6 +84,8 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
         finish_if_done(session, new)
         report_after(new, outbox)
         new_id = new.id
+        if once_key is not None:
+            record_once(session, once_key, str(new_id))
     outbox.send()
     return new_id
 

@@ -3,21 +3,30 @@ Job results are recorded by bot/result_tasks.py, in a worker of their own."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
+from typing import NoReturn
+
+from celery import Task
 
 from bot import pipeline
 from bot.core.events import event_from_json
-from bot.forges.github.client import GitHubApp
+from bot.forges.github.client import GitHubApp, classify_error
 from bot.forges.github.intake import handle_event
 from bot.forges.github.reporter import sync_checks
-from bot.pipeline import mark_delivery
+from bot.forges.github.resync import RESYNC_TASK, resync_open_pulls
+from bot.pipeline import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
-from bot.runtime import runtime_from_env
+from bot.retrying import describe, is_transient, retry_delay
+from bot.runtime import Runtime, runtime_from_env
 from workers.app import app
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# Each forge adapter's reading of its own errors (which mean "later", and how much later).
+CLASSIFIERS = (classify_error,)
 
 
 @app.task(name=pipeline.START_PIPELINE_TASK)
@@ -36,17 +45,56 @@ def github_app() -> GitHubApp:
     )
 
 
-@app.task(name="bot.github_event")
-def github_event(event_json: str, delivery_id: str) -> None:
+def retry_or_fail(task: Task, exc: BaseException, runtime: Runtime, on_give_up: Callable[[str], None]) -> NoReturn:
+    """Raise Celery's Retry after a forge or infrastructure error, with backoff; else (or once the
+    retries are spent) record why on `on_give_up` and re-raise. The tasks are idempotent, so a
+    retry repeats nothing the first attempt did (bot/store/once.py, bot/forges/github/reporter.py)."""
+    retries = runtime.config.retries
+    attempt = task.request.retries
+    if is_transient(exc, CLASSIFIERS) and attempt < retries.attempts:
+        delay = retry_delay(attempt, exc, base_s=retries.base_s, max_s=retries.max_s, classifiers=CLASSIFIERS)
+        log.warning("%s: %s; retry %d of %d in %.1f s", task.name, describe(exc), attempt + 1, retries.attempts, delay)
+        raise task.retry(exc=exc, countdown=delay, max_retries=retries.attempts)
+    log.error("%s: %s; giving up after %d attempts", task.name, describe(exc), attempt + 1)
+    with contextlib.suppress(Exception):  # the store may be what failed
+        on_give_up(f"failed after {attempt + 1} attempts: {describe(exc)}")
+    raise exc
+
+
+@app.task(name="bot.github_event", bind=True)
+def github_event(self: Task, event_json: str, delivery_id: str) -> None:
     runtime = runtime_from_env()
-    done = handle_event(runtime, github_app(), event_from_json(event_json))
+    if delivery_status(runtime, "github", delivery_id) == "handled":
+        return  # a message Celery delivered again after the first run committed
+    try:
+        done = handle_event(runtime, github_app(), event_from_json(event_json), delivery_id)
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, partial(mark_delivery, runtime, "github", delivery_id, "failed"))
     log.info("github delivery %s: %s", delivery_id, "; ".join(done))
     mark_delivery(runtime, "github", delivery_id, "handled", "\n".join(done))
 
 
-@app.task(name=pipeline.REPORT_TASK)
-def report(pipeline_id: int) -> None:
+@app.task(name=pipeline.REPORT_TASK, bind=True)
+def report(self: Task, pipeline_id: int) -> None:
     """Bring the forge's view of a pipeline up to date (idempotent: repeats send nothing)."""
     runtime = runtime_from_env()
-    if runtime.config.github is not None:
+    if runtime.config.github is None:
+        return
+    try:
         sync_checks(runtime, github_app(), pipeline_id)
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, lambda why: log.error("report of pipeline %d: %s", pipeline_id, why))
+
+
+@app.task(name=RESYNC_TASK, bind=True)
+def github_resync(self: Task) -> None:
+    """Handle open pull requests' heads no webhook told of (bot/forges/github/resync.py)."""
+    runtime = runtime_from_env()
+    if runtime.config.github is None:
+        return
+    try:
+        done = resync_open_pulls(runtime, github_app())
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, lambda why: log.error("resync: %s", why))
+    if done:
+        log.info("resync: %s", "; ".join(done))

@@ -12,7 +12,7 @@ from bot.config import Config
 from bot.runtime import open_runtime
 from bot.services import open_services, worker_groups
 from bot.supervise import labgate_argv
-from workers.app import configure
+from workers.app import CONTROL_QUEUE, app, configure
 
 SUPERVISE_INTERVAL_S = 1.0
 
@@ -56,11 +56,25 @@ def run_up(config: Config, config_path: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    resync_every = config.github.resync_interval_s if config.github is not None else 0
+    next_resync = time.monotonic()  # at start too: deliveries may have been lost while labgate was down
     try:
         while not stopping:
             for name in services.supervisor.restart_dead():
                 print(f"labgate up: restarted {name}", flush=True)
+            if resync_every and time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + resync_every
+                _enqueue_resync()
             time.sleep(SUPERVISE_INTERVAL_S)
     finally:
         services.stop()
     return 0
+
+
+def _enqueue_resync() -> None:
+    from bot.forges.github.resync import RESYNC_TASK
+
+    try:
+        app.send_task(RESYNC_TASK, queue=CONTROL_QUEUE)
+    except Exception as exc:  # the broker restarting: the next turn tries again
+        print(f"labgate up: could not queue the resync: {exc}", flush=True)

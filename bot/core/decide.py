@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from bot.core.commands import Command, parse_commands, render_help
-from bot.core.events import ChangeEvent, CommentEvent, RerunEvent
+from bot.core.events import ChangeEvent, CommentEvent, RerunEvent, as_utc
 from bot.core.trust import Approval, Tier, TrustPolicy, approval_matches, may_approve, render_waiting_text, tier_for
 
 
@@ -168,12 +168,7 @@ def _saw_head(event: CommentEvent, state: ChangeState) -> bool:
     forges stamp comments to the second, so one written in the second of the push is refused."""
     if event.created_at is None or state.head_seen_at is None:
         return False
-    return _utc(state.head_seen_at) < _utc(event.created_at)
-
-
-def _utc(moment: datetime) -> datetime:
-    # A store may hand back naive UTC times (SQLite); forges send aware ones.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return as_utc(state.head_seen_at) < as_utc(event.created_at)
 
 
 def decide_rerun(event: RerunEvent, state: ChangeState | None, policy: TrustPolicy) -> list[Action]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
 ChangeAction = Literal["opened", "updated", "reopened", "ready", "drafted", "closed"]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC: a store may hand back naive UTC times (SQLite); forges send aware ones."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class ChangeEvent:
     sender: Actor
     draft: bool = False
     merged: bool = False
+    # The forge's own time of this state of the change (GitHub: pull_request.updated_at): when the
+    # head was stamped, on the forge's clock, the one comments are stamped with too.
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ def first_error_lines(log: str, limit: int = 12) -> str:
 def outcome_word(job: JobView) -> str:
     if job.state != "done":
         return job.state
+    if job.error_code == "cancelled":
+        return "cancelled"
     if job.error_code in ("user-error", "infra-error") or job.result is None:
         return "error"
     if job.error_code:

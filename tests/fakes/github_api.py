@@ -151,6 +151,7 @@ class _Pull:
     state: str
     id: int
     created_at: str
+    updated_at: str
 
 
 @dataclass
@@ -161,6 +162,8 @@ class _Failure:
     headers: dict[str, str]
     body: Any
     remaining: int
+    # True: the request takes effect and only its answer is replaced (a proxy's 502 after GitHub acted).
+    after_effect: bool = False
 
 
 class _ApiError(Exception):
@@ -374,7 +377,7 @@ class FakeGitHub:
             self._pulls[(_key(full), number)] = _Pull(
                 full, number, head_sha.lower(), head_ref, base_ref, base_sha.lower(), user_login,
                 author_association, head_repo, title or f"Pull request {number}", draft, state,
-                old.id if old else next(self._ids), old.created_at if old else _iso(self.now()),
+                old.id if old else next(self._ids), old.created_at if old else _iso(self.now()), _iso(self.now()),
             )  # fmt: skip
             self._add_user(user_login)
             self._branches[_key(full)][base_ref] = base_sha.lower()
@@ -484,6 +487,13 @@ class FakeGitHub:
         with self._lock:
             self._failures.append(failure)
 
+    def lose_answer_next(self, method: str, path_regex: str, status: int = 502, times: int = 1) -> None:
+        """Carry out the next `times` matching requests, then answer `status` as if the answer had been lost
+        on the way back (GitHub acted; the client cannot know)."""
+        self.fail_next(method, path_regex, status, times=times)
+        with self._lock:
+            self._failures[-1].after_effect = True
+
     def fail_primary_rate_limit(self, method: str, path_regex: str, reset_in: float = 60, times: int = 1) -> None:
         """GitHub's answer once the hourly budget is spent: 403, X-RateLimit-Remaining 0, reset epoch."""
         with self._lock:
@@ -514,6 +524,7 @@ class FakeGitHub:
             ("GET", repo + "/installation", self._get_repo_installation, jwt_auth, None),
             ("GET", "/rate_limit", self._get_rate_limit, none, None),
             ("GET", repo, self._get_repo, installation, ("metadata", "read")),
+            ("GET", repo + "/pulls", self._list_pulls, installation, ("pull_requests", "read")),
             ("GET", repo + "/pulls/{pull_number}", self._get_pull, installation, ("pull_requests", "read")),
             ("GET", repo + "/issues/{issue_number}", self._get_issue, installation, ("issues|pull_requests", "read")),
             ("POST", repo + "/issues/{issue_number}/comments", self._create_comment, installation,
@@ -569,11 +580,15 @@ class FakeGitHub:
                  ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
         bucket = "ip"
         try:
+            lost = None
             for failure in self._failures:
                 if failure.method in ("*", method) and failure.pattern.fullmatch(path):
                     failure.remaining -= 1
                     if failure.remaining <= 0:
                         self._failures.remove(failure)
+                    if failure.after_effect:
+                        lost = failure
+                        break
                     return failure.status, failure.body, _merge(self._rate_headers(bucket), failure.headers)
             if body is _UNPARSEABLE:
                 raise _ApiError(400, "Problems parsing JSON")
@@ -584,6 +599,8 @@ class FakeGitHub:
                 self._spend(bucket, token)
             self._authorize(endpoint, token, params)
             result = endpoint.handler(_Call(params, query, body, token, path))
+            if lost is not None:
+                return lost.status, lost.body, _merge(self._rate_headers(bucket), lost.headers)
             status, payload, extra = (*result, {})[:3]
             return status, payload, _merge(self._rate_headers(bucket), extra)
         except (KeyError, TypeError, ValueError, AttributeError) as bug:  # in the fake: say so, and record it
@@ -785,7 +802,7 @@ class FakeGitHub:
                 "statuses_url": f"{api}/statuses/{pull.head_sha}",
                 "number": pull.number, "state": pull.state, "locked": False, "title": pull.title,
                 "user": self._user_json(pull.user_login), "body": None, "labels": [], "milestone": None,
-                "created_at": pull.created_at, "updated_at": pull.created_at, "closed_at": None, "merged_at": None,
+                "created_at": pull.created_at, "updated_at": pull.updated_at, "closed_at": None, "merged_at": None,
                 "merge_commit_sha": None, "assignee": None, "assignees": [], "requested_reviewers": [],
                 "requested_teams": [], "head": side(pull.head_ref, pull.head_sha, head_repo, head_owner),
                 "base": side(pull.base_ref, pull.base_sha, repo, repo.full_name.split("/")[0]),
@@ -896,6 +913,20 @@ class FakeGitHub:
         if pull is None:
             raise _ApiError(404, "Not Found")
         return pull
+
+    def _list_pulls(self, call: _Call) -> tuple[Any, ...]:
+        # "pull-request-simple" items: the full object less what only GET /pulls/{n} computes.
+        repo = self._call_repo(call)
+        state = call.query.get("state", "open")
+        if state not in ("open", "closed", "all"):
+            raise _invalid(f"state: {state!r} is not one of open, closed, all")
+        pulls = sorted((p for p in self._pulls.values() if _key(p.repo) == _key(repo.full_name)
+                        and state in ("all", p.state)), key=lambda p: -p.number)  # fmt: skip
+        page, headers = self._page(call, pulls)
+        detail_only = ("merged", "mergeable", "mergeable_state", "merged_by", "comments", "review_comments",
+                       "maintainer_can_modify", "commits", "additions", "deletions", "changed_files")  # fmt: skip
+        items = [{k: v for k, v in self._pull_json(p).items() if k not in detail_only} for p in page]
+        return 200, items, headers
 
     def _get_pull(self, call: _Call) -> tuple[Any, ...]:
         return 200, self._pull_json(self._find_pull(call, "pull_number"))

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
+from urllib.parse import urlencode
 
-from github import Auth, Github, GithubRetry
+from github import Auth, Github, GithubException, GithubIntegration, GithubRetry, RateLimitExceededException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
+from bot.retrying import Verdict
+
 # Check updates must be retried too (PATCH), and 429 like 403: both are how GitHub
 # says "slow down"; GithubRetry reads Retry-After and X-RateLimit-Reset for them.
+# POST is not retried here: a 502 may come after GitHub created the check run or comment, and
+# posting again would make a second one. The task retries instead, and looks before it creates
+# (bot/forges/github/reporter.py).
 RETRY_STATUSES = [429, *range(500, 600)]
-RETRY_METHODS = frozenset({"GET", "POST", "PATCH"})
+RETRY_METHODS = frozenset({"GET", "PATCH"})
 
 
 def make_retry(
@@ -51,6 +58,37 @@ def mint_read_token(app_id: int, private_key: str, api_url: str, full_name: str,
         return str(minted.json()["token"])
 
 
+def classify_error(exc: BaseException) -> Verdict | None:
+    """GitHub's answers that mean "later": 5xx, 429, and a rate limit's 403 (with when to come back)."""
+    if isinstance(exc, RateLimitExceededException):
+        return Verdict(True, _asked_wait(exc))
+    if not isinstance(exc, GithubException):
+        return None
+    limited = exc.status == 429 or (exc.status == 403 and _is_rate_limit(exc))
+    return Verdict(exc.status >= 500 or limited, _asked_wait(exc) if limited else None)
+
+
+def _headers(exc: GithubException) -> dict[str, str]:
+    return {k.lower(): v for k, v in (exc.headers or {}).items()}
+
+
+def _is_rate_limit(exc: GithubException) -> bool:
+    headers = _headers(exc)
+    message = str(exc.data.get("message", "")) if isinstance(exc.data, dict) else ""
+    return headers.get("x-ratelimit-remaining") == "0" or "retry-after" in headers or "rate limit" in message.lower()
+
+
+def _asked_wait(exc: GithubException) -> float | None:
+    headers = _headers(exc)
+    retry_after = headers.get("retry-after", "")
+    if retry_after.isdigit():
+        return float(retry_after)
+    reset = headers.get("x-ratelimit-reset", "")
+    if headers.get("x-ratelimit-remaining") == "0" and reset.isdigit():
+        return max(0.0, float(reset) - time.time() + 1)
+    return None
+
+
 class GitHubApp:
     """One App; a cached `Github` per installation. PyGithub's AppInstallationAuth keeps the
     installation token and renews it shortly before it expires, so tokens never leave this object."""
@@ -64,6 +102,7 @@ class GitHubApp:
         write_interval_s: float = 1.0,
     ) -> None:
         self._auth = Auth.AppAuth(app_id, private_key)
+        self._app_id = app_id
         self._api_url = api_url.rstrip("/")
         self._retry = retry or make_retry()
         self._write_interval_s = write_interval_s
@@ -85,6 +124,20 @@ class GitHubApp:
                 )
                 self._clients[installation_id] = client
             return client
+
+    def installation_for(self, full_name: str) -> int | None:
+        """The App's installation on the repository (GET /repos/{owner}/{repo}/installation, as the
+        App), or None when the App is not installed there."""
+        owner, _, name = full_name.partition("/")
+        integration = GithubIntegration(auth=self._auth, base_url=self._api_url, retry=self._retry)
+        try:
+            return int(integration.get_repo_installation(owner, name).id)
+        except GithubException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        finally:
+            integration.close()
 
     def repo(self, installation_id: int, full_name: str) -> Repository:
         # lazy=True: no GET /repos/{owner}/{repo} before every call.
@@ -113,6 +166,22 @@ class GitHubApp:
     def create_check(self, installation_id: int, full_name: str, body: dict[str, Any]) -> int:
         """POST a check run (name, head_sha, status, ...); its id."""
         return int(self._call(installation_id, "POST", f"/repos/{full_name}/check-runs", body)["id"])
+
+    def find_check(self, installation_id: int, full_name: str, head_sha: str, name: str,
+                   external_id: str) -> int | None:  # fmt: skip
+        """The id of this App's check run `name` on `head_sha` carrying `external_id`, if GitHub has one:
+        a create whose answer was lost may still have made it."""
+        path = f"/repos/{full_name}/commits/{head_sha}/check-runs"
+        query = urlencode({"check_name": name, "filter": "all", "per_page": 100})
+        data = self._get(installation_id, f"{path}?{query}")
+        for run in data.get("check_runs", []):
+            if run.get("external_id") == external_id and (run.get("app") or {}).get("id") == self._app_id:
+                return int(run["id"])
+        return None
+
+    def open_pulls(self, installation_id: int, full_name: str) -> list[PullRequest]:
+        """Every open pull request of the repository (GET /pulls, paginated by PyGithub)."""
+        return list(self.repo(installation_id, full_name).get_pulls(state="open"))
 
     def update_check(self, installation_id: int, full_name: str, check_id: int, body: dict[str, Any]) -> None:
         self._call(installation_id, "PATCH", f"/repos/{full_name}/check-runs/{check_id}", body)

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
 from bot.forges.github.client import GitHubApp
+from bot.links import job_page_url
 from bot.runtime import Runtime
 from bot.store.models import ForgeCheck, Job, Pipeline, Revision
 from bot.views import job_view
@@ -106,23 +108,52 @@ def _body(state: CheckState, details_url: str | None) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class CheckWrite:
+    """What one job's check run should say, read from the store before any HTTP call."""
+
+    job_id: int
+    pipeline_id: int
+    name: str
+    state: CheckState
+    details_url: str
+    check_id: int | None  # None: not created on GitHub yet (as far as the store knows)
+    claimed: bool  # a forge_check row exists: an earlier sync may have sent the create
+
+
+@dataclass(frozen=True)
+class Target:
+    installation: int
+    repo: str
+    head_sha: str
+
+
 def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
-    """Bring every job's check run up to date; returns how many requests were made."""
-    requests = 0
-    public = (runtime.config.web.public_url or f"http://{runtime.config.web.host}:{runtime.config.web.port}").rstrip(
-        "/"
-    )
+    """Bring every job's check run up to date; returns how many requests were made.
+
+    No transaction spans an HTTP call: the desired states are read first, then each check run is
+    written and its new id and rank are committed at once, on their own. A sync that fails half-way
+    (GitHub down, the worker killed) leaves every check it did write recorded, and the retry
+    continues from there. A create whose answer was lost is found on GitHub before it is re-sent."""
+    target, writes = _plan(runtime, pipeline_id)
+    if target is None:
+        return 0
+    return sum(_write(runtime, github, target, write) for write in writes)
+
+
+def _plan(runtime: Runtime, pipeline_id: int) -> tuple[Target | None, list[CheckWrite]]:
     with runtime.store.session() as session:
         pipeline = session.get(Pipeline, pipeline_id)
         if pipeline is None or not pipeline.revision.change.forge_repo:
-            return 0
+            return None, []
         change = pipeline.revision.change
         head_sha = pipeline.revision.head_sha
         repo, installation = change.forge_repo, change.installation_id
         if installation is None or not head_sha or not repo:
-            return 0
+            return None, []
         earlier = _earlier_failures(session, pipeline)
         compared = _post_merge_comparison(session, pipeline)
+        writes = []
         for job in pipeline.jobs:
             if job.reused_from_id is not None:
                 continue  # its check from the earlier run still says it passed
@@ -131,38 +162,68 @@ def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
             if compared and state.status == "completed" and job.kind == "test":
                 state = replace(state, summary=(compared + "\n\n" + state.summary)[:65000])
             check = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job.id))
-            if check is None:
-                check = ForgeCheck(
-                    job_id=job.id,
-                    pipeline_id=pipeline.id,
-                    forge="github",
-                    repo=repo,
-                    head_sha=head_sha,
-                    name=check_name(view),
-                    sent_rank=0,
-                )
-                session.add(check)
-            if state.rank <= check.sent_rank:
+            if check is not None and state.rank <= check.sent_rank:
                 continue  # an older state never overwrites a newer one
-            body = _body(state, f"{public}/jobs/{job.id}")
-            annotations = list(state.annotations)
-            body["output"]["annotations"] = annotations[:MAX_ANNOTATIONS_PER_REQUEST]
-            if check.check_id is None:
-                check.check_id = github.create_check(
-                    installation, repo, {"name": check.name, "head_sha": head_sha, "external_id": str(job.id), **body}
-                )
-            else:
-                github.update_check(installation, repo, check.check_id, body)
+            writes.append(CheckWrite(
+                job_id=job.id, pipeline_id=pipeline.id, name=check.name if check else check_name(view), state=state,
+                details_url=job_page_url(runtime, job),  # signed when the tree is private
+                check_id=check.check_id if check else None, claimed=check is not None,
+            ))  # fmt: skip
+        return Target(installation, repo, head_sha), writes
+
+
+def _write(runtime: Runtime, github: GitHubApp, target: Target, write: CheckWrite) -> int:
+    """One job's check run brought to `write.state`; how many requests that took."""
+    body = _body(write.state, write.details_url)
+    annotations = list(write.state.annotations)
+    body["output"]["annotations"] = annotations[:MAX_ANNOTATIONS_PER_REQUEST]
+    requests = 1
+    check_id = write.check_id
+    if check_id is None:
+        fresh = _claim(runtime, target, write)
+        if not fresh:
             requests += 1
-            for start in range(MAX_ANNOTATIONS_PER_REQUEST, len(annotations), MAX_ANNOTATIONS_PER_REQUEST):
-                batch = annotations[start : start + MAX_ANNOTATIONS_PER_REQUEST]
-                github.update_check(
-                    installation, repo, check.check_id, {"output": {**body["output"], "annotations": batch}}
-                )
-                requests += 1
-            check.sent_rank = state.rank
-            session.flush()
+            check_id = github.find_check(target.installation, target.repo, target.head_sha, write.name,
+                                         str(write.job_id))  # fmt: skip
+    if check_id is None:
+        check_id = github.create_check(target.installation, target.repo,
+                                       {"name": write.name, "head_sha": target.head_sha,
+                                        "external_id": str(write.job_id), **body})  # fmt: skip
+        _store(runtime, write.job_id, check_id=check_id)
+    else:
+        github.update_check(target.installation, target.repo, check_id, body)
+    for start in range(MAX_ANNOTATIONS_PER_REQUEST, len(annotations), MAX_ANNOTATIONS_PER_REQUEST):
+        batch = annotations[start : start + MAX_ANNOTATIONS_PER_REQUEST]
+        github.update_check(target.installation, target.repo, check_id,
+                            {"output": {**body["output"], "annotations": batch}})  # fmt: skip
+        requests += 1
+    _store(runtime, write.job_id, check_id=check_id, rank=write.state.rank)
     return requests
+
+
+def _claim(runtime: Runtime, target: Target, write: CheckWrite) -> bool:
+    """The job's forge_check row, made (and committed) before its check run is created; False when
+    it was there already: an earlier attempt may have reached GitHub, so look before creating."""
+    if write.claimed:
+        return False
+    try:
+        with runtime.store.session() as session:
+            session.add(ForgeCheck(job_id=write.job_id, pipeline_id=write.pipeline_id, forge="github", repo=target.repo,
+                                   head_sha=target.head_sha, name=write.name, sent_rank=0))  # fmt: skip
+    except IntegrityError:
+        return False  # another sync of this pipeline claimed it meanwhile
+    return True
+
+
+def _store(runtime: Runtime, job_id: int, *, check_id: int, rank: int | None = None) -> None:
+    """Record what GitHub now shows, in its own short transaction; the rank only ever rises."""
+    with runtime.store.session() as session:
+        check = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job_id).with_for_update())
+        if check is None:
+            return
+        check.check_id = check_id
+        if rank is not None and rank > check.sent_rank:
+            check.sent_rank = rank
 
 
 def _test_statuses(pipeline: Pipeline) -> dict[str, str]:

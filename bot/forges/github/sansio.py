@@ -236,8 +236,21 @@ def _pull_request(payload: _Payload) -> ParseOutcome:
         sender=_user(payload.obj("sender")),
         draft=pr.flag("draft"),
         merged=pr.flag("merged"),
+        updated_at=_timestamp(pr.optional_str("updated_at")),
     )
     return ParseOutcome(event, f"pull request #{number} {action}: change {ours}")
+
+
+def change_event_from_pull(pull: dict[str, Any], installation_id: int) -> ChangeEvent:
+    """A pull request as GET /repos/{owner}/{repo}/pulls/{number} returns it, as the event a
+    `synchronize` delivery of that state would have carried: for heads no webhook told of. The
+    same field checks as a delivery's (MalformedPayload says which field is wrong)."""
+    where = _Payload(pull, "pull")
+    payload = {"action": "synchronize", "pull_request": pull, "repository": where.obj("base").obj("repo").data,
+               "installation": {"id": installation_id}, "sender": where.obj("user").data}  # fmt: skip
+    event = _pull_request(_Payload(payload, "")).event
+    assert isinstance(event, ChangeEvent)  # "synchronize" always makes one
+    return event
 
 
 def _issue_comment(payload: _Payload) -> ParseOutcome:
