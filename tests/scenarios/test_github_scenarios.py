@@ -3,7 +3,6 @@ FakeGitHub (driven through PyGithub) recording what labgate asked of it."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import json
@@ -23,8 +22,8 @@ from bot.services import Services, open_services, start_all_workers
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.github_api import FakeGitHub
+from tests.samples import github_payload, sent_now
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "github" / "octokit-webhooks"
 REPO = "octo-org/hello"
 INSTALLATION = 77
 SECRET = "It's a Secret to Everybody"
@@ -66,7 +65,7 @@ class World:
 
     def pull_payload(self, action: str, number: int, head_sha: str, *, author: str = "alice",
                      association: str = "MEMBER") -> dict[str, Any]:  # fmt: skip
-        payload = copy.deepcopy(json.loads((FIXTURES / "pull_request" / "opened.payload.json").read_text()))
+        payload = sent_now(github_payload("pull_request/opened.json"))
         payload["action"], payload["number"] = action, number
         payload["installation"] = {"id": INSTALLATION, "node_id": "x"}
         payload["repository"]["full_name"] = REPO
@@ -79,14 +78,13 @@ class World:
         return payload
 
     def comment_payload(self, number: int, body: str, *, login: str = "maint") -> dict[str, Any]:
-        payload = copy.deepcopy(json.loads((FIXTURES / "issue_comment" / "created.payload.json").read_text()))
+        payload = sent_now(github_payload("issue_comment/created.json"))
         payload["installation"] = {"id": INSTALLATION, "node_id": "x"}
         payload["repository"]["full_name"] = REPO
-        # octokit's samples are comments on plain issues; a PR comment carries issue.pull_request.
         payload["issue"]["number"] = number
         payload["issue"]["pull_request"] = {"url": f"{self.fake.base_url}/repos/{REPO}/pulls/{number}"}
         payload["comment"]["body"], payload["comment"]["user"]["login"] = body, login
-        # Written now, stamped to the second as GitHub does (the sample's 2019 time would predate every
+        # Written now, stamped to the second as GitHub does (the sample's own time would predate every
         # head): the next second, so that it is after the head labgate heard of just before.
         payload["comment"]["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
         payload["comment"]["user"]["type"], payload["comment"]["author_association"] = "User", "MEMBER"
@@ -191,7 +189,7 @@ def test_fail_patch_fails_naming_the_test(world: World) -> None:
     # The Re-run button (check_run rerequested) repeats only the failed job.
     build_posts = len([r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$")
                        if r.json["name"] == "labgate / build x86_64"])  # fmt: skip
-    rerun = copy.deepcopy(json.loads((FIXTURES / "check_run" / "rerequested.payload.json").read_text()))
+    rerun = sent_now(github_payload("check_run/rerequested.json"))
     rerun["installation"] = {"id": INSTALLATION, "node_id": "x"}
     rerun["repository"]["full_name"] = REPO
     rerun["check_run"]["head_sha"], rerun["check_run"]["id"] = sha, unit["id"]
@@ -277,10 +275,10 @@ def test_redelivery_is_a_no_op(world: World) -> None:
 
 
 def test_ignored_events_say_why(world: World) -> None:
-    ping = json.loads((FIXTURES / "ping" / "payload.json").read_text())
+    ping = sent_now(github_payload("ping/payload.json"))
     answer = world.post("ping", ping)
     assert answer.status_code == 202 and answer.json()["status"] in ("ignored", "accepted")
-    assert world.post("status", json.loads((FIXTURES / "status" / "payload.json").read_text())).json()["reason"]
+    assert world.post("status", github_payload("status/payload.json")).json()["reason"]
     malformed = world.client.post(
         "/hooks/github",
         content=b"{not json",
@@ -358,7 +356,7 @@ def test_speculative_merge_conflict_names_base_and_files(world: World) -> None:
 
 
 def test_staging_push_runs_post_merge_and_lists_new_failures_first(world: World) -> None:
-    push = json.loads((FIXTURES / "push" / "with-new-branch.payload.json").read_text())
+    push = sent_now(github_payload("push/new-branch.json"))
     push["installation"] = {"id": INSTALLATION, "node_id": "x"}
     push["repository"]["full_name"] = REPO
     good = world.push_pull(10, PATCHES / "pass.patch")
@@ -403,3 +401,19 @@ def test_compiler_warnings_on_changed_lines_become_annotations(world: World) -> 
     annotations = build["output"]["annotations"]
     assert [(a["path"], a["start_line"], a["annotation_level"]) for a in annotations] == [("src/mathx.c", 6, "warning")]
     assert "unused_here" in annotations[0]["message"]
+
+
+def test_a_lost_answer_mid_sync_leaves_one_check_run_per_job(world: World) -> None:
+    """GitHub creates the first check run of a pipeline but its answer is lost (a 502 from the edge
+    after the fact). The report task fails mid-sync and is retried by Celery with backoff; every
+    later sync looks the unanswered create up before posting. Exactly one check run per job, each
+    in its final state."""
+    sha = world.push_pull(31, PATCHES / "pass.patch")
+    world.fake.lose_answer_next("POST", rf"/repos/{REPO}/check-runs", 502)
+    world.post("pull_request", world.pull_payload("opened", 31, sha))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+    mine = [r for r in world.fake.check_runs(REPO) if r["head_sha"] == sha]
+    assert sorted(r["name"] for r in mine) == sorted(PIPELINE_CHECKS), "one check run per job, none doubled"
+    lost = [r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$") if r.status == 502]
+    assert len(lost) == 1 and lost[0].json["head_sha"] == sha
