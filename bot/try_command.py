@@ -122,7 +122,10 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
     head = view.head_sha[:12] if view.head_sha else "-"
     console.print(f"result: {view.result} (head {head} on {base})", markup=False)
     details = pipeline_page_url(config, config.resolved_data_dir(), view.id, view.tree)
+    served = "served by `labgate up`"
     if tree_is_private(config, view.tree):
-        details += f" (private tree: a signed link to this pipeline only, for {config.web.link_lifetime_days} days)"
-    console.print(f"details: {details} (served by `labgate up`)", markup=False, highlight=False)
+        days = config.web.link_lifetime_days
+        served += f"; private tree: this signed link opens pipeline {view.id} only, for {days} days"
+    # Never wrapped: a link broken over two lines cannot be clicked or copied.
+    console.print(f"details: {details} ({served})", markup=False, highlight=False, soft_wrap=True)
     return exit_code_for(view.result)

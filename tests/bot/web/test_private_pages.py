@@ -50,7 +50,7 @@ class Site:
 
     def urls(self, seeded: Seeded) -> list[str]:
         """Every URL the app serves for one pipeline, from the app's own route table."""
-        return pipeline_urls(self.client.app, seeded)  # type: ignore[arg-type]
+        return pipeline_urls(routes_of(self.client), seeded)
 
     def link(self, seeded: Seeded, path: str, tree: str = "secret") -> str:
         return page_url(self.runtime.config, self.runtime.data_dir, path, tree, seeded.pipeline_id).removeprefix(
@@ -58,9 +58,15 @@ class Site:
         )
 
 
-def pipeline_urls(app: Starlette, seeded: Seeded) -> list[str]:
+def routes_of(client: TestClient) -> list[BaseRoute]:
+    assert isinstance(client.app, Starlette)
+    return client.app.routes
+
+
+def pipeline_urls(routes: list[BaseRoute], seeded: Seeded) -> list[str]:
+    """Every URL the routes serve for one pipeline: each job's and the pipeline's."""
     urls = []
-    for route in app.routes:
+    for route in routes:
         if not isinstance(route, Route) or route.path in OPEN_ROUTES:
             continue
         params = set(route.param_convertors)
@@ -152,18 +158,17 @@ def _hrefs(html: str) -> list[str]:
 
 
 def test_every_route_serving_pipeline_data_goes_through_the_access_check(site: Site) -> None:
-    app = site.client.app
-    assert isinstance(app, Starlette)
-    paths = {getattr(r, "path", "") for r in app.routes}
+    routes = routes_of(site.client)
+    paths = {getattr(r, "path", "") for r in routes}
     assert {"/jobs/{job_id}", "/jobs/{job_id}/log", "/pipelines/{pipeline_id}", "/hooks/github"} <= paths
-    assert unguarded_routes(app.routes) == []
+    assert unguarded_routes(routes) == []
 
 
 def test_a_new_route_without_the_check_is_caught(site: Site) -> None:
     async def leak(_: object) -> None:  # pragma: no cover - never served
         return None
 
-    routes = [*site.client.app.routes, Route("/api/pipelines/{pipeline_id}", leak)]  # type: ignore[attr-defined]
+    routes = [*routes_of(site.client), Route("/api/pipelines/{pipeline_id}", leak)]
     assert unguarded_routes(routes) == ["/api/pipelines/{pipeline_id}"]
 
 
