@@ -19,20 +19,20 @@ SUPERVISE_INTERVAL_S = 1.0
 
 def run_web(config: Config, config_path: Path | None) -> int:
     """The web app alone. Started by `labgate up` it gets the broker in its environment;
-    started by hand it finds (or starts, and later stops) the broker like any command."""
-    import uvicorn
-
+    started by hand it finds (or starts, and later stops) the broker like any command.
+    uvicorn runs under the edge's limits (bot/web/server.py: deadlines, caps, counted refusals)."""
     from bot.web.app import create_app
+    from bot.web.server import run_server
 
     broker_url = os.environ.get("LABGATE_BROKER_URL")
     if broker_url:
         runtime = open_runtime(config)
         configure(broker_url, longest_job_s=max(config.caps.max_build_s, config.caps.max_job_s))
-        uvicorn.run(create_app(runtime), host=config.web.host, port=config.web.port, log_level="warning")
+        run_server(create_app(runtime), config.web)
         return 0
     services = open_services(config, config_path)
     try:
-        uvicorn.run(create_app(services.runtime), host=config.web.host, port=config.web.port, log_level="warning")
+        run_server(create_app(services.runtime), config.web)
     finally:
         services.stop()
     return 0

@@ -1,13 +1,18 @@
-"""Webhook deliveries stored once, in batches, on the hot path: one INSERT ... ON CONFLICT DO NOTHING, no ORM."""
+"""Webhook deliveries stored once, in batches, on the hot path: one INSERT ... ON CONFLICT DO NOTHING, no ORM.
+
+Once means once per delivery id and, for a delivery that carries one, once per body digest: a signed
+body replayed under a new X-GitHub-Delivery conflicts on (source, body_digest) in the same statement,
+so the replay check costs no round trip of its own."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple, Protocol, cast
 
 import psycopg
-from sqlalchemy import Engine, String
+from sqlalchemy import Engine, String, delete
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
@@ -17,11 +22,14 @@ from bot.store.models import Delivery, utcnow
 from workers.errors import ConfigError
 
 # One statement text whatever the batch size, so psycopg prepares it once.
+# ON CONFLICT without a target: a row is skipped on either unique key, delivery id or body digest.
 _PG_INSERT = (
-    "INSERT INTO delivery (source, delivery_id, event, received_at, status, detail) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[]) "
-    "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING source, delivery_id"
+    "INSERT INTO delivery (source, delivery_id, event, received_at, status, detail, body_digest) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], "
+    "%s::text[]) ON CONFLICT DO NOTHING RETURNING source, delivery_id"
 )
+# Rows that carry a digest are forge deliveries (other sources share the table and are never pruned).
+_PG_PRUNE = "DELETE FROM delivery WHERE source = %s AND body_digest IS NOT NULL AND received_at < %s"
 # The connection is pinged after being idle this long (PostgreSQL may have restarted meanwhile);
 # a busy one is not: a round trip per batch is what this module exists to save.
 PING_AFTER_IDLE_S = 10.0
@@ -44,24 +52,32 @@ class DeliveryRow(NamedTuple):
     event: str
     status: str
     detail: str
+    body_digest: str | None = None  # sha256 hex of the raw body; None: deduplicated on the id alone
 
 
 class DeliveryLog(Protocol):
     async def insert(self, rows: Sequence[DeliveryRow]) -> list[bool]:
         """Store the rows in one committed transaction; per row, False when it was stored before
-        (a redelivery, or the same (source, delivery_id) earlier in `rows`)."""
+        (a redelivery or a replay: the same (source, delivery_id) or (source, body_digest) stored
+        already or earlier in `rows`)."""
+        ...
+
+    async def prune(self, source: str, received_before: datetime) -> int:
+        """Forget `source`'s deliveries (and so their digests) received before the time; how many."""
         ...
 
     async def close(self) -> None: ...
 
 
 def _first_seen(rows: Sequence[DeliveryRow]) -> list[bool]:
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     first = []
     for row in rows:
-        key = (row.source, row.delivery_id)
-        first.append(key not in seen)
-        seen.add(key)
+        keys = {("id", row.source, row.delivery_id)}
+        if row.body_digest is not None:
+            keys.add(("digest", row.source, row.body_digest))
+        first.append(not keys & seen)
+        seen |= keys
     return first
 
 
@@ -80,7 +96,7 @@ class PostgresDeliveryLog:
         now = utcnow()
         columns = (
             [r.source for r in fresh], [r.delivery_id for r in fresh], [r.event for r in fresh],
-            [now] * len(fresh), [r.status for r in fresh], [r.detail for r in fresh],
+            [now] * len(fresh), [r.status for r in fresh], [r.detail for r in fresh], [r.body_digest for r in fresh],
         )  # fmt: skip
         connection = await self._connect()
         try:
@@ -93,6 +109,17 @@ class PostgresDeliveryLog:
             raise
         self._used = time.monotonic()
         return [is_first and (row.source, row.delivery_id) in stored for row, is_first in zip(rows, first, strict=True)]
+
+    async def prune(self, source: str, received_before: datetime) -> int:
+        connection = await self._connect()
+        try:
+            cursor = await connection.execute(_PG_PRUNE, (source, received_before))
+        except BaseException:
+            self._connection = None
+            await connection.close()
+            raise
+        self._used = time.monotonic()
+        return cursor.rowcount
 
     async def _connect(self) -> psycopg.AsyncConnection:
         connection = self._connection
@@ -120,8 +147,8 @@ class SqliteDeliveryLog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        insert = sqlite.insert(Delivery).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
-        self.statement = insert.returning(Delivery.id)
+        # No conflict target: either unique key (delivery id, body digest) makes the row a duplicate.
+        self.statement = sqlite.insert(Delivery).on_conflict_do_nothing().returning(Delivery.id)
 
     def _insert(self, rows: Sequence[DeliveryRow]) -> list[bool]:
         now = utcnow()
@@ -132,6 +159,15 @@ class SqliteDeliveryLog:
 
     async def insert(self, rows: Sequence[DeliveryRow]) -> list[bool]:
         return await run_in_threadpool(self._insert, rows)
+
+    def _prune(self, source: str, received_before: datetime) -> int:
+        statement = delete(Delivery).where(Delivery.source == source, Delivery.body_digest.is_not(None),
+                                           Delivery.received_at < received_before)  # fmt: skip
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    async def prune(self, source: str, received_before: datetime) -> int:
+        return await run_in_threadpool(self._prune, source, received_before)
 
     async def close(self) -> None:
         pass

@@ -176,7 +176,11 @@ class Delivery(Base):
     """A forge webhook delivery or a submission, stored before anything is enqueued."""
 
     __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("source", "delivery_id"),)
+    # A replay under a new delivery id has the same body: unique per source while the digest is kept.
+    __table_args__ = (
+        UniqueConstraint("source", "delivery_id"),
+        UniqueConstraint("source", "body_digest", name="uq_delivery_source_body_digest"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     source: Mapped[str] = mapped_column(String(40))
     delivery_id: Mapped[str] = mapped_column(String(200))
@@ -184,3 +188,4 @@ class Delivery(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     status: Mapped[str] = mapped_column(String(20), default="accepted")
     detail: Mapped[str] = mapped_column(Text, default="")
+    body_digest: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 hex of the raw body

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.runtime import Runtime
-from bot.web.hooks import github_hook, open_intake
+from bot.web.hooks import open_github_hook
 from bot.web.pages import page_routes
 
 
@@ -31,10 +31,9 @@ def create_app(runtime: Runtime) -> Starlette:
     ]
     intake = None
     if runtime.config.github is not None:
-        # Fail closed: no readable secret, no app (read_webhook_secret raises ConfigError).
-        secret = runtime.config.github.read_webhook_secret()
-        intake = open_intake(runtime)
-        routes.append(Route("/hooks/github", github_hook(intake, secret), methods=["POST"]))
+        # Fail closed: no readable secret, no app (read_webhook_secrets raises ConfigError).
+        intake, hook = open_github_hook(runtime)
+        routes.append(Route("/hooks/github", hook, methods=["POST"]))
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -1,47 +1,138 @@
-"""POST /hooks/github: verify over the raw body, store the delivery, enqueue, answer 202 at once."""
+"""POST /hooks/github: verify over the raw body, store the delivery, enqueue, answer 202 at once.
+
+A delivery is stored once per X-GitHub-Delivery and once per body digest (a replay under a new id),
+and an event whose own times are all older than the replay window is ignored: GitHub's HMAC carries
+no time, so a captured body is valid for ever unless we remember it or can tell it is old."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import redis.asyncio as aredis
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from bot.config import WebhookSecret
 from bot.core.events import Event, event_to_json
 from bot.forges.github import sansio
 from bot.runtime import Runtime
 from bot.store.deliveries import DELIVERY_ID_MAX, EVENT_NAME_MAX, DeliveryLog, DeliveryRow, open_delivery_log
+from bot.web.server import EDGE_COUNTS
 from workers.app import CONTROL_QUEUE, app, broker_socket_kwargs
+from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 GITHUB_EVENT_TASK = "bot.github_event"
 BROKER_TIMEOUT_S = 5.0
+SOURCE = "github"
+# Digests outlive the replay window by a day: GitHub's clock and ours differ, and pruning runs hourly.
+DIGEST_MARGIN = timedelta(days=1)
+PRUNE_INTERVAL_S = 3600.0
+OVER_CAPACITY_RETRY_S = 10
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
+class OverCapacity(Exception):
+    """Buffering this body would put the bytes held for unverified requests over the budget."""
+
+
+class BodyBudget:
+    """Body bytes buffered and not yet verified, all requests together, under a cap: whoever can reach
+    the hook (no secret needed) makes us hold at most this much, however many bodies it stalls."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.capacity:
+            raise OverCapacity
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class HeldBody:
+    """One request's share of the budget, given back at once when the request is done with it."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        self.budget.take(size)
+        self.size += size
+
+    def release(self) -> None:
+        self.budget.give_back(self.size)
+        self.size = 0
+
+
+async def read_capped(request: Request, limit: int, held: HeldBody | None = None) -> bytes:
+    """The body, at most `limit` bytes (else BodyTooLarge); a declared length is taken from the budget
+    before a byte is read (OverCapacity), a chunked body chunk by chunk."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    reserved = 0
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise BodyTooLarge
+        reserved = int(declared)
+        if held is not None:
+            held.take(reserved)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
+        if held is not None and size > reserved:
+            held.take(size - reserved)
+            reserved = size
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def verify_signed(headers: Mapping[str, str], body: bytes, secrets: Sequence[WebhookSecret], now: datetime) -> None:
+    """SignatureError unless one of the secrets in force at `now` signed the body (the current one is
+    tried first; a rotated-out one only until its end). The error is the current secret's."""
+    first: sansio.SignatureError | None = None
+    for secret, until in secrets:
+        if until is not None and now >= until:
+            continue
+        try:
+            sansio.verify(headers, body, secret)
+            return
+        except sansio.SignatureError as exc:
+            first = first or exc
+    raise first or sansio.SignatureError("no webhook secret is in force; refusing the delivery")
+
+
+def too_old(outcome: sansio.ParseOutcome, now: datetime, window: timedelta) -> sansio.ParseOutcome:
+    """The outcome, or an ignored one when the event's own times are all older than the window.
+
+    An event that carries no time at all is judged by what it has: its delivery id and its digest,
+    which are kept for the window (and a day). Every event GitHub sends that labgate acts on carries
+    at least repository.updated_at or installation.updated_at, so in practice only an organisation
+    hook's ping (which starts nothing) is judged that way."""
+    if outcome.event is None or outcome.event_time is None or outcome.event_time >= now - window:
+        return outcome
+    stamp = outcome.event_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return sansio.ParseOutcome(None, f"event time {stamp} is over {window.days} days old: taken for a replay "
+                                     "(github.replay_window_days)", outcome.event_time)  # fmt: skip
 
 
 class ControlQueue:
@@ -121,6 +212,7 @@ class HookDelivery(NamedTuple):
     event_name: str
     event: Event | None
     reason: str
+    body_digest: str | None = None
 
 
 class Intake:
@@ -129,13 +221,16 @@ class Intake:
     Deliveries that arrive while a batch is being written wait and go together in the next one: one
     INSERT and one LPUSH per batch (group commit). Alone, a delivery is a batch of one and waits for
     nothing. The writer is a task of its own, so a request that goes away cannot split storing from
-    enqueueing (a stored delivery that never reached the queue would take its redelivery for a duplicate)."""
+    enqueueing (a stored delivery that never reached the queue would take its redelivery for a duplicate).
+    Deliveries received longer ago than `keep_for` are forgotten, by the writer, at most once an hour."""
 
-    def __init__(self, deliveries: DeliveryLog, queue: ControlQueue) -> None:
+    def __init__(self, deliveries: DeliveryLog, queue: ControlQueue, keep_for: timedelta = timedelta(days=31)) -> None:
         self.deliveries = deliveries
         self.queue = queue
+        self.keep_for = keep_for
         self._waiting: list[tuple[HookDelivery, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
 
     async def take(self, delivery: HookDelivery) -> bool:
         """True once stored and enqueued; False for a redelivery."""
@@ -154,12 +249,23 @@ class Intake:
         while self._waiting:
             # One turn of the event loop lets requests already read from their sockets join this batch.
             await asyncio.sleep(0)
+            await self._prune_if_due()
             batch, self._waiting = self._waiting, []
             await self._write(batch)
 
+    async def _prune_if_due(self) -> None:
+        # On a timer rather than per batch: the DELETE scans, the INSERT must not.
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        try:
+            await self.deliveries.prune(SOURCE, datetime.now(UTC) - self.keep_for)
+        except Exception as exc:  # deliveries still go in; the next hour tries again
+            log.warning("webhook: forgetting old deliveries failed: %s: %s", type(exc).__name__, exc)
+
     async def _write(self, batch: list[tuple[HookDelivery, asyncio.Future[bool]]]) -> None:
-        rows = [DeliveryRow("github", d.delivery_id, d.event_name, "ignored" if d.event is None else "accepted",
-                            d.reason) for d, _ in batch]  # fmt: skip
+        rows = [DeliveryRow(SOURCE, d.delivery_id, d.event_name, "ignored" if d.event is None else "accepted",
+                            d.reason, d.body_digest) for d, _ in batch]  # fmt: skip
         try:
             fresh = await self.deliveries.insert(rows)
         except Exception as exc:
@@ -190,32 +296,58 @@ def _settle(batch: list[tuple[HookDelivery, asyncio.Future[bool]]], outcome: lis
 
 
 def open_intake(runtime: Runtime) -> Intake:
-    return Intake(open_delivery_log(runtime.store), ControlQueue())
+    keep_for = timedelta(days=runtime.config.github.replay_window_days if runtime.config.github else 30)
+    return Intake(open_delivery_log(runtime.store), ControlQueue(), keep_for + DIGEST_MARGIN)
 
 
-def github_hook(intake: Intake, secret: str) -> Callable[[Request], Awaitable[Response]]:
-    """The endpoint, closed over the webhook secret (read once at start: fail closed without one)."""
+def open_github_hook(runtime: Runtime) -> tuple[Intake, Callable[[Request], Awaitable[Response]]]:
+    """The intake and the endpoint as the config sets them; ConfigError without a readable secret."""
+    github = runtime.config.github
+    if github is None:
+        raise ConfigError("github: not configured; there is no GitHub webhook to serve")
+    secrets = github.read_webhook_secrets()
+    budget = BodyBudget(runtime.config.web.limits.max_body_bytes_in_flight)
+    intake = open_intake(runtime)
+    return intake, github_hook(intake, secrets, replay_window=timedelta(days=github.replay_window_days), budget=budget)
+
+
+def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_window: timedelta = timedelta(days=30),
+                budget: BodyBudget | None = None) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
+    """The endpoint, closed over the webhook secrets (read once at start: fail closed without one)."""
+    budget = budget or BodyBudget(64 << 20)
 
     async def endpoint(request: Request) -> Response:
+        held = HeldBody(budget)
+        headers = dict(request.headers)
+        now = datetime.now(UTC)
         try:
-            body = await read_capped(request, MAX_BODY_BYTES)
+            body = await read_capped(request, MAX_BODY_BYTES, held)
+            # Verified before anything else looks at the body: only GitHub's deliveries reach the digests.
+            verify_signed(headers, body, secrets, now)
         except BodyTooLarge:
             return JSONResponse({"error": f"payload over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        headers = dict(request.headers)
-        try:
-            sansio.verify(headers, body, secret)
+        except OverCapacity:
+            EDGE_COUNTS.count("over capacity")
+            return JSONResponse({"error": "too many webhook bodies in flight; retry later"}, status_code=503,
+                                headers={"Retry-After": str(OVER_CAPACITY_RETRY_S), "Connection": "close"})  # fmt: skip
+        except ClientDisconnect:
+            # Counted by the server's protocol (bot/web/server.py); nobody is left to answer.
+            return Response(status_code=400)
         except sansio.SignatureError as exc:
             return JSONResponse({"error": str(exc)}, status_code=401)
+        finally:
+            held.release()
         try:
             delivery_id = sansio.delivery_id(headers)
             event_name = sansio.event_name(headers)
-            outcome = sansio.parse(headers, body)
+            outcome = too_old(sansio.parse(headers, body), now, replay_window)
         except sansio.MalformedPayload as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         if len(delivery_id) > DELIVERY_ID_MAX or len(event_name) > EVENT_NAME_MAX:
             # The store's columns would refuse it, and with it the deliveries sharing its batch.
             return JSONResponse({"error": "X-GitHub-Delivery or X-GitHub-Event is too long"}, status_code=400)
-        if not await intake.take(HookDelivery(delivery_id, event_name, outcome.event, outcome.reason)):
+        digest = hashlib.sha256(body).hexdigest()
+        if not await intake.take(HookDelivery(delivery_id, event_name, outcome.event, outcome.reason, digest)):
             return JSONResponse({"status": "duplicate", "delivery": delivery_id}, status_code=202)
         status = "accepted" if outcome.event is not None else "ignored"
         return JSONResponse({"status": status, "reason": outcome.reason, "delivery": delivery_id}, status_code=202)

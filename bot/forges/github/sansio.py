@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -57,6 +57,7 @@ class ParseOutcome:
 
     event: Event | None
     reason: str
+    event_time: datetime | None = None  # newest_event_time of the payload
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -107,7 +108,48 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseOutcome:
     handler = _HANDLERS.get(name)
     if handler is None:
         return ParseOutcome(None, _IGNORED_EVENTS.get(name, f"event {name!r} is not used by labgate"))
-    return handler(_Payload(payload, ""))
+    outcome = handler(_Payload(payload, ""))
+    return ParseOutcome(outcome.event, outcome.reason, newest_event_time(payload))
+
+
+# Times GitHub itself sets, each at or before the moment of the event it sends: the newest of them
+# is a lower bound of when the event happened, which a replay cannot move forward (the HMAC covers
+# the body). The event's own time is among them where it has one (pull_request.updated_at is bumped
+# by every action, comment.updated_at >= created_at, repository.pushed_at is the push). Times a
+# user or another App writes (commit dates, check run start and end) are left out: a date set in
+# the future would make a captured body look new for ever.
+_EVENT_TIME_PATHS = (
+    ("pull_request", "updated_at"), ("comment", "updated_at"), ("comment", "created_at"), ("issue", "updated_at"),
+    ("check_suite", "updated_at"), ("check_run", "check_suite", "updated_at"), ("installation", "updated_at"),
+    ("hook", "updated_at"), ("repository", "pushed_at"), ("repository", "updated_at"),
+)  # fmt: skip
+
+
+def newest_event_time(payload: Mapping[str, Any]) -> datetime | None:
+    """The newest GitHub-set time in the payload (UTC), or None when it carries none."""
+    newest = None
+    for path in _EVENT_TIME_PATHS:
+        value: Any = payload
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        when = _any_time(value)
+        if when is not None and (newest is None or when > newest):
+            newest = when
+    return newest
+
+
+def _any_time(value: Any) -> datetime | None:
+    # Push payloads carry epoch seconds (repository.pushed_at), the others ISO 8601 text, App
+    # records "2018-04-25 20:42:10" without a zone (UTC).
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    when = _timestamp(value) if isinstance(value, str) else None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when
 
 
 def _load(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
 from bot.web import hooks
 from bot.web.app import create_app
-from tests.samples import github_body
+from tests.samples import github_body, github_payload, sent_now
 from workers.app import CONTROL_QUEUE, app, configure
 from workers.errors import ConfigError
 
@@ -57,7 +57,9 @@ class Hook:
 
 
 def pull_request_body() -> bytes:
-    return github_body("pull_request/synchronize.json")  # a pull request of REPO
+    # A pull request of REPO, sent now: an event whose own times are all older than
+    # github.replay_window_days is taken for a replay.
+    return json.dumps(sent_now(github_payload("pull_request/synchronize.json"))).encode()
 
 
 def make_config(root: Path, secret: str | None = SECRET) -> Config:
