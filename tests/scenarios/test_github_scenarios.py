@@ -401,3 +401,19 @@ def test_compiler_warnings_on_changed_lines_become_annotations(world: World) -> 
     annotations = build["output"]["annotations"]
     assert [(a["path"], a["start_line"], a["annotation_level"]) for a in annotations] == [("src/mathx.c", 6, "warning")]
     assert "unused_here" in annotations[0]["message"]
+
+
+def test_a_lost_answer_mid_sync_leaves_one_check_run_per_job(world: World) -> None:
+    """GitHub creates the first check run of a pipeline but its answer is lost (a 502 from the edge
+    after the fact). The report task fails mid-sync and is retried by Celery with backoff; every
+    later sync looks the unanswered create up before posting. Exactly one check run per job, each
+    in its final state."""
+    sha = world.push_pull(31, PATCHES / "pass.patch")
+    world.fake.lose_answer_next("POST", rf"/repos/{REPO}/check-runs", 502)
+    world.post("pull_request", world.pull_payload("opened", 31, sha))
+    runs = world.wait_completed(sha, PIPELINE_CHECKS)
+    assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
+    mine = [r for r in world.fake.check_runs(REPO) if r["head_sha"] == sha]
+    assert sorted(r["name"] for r in mine) == sorted(PIPELINE_CHECKS), "one check run per job, none doubled"
+    lost = [r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$") if r.status == 502]
+    assert len(lost) == 1 and lost[0].json["head_sha"] == sha
