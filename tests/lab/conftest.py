@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from lab.kernel import LabSetupError, fetch_debian_kernel
+from tests.requirements import missing, need
 
 KERNEL_CACHE = Path(os.environ.get("LABGATE_TEST_CACHE", "~/.cache/labgate-test")) / "kernel"
 
@@ -16,12 +16,11 @@ KERNEL_CACHE = Path(os.environ.get("LABGATE_TEST_CACHE", "~/.cache/labgate-test"
 @pytest.fixture(scope="session")
 def debian_kernel() -> Path:
     """Debian's stock x86_64 kernel, downloaded once into ~/.cache/labgate-test/kernel."""
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    need("qemu", "the lab tests boot a kernel on it")
     try:
         return fetch_debian_kernel(KERNEL_CACHE.expanduser())
-    except LabSetupError as exc:
-        pytest.skip(f"no kernel to boot: {exc}")
+    except LabSetupError as exc:  # the message says what is missing and how to get it
+        missing(f"no kernel to boot: {exc}")
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:

@@ -16,7 +16,7 @@ from lab.errors import LabSetupError
 from lab.initramfs import DUT_DIR, Command, StoredFile, build_initramfs, render_commands
 
 BUSYBOX = Path("/bin/busybox")
-pytestmark = pytest.mark.skipif(not BUSYBOX.is_file(), reason="busybox-static not installed")
+pytestmark = pytest.mark.needs("busybox", "the image's base holds the host's static busybox")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from lab.initramfs import DUT_DIR, Command, build_initramfs, render_commands
 from lab.runner import BootOutcome, BootRequest, run_boot
 from tests.lab.conftest import processes_mentioning
 
-BUSYBOX = shutil.which("busybox")
+BUSYBOX = "/bin/busybox"  # what the "busybox" host requirement checks (tests/requirements.py)
+HOST_RUN = "labgate-run is a busybox sh script, run here on the host"
 # Host runs name a user that does not exist: commands run as root, and the runner says so.
 NO_DUT_USER = "# labgate: note: no DUT user (no unprivileged user nobody-here); commands run as root"
 
@@ -51,7 +52,6 @@ def run_dut_runner(tmp_path: Path, commands: list[Command], *, dut_user: str = "
         target = root / image_path.removeprefix("/labgate/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    assert BUSYBOX is not None
     env = {"LABGATE_ROOT": str(root), "LABGATE_STATE": str(tmp_path / "state"), "LABGATE_DUT_USER": dut_user,
            "PATH": os.environ["PATH"], **(extra_env or {})}  # fmt: skip
     done = subprocess.run([BUSYBOX, "sh", str(DUT_DIR / "labgate-run")], env=env, capture_output=True, text=True,
@@ -60,7 +60,7 @@ def run_dut_runner(tmp_path: Path, commands: list[Command], *, dut_user: str = "
     return done.stdout
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+@pytest.mark.needs("busybox", HOST_RUN)
 def test_dut_runner_prints_one_document(tmp_path: Path) -> None:
     out = run_dut_runner(
         tmp_path,
@@ -90,7 +90,7 @@ def test_dut_runner_prints_one_document(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+@pytest.mark.needs("busybox", HOST_RUN)
 def test_dut_runner_timeout_kills_the_command_and_its_children(tmp_path: Path) -> None:
     started = time.monotonic()
     out = run_dut_runner(
@@ -107,7 +107,7 @@ def test_dut_runner_timeout_kills_the_command_and_its_children(tmp_path: Path) -
     assert out.endswith("# labgate: end\n")
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+@pytest.mark.needs("busybox", HOST_RUN)
 def test_dut_runner_without_commands_prints_an_empty_plan(tmp_path: Path) -> None:
     assert run_dut_runner(tmp_path, []) == f"KTAP version 1\n1..0\n{NO_DUT_USER}\n# labgate: end\n"
 
@@ -304,20 +304,13 @@ def test_killed_worker_takes_qemu_with_it(debian_kernel: Path, tmp_path: Path) -
 # --- the DUT user and the KUnit relay, on the host ------------------------------------------
 
 
-DUT_STAND_IN = "labgate-qemu7"  # a sandbox uid setup creates; no boot of these tests uses slot 7
+# A sandbox uid setup creates (the "sandbox-users" requirement); no boot of these tests uses slot 7.
+DUT_STAND_IN = "labgate-qemu7"
 
 
-def _stand_in_exists() -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(DUT_STAND_IN)
-    except KeyError:
-        return False
-    return os.geteuid() == 0
-
-
-@pytest.mark.skipif(BUSYBOX is None or not _stand_in_exists(), reason="needs root and the sandbox users (setup.sh)")
+@pytest.mark.needs("busybox", HOST_RUN)
+@pytest.mark.needs("root", "su to the DUT user needs root")
+@pytest.mark.needs("sandbox-users", "a sandbox uid stands in for the DUT user")
 def test_dut_commands_run_unprivileged_and_nothing_they_start_outlives_them(tmp_path: Path) -> None:
     marker = f"labgate-daemon-{os.getpid()}"
     (tmp_path / "labgate" / "artifacts").mkdir(parents=True)
@@ -338,7 +331,7 @@ def test_dut_commands_run_unprivileged_and_nothing_they_start_outlives_them(tmp_
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+@pytest.mark.needs("busybox", HOST_RUN)
 def test_kunit_results_in_debugfs_are_relayed_as_one_test_per_suite(tmp_path: Path) -> None:
     debugfs = tmp_path / "debug"
     suites = {
@@ -364,7 +357,9 @@ def test_kunit_results_in_debugfs_are_relayed_as_one_test_per_suite(tmp_path: Pa
     assert leaves["kunit-example.example.example_simple_test"] == "pass"
 
 
-@pytest.mark.skipif(BUSYBOX is None or not _stand_in_exists(), reason="needs root and the sandbox users (setup.sh)")
+@pytest.mark.needs("busybox", HOST_RUN)
+@pytest.mark.needs("root", "su to the DUT user needs root")
+@pytest.mark.needs("sandbox-users", "a sandbox uid stands in for the DUT user")
 def test_a_kernel_without_users_runs_commands_as_root_and_says_so(tmp_path: Path) -> None:
     """tinyconfig has no CONFIG_MULTIUSER: su fails on setgroups. The runner says so in its framing."""
     fake_bin = tmp_path / "bin"
@@ -381,7 +376,7 @@ def test_a_kernel_without_users_runs_commands_as_root_and_says_so(tmp_path: Path
     assert check_runner_framing(out, ["first"]) == []
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
+@pytest.mark.needs("busybox", HOST_RUN)
 def test_a_command_cannot_read_the_command_index_to_skip_or_replay_later_commands(tmp_path: Path) -> None:
     out = run_dut_runner(tmp_path, [
         Command("greedy", "cat <&3 >/dev/null && echo READ-THE-INDEX; read -r line <&3 && echo SKIPPED", root=True),

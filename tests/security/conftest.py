@@ -22,6 +22,7 @@ from bot.config import load_config
 from bot.services import Services, open_services, start_all_workers
 from bot.views import PipelineView, pipeline_view, read_log
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
+from tests.requirements import need
 
 MIB = 1 << 20
 CAPS = {
@@ -118,8 +119,7 @@ class AttackLab:
 
 @pytest.fixture(scope="session")
 def attack_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackLab]:
-    if os.geteuid() != 0:
-        pytest.skip("the confinement tests run as root, as the worker does in CI (README)")
+    need("root", "the confinement tests run as root, as the worker does in CI (README)")
     root = tmp_path_factory.mktemp("attacks")
     config_path = root / "labgate.yaml"
     caps = ", ".join(f"{k}: {v}" for k, v in CAPS.items())

@@ -10,7 +10,7 @@ import pytest
 
 from workers.cgroups import create_job_cgroup
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are written by the root worker (CI runs as root)")
+pytestmark = pytest.mark.needs("root", "cgroups are written by the root worker (CI runs as root)")
 
 
 def test_a_job_cgroup_caps_processes_and_kills_a_detached_daemon() -> None:

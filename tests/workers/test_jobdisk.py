@@ -13,7 +13,7 @@ from workers.jobdisk import disk_usage, open_job_disk
 MIB = 1 << 20
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root (the worker's case in CI)")
+@pytest.mark.needs("root", "loop mounts need root (the worker's case in CI)")
 def test_a_loop_disk_says_enospc_at_the_cap_and_is_gone_after(tmp_path: Path) -> None:
     disk = open_job_disk(tmp_path, 32 * MIB)
     try:
@@ -28,7 +28,7 @@ def test_a_loop_disk_says_enospc_at_the_cap_and_is_gone_after(tmp_path: Path) ->
     assert not disk.root.exists() and not (tmp_path / "disk.img").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root")
+@pytest.mark.needs("root", "loop mounts need root")
 def test_a_stale_mount_of_a_killed_worker_is_released(tmp_path: Path) -> None:
     stale = open_job_disk(tmp_path, 16 * MIB)
     (stale.root / "left").write_text("over")

@@ -18,7 +18,7 @@ MIB = 1 << 20
 TEST_UID = 64107  # the last build slot's uid: no build of these tests runs there
 LIMITS = SandboxLimits(timeout_s=20, max_output_bytes=MIB, memory_bytes=256 * MIB, max_processes=64,
                        tmp_bytes=8 * MIB, max_file_bytes=64 * MIB)  # fmt: skip
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the worker runs as root in CI; uids and cgroups need it")
+root_only = pytest.mark.needs("root", "the worker runs as root in CI; uids and cgroups need it")
 
 
 @pytest.fixture

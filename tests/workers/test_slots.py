@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ def test_concurrent_holders_get_different_slots(tmp_path: Path) -> None:
             pass
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root (the worker's case in CI)")
+@pytest.mark.needs("root", "switching uid needs root (the worker's case in CI)")
 def test_a_leftover_process_of_the_slot_uid_is_killed_before_reuse(tmp_path: Path) -> None:
     uid = 64199
     stray = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "60"])
