@@ -1,8 +1,9 @@
 """Benchmark: /hooks/github ingest (verify, store in PostgreSQL, enqueue in Redis) against a bare HMAC endpoint.
 
-Both servers run under uvicorn, one worker each, in their own processes: the real one is
-`labgate web` on a fresh PostgreSQL database and a flushed Redis database (no Celery
-worker: the messages stay queued), the bare one a Starlette route that reads the body,
+Both servers run under uvicorn, one worker each, in their own processes, with the same
+server limits (bot/web/server.py: EdgeConfig, its protocol class, deadlines and caps): the
+real one is `labgate web` on a fresh PostgreSQL database and a flushed Redis database (no
+Celery worker: the messages stay queued), the bare one a Starlette route that reads the body,
 checks X-Hub-Signature-256 with hmac.compare_digest and answers 202. One load generator
 (this file, asyncio over raw sockets, in a process of its own) drives both the same way:
 
@@ -12,8 +13,10 @@ checks X-Hub-Signature-256 with hmac.compare_digest and answers 202. One load ge
   time (a generator that falls behind shows up as latency, not as a gentler load);
 - its own ceiling: the closed loop against a null server that answers a canned 202.
 
-Body: octokit's pull_request/synchronize sample, repository set to the configured tree,
-signed once; each request carries its own X-GitHub-Delivery. Afterwards the Redis
+Body: octokit's pull_request/synchronize sample, repository set to the configured tree, its
+times set to now (an older event is ignored as a replay), and a nonce of its own per request,
+signed per request (the real endpoint refuses a body it has seen as a replay); each request
+carries its own X-GitHub-Delivery. Afterwards the Redis
 `control` list and the delivery table must both hold exactly the accepted deliveries.
 
     .venv/bin/python bench/webhook_ingest.py [--rounds 3] [--seconds 5] [--connections 24] [--rate 200]
@@ -58,17 +61,21 @@ _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
 
 class Requests:
-    """The signed body and a fresh request head per call (only the delivery id changes)."""
+    """A fresh signed request per call: its own nonce in the body (so its own digest) and delivery id."""
 
     def __init__(self, port: int, body: bytes, secret: str) -> None:
-        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        self.body = body
+        assert body.startswith(b"{")
+        self.key = secret.encode()
+        self.rest = body[1:]
         self.head = (f"POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: GitHub-Hookshot/bench\r\n"
-                     f"Content-Type: application/json\r\nX-GitHub-Event: pull_request\r\n"
-                     f"X-Hub-Signature-256: sha256={signature}\r\nContent-Length: {len(body)}\r\n")  # fmt: skip
+                     f"Content-Type: application/json\r\nX-GitHub-Event: pull_request\r\n")  # fmt: skip
 
     def next(self) -> bytes:
-        return f"{self.head}X-GitHub-Delivery: {uuid.uuid4()}\r\n\r\n".encode() + self.body
+        nonce = uuid.uuid4()
+        body = b'{"bench_nonce": "%s", ' % str(nonce).encode() + self.rest
+        signature = hmac.new(self.key, body, hashlib.sha256).hexdigest()
+        return (f"{self.head}X-Hub-Signature-256: sha256={signature}\r\nContent-Length: {len(body)}\r\n"
+                f"X-GitHub-Delivery: {nonce}\r\n\r\n").encode() + body  # fmt: skip
 
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -174,11 +181,13 @@ def run_load(args: argparse.Namespace) -> None:
 
 def serve_bare(port: int, secret_file: Path) -> None:
     """What any webhook receiver must do at least: read the body and check its HMAC."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+
+    from bot.config import Web
+    from bot.web.server import run_server
 
     key = secret_file.read_text().strip().encode()
 
@@ -193,7 +202,7 @@ def serve_bare(port: int, secret_file: Path) -> None:
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[Route("/hooks/github", hook, methods=["POST"]), Route("/healthz", healthz)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")  # as `labgate web` runs
+    run_server(app, Web(host="127.0.0.1", port=port))  # as `labgate web` runs, under the same limits
 
 
 class _NullServer(asyncio.Protocol):
@@ -290,6 +299,8 @@ def write_setup(root: Path, database_url: str, broker_url: str, port: int) -> tu
     )
     payload = json.loads(FIXTURE.read_text())
     payload["repository"]["full_name"] = FORGE_REPO
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    payload["pull_request"]["updated_at"] = payload["repository"]["updated_at"] = now
     body = root / "body.json"
     body.write_bytes(json.dumps(payload).encode())
     return config_path, secret_file, body
