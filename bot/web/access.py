@@ -65,7 +65,7 @@ def not_found() -> Response:
     return PlainTextResponse("not found\n", status_code=404, headers=PRIVATE_HEADERS)
 
 
-def grant_for(runtime: Runtime, request: Request, scope: Scope, now: float | None = None) -> Grant | None:
+def grant_for(runtime: Runtime, request: Request, scope: Scope) -> Grant | None:
     """Whether this request may read the scope's pipeline; None means answer 404."""
     config = runtime.config
     if not tree_is_private(config, scope.tree_name):
@@ -79,14 +79,15 @@ def grant_for(runtime: Runtime, request: Request, scope: Scope, now: float | Non
     if len(tokens) != 1:  # none, or ambiguous: which one would a cache or a log have seen?
         return None
     key = read_link_key(config, runtime.data_dir)
-    if link_opens_pipeline(key, tokens[0], scope.pipeline_id, int(time.time() if now is None else now)):
+    if link_opens_pipeline(key, tokens[0], scope.pipeline_id, int(time.time())):
         return Grant(scope, private=True, link_token=tokens[0])
     return None
 
 
 def pipeline_route(runtime: Runtime, path: str, scope_of: ScopeOf, handler: Handler) -> Route:
     """A GET route serving one pipeline's data: `scope_of` maps the path's ids to the pipeline, the
-    access check runs, and only a granted request reaches `handler`. Path parameters are ids."""
+    access check runs, and only a granted request reaches `handler`. Path parameters are ids; with
+    more than one, `scope_of` answers None unless they all belong to the same pipeline."""
 
     async def endpoint(request: Request) -> Response:
         ids: dict[str, int] = {}

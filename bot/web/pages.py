@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Select, select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -13,7 +14,7 @@ from starlette.routing import Route
 from bot.core.render import outcome_word, render_counts
 from bot.links import read_link_key
 from bot.runtime import Runtime
-from bot.store.models import Job, Pipeline
+from bot.store.models import Change, Job, Pipeline, Revision, Tree
 from bot.views import job_view, read_log
 from bot.web.access import Grant, Scope, not_found, pipeline_route
 
@@ -29,19 +30,20 @@ PAGE_LOG_BYTES = 2 * 1024 * 1024
 
 
 def scope_of_job(runtime: Runtime, ids: dict[str, int]) -> Scope | None:
-    with runtime.store.session() as session:
-        job = session.get(Job, ids["job_id"])
-        if job is None:
-            return None
-        return Scope(job.pipeline_id, job.pipeline.revision.change.tree.name)
+    return _scope(runtime, select(Pipeline.id, Tree.name).join(Job, Job.pipeline_id == Pipeline.id)
+                  .where(Job.id == ids["job_id"]))  # fmt: skip
 
 
 def scope_of_pipeline(runtime: Runtime, ids: dict[str, int]) -> Scope | None:
+    return _scope(runtime, select(Pipeline.id, Tree.name).where(Pipeline.id == ids["pipeline_id"]))
+
+
+def _scope(runtime: Runtime, query: Select[int, str]) -> Scope | None:
+    # One query whether or not the row exists: a hidden pipeline should not answer slower than a missing one.
+    query = query.join(Revision, Pipeline.revision_id == Revision.id).join(Change).join(Tree)
     with runtime.store.session() as session:
-        pipeline = session.get(Pipeline, ids["pipeline_id"])
-        if pipeline is None:
-            return None
-        return Scope(pipeline.id, pipeline.revision.change.tree.name)
+        found = session.execute(query).first()
+    return Scope(found[0], found[1]) if found is not None else None
 
 
 def page_routes(runtime: Runtime) -> list[Route]:

@@ -106,7 +106,6 @@ def _assert_all_hidden(client: TestClient, seeded: Seeded, **request: object) ->
         assert (answer.status_code, answer.content) == (404, nothing.content), url
 
 
-@pytest.mark.slow  # a whole pipeline: checkout, build, QEMU
 def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(private_world: World) -> None:
     world = private_world
     sha = world.push_pull(1, PATCHES / "pass.patch")
@@ -137,7 +136,6 @@ def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(pr
     _assert_all_hidden(world.client, seeded, headers={"Authorization": f"Bearer {token}", "Cookie": f"token={token}"})
 
 
-@pytest.mark.slow  # a whole pipeline through `labgate try`
 def test_labgate_try_on_a_private_tree_prints_a_link_to_that_pipeline_only(private_world: World) -> None:
     world = private_world
     config_path = world.services.runtime.data_dir.parent / "labgate.yaml"
