@@ -1,6 +1,6 @@
 """The DUT runner's framing, checked strictly: results count only when every top-level line is the runner's.
 
-The runner's port carries one document of a fixed shape (tests-intree/dut/labgate-run):
+The runner's port carries one document of a fixed shape (lab/dut/labgate-run):
 the version line, the plan, then for each command its output indented by four spaces and
 one result line naming it, and finally the end marker. Commands cannot write to that
 port, so any other top-level line (a second document, a result out of order or under

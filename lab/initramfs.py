@@ -32,8 +32,8 @@ __all__ = [
     "render_commands",
 ]
 
-# Resolved from the repository layout (lab/ sits in the repo root next to tests-intree/).
-DUT_DIR = Path(__file__).resolve().parents[1] / "tests-intree" / "dut"
+# Package data (pyproject.toml): found next to this module, in a checkout and in an installed labgate alike.
+DUT_DIR = Path(__file__).resolve().with_name("dut")
 ARTIFACTS_DIR = "/labgate/artifacts"
 COMMANDS_FILE = "/labgate/commands"
 RUN_DIR = "/labgate/run"
