@@ -7,62 +7,18 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
 from starlette.testclient import TestClient
 
-from bot.config import load_config
-from bot.services import open_services, start_all_workers
+from bot.links import public_base_url
 from bot.store.models import Job, Pipeline
-from bot.web.app import create_app
 from tests.bot.web.test_private_pages import Seeded, pipeline_urls, routes_of
-from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
-from tests.fakes.github_api import FakeGitHub
-from tests.scenarios.test_github_scenarios import INSTALLATION, PATCHES, PIPELINE_CHECKS, REPO, SECRET, World, git
+from tests.conftest import REPO_ROOT
+from tests.scenarios.test_github_scenarios import PATCHES, PIPELINE_CHECKS, SECRET, World
+from tests.security import test_credentials
 
-PUBLIC_URL = "https://ci.example.org"
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-@pytest.fixture(scope="module")
-def private_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("private-pages")
-    origin = make_git_repo(EXAMPLES / "hello", root / "origin")
-    with FakeGitHub() as fake:
-        fake.add_repo(REPO, private=True)
-        fake.add_installation(INSTALLATION, [REPO])
-        clone_url = fake.serve_git(REPO, origin / ".git", private=True)
-        (root / "app.pem").write_text(fake.private_key_pem)
-        (root / "secret").write_text(SECRET)
-        (root / "labgate.yaml").write_text(
-            f"data_dir: {root / 'data'}\n"
-            f"web: {{public_url: '{PUBLIC_URL}'}}\n"
-            f"github: {{app_id: {fake.app_id}, private_key_file: {root / 'app.pem'}, "
-            f"webhook_secret_file: {root / 'secret'}, api_url: '{fake.base_url}', write_interval_s: 0}}\n"
-            f"trees:\n  - name: hello\n    url: {clone_url}\n    private: true\n"
-            f"    github: {{repo: {REPO}}}\n"
-        )
-        services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
-        try:
-            start_all_workers(services)
-            yield World(fake, services, TestClient(create_app(services.runtime)), origin,
-                        git(origin, "rev-parse", "HEAD"))  # fmt: skip
-        finally:
-            services.stop()
-
-
-def _stamped_now(payload: Any) -> Any:
-    """The sample's times (2019) moved to now: an event that old is ignored as a possible replay."""
-    if isinstance(payload, dict):
-        return {k: _stamped_now(v) for k, v in payload.items()}
-    if isinstance(payload, list):
-        return [_stamped_now(v) for v in payload]
-    if isinstance(payload, str) and _TIMESTAMP.fullmatch(payload):
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return payload
+# A private repository on FakeGitHub, cloned with a per-job token, real workers: test_credentials.py's world.
+private_world = test_credentials.private_world
 
 
 def _seeded(world: World, pipeline_id: int) -> Seeded:
@@ -108,8 +64,9 @@ def _assert_all_hidden(client: TestClient, seeded: Seeded, **request: object) ->
 
 def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(private_world: World) -> None:
     world = private_world
-    sha = world.push_pull(1, PATCHES / "pass.patch")
-    answer = world.post("pull_request", _stamped_now(world.pull_payload("opened", 1, sha)))
+    public = public_base_url(world.services.runtime.config)
+    sha = world.push_pull(11, PATCHES / "pass.patch")
+    answer = world.post("pull_request", world.pull_payload("opened", 11, sha))
     assert answer.status_code == 202 and answer.json()["status"] == "accepted", answer.json()
     runs = world.wait_completed(sha, PIPELINE_CHECKS)
     job_ids = {int(run["external_id"]) for run in runs.values()}
@@ -122,9 +79,10 @@ def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(pr
 
     # Every details_url labgate ever sent is signed, and the newest opens its job page.
     sent = [r.json["details_url"] for r in world.fake.requests if (r.json or {}).get("details_url")]
-    assert sent and all(re.fullmatch(rf"{PUBLIC_URL}/jobs/\d+\?token=[0-9]+\.[0-9]+\.[0-9a-f]{{64}}", u) for u in sent)
+    signed = re.compile(rf"{re.escape(public)}/jobs/\d+\?token=[0-9]+\.[0-9]+\.[0-9a-f]{{64}}")
+    assert sent and all(signed.fullmatch(u) for u in sent), sent
     unit = runs["labgate / qemu-x86_64 unit"]
-    start = unit["details_url"].removeprefix(PUBLIC_URL)
+    start = unit["details_url"].removeprefix(public)
     page = world.client.get(start)
     assert page.status_code == 200 and "qemu-x86_64 unit" in page.text and "math" in page.text
     assert page.headers["cache-control"] == "private, no-store"
@@ -138,13 +96,14 @@ def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(pr
 
 def test_labgate_try_on_a_private_tree_prints_a_link_to_that_pipeline_only(private_world: World) -> None:
     world = private_world
+    public = public_base_url(world.services.runtime.config)
     config_path = world.services.runtime.data_dir.parent / "labgate.yaml"
     tree_url = world.services.runtime.config.trees[0].url
     tried = subprocess.run([sys.executable, "-m", "bot.cli", "try", tree_url, "--name", "hello", "--ref", "main",
                             "--config", str(config_path)], capture_output=True, text=True, cwd=REPO_ROOT,
                            timeout=300)  # fmt: skip
     assert tried.returncode == 0, tried.stdout + tried.stderr
-    details = rf"^details: {PUBLIC_URL}(/pipelines/(\d+)\?token=\S+) \(served by .*private tree.*\)$"
+    details = rf"^details: {re.escape(public)}(/pipelines/(\d+)\?token=\S+) \(served by .*private tree.*\)$"
     found = re.search(details, tried.stdout, re.M)  # one line: a wrapped link cannot be clicked
     assert found, tried.stdout
     link, pipeline_id = found.group(1), int(found.group(2))
