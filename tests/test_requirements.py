@@ -95,6 +95,13 @@ def _pytest(*args: str, ci: bool, tmp_path: Path) -> subprocess.CompletedProcess
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+def test_without_shared_fixtures_the_whole_suite_collects(tmp_path: Path) -> None:
+    """Nothing reads ../shared/fixtures at import: a clone elsewhere collects every module."""
+    done = _pytest("--collect-only", "tests", ci=True, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert " tests collected" in done.stdout.splitlines()[-1] and "error" not in done.stdout.splitlines()[-1]
+
+
 def test_without_shared_fixtures_the_conformance_modules_collect_and_skip(tmp_path: Path) -> None:
     """What a clone elsewhere sees: every test collected, the conformance ones skipped with the path."""
     done = _pytest(*CONFORMANCE, ci=False, tmp_path=tmp_path)
