@@ -7,13 +7,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from bot.config import load_config
+from bot.links import page_url
 from bot.services import open_services, start_all_workers
+from bot.store.models import Job
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
 from tests.fakes.github_api import FakeGitHub
@@ -67,10 +71,18 @@ def _everything_published(world: World) -> bytes:
             blobs += [v for pair in client.hgetall(key).items() for v in pair]
         elif kind in (b"set", b"zset"):
             blobs += list(client.smembers(key) if kind == b"set" else client.zrange(key, 0, -1))
-    for job_id in range(1, 50):
-        page = world.client.get(f"/jobs/{job_id}")
-        if page.status_code == 200:
-            blobs += [page.content, world.client.get(f"/jobs/{job_id}/log").content]
+    # Every job's page and log, opened as a maintainer would: with the signed link its report carries
+    # (the tree is private: without it they are 404 and would show nothing).
+    runtime = world.services.runtime
+    with runtime.store.session() as session:
+        jobs = [(j.id, j.pipeline_id, j.pipeline.revision.change.tree.name) for j in session.scalars(select(Job))]
+    assert jobs
+    for job_id, pipeline_id, tree in jobs:
+        for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/log"):
+            url = urlsplit(page_url(runtime.config, runtime.data_dir, path, tree, pipeline_id))
+            page = world.client.get(f"{url.path}?{url.query}")
+            assert page.status_code == 200 or (path.endswith("/log") and page.status_code == 404), (path, page)
+            blobs.append(page.content)
     return b"\n".join(blobs)
 
 
