@@ -48,8 +48,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# octokit's real synchronize delivery (28 KB, the size GitHub sends) when ../shared is beside the clone;
+# else the project's own sample (6 KB: the figures then say less about real bodies).
 FIXTURE = REPO.parent / "shared" / "fixtures" / "github" / "octokit-webhooks" / "pull_request"
 FIXTURE /= "synchronize.payload.json"
+if not FIXTURE.is_file():
+    FIXTURE = REPO / "tests" / "samples" / "github" / "pull_request" / "synchronize.json"
 ADMIN_URL = os.environ.get("LABGATE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LABGATE_BENCH_REDIS", "redis://127.0.0.1:6379")
 FORGE_REPO = "octo-org/bench"
