@@ -67,6 +67,7 @@ class _Failure:
     status: int
     body: Any
     remaining: int
+    headers: dict[str, str] = field(default_factory=dict)
     after_effect: bool = False  # the request takes effect, only its answer is replaced
     hook: Callable[[FakePatchwork], object] | None = None  # run before answering, then answer normally
 
@@ -286,13 +287,15 @@ class FakePatchwork:
 
     # ---- failure injection ---------------------------------------------------------------------------------
 
-    def fail_next(self, method: str, path_regex: str, status: int, body: Any = None, times: int = 1) -> None:
+    def fail_next(self, method: str, path_regex: str, status: int, body: Any = None, times: int = 1,
+                  headers: dict[str, str] | None = None) -> None:  # fmt: skip
         """Answer the next `times` matching requests (method or "*", full path match) with this.
         `body`: a dict (JSON), a str (text, like a proxy's error page), or None (DRF's detail shape)."""
         if body is None:
             body = {"detail": "A server error occurred."}
         with self._lock:
-            self._failures.append(_Failure(method.upper(), re.compile(path_regex), status, body, times))
+            failure = _Failure(method.upper(), re.compile(path_regex), status, body, times, dict(headers or {}))
+            self._failures.append(failure)
 
     def lose_answer_next(self, method: str, path_regex: str, status: int = 502, times: int = 1) -> None:
         """Carry out the next matching requests, then answer `status` as if the answer were lost on the way."""
@@ -342,7 +345,7 @@ class FakePatchwork:
             if failure.after_effect:
                 lost = failure
                 break
-            return failure.status, failure.body, {}
+            return failure.status, failure.body, failure.headers
         try:
             if isinstance(body, _Answer):
                 raise body
