@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from bot.forges.patchwork.client import PatchworkClient, PatchworkError, classify_error
+from tests.bot.forges.patchwork.conftest import PROJECT
 from tests.fakes.patchwork_api import NO_PERMISSION, FakePatchwork
 
-PROJECT = "netdev"
 
-
-@pytest.fixture
-def pw() -> Iterator[FakePatchwork]:
-    with FakePatchwork() as fake:
-        fake.add_project(PROJECT)
-        fake.add_user("labgate-bot")
-        fake.add_user("stranger")
-        fake.add_maintainer(PROJECT, "labgate-bot")
-        for n in range(7):
-            fake.add_series(PROJECT, f"series {n}", [f"patch {n}.1", f"patch {n}.2"])
-        yield fake
+@pytest.fixture(autouse=True)
+def seven_series(pw: FakePatchwork) -> None:
+    for n in range(7):
+        pw.add_series(PROJECT, f"series {n}", [f"patch {n}.1", f"patch {n}.2"])
 
 
 def test_event_pages_follow_link_next_to_the_end(pw: FakePatchwork) -> None:
