@@ -5,9 +5,11 @@ is looked up:
 - d= must be the From: domain or a parent of it (DMARC's relaxed alignment, without the public
   suffix list: a one-label d= such as `org` never aligns). A signature by attacker.example proves
   attacker.example sent it, nothing about a From: @kernel.org, so its key is not even fetched.
-- From and Subject must be signed, and every Content-Type / Content-Transfer-Encoding /
-  MIME-Version the mail carries: unsigned, any of them could be added later to change how the
-  signed body reads.
+- From and Subject must be signed. Content-Type / Content-Transfer-Encoding / MIME-Version may go
+  unsigned (kernel.org's signer leaves them out) only while they make the body read as the signed
+  bytes themselves: one text/plain part in 7bit, 8bit or binary. Otherwise a header added or changed
+  later (quoted-printable joins lines at "=", base64 or multipart reread everything) could change
+  the patch git applies without touching the signed bytes.
 - l= shorter than the body does not count: the rest of the body is unsigned and could be anything.
 Key look-ups go through the caller's resolver (tests: local keys; never real DNS from here).
 """
@@ -80,11 +82,11 @@ def _check_one(verifier: dkim.DKIM, index: int, header_value: bytes, from_addres
         if name not in signed_headers:
             return finding(Grade.UNVERIFIABLE, f"the DKIM signature by d={domain} does not sign {name.decode()}:")
     present = [name.lower() for name, _ in verifier.headers]
-    for name in BODY_READING_HEADERS:
-        if present.count(name) > signed_headers.count(name):
-            return finding(Grade.UNVERIFIABLE,
-                           f"{name.decode()}: is not signed by d={domain}: it could have been added to change "
-                           "how the signed body reads")  # fmt: skip
+    unsigned = [name.decode() for name in BODY_READING_HEADERS if present.count(name) > signed_headers.count(name)]
+    if unsigned and not _body_reads_as_signed(verifier.headers):
+        return finding(Grade.UNVERIFIABLE,
+                       f"{', '.join(unsigned)} not signed by d={domain}, and they make the body read as other than "
+                       "its signed bytes: they could have been changed to alter the patch")  # fmt: skip
     uncovered = _unsigned_body_bytes(verifier, fields)
     if uncovered:
         return finding(Grade.UNVERIFIABLE,
@@ -111,6 +113,19 @@ def _check_one(verifier: dkim.DKIM, index: int, header_value: bytes, from_addres
                        f"the DKIM signature by d={domain} does not verify with the key at {key_name}: headers "
                        "changed after signing, the key is unusable, or it was not made with this key")  # fmt: skip
     return finding(Grade.VERIFIED, f"DKIM signature by d={domain} (s={selector}) over From, Subject and the whole body")
+
+
+def _body_reads_as_signed(headers: list[tuple[bytes, bytes]]) -> bool:
+    """One text/plain part whose transfer encoding leaves the bytes as they are (or none declared)."""
+
+    def values(wanted: bytes) -> list[str]:
+        return [v.decode("ascii", "replace").strip().lower() for n, v in headers if n.lower() == wanted]
+
+    types, encodings = values(b"content-type"), values(b"content-transfer-encoding")
+    if len(types) > 1 or len(encodings) > 1:
+        return False
+    plain = not types or types[0].split(";", 1)[0].strip() == "text/plain"
+    return plain and (not encodings or encodings[0] in ("7bit", "8bit", "binary"))
 
 
 def _unsigned_body_bytes(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> int:

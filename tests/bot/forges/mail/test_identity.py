@@ -9,14 +9,19 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import http.server
+import json
 import quopri
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
+import httpx
 import nacl.encoding
 import nacl.signing
 import patatt
@@ -25,6 +30,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.forges.mail.identity import Grade, Keyring, Method, verify_identity
+from bot.forges.mail.original import (
+    archive_url,
+    carries_same_patch,
+    http_fetch,
+    original_message,
+    rebuild_from_patchwork,
+    split_mboxrd,
+)
 from tests.shared_fixtures import shared_fixture
 
 MAINTAINER = "maint@kernel.example.org"
@@ -42,10 +55,10 @@ DKIM_HEADERS = [b"from", b"subject", b"to", b"date", b"message-id", b"mime-versi
 
 
 def patch_mail(*, sender: str = MAINTAINER, diff: str = DIFF, cte: str = "8bit", subject: str = "foo: fix bar",
-               extra: str = "") -> bytes:  # fmt: skip
+               extra: str = "", trailer: str = "-- \n2.40.0\n") -> bytes:  # fmt: skip
     """A patch mail as git send-email writes it, the body in the given transfer encoding."""
     body = (f"Fix bar.\n\nSigned-off-by: Maint Ainer <{sender}>\n---\n a.txt | 1 +\n 1 file changed, 1 insertion(+)\n"
-            f"\n{diff}-- \n2.40.0\n")  # fmt: skip
+            f"\n{diff}{trailer}")  # fmt: skip
     encoded = quopri.encodestring(body.encode()).decode() if cte == "quoted-printable" else body
     return (f"From: Maint Ainer <{sender}>\nTo: list@example.org\nSubject: [PATCH] {subject}\n"
             "Date: Tue, 25 Oct 2022 13:38:41 -0400\nMessage-Id: <20221025-fix-bar-v1-1@kernel.example.org>\n"
@@ -283,9 +296,18 @@ def test_attack_dkim_not_signing_subject_or_the_transfer_encoding_is_not_verifie
     domain = DkimDomain("kernel.example.org")
     no_subject = domain.sign(patch_mail(), headers=[b"from", b"to", b"date", b"message-id"])
     assert "does not sign subject" in check(no_subject, resolver=Resolver(domain)).reason
-    no_cte = domain.sign(patch_mail(), headers=[b"from", b"subject"])
-    result = check(no_cte, resolver=Resolver(domain))
-    assert result.grade is Grade.UNVERIFIABLE and "is not signed by d=kernel.example.org" in result.reason
+    # kernel.org's signer leaves the MIME headers out: fine while they leave the signed bytes as they are...
+    kernel_org_style = [b"from", b"to", b"cc", b"subject", b"date", b"in-reply-to", b"references", b"from"]
+    assert check(domain.sign(patch_mail(), headers=kernel_org_style), resolver=Resolver(domain)).verified
+    # ...but one changed afterwards to quoted-printable would have "=" join lines of the signed patch.
+    signed = domain.sign(patch_mail(), headers=kernel_org_style)
+    changed = signed.replace(b"Transfer-Encoding: 8bit", b"Transfer-Encoding: quoted-printable")
+    result = check(changed, resolver=Resolver(domain))
+    assert result.grade is Grade.UNVERIFIABLE
+    assert "content-type, content-transfer-encoding, mime-version not signed by d=kernel.example.org" in result.reason
+    multipart = domain.sign(patch_mail(), headers=kernel_org_style).replace(
+        b"Content-Type: text/plain", b"Content-Type: multipart/mixed; boundary=x")
+    assert check(multipart, resolver=Resolver(domain)).grade is Grade.UNVERIFIABLE
 
 
 def test_dkim_without_a_published_key_or_with_a_failing_resolver_is_unverifiable():
@@ -413,3 +435,165 @@ def test_from_address_is_read_strictly():
     assert check(quoted).claimed == ATTACKER  # a display name is never the address
     two = patch_mail().replace(f"<{MAINTAINER}>".encode(), f"<{MAINTAINER}>, <{ATTACKER}>".encode(), 1)
     assert check(two).claimed is None
+
+
+# --- the original mail: public-inbox, or rebuilt from Patchwork --------------------------------
+
+
+class Archive:
+    """A public-inbox stand-in on 127.0.0.1: path -> (status, body); it records every path asked for."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, tuple[int, bytes]] = {}
+        self.asked: list[str] = []
+        archive = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                archive.asked.append(self.path)
+                status, body = archive.pages.get(self.path, (404, b"not found"))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/list"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def archive():
+    served = Archive()
+    with httpx.Client(timeout=5) as client:
+        served.fetch = http_fetch(client, max_bytes=1024 * 1024)  # type: ignore[attr-defined]
+        yield served
+    served.close()
+
+
+MESSAGE_ID = "<20221025-fix-bar-v1-1@kernel.example.org>"
+RAW_PATH = "/list/20221025-fix-bar-v1-1@kernel.example.org/raw"
+
+
+def as_mboxrd(*messages: bytes) -> bytes:
+    return b"".join(b"From mboxrd@z Thu Jan  1 00:00:00 1970\n" + re.sub(rb"^(>*From )", rb">\1", m, flags=re.M)
+                    + b"\n" for m in messages)  # fmt: skip
+
+
+def test_original_message_from_public_inbox_verifies(archive):
+    domain = DkimDomain("kernel.example.org")
+    original = domain.sign(patch_mail(diff=DIFF + "From the start\n"))  # a body line mboxrd must quote
+    archive.pages[RAW_PATH] = (200, as_mboxrd(original))
+    found = original_message(MESSAGE_ID, public_inbox_url=archive.url + "/", fetch=archive.fetch)
+    assert found is not None and found.rstrip(b"\n") == original.rstrip(b"\n")
+    assert check(found, resolver=Resolver(domain)).grade is Grade.VERIFIED
+    assert archive.asked == [RAW_PATH]
+
+
+def test_original_message_missing_ambiguous_or_other_reads_none(archive):
+    assert original_message(MESSAGE_ID, public_inbox_url=archive.url, fetch=archive.fetch) is None  # 404
+    archive.pages[RAW_PATH] = (200, as_mboxrd(patch_mail(), patch_mail(diff="")))
+    assert original_message(MESSAGE_ID, public_inbox_url=archive.url, fetch=archive.fetch) is None  # two under one id
+    other = patch_mail().replace(b"fix-bar-v1-1@", b"something-else@")
+    archive.pages[RAW_PATH] = (200, as_mboxrd(other))
+    assert original_message(MESSAGE_ID, public_inbox_url=archive.url, fetch=archive.fetch) is None  # not that mail
+    archive.pages[RAW_PATH] = (500, b"oops")
+    assert original_message(MESSAGE_ID, public_inbox_url=archive.url, fetch=archive.fetch) is None
+    archive.pages[RAW_PATH] = (200, b"x" * (2 * 1024 * 1024))
+    assert original_message(MESSAGE_ID, public_inbox_url=archive.url, fetch=archive.fetch) is None  # over the cap
+
+
+def test_original_message_unreachable_archive_reads_none():
+    with httpx.Client(timeout=2) as client:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        url = f"http://127.0.0.1:{port}/list"
+        assert original_message(MESSAGE_ID, public_inbox_url=url, fetch=http_fetch(client)) is None
+
+
+def test_attack_hostile_message_ids_never_leave_the_archive_path(archive):
+    for hostile in ["<..>", "<.>", "", "<a b@c>", "<x\r\nHost: evil@y>", "<" + "a" * 2000 + "@b>"]:
+        assert original_message(hostile, public_inbox_url=archive.url, fetch=archive.fetch) is None
+    assert archive.asked == []
+    # Slashes, query and fragment characters are escaped as public-inbox does: one path segment.
+    assert archive_url("<../../admin?x=1#y@host>", "http://a/list") == "http://a/list/..%2F..%2Fadmin%3Fx=1%23y@host/raw"
+
+
+def patchwork_json_of(original: bytes) -> dict[str, object]:
+    """What Patchwork's API holds for a patch: its headers (repeated names as a list), content and diff."""
+    message = email.message_from_bytes(original, policy=email.policy.compat32)
+    headers: dict[str, object] = {}
+    for name, value in message.items():
+        value = value.replace("\r\n", "\n").lstrip(" ")
+        if name in headers:
+            previous = headers[name]
+            headers[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            headers[name] = value
+    text = quopri.decodestring(original.split(b"\n\n", 1)[1]).decode()
+    content, _, rest = text.partition("\ndiff --git ")
+    return {"headers": headers, "content": content.rstrip("\n"),
+            "diff": ("diff --git " + rest).split("-- \n")[0]}  # fmt: skip
+
+
+def patchwork_served(original: bytes) -> bytes:
+    """Patchwork's mbox of it: its own headers first, the body decoded to 8bit, the trailer dropped."""
+    head, body = original.split(b"\n\n", 1)
+    decoded = quopri.decodestring(body).split(b"-- \n")[0]
+    head = head.replace(b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: 8bit")
+    return (b"From patchwork Tue Oct 25 13:38:41 2022\nContent-Type: text/plain; charset=\"utf-8\"\n"
+            b"X-Patchwork-Id: 1\n" + head + b"\n\n" + decoded)  # fmt: skip
+
+
+def test_rebuilt_from_patchwork_verifies_where_the_served_copy_does_not():
+    domain = DkimDomain("kernel.example.org")
+    # The sender's mailer wrote no trailer here, so what Patchwork stores is the whole body.
+    original = domain.sign(patch_mail(cte="quoted-printable", trailer=""), canonicalize=(b"relaxed", b"relaxed"))
+    served = patchwork_served(original)
+    assert check(served, resolver=Resolver(domain)).grade is Grade.UNVERIFIABLE
+    rebuilt = rebuild_from_patchwork(patchwork_json_of(original), served)
+    assert b"X-Patchwork" not in rebuilt
+    assert check(rebuilt, resolver=Resolver(domain)).grade is Grade.VERIFIED
+
+
+def test_rebuild_keeps_hostile_stored_headers_to_one_header_each():
+    patch = {"headers": {"Subject": "x\nX-Injected: 1\n\nbody", "Bad Name": "v", "From": f"<{MAINTAINER}>"},
+             "content": "text", "diff": ""}  # fmt: skip
+    rebuilt = rebuild_from_patchwork(patch, b"")
+    headers = email.message_from_bytes(rebuilt, policy=email.policy.compat32)
+    assert headers["X-Injected"] is None and headers["Bad Name"] is None and headers["From"] == f"<{MAINTAINER}>"
+    assert headers.get_payload() == "text\n"
+
+
+def test_rebuild_from_the_real_patchwork_fixture_reads_unverifiable_without_the_key():
+    patch = json.loads(shared_fixture("patchwork/responses/api-patch-1.json").read_text())
+    mbox = shared_fixture("patchwork/responses/series-1.mbox").read_bytes()
+    rebuilt = rebuild_from_patchwork(patch, split_mboxrd(mbox)[0])
+    message = email.message_from_bytes(rebuilt, policy=email.policy.compat32)
+    assert message["Message-ID"] == patch["msgid"] and message.get_all("X-Patchwork-Id") is None
+    assert len(message.get_all("Received") or []) == 5 and message["DKIM-Signature"].startswith("v=1; a=rsa-sha256")
+    result = check(rebuilt, resolver=no_keys)  # kernel.org's key is not in the fixtures, and no DNS here
+    assert result.grade is Grade.UNVERIFIABLE and "no DKIM key is published at k20201202._domainkey.kernel.org" in (
+        result.reason)
+
+
+def test_attack_a_maintainers_message_id_on_another_patch_is_caught():
+    maintainers = patch_mail()
+    assert carries_same_patch(maintainers, patchwork_served(maintainers))
+    # The attacker's patch reuses the Message-Id of the maintainer's signed mail on the archive.
+    assert not carries_same_patch(maintainers, patchwork_served(patch_mail(diff=DIFF.replace("+world", "+evil"))))
+    assert not carries_same_patch(maintainers, patchwork_served(patch_mail(sender=ATTACKER)))
+    # A second diff smuggled behind a "-- " line is still part of the patch, not a trailer.
+    smuggled = patch_mail().replace(b"-- \n2.40.0\n", b"-- \n" + DIFF.replace("a.txt", "evil.sh").encode())
+    assert not carries_same_patch(maintainers, smuggled)
