@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import lzma
+import shutil
+import subprocess
 import tarfile
 import time
 from functools import cache
@@ -271,3 +273,56 @@ def test_the_kernels_exclusions_hold() -> None:
     assert "arch/arm/boot/dts/" in arm.excluded and "arch/arm/" in arm.files
     assert "ARM PORT" in {section.name for section in parsed.sections_for(["arch/arm/kernel/setup.c"])}
     assert "ARM PORT" not in {section.name for section in parsed.sections_for(["arch/arm/boot/dts/omap4.dtsi"])}
+
+
+# Paths where the sections differ in kind: F: plain, wildcard and directory, X:, N:, and THE REST alone.
+COMPARED_PATHS = [
+    "kernel/bpf/verifier.c", "drivers/gpu/drm/tegra/dc.c", "net/bluetooth/hci_core.c", "net/ipv4/tcp.c",
+    "drivers/net/ethernet/3com/typhoon.c", "arch/arm/boot/dts/omap4.dtsi", "arch/arm/kernel/setup.c",
+    "arch/arm/mach-omap2/board-generic.c", "include/uapi/linux/bpf.h", "arch/x86/include/uapi/asm/kvm.h",
+    "drivers/iio/light/adjd_s311.c", "Documentation/devicetree/bindings/input/da9062-onkey.txt",
+    "drivers/mfd/pm8921-core.c", "drivers/edac/altera_edac.c", "drivers/soc/qcom/smem.c",
+    "arch/arm64/boot/dts/qcom/sm8250.dtsi", "drivers/pinctrl/bcm/pinctrl-bcm2835.c",
+    "samples/kfifo/bytestream-example.c", "README", "fs/ext4/inode.c", "drivers/clk/rockchip/clk-rk3399.c",
+    "sound/soc/sunxi/sun4i-i2s.c",
+]  # fmt: skip
+
+
+def kernel_member(name: str) -> bytes | None:
+    for tarball in sorted(Path("/usr/src").glob("linux-source-*.tar.xz")):
+        with tarfile.open(tarball, "r|xz") as archive:
+            for member in archive:
+                if member.name.partition("/")[2] == name:
+                    handle = archive.extractfile(member)
+                    return handle.read() if handle else None
+    return None
+
+
+@pytest.mark.slow
+def test_the_same_addresses_as_get_maintainer(tmp_path: Path) -> None:
+    """scripts/get_maintainer.pl of the same kernel, in a tree of empty files at these paths: its M:/R: answer.
+
+    Options: no git history, no K: keywords, no lists (ours are not claims), and the "chief penguin"
+    (Linus, THE REST's M:) kept, whom get_maintainer leaves out by default.
+    """
+    text = kernel_maintainers_text()
+    script = kernel_member("scripts/get_maintainer.pl") if text is not None and shutil.which("perl") else None
+    if text is None or script is None:
+        pytest.skip("needs perl and /usr/src/linux-source-*.tar.xz (MAINTAINERS and scripts/get_maintainer.pl)")
+    for top in ("COPYING", "CREDITS", "Kbuild", "Makefile", "README"):
+        (tmp_path / top).write_text("")
+    for folder in ("Documentation", "arch", "include", "drivers", "fs", "init", "ipc", "kernel", "lib", "scripts"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "MAINTAINERS").write_text(text)
+    (tmp_path / "scripts" / "get_maintainer.pl").write_bytes(script)
+    for path in COMPARED_PATHS:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    parsed = parse_maintainers(text)
+    options = ["--nogit", "--nogit-fallback", "--git-chief-penguins", "--norolestats", "--nol", "--nokeywords",
+               "--noremove-duplicates"]  # fmt: skip
+    for path in COMPARED_PATHS:
+        run = subprocess.run(["perl", "scripts/get_maintainer.pl", *options, "-f", path], cwd=tmp_path,
+                             capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+        theirs = {address_of(line) for line in run.stdout.splitlines()} - {None}
+        assert parsed.maintainers_for([path]) == theirs, path
