@@ -100,6 +100,14 @@ class TreeGitHub(_Strict):
     trust: TrustPolicy = TrustPolicy()
 
 
+class TreeMail(_Strict):
+    """Report mail for a tree's series and staging pushes (bot/forges/mail): off unless `report` is true."""
+
+    report: bool = Field(False, description="mail one report per series version and staging push (needs `smtp:`)")
+    cc: list[str] = Field([], description="Cc of series reports, e.g. the tree's list `netdev@vger.kernel.org`")
+    push_to: list[str] = Field([], description="To of staging push reports: the maintainer or the list")
+
+
 class Tree(_Strict):
     """A repository labgate tests."""
 
@@ -110,6 +118,7 @@ class Tree(_Strict):
                                              "(GitHub: an installation token, contents: read, this repository only); "
                                              "its pages open only with a signed link or an operator token")
     github: TreeGitHub | None = None
+    mail: TreeMail = TreeMail()
 
 
 class WebhookSecret(NamedTuple):
@@ -185,6 +194,31 @@ def _read_secret(path: Path, key: str) -> str:
     return secret
 
 
+class Smtp(_Strict):
+    """The SMTP server report mail goes through. The password lives in a file, never in this YAML."""
+
+    host: str = Field(min_length=1, description="a submission server, or a relay on this host")
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = Field(True, description="STARTTLS before anything else; a server that does not offer it "
+                           "gets no mail (never a fall-back to plain text)")  # fmt: skip
+    username: str | None = Field(None, description="AUTH user (with password_file); AUTH needs STARTTLS "
+                                 "unless host is this machine")  # fmt: skip
+    password_file: Path | None = Field(None, description="file holding the AUTH password")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="connecting and each SMTP command")
+    sender: str = Field(pattern=r"^[^\r\n]*@[^\r\n]*$", description="From: of report mail, "
+                        "e.g. `labgate CI <ci@lab.example.org>`")  # fmt: skip
+    message_id_domain: str | None = Field(None, description="domain of our Message-Ids; unset: the sender's")
+
+    @model_validator(mode="after")
+    def _auth_needs_both(self) -> Smtp:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        return self
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file, "smtp.password_file") if self.password_file else None
+
+
 class WebLimits(_Strict):
     """What one client may hold of the web server (bot/web/server.py): anyone can connect to the webhook."""
 
@@ -231,6 +265,7 @@ class Config(_Strict):
     broker_url: str | None = Field(None, description="unset: a private redis-server in data_dir")
     web: Web = Web()
     github: GitHubApp | None = None
+    smtp: Smtp | None = Field(None, description="where report mail is sent from; needed by trees with mail.report")
     caps: Caps = Caps()
     retries: Retries = Retries()
     sandbox: Sandbox = Sandbox()
@@ -247,6 +282,13 @@ class Config(_Strict):
         if duplicates:
             raise ValueError(f"device class names must be unique: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="after")
+    def _mail_needs_smtp(self) -> Config:
+        mailing = [f"trees.{i}.mail.report ({tree.name})" for i, tree in enumerate(self.trees) if tree.mail.report]
+        if mailing and self.smtp is None:
+            raise ValueError(f"{', '.join(mailing)}: mail reports need an smtp: section")
+        return self
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
