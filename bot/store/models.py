@@ -189,3 +189,33 @@ class Delivery(Base):
     status: Mapped[str] = mapped_column(String(20), default="accepted")
     detail: Mapped[str] = mapped_column(Text, default="")
     body_digest: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 hex of the raw body
+
+
+class PatchworkCursor(Base):
+    """How far the Patchwork poller has read one project's events of one category: the newest event
+    date seen, in the server's naive local time (the poller asks from it minus an overlap)."""
+
+    __tablename__ = "patchwork_cursor"
+    __table_args__ = (UniqueConstraint("server", "project", "category"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server: Mapped[str] = mapped_column(String(500))  # the Patchwork URL
+    project: Mapped[str] = mapped_column(String(200))  # its link name
+    category: Mapped[str] = mapped_column(String(40))
+    since: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PatchworkSeenEvent(Base):
+    """A Patchwork event handled (or skipped, with why): recorded with the handler's own records, so an
+    event is handed over once whatever the overlap repeats."""
+
+    __tablename__ = "patchwork_seen_event"
+    __table_args__ = (UniqueConstraint("server", "event_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server: Mapped[str] = mapped_column(String(500))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    project: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(40))
+    event_date: Mapped[str] = mapped_column(String(40))  # naive server time, as listed
+    outcome: Mapped[str] = mapped_column(Text, default="handled")  # handled, or "skipped: why"
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -68,6 +68,7 @@ class _Failure:
     body: Any
     remaining: int
     headers: dict[str, str] = field(default_factory=dict)
+    skip: int = 0  # matching requests let through first
     after_effect: bool = False  # the request takes effect, only its answer is replaced
     hook: Callable[[FakePatchwork], object] | None = None  # run before answering, then answer normally
 
@@ -288,13 +289,14 @@ class FakePatchwork:
     # ---- failure injection ---------------------------------------------------------------------------------
 
     def fail_next(self, method: str, path_regex: str, status: int, body: Any = None, times: int = 1,
-                  headers: dict[str, str] | None = None) -> None:  # fmt: skip
-        """Answer the next `times` matching requests (method or "*", full path match) with this.
+                  headers: dict[str, str] | None = None, skip: int = 0) -> None:  # fmt: skip
+        """Answer the next `times` matching requests (method or "*", full path match) with this, after
+        letting `skip` of them through (skip=1 on the events path: page 2 fails).
         `body`: a dict (JSON), a str (text, like a proxy's error page), or None (DRF's detail shape)."""
         if body is None:
             body = {"detail": "A server error occurred."}
         with self._lock:
-            failure = _Failure(method.upper(), re.compile(path_regex), status, body, times, dict(headers or {}))
+            failure = _Failure(method.upper(), re.compile(path_regex), status, body, times, dict(headers or {}), skip)
             self._failures.append(failure)
 
     def lose_answer_next(self, method: str, path_regex: str, status: int = 502, times: int = 1) -> None:
@@ -304,14 +306,20 @@ class FakePatchwork:
             self._failures[-1].after_effect = True
 
     def before_next(self, method: str, path_regex: str, hook: Callable[[FakePatchwork], object],
-                    times: int = 1) -> None:  # fmt: skip
-        """Run `hook(self)` before answering the next matching requests (events arriving mid-poll)."""
+                    times: int = 1, skip: int = 0) -> None:  # fmt: skip
+        """Run `hook(self)` before answering the next matching requests, after `skip` of them
+        (skip=1 on the events path: events arrive between page 1 and page 2)."""
         with self._lock:
-            self._failures.append(_Failure(method.upper(), re.compile(path_regex), 0, None, times, hook=hook))
+            self._failures.append(
+                _Failure(method.upper(), re.compile(path_regex), 0, None, times, hook=hook, skip=skip)
+            )
 
     def _matching_failure(self, method: str, path: str) -> _Failure | None:
         for failure in self._failures:
             if failure.method in ("*", method) and failure.pattern.fullmatch(path):
+                if failure.skip > 0:
+                    failure.skip -= 1
+                    continue
                 failure.remaining -= 1
                 if failure.remaining <= 0:
                     self._failures.remove(failure)

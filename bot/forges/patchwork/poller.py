@@ -1,0 +1,249 @@
+"""Patchwork events poller: new series-completed and patch-delegated events of a project, each handed over once.
+
+Patchwork has no webhooks; its events list is the feed. What it promises shapes the loop:
+
+- dates are the server's naive local time (USE_TZ=False), so across a DST change they go back an hour,
+  and a server clock a little off ours, or an event committed late, lands before the newest we saw;
+- `since` is inclusive and the list is newest first, by date only.
+
+So each poll asks from the cursor (the newest event date seen) minus an overlap of at least an hour
+plus clock skew, reads every `Link: next` page to the end, and de-duplicates by event id against the
+seen-event table. The cursor moves only after the last page was read and every event on it handled:
+a poll stopped between pages (an error, a restart) leaves the cursor where it was, and the next poll
+reads the same window again, skipping what it already handled.
+
+Exactly once: an event is recorded seen in the same transaction as the handler's own records, so a
+handled event is never handed over again, and an event whose transaction did not commit is. A
+handler that does something outside that transaction (enqueues a task, posts to a forge) must be
+idempotent per event id: a crash after its side effect and before the commit hands it the same event
+again. Events go to handlers oldest first (by id: ids grow with time even where naive dates do not).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.forges.patchwork.client import PatchworkClient, PatchworkError
+from bot.store.db import Store
+from bot.store.models import PatchworkCursor, PatchworkSeenEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+SERIES_COMPLETED = "series-completed"
+PATCH_DELEGATED = "patch-delegated"
+DST_SHIFT_S = 3600.0  # the most a DST change moves naive server dates back
+
+
+@dataclass(frozen=True)
+class PatchworkEvent:
+    """One event from GET /api/events/, with the configured project it was polled for."""
+
+    id: int
+    category: str
+    project: str  # the project's link name, as configured
+    date: str  # naive server-local time, as Patchwork wrote it
+    actor: dict[str, Any] | None  # who caused it (for patch-delegated: who delegated)
+    payload: dict[str, Any]
+
+
+class SeriesHandler(Protocol):
+    def __call__(self, session: Session, event: PatchworkEvent, series: dict[str, Any], mbox: bytes) -> None:
+        """Record what the series starts (in `session`: committed with the event's seen mark).
+        Idempotent per `event.id`: after a crash before the commit, the same event comes again."""
+        ...
+
+
+class DelegationHandler(Protocol):
+    def __call__(self, session: Session, event: PatchworkEvent, patch: dict[str, Any],
+                 delegate: dict[str, Any] | None) -> None:  # fmt: skip
+        """Record the patch's new delegate (None: undelegated); `event.actor` is who delegated.
+        Idempotent per `event.id`, as for SeriesHandler."""
+        ...
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """How far back each poll looks, and how it pages."""
+
+    clock_skew_s: float = 300.0  # our idea of how far the server's clock, or a late commit, may lag
+    per_page: int = 100  # Patchwork allows up to 250
+    keep_seen_days: float = 7.0  # seen marks older than this are dropped (far past any overlap)
+
+    @property
+    def overlap(self) -> timedelta:
+        return timedelta(seconds=DST_SHIFT_S + self.clock_skew_s)
+
+
+@dataclass
+class PollReport:
+    """What one poll of one project did, per category summed."""
+
+    pages: int = 0
+    events: int = 0  # listed, the overlap's repeats included
+    handled: int = 0
+    already_seen: int = 0
+    skipped: int = 0  # gone from Patchwork or refused by the client (too large, ...): recorded, not handled
+
+
+def _naive(date: str) -> datetime:
+    return datetime.fromisoformat(date).replace(tzinfo=None)
+
+
+class PatchworkPoller:
+    """Polls one Patchwork server for configured projects; `server` keys its cursors and seen marks."""
+
+    def __init__(self, store: Store, client: PatchworkClient, *, on_series: SeriesHandler,
+                 on_delegated: DelegationHandler, settings: PollSettings | None = None,
+                 categories: Sequence[str] = (SERIES_COMPLETED, PATCH_DELEGATED)) -> None:  # fmt: skip
+        self.store, self.client = store, client
+        self.server = client.url
+        self.on_series, self.on_delegated = on_series, on_delegated
+        self.settings = settings or PollSettings()
+        self.categories = tuple(categories)
+
+    def poll(self, project: str) -> PollReport:
+        """Read every new event of the project's categories and hand each to its handler."""
+        report = PollReport()
+        for category in self.categories:
+            self.poll_category(project, category, report)
+        return report
+
+    def poll_category(self, project: str, category: str, report: PollReport | None = None) -> PollReport:
+        report = report if report is not None else PollReport()
+        cursor = self._cursor(project, category) or self._newest_date(project, category)
+        if cursor is None:
+            return report  # no event of this category yet: nothing to start from
+        since = (_naive(cursor) - self.settings.overlap).isoformat(timespec="microseconds")
+        listed: dict[int, dict[str, Any]] = {}
+        newest = cursor
+        for page in self.client.event_pages(project=project, category=category, since=since,
+                                            per_page=self.settings.per_page):  # fmt: skip
+            report.pages += 1
+            for raw in page.events:
+                listed[raw["id"]] = raw
+                if _naive(raw["date"]) > _naive(newest):
+                    newest = raw["date"]
+        report.events += len(listed)
+        # The last page is read: now hand over, oldest first, and only then move the cursor.
+        for event_id in sorted(listed):
+            raw = listed[event_id]
+            event = PatchworkEvent(event_id, category, project, raw["date"], raw.get("actor"), raw["payload"])
+            self._deliver(event, report)
+        self._save_cursor(project, category, newest)
+        self._forget_old_marks(project, category)
+        return report
+
+    # ---- one event -----------------------------------------------------------------------------------------
+
+    def _deliver(self, event: PatchworkEvent, report: PollReport) -> None:
+        with self.store.session() as session:
+            if self._is_seen(session, event.id):
+                report.already_seen += 1
+                return
+        try:
+            fetched = self._fetch(event)  # network first, outside any transaction
+        except PatchworkError as exc:
+            if exc.transient:
+                raise  # the poll stops here; the cursor stays and the next poll comes back to this event
+            log.warning("patchwork %s event %d of %s skipped: %s", event.category, event.id, event.project, exc)
+            self._mark(event, f"skipped: {exc}"[:2000], None)
+            report.skipped += 1
+            return
+        if self._mark(event, "handled", fetched):
+            report.handled += 1
+        else:
+            report.already_seen += 1
+
+    def _fetch(self, event: PatchworkEvent) -> tuple[Any, ...]:
+        if event.category == SERIES_COMPLETED:
+            series = self.client.series(int(_ref(event, "series")["id"]))
+            self._check_project(event, series)
+            return (series, self.client.mbox(str(series["mbox"])))
+        if event.category == PATCH_DELEGATED:
+            patch = self.client.patch(int(_ref(event, "patch")["id"]))
+            self._check_project(event, patch)
+            delegate = event.payload.get("current_delegate")
+            return (patch, delegate if isinstance(delegate, dict) else None)
+        raise PatchworkError("events", None, f"category {event.category!r} has no handler", transient=False)
+
+    def _check_project(self, event: PatchworkEvent, found: dict[str, Any]) -> None:
+        # The events were filtered by project; what they point at must be of that project too, or a
+        # series of another project (another tree's rules, another maintainer set) would run as this one.
+        listed = found.get("project")
+        project: dict[str, Any] = listed if isinstance(listed, dict) else {}
+        if project.get("link_name") != event.project:
+            raise PatchworkError(event.category, None, f"{found.get('url')} belongs to project "
+                                 f"{project.get('link_name')!r}, not {event.project!r}", transient=False)  # fmt: skip
+
+    def _mark(self, event: PatchworkEvent, outcome: str, fetched: tuple[Any, ...] | None) -> bool:
+        """The handler's records and the seen mark, one transaction; False if another poll got there first."""
+        try:
+            with self.store.session() as session:
+                if self._is_seen(session, event.id):
+                    return False
+                if fetched is not None and event.category == SERIES_COMPLETED:
+                    self.on_series(session, event, fetched[0], fetched[1])
+                elif fetched is not None:
+                    self.on_delegated(session, event, fetched[0], fetched[1])
+                session.add(PatchworkSeenEvent(server=self.server, event_id=event.id, project=event.project,
+                                               category=event.category, event_date=event.date[:40],
+                                               outcome=outcome))  # fmt: skip
+        except IntegrityError:
+            # A concurrent poll committed the same event's mark: its handler's records stand, ours rolled back.
+            with self.store.session() as session:
+                if self._is_seen(session, event.id):
+                    return False
+            raise
+        return True
+
+    # ---- the store -----------------------------------------------------------------------------------------
+
+    def _is_seen(self, session: Session, event_id: int) -> bool:
+        found = session.scalar(select(PatchworkSeenEvent.id).where(
+            PatchworkSeenEvent.server == self.server, PatchworkSeenEvent.event_id == event_id))  # fmt: skip
+        return found is not None
+
+    def _cursor(self, project: str, category: str) -> str | None:
+        with self.store.session() as session:
+            row = self._cursor_row(session, project, category)
+            return row.since if row is not None else None
+
+    def _cursor_row(self, session: Session, project: str, category: str) -> PatchworkCursor | None:
+        return session.scalar(select(PatchworkCursor).where(
+            PatchworkCursor.server == self.server, PatchworkCursor.project == project,
+            PatchworkCursor.category == category))  # fmt: skip
+
+    def _save_cursor(self, project: str, category: str, since: str) -> None:
+        with self.store.session() as session:
+            row = self._cursor_row(session, project, category)
+            if row is None:
+                session.add(PatchworkCursor(server=self.server, project=project, category=category, since=since))
+            elif _naive(since) > _naive(row.since):  # never backwards, whatever a slower concurrent poll read
+                row.since, row.updated_at = since, utcnow()
+
+    def _newest_date(self, project: str, category: str) -> str | None:
+        """A first poll starts from the newest event there is (minus the overlap), not from all history."""
+        first = next(iter(self.client.event_pages(project=project, category=category, per_page=1)), None)
+        return first.events[0]["date"] if first is not None and first.events else None
+
+    def _forget_old_marks(self, project: str, category: str) -> None:
+        cutoff = utcnow() - timedelta(days=self.settings.keep_seen_days)
+        with self.store.session() as session:
+            session.execute(delete(PatchworkSeenEvent).where(
+                PatchworkSeenEvent.server == self.server, PatchworkSeenEvent.project == project,
+                PatchworkSeenEvent.category == category, PatchworkSeenEvent.seen_at < cutoff))  # fmt: skip
+
+
+def _ref(event: PatchworkEvent, key: str) -> dict[str, Any]:
+    ref = event.payload.get(key)
+    if not isinstance(ref, dict) or not isinstance(ref.get("id"), int):
+        raise PatchworkError(event.category, None, f"event {event.id} has no {key} id", transient=False)
+    return ref
