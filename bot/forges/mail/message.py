@@ -41,6 +41,10 @@ class MailThread:
     subject: str  # the cover letter's subject, or patch 1's when there is no cover; a push: our own
     message_id: str | None = None  # the cover letter's Message-Id, or patch 1's; None starts a thread
 
+    def __post_init__(self) -> None:
+        if self.message_id is not None:  # refused now, not at the end of the pipeline
+            parse_message_id(self.message_id, "thread Message-Id")
+
 
 def series_thread(cover: tuple[str, str] | None, first_patch: tuple[str, str]) -> MailThread:
     """The thread a series' report replies in: its cover letter's (subject, Message-Id), or patch 1's

@@ -10,6 +10,7 @@ then shows as one message wherever mail is de-duplicated by it, which beats a re
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -17,14 +18,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.config import Smtp, TreeMail
 from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail, parse_mailbox, report_message_id
-from bot.forges.mail.smtp import SmtpServer, classify_error, send_mail
+from bot.forges.mail.smtp import SmtpServer, classify_error, send_mail, smtp_server_of
 from bot.reporting.sinks import PipelineSummary
 from bot.store.db import Store
 from bot.store.models import Delivery, utcnow
 from bot.store.once import ONCE_SOURCE, OnceKeys, record_once
 
-__all__ = ["MailSummarySink", "classify_error", "summary_mail_key"]
+__all__ = ["MailSummarySink", "classify_error", "mail_sink_for", "summary_mail_key"]
 
 log = logging.getLogger(__name__)
 SENDING = "sending "  # a claim's detail: "sending <attempt>"; a done one: "sent ..." or "not sent: ..."
@@ -121,3 +123,15 @@ class MailSummarySink:
                 session.execute(delete(Delivery).where(*mine))
             else:
                 session.execute(update(Delivery).where(*mine).values(detail=outcome))
+
+
+def mail_sink_for(store: Store, smtp: Smtp | None, mail: TreeMail, *, thread: MailThread, submitter: str | None,
+                  tls_context: ssl.SSLContext | None = None) -> MailSummarySink | None:  # fmt: skip
+    """A tree's report mail sink, or None when the tree mails no reports. A series' report goes to
+    its submitter, Cc the tree's list; a staging push's (no submitter) to the tree's push_to.
+    `tls_context`: a private CA's, else the system's CAs are trusted."""
+    if not mail.report or smtp is None:
+        return None
+    recipients = MailRecipients.parse([submitter], mail.cc) if submitter else MailRecipients.parse(mail.push_to)
+    return MailSummarySink(store, smtp_server_of(smtp, tls_context), sender=smtp.sender, thread=thread,
+                           recipients=recipients, message_id_domain=smtp.message_id_domain)  # fmt: skip

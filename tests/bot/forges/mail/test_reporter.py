@@ -18,9 +18,9 @@ from sqlalchemy import update
 from bot.config import parse_config
 from bot.core.mail_text import WIDTH
 from bot.forges.mail.message import MailRecipients, MailThread, parse_mailbox, parse_message_id, series_thread
-from bot.forges.mail.reporter import MailSummarySink, classify_error, summary_mail_key
+from bot.forges.mail.reporter import MailSummarySink, classify_error, mail_sink_for, summary_mail_key
 from bot.forges.mail.smtp import SmtpServer, smtp_server_of
-from bot.reporting.sinks import JobReport, PipelineSummary
+from bot.reporting.sinks import JobReport, PipelineSummary, PipelineSummarySink
 from bot.store.db import Store
 from bot.store.models import Delivery
 from bot.store.once import ONCE_SOURCE, once_done, record_once
@@ -81,7 +81,9 @@ def _sink(store: Store, server: SmtpServer, *, to: tuple[str, ...] = ("Jane Doe 
 def test_one_plain_text_mail_in_the_series_thread(smtp_server: SmtpFactory, store: Store) -> None:
     controller, handler = smtp_server()
     before = datetime.now(UTC).replace(microsecond=0)
-    _sink(store, _server(controller)).publish(_summary())
+    sink: PipelineSummarySink = _sink(store, _server(controller))  # the reporting seam's protocol
+    assert sink.forge == "mail" and sink.edits_in_place is False
+    sink.publish(_summary())
     [mail] = handler.received
     message = mail.message
     assert mail.mail_from == "ci@lab.example.net"
@@ -244,6 +246,8 @@ def test_an_address_with_line_breaks_or_two_addresses_is_refused() -> None:
     for bad_id in ("<a@b>\r\nBcc: victim@example.com", "<a b@c>", "no-at-sign", "<a@b@c>"):
         with pytest.raises(ValueError, match="is not a Message-Id"):
             parse_message_id(bad_id)
+        with pytest.raises(ValueError, match="thread Message-Id"):
+            MailThread("[PATCH] x", bad_id)
 
 
 def test_non_ascii_names_are_encoded(smtp_server: SmtpFactory, store: Store) -> None:
@@ -334,13 +338,25 @@ smtp:
 trees:
   - name: netdev/net-next
     url: https://git.kernel.org/pub/scm/linux/kernel/git/netdev/net-next.git
-    mail: {{report: true, cc: [netdev@vger.example.org]}}
+    mail: {{report: true, cc: [netdev@vger.example.org], push_to: [maintainer@example.org]}}
 """)
-    assert config.smtp is not None and config.trees[0].mail.report
-    server = replace(smtp_server_of(config.smtp, tls.client), local_hostname="labgate.test")
-    _sink(store, server, cc=tuple(config.trees[0].mail.cc)).publish(_summary())
-    [mail] = handler.received
-    assert mail.tls and mail.authenticated and "netdev@vger.example.org" in mail.rcpt_tos
+    assert config.smtp is not None
+    smtp = config.smtp
+    server = smtp_server_of(smtp)
+    assert server.password == SMTP_PASSWORD and server.starttls and server.port == controller.port
+    series = mail_sink_for(store, smtp, config.trees[0].mail, thread=MailThread(COVER_SUBJECT, COVER_ID),
+                           submitter="Jane Doe <jane@example.org>", tls_context=tls.client)  # fmt: skip
+    push = mail_sink_for(store, smtp, config.trees[0].mail, thread=MailThread("labgate: net-next/main"),
+                         submitter=None, tls_context=tls.client)  # fmt: skip
+    assert series is not None and push is not None
+    series.publish(_summary(pipeline_id=1))
+    push.publish(_summary(pipeline_id=2))
+    assert [(m.rcpt_tos, m.tls, m.authenticated) for m in handler.received] == [
+        (["jane@example.org", "netdev@vger.example.org"], True, True),
+        (["maintainer@example.org"], True, True),
+    ]
+    off = parse_config("trees: [{name: t, url: https://git.example.org/t.git}]").trees[0].mail
+    assert mail_sink_for(store, smtp, off, thread=MailThread("x"), submitter="jane@example.org") is None
 
 
 def test_mail_is_off_by_default_and_a_password_never_sits_in_the_yaml() -> None:
