@@ -27,6 +27,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# Tests that assert on host-wide state (every process of the sandbox uids, cgroups, slot uids) or take
+# the whole machine (a kernel build): scripts/test.sh runs them alone, after the others ran in parallel.
+EXCLUSIVE_PATHS = ("tests/security/", "tests/workers/test_sandbox.py", "tests/workers/test_slots.py",
+                   "tests/workers/test_cgroups.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the exclusive tests; slow tests first, so that they never start last and leave a worker idle."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(REPO_ROOT).as_posix()
+        if path.startswith(EXCLUSIVE_PATHS) or item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.exclusive)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # At run time, not at import: a host without the tool still collects every test.
     for mark in item.iter_markers("needs"):
@@ -52,7 +67,9 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def redis_db_url() -> Iterator[str]:
     """A Redis database number of its own on the shared server, emptied before and after."""
-    number = 1 + (os.getpid() % 14)
+    # One database per test process: xdist's workers are gw0, gw1, ... (their pids may collide mod 14).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    number = 1 + ((int(worker[2:]) if worker.startswith("gw") else os.getpid()) % 14)
     url = f"{REDIS_URL}/{number}"
     client = redis.Redis.from_url(url)
     client.flushdb()
