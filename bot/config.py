@@ -11,6 +11,7 @@ import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.core.links import is_sha256_hex
+from bot.core.plans import PlanError, parse_plan
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
@@ -92,12 +93,9 @@ class DeviceClass(_Strict):
 
 
 class TreeGitHub(_Strict):
-    """How a tree lives on GitHub."""
+    """How a tree lives on GitHub: GitHub's words only (trust, staging and drafts are the tree's own)."""
 
     repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name")
-    staging_branches: list[str] = Field([], description="pushes here run a post-merge pipeline")
-    test_drafts: bool = Field(False, description="also test draft pull requests")
-    trust: TrustPolicy = TrustPolicy()
 
 
 class TreeMail(_Strict):
@@ -117,6 +115,13 @@ class Tree(_Strict):
     private: bool = Field(False, description="clone with a short-lived read credential minted per checkout "
                                              "(GitHub: an installation token, contents: read, this repository only); "
                                              "its pages open only with a signed link or an operator token")
+    trust: TrustPolicy = TrustPolicy()
+    staging_branches: list[str] = Field([], description="pushes here run a post-merge pipeline against the "
+                                        "previous head")  # fmt: skip
+    test_drafts: bool = Field(False, description="also test draft changes (pull requests, merge requests)")
+    plan_file: Path | None = Field(None, description="the tree's plan (the in-tree plan's format), for trees that "
+                                   "carry none: an in-tree plan, where trust allows it, still wins; relative to "
+                                   "this config file")  # fmt: skip
     github: TreeGitHub | None = None
     mail: TreeMail = TreeMail()
 
@@ -219,6 +224,33 @@ class Smtp(_Strict):
         return _read_secret(self.password_file, "smtp.password_file") if self.password_file else None
 
 
+class PatchworkProject(_Strict):
+    """A Patchwork project whose series labgate tests."""
+
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the project's link name on the "
+                         "server (as in /project/LINK_NAME/list/)")  # fmt: skip
+    tree: str = Field(description="the tree (trees[].name) its series are applied to and tested on")
+
+
+class Patchwork(_Strict):
+    """The Patchwork server labgate polls for series and posts checks to. The token lives in a file."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+(/\S*)?$", description="the server, e.g. https://patchwork.kernel.org")
+    token_file: Path | None = Field(None, description="file holding the API token of labgate's Patchwork "
+                                    "user, a maintainer of each project (else checks are refused); unset: no "
+                                    "checks")  # fmt: skip
+    projects: list[PatchworkProject] = []
+    poll_interval_s: int = Field(300, gt=0, description="how often `labgate up` reads each project's events")
+    clock_skew_s: float = Field(300.0, ge=0, le=86400, description="added to the hour a DST change needs: how "
+                                "far the server's naive dates, or a late commit, may lag the newest seen")  # fmt: skip
+    per_page: int = Field(100, ge=1, le=250, description="events per page (Patchwork allows up to 250)")
+
+    def read_token(self) -> str:
+        if self.token_file is None:
+            raise ConfigError("patchwork.token_file: not set (checks need a maintainer's API token)")
+        return _read_secret(self.token_file, "patchwork.token_file")
+
+
 class WebLimits(_Strict):
     """What one client may hold of the web server (bot/web/server.py): anyone can connect to the webhook."""
 
@@ -265,6 +297,7 @@ class Config(_Strict):
     broker_url: str | None = Field(None, description="unset: a private redis-server in data_dir")
     web: Web = Web()
     github: GitHubApp | None = None
+    patchwork: Patchwork | None = None
     smtp: Smtp | None = Field(None, description="where report mail is sent from; needed by trees with mail.report")
     caps: Caps = Caps()
     retries: Retries = Retries()
@@ -349,7 +382,36 @@ def load_config(path: Path | None) -> Config:
     if not config.data_dir.is_absolute():
         # A relative data dir is relative to the config file, not to wherever labgate runs.
         config = config.model_copy(update={"data_dir": (path.parent / config.data_dir)})
-    return config
+    return config.model_copy(update={"trees": [_with_plan_checked(tree, index, path)
+                                               for index, tree in enumerate(config.trees)]})  # fmt: skip
+
+
+def _with_plan_checked(tree: Tree, index: int, config_path: Path) -> Tree:
+    """The tree with its plan_file made absolute and read once now: a broken plan is the operator's
+    error, said at start with the config file and key, not a failed pipeline later."""
+    if tree.plan_file is None:
+        return tree
+    plan_file = tree.plan_file if tree.plan_file.is_absolute() else config_path.parent / tree.plan_file
+    where = f"{config_path}: trees[{index}].plan_file"
+    try:
+        text = plan_file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {plan_file}: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        parse_plan(text, str(plan_file))
+    except PlanError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return tree.model_copy(update={"plan_file": plan_file})
+
+
+def config_plan(tree: Tree) -> tuple[str, str] | None:
+    """(text, where) of the tree's config-side plan, if it names one."""
+    if tree.plan_file is None:
+        return None
+    try:
+        return tree.plan_file.read_text(), f"{tree.plan_file} (trees: {tree.name}: plan_file)"
+    except OSError as exc:
+        raise ConfigError(f"trees: {tree.name}: plan_file: cannot read {tree.plan_file}: {exc.strerror}") from exc
 
 
 CONFIG_SCHEMA_TITLE = "labgate configuration"

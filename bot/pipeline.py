@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.config import config_plan
 from bot.core.plans import PlanError, parse_plan
 from bot.core.progress import (
     Caps,
@@ -304,6 +305,11 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     plan_path = job.spec.get("plan_path", ".labgate/plan.yaml")
     plan_text = job.outputs.pop("plan_text", None)
     job.outputs = dict(job.outputs)  # reassign so the JSON column is saved without the plan
+    tree = runtime.config.tree(revision.change.tree.name)
+    from_config = config_plan(tree) if tree is not None and not isinstance(plan_text, str) else None
+    if from_config is not None:
+        # The tree carries no plan (at the head, or at the base for an untrusted change): the operator's.
+        plan_text, plan_path = from_config
     try:
         plan = parse_plan(plan_text if isinstance(plan_text, str) else None, plan_path)  # type: ignore[arg-type]
     except PlanError as exc:

@@ -133,7 +133,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"github: {{app_id: {fake.app_id}, private_key_file: {root / 'app.pem'}, "
             f"webhook_secret_file: {root / 'secret'}, api_url: '{fake.base_url}', write_interval_s: 0}}\n"
             f"trees:\n  - name: hello\n    url: {origin}\n"
-            f"    github: {{repo: {REPO}, staging_branches: [staging]}}\n"
+            f"    staging_branches: [staging]\n    github: {{repo: {REPO}}}\n"
         )
         config = load_config(root / "labgate.yaml")
         services = open_services(config, root / "labgate.yaml")

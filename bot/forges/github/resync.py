@@ -15,8 +15,9 @@ import logging
 from sqlalchemy import select
 
 from bot.forges.github.client import GitHubApp
-from bot.forges.github.intake import SOURCE, external_id, handle_event
+from bot.forges.github.intake import SOURCE, handle_event
 from bot.forges.github.sansio import MalformedPayload, change_event_from_pull
+from bot.intake.desk import external_id
 from bot.pipeline import delivery_status, mark_delivery, record_delivery
 from bot.runtime import Runtime
 from bot.store.models import Change

@@ -3,6 +3,8 @@ never heard of, exactly once, however often it runs and whatever webhook turns u
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlalchemy import select
 
 from bot import tasks
@@ -27,7 +29,7 @@ def pipeline_heads(desk: Desk) -> list[tuple[str | None, str]]:
 def test_missed_heads_are_handled_once(desk: Desk) -> None:
     # #6: labgate heard of OLD; the push of NEW was lost. #8: never heard of at all.
     # #9: a stranger's, heard of by nobody: it waits for approval. #5 (the fixture's): closed meanwhile.
-    desk.deliver(pushed(OLD), "push-old")
+    desk.deliver(pushed(OLD, at=datetime.now(UTC) - timedelta(minutes=1)), "push-old")
     desk.fake.add_pull(REPO, 6, NEW, "topic", "main", BASE, "alice", "MEMBER")
     desk.fake.add_pull(REPO, 8, MISSED, "topic-8", "main", BASE, "alice", "MEMBER")
     desk.fake.add_pull(REPO, 9, STRANGER, "topic-9", "main", BASE, "mallory", "NONE")

@@ -1,0 +1,115 @@
+"""What each job's report should say, read from the store: forge-neutral (bot/reporting/sinks.py's JobReport)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
+from bot.core.triage import compare_results, render_comparison
+from bot.reporting.sinks import JobReport, Verdict
+from bot.store.models import Job, Pipeline, Revision
+
+MAX_TITLE = 250
+MAX_SUMMARY = 65000
+
+
+def job_label(kind: str, name: str) -> str:
+    """What a person reads as the job's name on any forge."""
+    if kind == "checkout":
+        return "labgate / checkout"
+    if kind == "build":
+        return f"labgate / build {name}"
+    return f"labgate / {name}"
+
+
+def verdict_for(view: JobView) -> Verdict:
+    """How a finished job should look; our infrastructure's failures never blame the change."""
+    if view.state in ("pending", "queued", "running"):
+        return "pending"
+    if view.error_code == "cancelled":
+        return "cancelled"
+    if view.error_code == "timeout":
+        return "timed-out"
+    if view.error_code in ("infra-error", "worker-lost"):
+        return "neutral"
+    verdicts: dict[str, Verdict] = {"pass": "pass", "skip": "neutral", "fail": "fail", "incomplete": "fail"}
+    return verdicts.get(view.result or "", "fail")
+
+
+def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
+    """Compiler warnings and errors on lines the change wrote (a forge may show them inline)."""
+    diagnostics = job.outputs.get("diagnostics") or []
+    checkout = job.pipeline.jobs[0] if job.pipeline.jobs else None
+    changed = (checkout.outputs.get("changed_lines") or {}) if checkout is not None else {}
+    found = []
+    for item in diagnostics:
+        ranges = changed.get(item.get("file"), [])
+        if any(first <= item["line"] <= last for first, last in ranges):
+            found.append({"path": item["file"], "line": item["line"], "level": item["level"],
+                          "message": str(item["text"])[:4000]})  # fmt: skip
+    return tuple(found)
+
+
+def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: str = "",
+               compared: str = "") -> JobReport:  # fmt: skip
+    """The report of one job now: queued, running, or done with its outcome, failures first."""
+    label = job_label(job.kind, job.name)
+    base = JobReport(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, name=job.name, label=label,
+                     stage="queued", verdict="pending", title="queued", summary="Waiting for a worker.",
+                     details_url=details_url)  # fmt: skip
+    if view.state in ("pending", "queued"):
+        return base
+    if view.state == "running":
+        return replace(base, stage="running", title="running", summary=f"Attempt {max(1, view.attempts)} is running.")
+    word = outcome_word(view)
+    counts = render_counts(view.test_counts)
+    first = view.failed_tests[0].path if view.failed_tests else None
+    title = f"{word}: {first}" if first else word + (f" ({counts})" if counts else "")
+    tests = tuple((t.path, t.status + (f" # {t.directive}" if t.directive else "")) for t in job.tests)
+    summary = render_job_markdown(view, tests=tests, earlier_failure=earlier_failure)
+    if compared and job.kind == "test":
+        summary = compared + "\n\n" + summary
+    return replace(base, stage="done", verdict=verdict_for(view), title=title[:MAX_TITLE],
+                   summary=summary[:MAX_SUMMARY], diagnostics=changed_line_diagnostics(job))  # fmt: skip
+
+
+def _test_statuses(pipeline: Pipeline) -> dict[str, str]:
+    return {f"{job.name}/{t.path}": t.status for job in pipeline.jobs if job.kind == "test" for t in job.tests}
+
+
+def post_merge_comparison(session: Session, pipeline: Pipeline) -> str:
+    """For a push to a staging branch: this head's results against the previous head's."""
+    if pipeline.kind != "post-merge" or pipeline.state != "done":
+        return ""
+    previous = session.scalar(
+        select(Pipeline).join(Revision)
+        .where(Revision.change_id == pipeline.revision.change_id, Pipeline.id < pipeline.id,
+               Pipeline.state == "done", Pipeline.result != "cancelled")
+        .order_by(Pipeline.id.desc())
+    )  # fmt: skip
+    if previous is None:
+        return "First run on this branch: nothing to compare with."
+    label = f"`{(previous.revision.head_sha or '')[:12]}` (pipeline {previous.id})"
+    return render_comparison(compare_results(_test_statuses(pipeline), _test_statuses(previous)), label)
+
+
+def earlier_failures(session: Session, pipeline: Pipeline) -> dict[tuple[str, str], str]:
+    """For a re-run: the first failure of each job in the run it repeats, kept visible."""
+    if pipeline.rerun_of_id is None:
+        return {}
+    earlier = session.get(Pipeline, pipeline.rerun_of_id)
+    found: dict[tuple[str, str], str] = {}
+    while earlier is not None:
+        for job in earlier.jobs:
+            failed = [t for t in job.tests if t.status == "fail"]
+            if failed and (job.kind, job.name) not in found:
+                first = failed[0]
+                found[(job.kind, job.name)] = f"pipeline {earlier.id}: not ok {first.path}\n{first.diagnostics}".strip()
+            elif job.result == "fail" and (job.kind, job.name) not in found:
+                found[(job.kind, job.name)] = f"pipeline {earlier.id}: {job.error_message or 'failed'}"
+        earlier = session.get(Pipeline, earlier.rerun_of_id) if earlier.rerun_of_id else None
+    return found

@@ -1,0 +1,126 @@
+"""Bring a forge's per-job statuses up to date with the store: one status per job, never backwards.
+
+No transaction spans a forge call: what each status should say is read first, then each status is
+written and its id and rank committed at once, on their own. A sync that fails half-way (the forge
+down, the worker killed) leaves every status it did write recorded, and the retry goes on from there.
+A create whose answer was lost is looked up (JobStatusSink.find) before it is sent again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from bot.links import job_page_url
+from bot.reporting.job_reports import earlier_failures, job_report, post_merge_comparison
+from bot.reporting.sinks import JobReport, JobStatusSink
+from bot.runtime import Runtime
+from bot.store.models import ForgeCheck, Pipeline
+from bot.views import job_view
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """The change a pipeline reports to, as the store knows it (a sink factory picks its forge's sink)."""
+
+    pipeline_id: int
+    source: str  # Change.source: "github", "patchwork", ...
+    tree: str
+    repo: str
+    number: int | None
+    installation: int | None
+    head_sha: str
+
+
+@dataclass(frozen=True)
+class _Write:
+    report: JobReport
+    status_id: int | None  # None: not created on the forge yet, as far as the store knows
+    claimed: bool  # a forge_check row exists: an earlier sync may have sent the create
+
+
+SinkFactory = Callable[[ReportTarget], JobStatusSink | None]
+
+
+def report_target(runtime: Runtime, pipeline_id: int) -> ReportTarget | None:
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None:
+            return None
+        change = pipeline.revision.change
+        return ReportTarget(pipeline.id, change.source, change.tree.name, change.forge_repo or "", change.number,
+                            change.installation_id, pipeline.revision.head_sha or "")  # fmt: skip
+
+
+def sync_job_reports(runtime: Runtime, pipeline_id: int, open_sink: SinkFactory) -> int:
+    """Every job's status brought up to date through the sink `open_sink` gives for the pipeline's
+    change (None: this change reports nowhere); how many forge requests that took."""
+    target = report_target(runtime, pipeline_id)
+    sink = open_sink(target) if target is not None else None
+    if target is None or sink is None:
+        return 0
+    return sum(_write(runtime, sink, target, write) for write in _plan(runtime, pipeline_id))
+
+
+def _plan(runtime: Runtime, pipeline_id: int) -> list[_Write]:
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None:
+            return []
+        earlier = earlier_failures(session, pipeline)
+        compared = post_merge_comparison(session, pipeline)
+        writes = []
+        for job in pipeline.jobs:
+            if job.reused_from_id is not None:
+                continue  # its status from the earlier run still says it passed
+            report = job_report(job, job_view(runtime, job), job_page_url(runtime, job),
+                                earlier_failure=earlier.get((job.kind, job.name), ""), compared=compared)  # fmt: skip
+            row = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job.id))
+            if row is not None and report.rank <= row.sent_rank:
+                continue  # an older state never overwrites a newer one
+            writes.append(_Write(report, row.check_id if row else None, row is not None))
+        return writes
+
+
+def _write(runtime: Runtime, sink: JobStatusSink, target: ReportTarget, write: _Write) -> int:
+    """One job's status brought to its report; how many forge requests that took."""
+    report, requests = write.report, 1
+    status_id = write.status_id
+    if status_id is None and not _claim(runtime, sink, target, write):
+        requests += 1
+        status_id = sink.find(report)
+    if status_id is None:
+        status_id = sink.create(report)
+        _store(runtime, report.job_id, status_id=status_id)
+    else:
+        sink.update(status_id, report)
+    _store(runtime, report.job_id, status_id=status_id, rank=report.rank)
+    return requests
+
+
+def _claim(runtime: Runtime, sink: JobStatusSink, target: ReportTarget, write: _Write) -> bool:
+    """The job's forge_check row, made (and committed) before its status is created; False when it was
+    there already: an earlier attempt may have reached the forge, so look before creating."""
+    if write.claimed:
+        return False
+    try:
+        with runtime.store.session() as session:
+            session.add(ForgeCheck(job_id=write.report.job_id, pipeline_id=write.report.pipeline_id, forge=sink.forge,
+                                   repo=target.repo, head_sha=target.head_sha, name=write.report.label,
+                                   sent_rank=0))  # fmt: skip
+    except IntegrityError:
+        return False  # another sync of this pipeline claimed it meanwhile
+    return True
+
+
+def _store(runtime: Runtime, job_id: int, *, status_id: int, rank: int | None = None) -> None:
+    """Record what the forge now shows, in its own short transaction; the rank only ever rises."""
+    with runtime.store.session() as session:
+        row = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job_id).with_for_update())
+        if row is None:
+            return
+        row.check_id = status_id
+        if rank is not None and rank > row.sent_rank:
+            row.sent_rank = rank

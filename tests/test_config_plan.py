@@ -1,0 +1,83 @@
+"""Plans from config: a tree that carries no .labgate/plan.yaml (most mailing-list trees) is tested
+by the plan its config names; an in-tree plan still wins; a broken one stops labgate at start, naming
+the config file and key."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config
+from bot.pipeline import Submission, submit
+from bot.services import Services, open_services, start_all_workers
+from bot.views import PipelineView, pipeline_view
+from tests.conftest import EXAMPLES, make_git_repo
+from workers.errors import ConfigError
+
+HELLO_PLAN = EXAMPLES / "hello" / ".labgate" / "plan.yaml"
+
+
+def write_config(root: Path, plan_file: str) -> Path:
+    config = root / "labgate.yaml"
+    config.write_text(f"data_dir: data\ncaps: {{max_build_s: 120, max_job_s: 120}}\n"
+                      f"trees:\n  - name: bare\n    url: {root / 'bare'}\n    plan_file: {plan_file}\n")  # fmt: skip
+    return config
+
+
+def test_a_relative_plan_file_is_the_config_files_neighbour(tmp_path: Path) -> None:
+    (tmp_path / "plans").mkdir()
+    shutil.copy(HELLO_PLAN, tmp_path / "plans" / "bare.yaml")
+    config = load_config(write_config(tmp_path, "plans/bare.yaml"))
+    assert config.trees[0].plan_file == tmp_path / "plans" / "bare.yaml"
+
+
+def test_a_broken_or_missing_plan_file_names_the_config_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("builds:\n  - name: x\n    comand: make\n")
+    config_path = write_config(tmp_path, "bad.yaml")
+    expected = rf"(?s){config_path}: trees\[0\]\.plan_file: .*bad\.yaml:3: builds\.0\.comand: Extra inputs"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(config_path)
+    config_path = write_config(tmp_path, "nowhere.yaml")
+    with pytest.raises(ConfigError, match=r"trees\[0\]\.plan_file: cannot read .*nowhere\.yaml"):
+        load_config(config_path)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    shutil.copy(HELLO_PLAN, tmp_path / "bare-plan.yaml")
+    tree = make_git_repo(EXAMPLES / "hello", tmp_path / "bare")
+    shutil.rmtree(tree / ".labgate")
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "no plan"], cwd=tree,
+                   check=True)  # fmt: skip
+    config_path = write_config(tmp_path, "bare-plan.yaml")
+    services = open_services(load_config(config_path), config_path)
+    try:
+        start_all_workers(services)
+        yield services
+    finally:
+        services.stop()
+
+
+def wait(services: Services, pipeline_id: int, timeout_s: float = 180) -> PipelineView:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = pipeline_view(services.runtime, pipeline_id)
+        if view.state == "done":
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"pipeline {pipeline_id} not done after {timeout_s} s")
+
+
+def test_a_tree_without_a_plan_runs_the_configs(services: Services, tmp_path: Path) -> None:
+    submission = Submission(tree_name="bare", tree_url=str(tmp_path / "bare"), source="test", external_id="1",
+                            base_ref="main", patches=(("pass.patch", (EXAMPLES / "hello" / "patches" /
+                                                                     "pass.patch").read_bytes()),))  # fmt: skip
+    view = wait(services, submit(services.runtime, submission))
+    assert view.result == "pass", view
+    assert [(j.kind, j.result) for j in view.jobs] == [("checkout", "pass"), ("build", "pass"), ("test", "pass")]
