@@ -52,8 +52,7 @@ def carry_out(runtime: Runtime, desk: ForgeDesk, context: ChangeContext, actions
                 _write_once(runtime, key("approved", action.head_sha), show)
             pipeline_id = submit(
                 runtime,
-                context.submission(ref=action.head_sha, head_sha=action.head_sha, merge=True,
-                                   plan_from=action.plan_from, tier=action.tier),
+                context.submission(**desk.revision(action.head_sha), plan_from=action.plan_from, tier=action.tier),
                 once_key=key("start", action.head_sha),
             )  # fmt: skip
             done.append(f"pipeline {pipeline_id} for {action.head_sha[:12]} ({action.reason}, tier {action.tier})")

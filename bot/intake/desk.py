@@ -48,6 +48,11 @@ class ForgeDesk(Protocol):
 
     def show_approved(self, head_sha: str, text: str) -> None: ...
 
+    def revision(self, head_sha: str) -> dict[str, Any]:
+        """What to test for `head_sha`, as Submission fields: a pull request's ref to fetch and merge
+        (ref=, head_sha=, merge=True), or a series' patches onto its base (patches=, base_ref=)."""
+        ...
+
 
 def external_id(repo: str, number: int) -> str:
     """The store's Change.external_id of change `number` of `repo` on a forge."""

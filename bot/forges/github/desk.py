@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from typing import Any
 
 from github.PullRequest import PullRequest
 
@@ -45,6 +46,10 @@ class PullRequestDesk:
         if self.installation is None:
             raise LookupError("a pull request is read through the App's installation, and none was named")
         return self.github.pull(self.installation, self.repo, self.number)
+
+    def revision(self, head_sha: str) -> dict[str, Any]:
+        # GitHub keeps refs/pull/N/head; the head is fetched by its SHA and merged onto the current base.
+        return {"ref": head_sha, "head_sha": head_sha, "merge": True}
 
     def reply(self, text: str) -> None:
         if self.installation is not None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -53,6 +54,9 @@ class RecordingDesk:
 
     def show_approved(self, head_sha: str, text: str) -> None:
         self.calls.append(("show_approved", head_sha))
+
+    def revision(self, head_sha: str) -> dict[str, Any]:
+        return {"ref": head_sha, "head_sha": head_sha}
 
 
 @pytest.fixture
