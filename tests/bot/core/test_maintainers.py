@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.core.maintainers import MAX_MAINTAINERS_BYTES, MAX_REGEXES, Maintainers, address_of, parse_maintainers
+from tests.requirements import missing
 from workers.errors import UserError
 
 # Our own sample, written to the format the top of linux/MAINTAINERS describes: prose first (its
@@ -237,7 +238,8 @@ def kernel_maintainers_text() -> str | None:
 def kernel() -> Maintainers:
     text = kernel_maintainers_text()
     if text is None:
-        pytest.skip("no /usr/src/linux-source-*.tar.xz (Debian's linux-source package) to read MAINTAINERS from")
+        missing("no /usr/src/linux-source-*.tar.xz to read MAINTAINERS from (apt-get install linux-source-6.1; "
+                "scripts/setup.sh installs it)")  # fmt: skip
     return parse_maintainers(text, origin="linux/MAINTAINERS")
 
 
@@ -308,7 +310,8 @@ def test_the_same_addresses_as_get_maintainer(tmp_path: Path) -> None:
     text = kernel_maintainers_text()
     script = kernel_member("scripts/get_maintainer.pl") if text is not None and shutil.which("perl") else None
     if text is None or script is None:
-        pytest.skip("needs perl and /usr/src/linux-source-*.tar.xz (MAINTAINERS and scripts/get_maintainer.pl)")
+        missing("needs perl and /usr/src/linux-source-*.tar.xz (MAINTAINERS and scripts/get_maintainer.pl; "
+                "scripts/setup.sh installs linux-source-6.1)")  # fmt: skip
     for top in ("COPYING", "CREDITS", "Kbuild", "Makefile", "README"):
         (tmp_path / top).write_text("")
     for folder in ("Documentation", "arch", "include", "drivers", "fs", "init", "ipc", "kernel", "lib", "scripts"):
