@@ -119,6 +119,9 @@ class Tree(_Strict):
     staging_branches: list[str] = Field([], description="pushes here run a post-merge pipeline against the "
                                         "previous head")  # fmt: skip
     test_drafts: bool = Field(False, description="also test draft changes (pull requests, merge requests)")
+    poll_staging: bool = Field(False, description="no webhook tells of pushes (git.kernel.org): `labgate up` runs "
+                               "git ls-remote for the staging branches every poll_interval_s")  # fmt: skip
+    poll_interval_s: int = Field(300, gt=0, description="how often the staging branches are polled (poll_staging)")
     plan_file: Path | None = Field(None, description="the tree's plan (the in-tree plan's format), for trees that "
                                    "carry none: an in-tree plan, where trust allows it, still wins; relative to "
                                    "this config file")  # fmt: skip

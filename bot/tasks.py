@@ -16,7 +16,9 @@ from bot.core.events import event_from_json
 from bot.forges.github.client import GitHubApp, classify_error
 from bot.forges.github.intake import handle_event
 from bot.forges.github.reporter import sync_checks
-from bot.forges.github.resync import RESYNC_TASK, resync_open_pulls
+from bot.forges.github.resync import resync_open_pulls
+from bot.forges.gitremote.poller import poll_all
+from bot.periodic import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK
 from bot.pipeline import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
 from bot.retrying import describe, is_transient, retry_delay
@@ -86,7 +88,7 @@ def report(self: Task, pipeline_id: int) -> None:
         retry_or_fail(self, exc, runtime, lambda why: log.error("report of pipeline %d: %s", pipeline_id, why))
 
 
-@app.task(name=RESYNC_TASK, bind=True)
+@app.task(name=GITHUB_RESYNC_TASK, bind=True)
 def github_resync(self: Task) -> None:
     """Handle open pull requests' heads no webhook told of (bot/forges/github/resync.py)."""
     runtime = runtime_from_env()
@@ -98,3 +100,15 @@ def github_resync(self: Task) -> None:
         retry_or_fail(self, exc, runtime, lambda why: log.error("resync: %s", why))
     if done:
         log.info("resync: %s", "; ".join(done))
+
+
+@app.task(name=GIT_REMOTE_POLL_TASK, bind=True)
+def git_remote_poll(self: Task) -> None:
+    """Staging branches of trees without webhooks (bot/forges/gitremote/poller.py)."""
+    runtime = runtime_from_env()
+    try:
+        done = poll_all(runtime)
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, lambda why: log.error("git remote poll: %s", why))
+    if done:
+        log.info("git remote poll: %s", "; ".join(done))

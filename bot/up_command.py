@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 from bot.config import Config
+from bot.periodic import periodic_tasks
 from bot.runtime import open_runtime
 from bot.services import open_services, worker_groups
 from bot.supervise import labgate_argv
@@ -56,25 +57,24 @@ def run_up(config: Config, config_path: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    resync_every = config.github.resync_interval_s if config.github is not None else 0
-    next_resync = time.monotonic()  # at start too: deliveries may have been lost while labgate was down
+    timers = periodic_tasks(config)
+    due = {name: time.monotonic() for name, _ in timers}  # at start too: what happened while labgate was down
     try:
         while not stopping:
             for name in services.supervisor.restart_dead():
                 print(f"labgate up: restarted {name}", flush=True)
-            if resync_every and time.monotonic() >= next_resync:
-                next_resync = time.monotonic() + resync_every
-                _enqueue_resync()
+            for name, every in timers:
+                if time.monotonic() >= due[name]:
+                    due[name] = time.monotonic() + every
+                    _enqueue(name)
             time.sleep(SUPERVISE_INTERVAL_S)
     finally:
         services.stop()
     return 0
 
 
-def _enqueue_resync() -> None:
-    from bot.forges.github.resync import RESYNC_TASK
-
+def _enqueue(task: str) -> None:
     try:
-        app.send_task(RESYNC_TASK, queue=CONTROL_QUEUE)
+        app.send_task(task, queue=CONTROL_QUEUE)
     except Exception as exc:  # the broker restarting: the next turn tries again
-        print(f"labgate up: could not queue the resync: {exc}", flush=True)
+        print(f"labgate up: could not queue {task}: {exc}", flush=True)

@@ -47,6 +47,8 @@ class CheckoutOutcome:
     plan_text: str | None  # None: the tree has no plan at that path
     changed_files: tuple[str, ...]
     changed_lines: dict[str, list[tuple[int, int]]]  # file -> [first, last] line ranges the change touched
+    # The head descends from the base: a branch that moved forward. False: it was rewritten (a forced push).
+    base_is_ancestor: bool = True
 
 
 def git(args: Sequence[str], cwd: Path, *, check: bool = True,
@@ -101,7 +103,9 @@ def update_mirror(mirror: Path, url: str, credential_file: Path | None = None) -
 def resolve(mirror: Path, ref: str, what: str) -> str:
     process = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], mirror, check=False)
     if process.returncode != 0:
-        raise UserError(f"{what} {ref!r} is not a commit in the tree")
+        # "could not determine base": the words Patchwork's readers are told (a series' base-commit: trailer).
+        prefix = "could not determine base: " if what == "base" else ""
+        raise UserError(f"{prefix}{what} {ref!r} is not a commit in the tree")
     return process.stdout.strip()
 
 
@@ -213,10 +217,12 @@ def prepare_checkout(
     with locked(mirror):
         update_mirror(mirror, url, credential_file)
         base_sha = resolve(mirror, base_ref, "base")
+        descends = True
         if ref is not None:
             head_sha = resolve(mirror, ref, "ref")
             tested_sha = head_sha
-            if merge and git(["merge-base", "--is-ancestor", base_sha, head_sha], mirror, check=False).returncode:
+            descends = git(["merge-base", "--is-ancestor", base_sha, head_sha], mirror, check=False).returncode == 0
+            if merge and not descends:
                 tested_sha = merge_onto_base(mirror, worktree, base_sha, head_sha, f"{base_ref}@{base_sha[:12]}")
         else:
             add_worktree(mirror, worktree, base_sha)
@@ -233,7 +239,8 @@ def prepare_checkout(
         diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
         hunks = git(["diff", "--unified=0", "--no-color", f"{base_sha}...{head_sha}"], mirror)
     return CheckoutOutcome(
-        base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), parse_changed_lines(hunks.stdout)
+        base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), parse_changed_lines(hunks.stdout),
+        descends,
     )
 
 

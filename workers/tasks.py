@@ -67,6 +67,7 @@ def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None
             "plan_text": outcome.plan_text,
             "changed_files": list(outcome.changed_files),
             "changed_lines": outcome.changed_lines,
+            "base_is_ancestor": outcome.base_is_ancestor,
         },
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.core.mail_text import error_lines_of
 from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
 from bot.reporting.sinks import JobReport, Verdict
@@ -74,7 +75,8 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
     if compared and job.kind == "test":
         summary = compared + "\n\n" + summary
     return replace(base, stage="done", verdict=verdict_for(view), title=title[:MAX_TITLE],
-                   summary=summary[:MAX_SUMMARY], diagnostics=changed_line_diagnostics(job))  # fmt: skip
+                   summary=summary[:MAX_SUMMARY], diagnostics=changed_line_diagnostics(job),
+                   error_lines=error_lines_of(view) if verdict_for(view) != "pass" else "")  # fmt: skip
 
 
 def _test_statuses(pipeline: Pipeline) -> dict[str, str]:
@@ -93,6 +95,12 @@ def post_merge_comparison(session: Session, pipeline: Pipeline) -> str:
     )  # fmt: skip
     if previous is None:
         return "First run on this branch: nothing to compare with."
+    checkout = pipeline.jobs[0] if pipeline.jobs else None
+    if checkout is not None and checkout.outputs.get("base_is_ancestor") is False:
+        # A forced push: what failed before may be gone with the old commits, not fixed by new ones.
+        return (f"The branch was rewritten: `{(pipeline.revision.base_sha or '')[:12]}` is not an ancestor of "
+                f"`{(pipeline.revision.head_sha or '')[:12]}`, so its results are not compared with pipeline "
+                f"{previous.id}'s.")  # fmt: skip
     label = f"`{(previous.revision.head_sha or '')[:12]}` (pipeline {previous.id})"
     return render_comparison(compare_results(_test_statuses(pipeline), _test_statuses(previous)), label)
 

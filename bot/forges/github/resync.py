@@ -23,7 +23,6 @@ from bot.runtime import Runtime
 from bot.store.models import Change
 
 log = logging.getLogger(__name__)
-RESYNC_TASK = "bot.github_resync"
 
 
 def resync_open_pulls(runtime: Runtime, github: GitHubApp) -> list[str]:

@@ -1,0 +1,23 @@
+"""The control tasks `labgate up` queues on a timer: what no webhook tells labgate of."""
+
+from __future__ import annotations
+
+from bot.config import Config
+
+GITHUB_RESYNC_TASK = "bot.github_resync"  # open pull requests whose delivery was lost
+GIT_REMOTE_POLL_TASK = "bot.git_remote_poll"  # staging branches of trees without webhooks
+PATCHWORK_POLL_TASK = "bot.patchwork_poll"  # Patchwork projects' events
+
+
+def periodic_tasks(config: Config) -> list[tuple[str, int]]:
+    """(task name, interval in seconds) of every timer the config asks for. Each runs at start too:
+    what happened while labgate was down is caught up at once."""
+    timers = []
+    if config.github is not None and config.github.resync_interval_s:
+        timers.append((GITHUB_RESYNC_TASK, config.github.resync_interval_s))
+    polled = [tree.poll_interval_s for tree in config.trees if tree.poll_staging and tree.staging_branches]
+    if polled:
+        timers.append((GIT_REMOTE_POLL_TASK, min(polled)))
+    if config.patchwork is not None and config.patchwork.projects:
+        timers.append((PATCHWORK_POLL_TASK, config.patchwork.poll_interval_s))
+    return timers
