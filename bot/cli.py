@@ -1,4 +1,4 @@
-"""The `labgate` command: config check, try, up, worker, web, cancel, retest."""
+"""The `labgate` command: config check, try, up, worker, web, cancel, retest, approve."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     retest.add_argument("pipeline", type=int)
     retest.add_argument("--job", default=None, help="only this job (its name, or 'kind name')")
     _config_arg(retest)
+    for steer in (cancel, retest):
+        steer.add_argument("--series", action="store_true", help="the number is a Patchwork series id")
+    approve = sub.add_parser("approve", help="let one version of a Patchwork series run (recorded as --as)")
+    approve.add_argument("series", type=int, help="the Patchwork series id, as its `labgate` check names it")
+    approve.add_argument("--version", type=int, required=True, help="the version you read (vN of the subject)")
+    approve.add_argument("--hardware", action="store_true", help="also allow real boards")
+    approve.add_argument("--as", dest="approver", required=True, help="who approves (kept with the approval)")
+    _config_arg(approve)
     return parser
 
 
@@ -91,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.up_command import run_web
 
             return run_web(config, args.config)
+        if args.command == "approve" or (args.command in ("cancel", "retest") and args.series):
+            from bot.operator_command import operator_name
+            from bot.series_command import run_series_command
+
+            if args.command != "approve":
+                args.series, args.who = args.pipeline, operator_name()
+            return run_series_command(config, args)
         if args.command in ("cancel", "retest"):
             from bot.operator_command import run_operator
 

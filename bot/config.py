@@ -104,6 +104,13 @@ class TreeMail(_Strict):
     report: bool = Field(False, description="mail one report per series version and staging push (needs `smtp:`)")
     cc: list[str] = Field([], description="Cc of series reports, e.g. the tree's list `netdev@vger.kernel.org`")
     push_to: list[str] = Field([], description="To of staging push reports: the maintainer or the list")
+    maintainers: list[str] = Field([], description="addresses whose series count as a maintainer's "
+                                   "(MAINTAINERS at the base is not read yet); unsigned, only a claim")  # fmt: skip
+    unverified_tier: Literal["none", "qemu"] = Field("none", description="what a maintainer address's series "
+                                                     "runs on unapproved without a verified signature; none: "
+                                                     "it waits")  # fmt: skip
+    keyring: Path | None = Field(None, description="patatt keyring directory (<algo>/<domain>/<local>/<sel>); "
+                                 "a series attested by a key there runs like a trusted change")  # fmt: skip
 
 
 class Tree(_Strict):
@@ -233,6 +240,9 @@ class PatchworkProject(_Strict):
     project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the project's link name on the "
                          "server (as in /project/LINK_NAME/list/)")  # fmt: skip
     tree: str = Field(description="the tree (trees[].name) its series are applied to and tested on")
+    tag_branches: dict[str, str] = Field({}, description="subject tag -> branch of the tree, for series "
+                                         "without a base-commit: trailer (`net-next: main`); else the "
+                                         "tree's first branch")  # fmt: skip
 
 
 class Patchwork(_Strict):

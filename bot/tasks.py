@@ -18,6 +18,9 @@ from bot.forges.github.intake import handle_event
 from bot.forges.github.reporter import sync_checks
 from bot.forges.github.resync import resync_open_pulls
 from bot.forges.gitremote.poller import poll_all
+from bot.forges.mail.smtp import classify_error as classify_smtp_error
+from bot.forges.patchwork.client import classify_error as classify_patchwork_error
+from bot.mailing_list import POLL_TASK, is_series_pipeline, poll_patchwork, report_series
 from bot.periodic import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK
 from bot.pipeline import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
@@ -28,7 +31,7 @@ from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # Each forge adapter's reading of its own errors (which mean "later", and how much later).
-CLASSIFIERS = (classify_error,)
+CLASSIFIERS = (classify_error, classify_patchwork_error, classify_smtp_error)
 
 
 @app.task(name=pipeline.START_PIPELINE_TASK)
@@ -80,10 +83,11 @@ def github_event(self: Task, event_json: str, delivery_id: str) -> None:
 def report(self: Task, pipeline_id: int) -> None:
     """Bring the forge's view of a pipeline up to date (idempotent: repeats send nothing)."""
     runtime = runtime_from_env()
-    if runtime.config.github is None:
-        return
     try:
-        sync_checks(runtime, github_app(), pipeline_id)
+        if runtime.config.patchwork is not None and is_series_pipeline(runtime, pipeline_id):
+            report_series(runtime, pipeline_id)  # checks on every patch; once done, the mail
+        elif runtime.config.github is not None:
+            sync_checks(runtime, github_app(), pipeline_id)
     except Exception as exc:
         retry_or_fail(self, exc, runtime, lambda why: log.error("report of pipeline %d: %s", pipeline_id, why))
 
@@ -112,3 +116,17 @@ def git_remote_poll(self: Task) -> None:
         retry_or_fail(self, exc, runtime, lambda why: log.error("git remote poll: %s", why))
     if done:
         log.info("git remote poll: %s", "; ".join(done))
+
+
+@app.task(name=POLL_TASK, bind=True)
+def patchwork_poll(self: Task) -> None:
+    """Each configured Patchwork project's new events, carried out (bot/mailing_list.py)."""
+    runtime = runtime_from_env()
+    if runtime.config.patchwork is None:
+        return
+    try:
+        done = poll_patchwork(runtime)
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, lambda why: log.error("patchwork poll: %s", why))
+    if done:
+        log.info("patchwork poll: %s", "; ".join(done))

@@ -1,0 +1,63 @@
+"""A series' pipeline on Patchwork: each job's status as checks on every patch (bot/reporting's sync
+loop drives it), with what Patchwork's readers need said in its words.
+
+A checkout that fails is never the patch's `fail`: it did not apply, or its base-commit is not in the
+tree ("could not determine base"), or the plan could not be read. It says `warning` with the reason,
+which goes where a check shows it (its one-line description).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bot.forges.patchwork.checks import PatchworkChecksSink
+from bot.forges.patchwork.client import PatchworkClient
+from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
+from bot.reporting.sinks import JobReport
+from bot.reporting.sync import ReportTarget, sync_job_reports
+from bot.runtime import Runtime
+
+
+def as_series_check(report: JobReport) -> JobReport:
+    """The report as a series' check says it: a checkout's failure is `warning` with its first error line."""
+    if report.kind != "checkout" or report.stage != "done" or report.verdict != "fail":
+        return report
+    reason = next((line.strip() for line in report.error_lines.split("\n") if line.strip()), report.title)
+    return replace(report, verdict="warning", title=f"not tested: {reason}")
+
+
+class SeriesChecksSink:
+    """PatchworkChecksSink for one series version, its reports as a series' checks say them."""
+
+    forge = SOURCE
+
+    def __init__(self, client: PatchworkClient, record: SeriesRecord) -> None:
+        self.record = record
+        self._checks = PatchworkChecksSink(client, record.patch_ids)
+
+    def create(self, report: JobReport) -> int:
+        return self._checks.create(as_series_check(report))
+
+    def update(self, status_id: int, report: JobReport) -> None:
+        self._checks.update(status_id, as_series_check(report))
+
+    def find(self, report: JobReport) -> int | None:
+        return self._checks.find(report)
+
+
+def series_record_of(runtime: Runtime, server: str, target: ReportTarget) -> SeriesRecord | None:
+    """The series a pipeline's change is, when it is a Patchwork one of this server."""
+    if target.source != SOURCE or target.number is None:
+        return None
+    with runtime.store.session() as session:
+        return load_series(session, server, target.number)
+
+
+def sync_series_checks(runtime: Runtime, client: PatchworkClient, pipeline_id: int) -> int:
+    """Bring every job's checks up to date on every patch of the series; how many requests that took."""
+
+    def open_sink(target: ReportTarget) -> SeriesChecksSink | None:
+        record = series_record_of(runtime, client.url, target)
+        return SeriesChecksSink(client, record) if record is not None and record.patch_ids else None
+
+    return sync_job_reports(runtime, pipeline_id, open_sink)

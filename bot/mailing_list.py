@@ -1,0 +1,179 @@
+"""The mailing-list route: Patchwork series in, graded by what their mail proves, checks and one mail out.
+
+This joins two forge packages that must not import each other (bot/forges/patchwork, bot/forges/mail):
+the series' mails are read and their sender graded here, and a series' pipeline is reported here to
+Patchwork (checks on every patch) and, once done, by mail into the series' thread.
+
+Trust, as honestly as the parts allow today:
+- verified (a patatt attestation by a key in the tree's `mail.keyring`, or DKIM by the sender's
+  domain) from a keyring identity or a `mail.maintainers` address: runs like a trusted change;
+- a From: that is a `mail.maintainers` address but proven by nothing: only `mail.unverified_tier`
+  (default none: it waits). MAINTAINERS at the base is not read by the control plane yet;
+- anyone else waits for `labgate approve` or the delegation of every patch.
+DKIM needs the signing domain's key from DNS: no resolver is wired in production yet, so DKIM
+signatures read unverifiable there; tests pass a resolver of local keys (`resolve_dkim_key`).
+Signatures are checked on the mail Patchwork serves (public-inbox originals are not fetched yet),
+which Patchwork re-renders: most read unverifiable, never "invalid sender".
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from collections.abc import Sequence
+from email.message import EmailMessage
+
+from bot.config import Tree
+from bot.core.series import IdentityGrade, Mail, parse_series
+from bot.forges.mail.domain_signature import ResolveDkimKey
+from bot.forges.mail.grading import Method
+from bot.forges.mail.identity import IdentityResult, verify_identity
+from bot.forges.mail.keyring import Keyring
+from bot.forges.mail.message import series_thread
+from bot.forges.mail.original import split_mboxrd
+from bot.forges.mail.reporter import mail_sink_for
+from bot.forges.patchwork.client import PatchworkClient
+from bot.forges.patchwork.desk import SOURCE, load_series
+from bot.forges.patchwork.intake import ReadSeries, SenderTrust, SeriesIntake, SeriesReader
+from bot.forges.patchwork.poller import PatchworkPoller, PollSettings
+from bot.forges.patchwork.report import sync_series_checks
+from bot.reporting.summary import pipeline_summary
+from bot.runtime import Runtime
+from bot.store.models import Pipeline
+from workers.errors import ConfigError
+
+log = logging.getLogger(__name__)
+POLL_TASK = "bot.patchwork_poll"  # queued by `labgate up` every patchwork.poll_interval_s
+
+
+def no_dns(name: str) -> bytes | None:
+    """Production's DKIM key look-up today: none (every DKIM signature reads unverifiable)."""
+    return None
+
+
+def decode(raw: bytes) -> Mail:
+    """One mail as bot/core reads it: headers decoded (RFC 2047), the text part in its charset."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    body = ""
+    if isinstance(message, EmailMessage):
+        part = message.get_body(("plain",))
+        try:
+            body = part.get_content() if part is not None else ""
+        except (LookupError, ValueError):  # an unknown charset: the series is refused as unreadable below
+            body = ""
+    return Mail(tuple((key, str(value)) for key, value in message.items()), body)
+
+
+def tree_keyring(tree: Tree) -> Keyring:
+    return Keyring.from_directory(tree.mail.keyring) if tree.mail.keyring is not None else Keyring.empty()
+
+
+def grade_sender(results: Sequence[IdentityResult], claimed: str, tree: Tree) -> SenderTrust:
+    """What the patches' signatures prove of `claimed` (every patch must prove it: one unsigned patch in a
+    signed series is a patch anyone could have slipped in), and what the tree grants that."""
+    maintainer = claimed.lower() in {address.lower() for address in tree.mail.maintainers}
+    verified = bool(results) and all(r.verified and (r.identity or "").lower() == claimed.lower() for r in results)
+    if verified:
+        keyring_identity = all(r.method is Method.PATATT for r in results)
+        if keyring_identity or maintainer:
+            return SenderTrust(IdentityGrade.VERIFIED, True, None, "head", f"verified {claimed} ({results[0].method})")
+        return SenderTrust(IdentityGrade.VERIFIED, False, None, "base",
+                           f"verified {claimed}, who is not one of the tree's maintainers")  # fmt: skip
+    why = results[0].reason if results else "no patch"
+    if maintainer:
+        unverified = tree.mail.unverified_tier
+        return SenderTrust(IdentityGrade.MAINTAINER_CLAIM, unverified != "none", unverified if unverified != "none"
+                           else None, "base", f"From: claims maintainer {claimed}, not proven: {why}")  # fmt: skip
+    return SenderTrust(IdentityGrade.UNVERIFIED, False, None, "base", f"{claimed}: {why}")
+
+
+def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:
+    """A SeriesReader (bot/forges/patchwork/intake.py) grading senders with this DKIM key look-up."""
+
+    def read(mbox: bytes, tree: Tree) -> ReadSeries:
+        raws = split_mboxrd(mbox)
+        mails = [decode(raw) for raw in raws]
+        series = parse_series(mails)
+        first = series.first
+        if first is None or first.sender is None:
+            raise ValueError("the series' first mail has no readable From: address")
+        by_mail = {id(mail): raw for mail, raw in zip(mails, raws, strict=True)}
+        patch_raws = [by_mail[id(patch.mail)] for patch in series.patches]
+        keyring = tree_keyring(tree)
+        results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in patch_raws]
+        trust = grade_sender(results, first.sender.address, tree)
+        patches = tuple((f"{index:04d}.patch", raw) for index, raw in enumerate(patch_raws, 1))
+        return ReadSeries(series, patches, first.sender.address, trust)
+
+    return read
+
+
+def patchwork_client(runtime: Runtime) -> PatchworkClient:
+    config = runtime.config.patchwork
+    if config is None:
+        raise ConfigError("no `patchwork:` section in the config")
+    return PatchworkClient(config.url, config.read_token() if config.token_file else None)
+
+
+def series_intake(runtime: Runtime, client: PatchworkClient, resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesIntake:
+    return SeriesIntake(runtime, client, series_reader(resolve_dkim_key))
+
+
+def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey = no_dns) -> list[str]:
+    """Read every configured project's new events, then carry out what they call for."""
+    config = runtime.config.patchwork
+    if config is None:
+        return []
+    with patchwork_client(runtime) as client:
+        intake = series_intake(runtime, client, resolve_dkim_key)
+        settings = PollSettings(clock_skew_s=config.clock_skew_s, per_page=config.per_page)
+        poller = PatchworkPoller(runtime.store, client, on_series=intake.record_series,
+                                 on_delegated=intake.record_delegation, settings=settings)  # fmt: skip
+        done = []
+        for project in config.projects:
+            report = poller.poll(project.project)
+            if report.handled or report.skipped:
+                done.append(f"{project.project}: {report.handled} new events, {report.skipped} skipped")
+        return done + intake.handle_pending()
+
+
+def reproduce_series(tree: Tree, base_ref: str, thread_message_id: str) -> str:
+    """How the submitter runs the series' pipeline on their machine."""
+    message_id = thread_message_id.strip("<>")
+    return (f"b4 am -o - '{message_id}' > series.mbox\n"
+            f"labgate try {tree.url} --base {base_ref} --patch series.mbox")  # fmt: skip
+
+
+def report_series(runtime: Runtime, pipeline_id: int) -> int:
+    """A series' pipeline reported: checks on every patch, then, once done, one mail into the thread
+    when the tree mails reports (none for a cancelled run, nor for our own failure)."""
+    with patchwork_client(runtime) as client:
+        requests = sync_series_checks(runtime, client, pipeline_id)
+        server = client.url
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None or pipeline.state != "done" or pipeline.result == "cancelled":
+            return requests
+        change = pipeline.revision.change
+        tree = runtime.config.tree(change.tree.name)
+        record = load_series(session, server, change.number) if change.number is not None else None
+        submitter, base_ref = change.submitter, pipeline.revision.base_ref
+    if tree is None or record is None or not tree.mail.report:
+        return requests
+    subject, message_id = record.thread
+    first = series_reader()(runtime.artifacts.get_bytes(record.mbox_digest), tree).series.first
+    if first is not None and first.message_id:  # the mail's own ids, not Patchwork's record of them
+        subject, message_id = first.mail.header("subject") or subject, first.message_id
+    sink = mail_sink_for(runtime.store, runtime.config.smtp, tree.mail, submitter=submitter,
+                         thread=series_thread(None, (subject, message_id)))  # fmt: skip
+    summary = pipeline_summary(runtime, pipeline_id, reproduce=reproduce_series(tree, base_ref, message_id))
+    if sink is not None and summary is not None:
+        sink.publish(summary)
+    return requests
+
+
+def is_series_pipeline(runtime: Runtime, pipeline_id: int) -> bool:
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        return pipeline is not None and pipeline.revision.change.source == SOURCE

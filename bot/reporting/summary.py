@@ -1,0 +1,47 @@
+"""A pipeline's whole report (bot/reporting/sinks.py's PipelineSummary), read from the store: forge-neutral."""
+
+from __future__ import annotations
+
+from bot.core.mail_text import one_line
+from bot.links import job_page_url, pipeline_page_url
+from bot.reporting.job_reports import job_report
+from bot.reporting.sinks import JobReport, PipelineSummary, Verdict
+from bot.runtime import Runtime
+from bot.store.models import Pipeline
+from bot.views import job_view
+
+OUR_ERRORS = ("infra-error", "worker-lost")  # nobody is told their change failed for these
+_VERDICT: dict[str, Verdict] = {"pass": "pass", "skip": "neutral", "fail": "fail", "incomplete": "fail",
+                                "cancelled": "cancelled", "error": "warning"}  # fmt: skip
+
+
+def headline_of(pipeline: Pipeline, jobs: tuple[JobReport, ...]) -> str:
+    """One line: the verdict, and the first failures by name."""
+    failed = [f"{job.label.removeprefix('labgate / ')}: {job.title}" for job in jobs if job.verdict == "fail"]
+    if failed:
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        return one_line(f"labgate: fail: {len(failed)} failing ({'; '.join(failed[:3])}{more})")
+    if pipeline.result == "error":
+        return one_line(f"labgate: not tested: {pipeline.error_message or pipeline.error_code or 'error'}")
+    return f"labgate: {pipeline.result or pipeline.state}"
+
+
+def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "") -> PipelineSummary | None:
+    """The pipeline's summary now; `reproduce` is how its submitter runs it locally, one command a line."""
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        if pipeline is None:
+            return None
+        tree = pipeline.revision.change.tree.name
+        jobs = tuple(job_report(job, job_view(runtime, job), job_page_url(runtime, job)) for job in pipeline.jobs)
+        done = pipeline.state == "done"
+        verdict: Verdict = _VERDICT.get(pipeline.result or "", "warning") if done else "pending"
+        headline = headline_of(pipeline, jobs)
+        lines = [headline, ""] + [f"{job.label}: {job.title}" for job in jobs]
+        return PipelineSummary(
+            pipeline_id=pipeline.id, done=done, verdict=verdict, headline=headline, text="\n".join(lines),
+            markdown="\n".join(f"- {line}" for line in lines[2:]),
+            url=pipeline_page_url(runtime.config, runtime.data_dir, pipeline.id, tree), jobs=jobs,
+            our_error=done and pipeline.error_code in OUR_ERRORS, notes=tuple(pipeline.notes or ()),
+            reproduce=reproduce,
+        )  # fmt: skip
