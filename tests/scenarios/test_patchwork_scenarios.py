@@ -1,0 +1,239 @@
+"""The mailing-list route, series to mail: FakePatchwork serving our own b4 series, real workers, git and
+QEMU, and an aiosmtpd server on 127.0.0.1 taking the report mail."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cli import main
+from bot.config import load_config
+from bot.mailing_list import poll_patchwork
+from bot.services import Services, open_services, start_all_workers
+from bot.store.models import Pipeline
+from tests.bot.forges.mail.conftest import LocalController, RecordingHandler
+from tests.conftest import EXAMPLES, make_git_repo
+from tests.fakes.patchwork_api import FakePatchwork
+from tests.scenarios.test_github_scenarios import git
+
+PROJECT = "hello"
+SAMPLES = Path(__file__).parent.parent / "samples" / "mbox"
+SAMPLE_BASE = "16a8a3ff86868e879a17fcccd9c0b147d7657b1c"
+SAMPLE_CHANGE_ID = "20260302-mathx-lcm-4f1c2a9e7b3d"
+PIPELINE_CONTEXTS = {"labgate-checkout", "labgate-build-x86_64", "labgate-qemu-x86_64-unit"}
+LIST = "hello-devel@example.org"
+
+
+@dataclass
+class World:
+    pw: FakePatchwork
+    services: Services
+    config_path: Path
+    base_sha: str
+    smtp: RecordingHandler
+
+    def series(self, version: int, *, sender: str | None = None, change_id: str | None = None,
+               base: str | None = None) -> bytes:  # fmt: skip
+        """Our b4 sample, as mailed against this origin (its base-commit is the sample repository's)."""
+        text = (SAMPLES / f"b4-mathx-lcm-v{version}.mbox").read_text()
+        text = text.replace(SAMPLE_BASE, base or self.base_sha)
+        if change_id:
+            text = text.replace(SAMPLE_CHANGE_ID, change_id)
+        if sender:
+            text = text.replace("Alice Example <alice@example.org>", sender)
+        if version == 2:  # the sample names prerequisites Patchwork does not have (not applied yet)
+            text = "\n".join(line for line in text.split("\n") if not line.startswith("prerequisite-"))
+        return text.encode()
+
+    def send(self, mbox: bytes, version: int = 1) -> int:
+        subjects = ["mathx: add mathx_lcm()", "README: list the mathx helpers"]
+        return self.pw.add_series(PROJECT, "mathx: add an lcm helper", subjects, version=version, mbox=mbox)
+
+    def poll(self) -> list[str]:
+        return poll_patchwork(self.services.runtime)
+
+    def latest(self, patch_id: int) -> dict[str, dict[str, Any]]:
+        """The newest check of each context on a patch (what Patchwork shows)."""
+        shown: dict[str, dict[str, Any]] = {}
+        for check in self.pw.checks(patch_id):
+            # A label that is not plain words gets a digest after "--" (bot/forges/patchwork/checks.py).
+            shown[check["context"].split("--")[0]] = check
+        return shown
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.3)
+
+    def wait_final(self, series_id: int) -> dict[int, dict[str, dict[str, Any]]]:
+        def final() -> bool:
+            for patch_id in self.pw.series_patches(series_id):
+                shown = self.latest(patch_id)
+                if not set(shown) >= PIPELINE_CONTEXTS or any(shown[c]["state"] == "pending"
+                                                               for c in PIPELINE_CONTEXTS):  # fmt: skip
+                    return False
+            return True
+
+        self.wait(final, f"final checks on every patch of series {series_id}")
+        return {p: self.latest(p) for p in self.pw.series_patches(series_id)}
+
+    def pipelines(self) -> list[tuple[int, str, str | None]]:
+        with self.services.runtime.store.session() as session:
+            return [(p.id, p.state, p.result) for p in session.query(Pipeline).order_by(Pipeline.id)]
+
+    def approve(self, series_id: int, version: int, who: str = "maint") -> int:
+        return main(["approve", str(series_id), "--version", str(version), "--as", who, "-c", str(self.config_path)])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("patchwork")
+    plain = root / "hello-src"
+    shutil.copytree(EXAMPLES / "hello", plain)
+    shutil.move(plain / ".labgate" / "plan.yaml", root / "hello-plan.yaml")  # the tree carries no plan
+    shutil.rmtree(plain / ".labgate")
+    origin = make_git_repo(plain, root / "origin")
+    handler = RecordingHandler()
+    smtp = LocalController(handler, hostname="127.0.0.1", port=0, server_hostname="mx.test", ready_timeout=10)
+    smtp.start()
+    with FakePatchwork() as pw:
+        pw.add_project(PROJECT, list_id="hello-devel.example.org")
+        pw.add_user("labgate-bot")
+        pw.add_maintainer(PROJECT, "labgate-bot")
+        (root / "pw-token").write_text(pw.add_token("labgate-bot"))
+        (root / "labgate.yaml").write_text(
+            f"data_dir: {root / 'data'}\n"
+            f"web: {{public_url: 'https://ci.example.org'}}\n"
+            f"patchwork: {{url: '{pw.base_url}', token_file: {root / 'pw-token'}, "
+            f"projects: [{{project: {PROJECT}, tree: hello}}]}}\n"
+            f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'labgate CI <ci@example.org>'}}\n"
+            f"trees:\n  - name: hello\n    url: {origin}\n    plan_file: {root / 'hello-plan.yaml'}\n"
+            f"    mail: {{report: true, cc: ['{LIST}'], maintainers: [maint@example.org]}}\n"
+        )
+        config = load_config(root / "labgate.yaml")
+        services = open_services(config, root / "labgate.yaml")
+        try:
+            start_all_workers(services)
+            yield World(pw, services, root / "labgate.yaml", git(origin, "rev-parse", "HEAD"), handler)
+        finally:
+            services.stop()
+            smtp.stop()
+
+
+def test_series_waits_runs_once_approved_and_mails_once_in_its_thread(world: World) -> None:
+    series_id = world.send(world.series(1))
+    world.poll()
+    patches = world.pw.series_patches(series_id)
+    for patch_id in patches:  # Alice is nobody to this tree: every patch says how to let it run
+        waiting = world.latest(patch_id)["labgate"]
+        assert waiting["state"] == "pending"
+        assert waiting["description"] == f"waiting for approval: labgate approve {series_id} --version 1"
+    assert world.pipelines() == []
+    assert world.approve(series_id, 2) == 2  # not the version the maintainer read: nothing approved
+    assert world.pipelines() == []
+
+    assert world.approve(series_id, 1) == 0
+    shown = world.wait_final(series_id)
+    for patch_id in patches:
+        assert {shown[patch_id][c]["state"] for c in PIPELINE_CONTEXTS} == {"success"}, shown[patch_id]
+        assert shown[patch_id]["labgate"]["state"] == "success"  # approved, by whom
+        assert "maint" in shown[patch_id]["labgate"]["description"]
+    world.wait(lambda: len(world.smtp.received) == 1, "the report mail")
+    mail = world.smtp.received[0].message
+    assert mail["In-Reply-To"] == "<20260302-mathx-lcm-v1-0-4f1c2a9e7b3d@example.org>"  # the cover letter
+    assert mail["To"] == "alice@example.org" and mail["Cc"] == LIST
+    assert mail["Subject"] == "Re: [PATCH 0/2] mathx: add an lcm helper"
+    body = mail.get_content()
+    assert "labgate: pass" in body and "labgate try" in body
+
+    # A restart: a new poll reads the same window again and repeats nothing.
+    posts = len(world.pw.requests_to("POST", r"/api/.*checks/"))
+    assert posts >= 2 * (len(PIPELINE_CONTEXTS) * 2 + 2)  # queued/running/done and waiting/approved, each patch
+    pipelines = world.pipelines()
+    world.poll()
+    assert world.approve(series_id, 1) == 0  # said twice: approved once, started once
+    time.sleep(2)
+    assert world.pipelines() == pipelines
+    assert len(world.pw.requests_to("POST", r"/api/.*checks/")) == posts
+    assert len(world.smtp.received) == 1
+
+
+def test_v2_supersedes_a_running_v1(world: World) -> None:
+    change_id = f"20260302-topic-{uuid.uuid4().hex[:8]}"
+    v1 = world.send(world.series(1, change_id=change_id))
+    world.poll()
+    assert world.approve(v1, 1) == 0
+    world.wait(lambda: any(state == "running" for _, state, _ in world.pipelines()), "v1 running")
+    running = [pid for pid, state, _ in world.pipelines() if state != "done"]
+    v2 = world.send(world.series(2, change_id=change_id), version=2)
+    world.poll()
+    world.wait(lambda: all(state == "done" for pid, state, _ in world.pipelines() if pid in running), "v1 cancelled")
+    assert {result for pid, _, result in world.pipelines() if pid in running} == {"cancelled"}
+    for patch_id in world.pw.series_patches(v1):
+        said = world.latest(patch_id)["labgate"]
+        assert said["state"] == "warning" and said["description"].startswith("superseded by v2 http")
+    for patch_id in world.pw.series_patches(v2):
+        assert world.latest(patch_id)["labgate"]["state"] == "pending"  # v2 is approved on its own
+
+
+def test_spoofed_maintainer_waits_and_a_forged_v2_cancels_nothing(world: World) -> None:
+    change_id = f"20260302-maint-{uuid.uuid4().hex[:8]}"
+    before = world.pipelines()
+    v1 = world.send(world.series(1, change_id=change_id, sender="Maint Example <maint@example.org>"))
+    world.poll()
+    for patch_id in world.pw.series_patches(v1):  # a From: claim, proven by nothing: it waits
+        assert world.latest(patch_id)["labgate"]["state"] == "pending"
+    forged = world.send(world.series(2, change_id=change_id, sender="Mallory <mallory@evil.example>"), version=2)
+    world.poll()
+    for patch_id in world.pw.series_patches(v1):  # mallory's "v2" is graded below maint's claim
+        assert world.latest(patch_id)["labgate"]["state"] == "pending"
+    for patch_id in world.pw.series_patches(forged):
+        assert world.latest(patch_id)["labgate"]["state"] == "pending"
+    assert world.pipelines() == before
+
+
+def test_unknown_base_commit_says_could_not_determine_base(world: World) -> None:
+    series_id = world.send(
+        world.series(1, change_id=f"x-{uuid.uuid4().hex[:8]}", base="0123456789abcdef" * 2 + "01234567")
+    )
+    world.poll()
+    assert world.approve(series_id, 1) == 0
+    world.wait(lambda: all("labgate-checkout" in world.latest(p) and world.latest(p)["labgate-checkout"]["state"]
+                           != "pending" for p in world.pw.series_patches(series_id)), "checkout's check")  # fmt: skip
+    for patch_id in world.pw.series_patches(series_id):
+        check = world.latest(patch_id)["labgate-checkout"]
+        assert check["state"] == "warning"
+        assert "could not determine base" in check["description"]
+
+
+def test_delegating_every_patch_approves_the_series(world: World) -> None:
+    world.pw.add_user("maint")
+    world.pw.add_maintainer(PROJECT, "maint")
+    series_id = world.send(world.series(1, change_id=f"20260302-deleg-{uuid.uuid4().hex[:8]}"))
+    world.poll()
+    first, second = world.pw.series_patches(series_id)
+    before = world.pipelines()
+    world.pw.delegate(first, "maint", by="maint")
+    world.poll()
+    assert world.pipelines() == before  # one patch of two: not the whole series
+    assert world.latest(first)["labgate"]["state"] == "pending"
+    world.pw.delegate(second, "maint", by="maint")
+    world.poll()
+    started = [pid for pid, _, _ in world.pipelines() if pid not in {p for p, _, _ in before}]
+    assert len(started) == 1
+    with world.services.runtime.store.session() as session:
+        pipeline = session.get(Pipeline, started[0])
+        assert pipeline is not None and pipeline.tier == "qemu"  # an approval's tier, not a trusted sender's
+        assert [a.approver for a in pipeline.revision.change.approvals] == ["maint (Patchwork delegation)"]
+    shown = world.wait_final(series_id)
+    assert {shown[p][c]["state"] for p in (first, second) for c in PIPELINE_CONTEXTS} == {"success"}
+    world.poll()  # the delegation events seen again after a restart start nothing more
+    assert len([pid for pid, _, _ in world.pipelines() if pid not in {p for p, _, _ in before}]) == 1
