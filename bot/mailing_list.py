@@ -103,7 +103,9 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:
         keyring = tree_keyring(tree)
         results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in patch_raws]
         trust = grade_sender(results, first.sender.address, tree)
-        patches = tuple((f"{index:04d}.patch", raw) for index, raw in enumerate(patch_raws, 1))
+        # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
+        patches = tuple((f"{index:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
+                        for index, raw in enumerate(patch_raws, 1))  # fmt: skip
         return ReadSeries(series, patches, first.sender.address, trust)
 
     return read

@@ -15,6 +15,7 @@ import pytest
 
 from bot.cli import main
 from bot.config import load_config
+from bot.forges.patchwork.client import PatchworkClient
 from bot.mailing_list import poll_patchwork
 from bot.services import Services, open_services, start_all_workers
 from bot.store.models import Pipeline
@@ -237,3 +238,27 @@ def test_delegating_every_patch_approves_the_series(world: World) -> None:
     assert {shown[p][c]["state"] for p in (first, second) for c in PIPELINE_CONTEXTS} == {"success"}
     world.poll()  # the delegation events seen again after a restart start nothing more
     assert len([pid for pid, _, _ in world.pipelines() if pid not in {p for p, _, _ in before}]) == 1
+
+
+def test_a_failing_patch_fails_on_patchwork_and_the_mail_quotes_the_failure(world: World) -> None:
+    fail = (EXAMPLES / "hello" / "patches" / "fail.patch").read_bytes()  # no base-commit: the tree's branch
+    series_id = world.pw.add_series(PROJECT, "mathx: multiply by repeated addition", ["mathx: multiply"],
+                                    cover=False, mbox=fail)  # fmt: skip
+    mails = len(world.smtp.received)
+    world.poll()
+    assert world.approve(series_id, 1) == 0
+    (patch_id,) = world.pw.series_patches(series_id)
+    shown = world.wait_final(series_id)[patch_id]
+    unit = shown["labgate-qemu-x86_64-unit"]
+    assert unit["state"] == "fail" and "math.mul" in unit["description"]
+    assert shown["labgate-build-x86_64"]["state"] == "success"
+    world.wait(lambda: len(world.smtp.received) == mails + 1, "the report mail")
+    mail = world.smtp.received[-1].message
+    assert mail["To"] == "dev@example.org"
+    # No cover letter, and a patch mail with no Message-Id of its own: the thread is patch 1 as Patchwork has it.
+    with PatchworkClient(world.pw.base_url) as client:
+        patch_json = client.patch(patch_id)
+    assert mail["Subject"] == f"Re: {patch_json['name']}"
+    assert mail["In-Reply-To"] == mail["References"] == patch_json["msgid"]
+    body = mail.get_content()
+    assert "labgate: fail" in body and "math.mul" in body and "expected 42, got" in body
