@@ -1,0 +1,78 @@
+"""Series intake against FakePatchwork and a real store, without workers: a series that waits says so once on
+every patch, across a failed check POST, a crash before the event is marked handled, and a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.config import load_config
+from bot.forges.patchwork.client import PatchworkError
+from bot.forges.patchwork.desk import SOURCE
+from bot.mailing_list import poll_patchwork
+from bot.runtime import Runtime, open_runtime
+from bot.store.models import Change, Delivery, Pipeline
+from tests.bot.forges.patchwork.conftest import PROJECT
+from tests.fakes.patchwork_api import FakePatchwork
+
+MBOX = Path(__file__).parents[3] / "samples" / "mbox" / "b4-mathx-lcm-v1.mbox"
+
+
+@pytest.fixture
+def runtime(pw: FakePatchwork, tmp_path: Path) -> Runtime:
+    (tmp_path / "token").write_text(pw.add_token("labgate-bot"))
+    (tmp_path / "labgate.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"patchwork: {{url: '{pw.base_url}', token_file: {tmp_path / 'token'}, "
+        f"projects: [{{project: {PROJECT}, tree: hello}}]}}\n"
+        f"trees:\n  - {{name: hello, url: 'https://git.example.org/hello.git'}}\n"
+    )
+    return open_runtime(load_config(tmp_path / "labgate.yaml"))
+
+
+def send(pw: FakePatchwork) -> int:
+    return pw.add_series(PROJECT, "mathx: add an lcm helper", ["mathx: add mathx_lcm()", "README: list"],
+                         mbox=MBOX.read_bytes())  # fmt: skip
+
+
+def waiting_checks(pw: FakePatchwork, patch_id: int) -> list[str]:
+    return [c["description"] for c in pw.checks(patch_id) if c["context"] == "labgate"]
+
+
+def test_a_waiting_series_says_so_once_on_every_patch_across_a_failed_post_and_a_restart(
+    pw: FakePatchwork, runtime: Runtime
+) -> None:
+    series_id = send(pw)
+    first, second = pw.series_patches(series_id)
+    pw.fail_next("POST", rf"/api/[0-9.]*/?patches/{second}/checks/", 503)
+    with pytest.raises(PatchworkError):  # transient: the task's retry comes back to it
+        poll_patchwork(runtime)
+    with runtime.store.session() as session:
+        status = session.scalar(select(Delivery.status).where(Delivery.source == SOURCE))
+    assert status == "accepted"  # seen by the poller, not yet carried out
+    poll_patchwork(runtime)
+    poll_patchwork(runtime)  # a restart: the same window read again
+    expected = f"waiting for approval: labgate approve {series_id} --version 1"
+    assert waiting_checks(pw, second) == [expected]
+    # Patch 1's check went out before patch 2's failed; the retry posted it again (Patchwork takes no
+    # idempotency key, and a repeat of the same state and context shows nothing new).
+    assert set(waiting_checks(pw, first)) == {expected} and len(waiting_checks(pw, first)) <= 2
+    with runtime.store.session() as session:
+        assert session.scalars(select(Change.external_id).where(Change.source == SOURCE)).all() == [
+            f"{PROJECT}#{series_id}"
+        ]
+        assert session.scalars(select(Pipeline.id)).all() == []
+        statuses = session.scalars(select(Delivery.status).where(Delivery.source == SOURCE)).all()
+    assert statuses == ["handled"]
+
+
+def test_attack_a_series_of_another_project_is_not_taken_as_this_one(pw: FakePatchwork, runtime: Runtime) -> None:
+    pw.add_project("other")
+    pw.add_series("other", "foreign", ["x"], mbox=MBOX.read_bytes())
+    send(pw)
+    poll_patchwork(runtime)
+    with runtime.store.session() as session:
+        titles = session.scalars(select(Change.title).where(Change.source == SOURCE)).all()
+    assert titles == ["mathx: add an lcm helper"]
