@@ -262,3 +262,20 @@ def test_a_failing_patch_fails_on_patchwork_and_the_mail_quotes_the_failure(worl
     assert mail["In-Reply-To"] == mail["References"] == patch_json["msgid"]
     body = mail.get_content()
     assert "labgate: fail" in body and "math.mul" in body and "expected 42, got" in body
+
+
+def test_cancel_and_retest_steer_a_series_from_the_cli(world: World) -> None:
+    series_id = world.send(world.series(1, change_id=f"20260302-steer-{uuid.uuid4().hex[:8]}"))
+    world.poll()
+    before = {pid for pid, _, _ in world.pipelines()}
+    assert world.approve(series_id, 1) == 0
+    (started,) = [pid for pid, _, _ in world.pipelines() if pid not in before]
+    cli = ["--series", str(series_id), "-c", str(world.config_path)]
+    assert main(["cancel", *cli]) == 0
+    world.wait(lambda: dict((p, s) for p, s, _ in world.pipelines())[started] == "done", "the cancel")
+    assert dict((p, r) for p, _, r in world.pipelines())[started] == "cancelled"
+    assert main(["cancel", *cli]) == 2  # nothing is running any more
+    assert main(["retest", *cli]) == 0  # what did not pass (all of it, cancelled) runs again
+    shown = world.wait_final(series_id)
+    assert {shown[p][c]["state"] for p in shown for c in PIPELINE_CONTEXTS} == {"success"}
+    assert main(["retest", "--series", "999999", "-c", str(world.config_path)]) == 2  # no such series
