@@ -281,6 +281,10 @@ class SeriesIntake:
 
 def _refusal(series: Series) -> str:
     """Why a series is not tested as it stands (a patch missing or doubled, versions that disagree)."""
+    prerequisites = series.trailers.prerequisite_patch_ids + series.trailers.prerequisite_change_ids
+    if series.is_complete and prerequisites:
+        # Not fetched from Patchwork yet: tested without them, the series would be judged on another base.
+        return f"its prerequisites are not applied yet: {', '.join(p[:40] for p in prerequisites[:5])}"
     if series.is_complete:
         return ""
     if series.missing:

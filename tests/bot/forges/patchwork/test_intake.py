@@ -76,3 +76,15 @@ def test_attack_a_series_of_another_project_is_not_taken_as_this_one(pw: FakePat
     with runtime.store.session() as session:
         titles = session.scalars(select(Change.title).where(Change.source == SOURCE)).all()
     assert titles == ["mathx: add an lcm helper"]
+
+
+def test_a_series_with_prerequisites_says_what_is_missing_and_does_not_run(pw: FakePatchwork, runtime: Runtime) -> None:
+    v2 = (MBOX.parent / "b4-mathx-lcm-v2.mbox").read_bytes()
+    series_id = pw.add_series(PROJECT, "mathx: add an lcm helper", ["a", "b"], version=2, mbox=v2)
+    poll_patchwork(runtime)
+    for patch_id in pw.series_patches(series_id):
+        (said,) = [c for c in pw.checks(patch_id) if c["context"] == "labgate"]
+        assert said["state"] == "warning"
+        assert said["description"].startswith("not tested: its prerequisites are not applied yet: 3f1e0c2b9a8d")
+    with runtime.store.session() as session:
+        assert session.scalars(select(Change.id)).all() == []  # nothing to approve: nothing recorded as a change
