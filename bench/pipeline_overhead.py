@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bot.config import Config  # noqa: E402
-from bot.pipeline import Submission, submit  # noqa: E402
-from bot.services import open_services, start_all_workers  # noqa: E402
+from bot.host.bring_up import open_services, start_all_workers  # noqa: E402
+from bot.host.config import Config  # noqa: E402
+from bot.pipelines.lifecycle import Submission, submit  # noqa: E402
 from bot.store.models import Pipeline  # noqa: E402
 
 TARGETS = {"overhead_median_s": 0.5, "overhead_p95_s": 2.0, "confinement_s": 0.3}

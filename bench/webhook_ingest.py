@@ -190,7 +190,7 @@ def serve_bare(port: int, secret_file: Path) -> None:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from bot.config import Web
+    from bot.host.config import Web
     from bot.web.server import run_server
 
     key = secret_file.read_text().strip().encode()
@@ -323,8 +323,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     import redis
     from sqlalchemy import create_engine, text
 
-    from bot.config import load_config
-    from bot.runtime import open_runtime
+    from bot.host.config import load_config
+    from bot.host.stores import open_runtime
 
     name = f"labgate_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -417,7 +417,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def labgate_web_argv(config_path: Path) -> list[str]:
-    from bot.supervise import labgate_argv
+    from bot.host.supervise import labgate_argv
 
     return labgate_argv("web", "--config", str(config_path))
 

@@ -4,7 +4,7 @@ Job workers can write to the results queue and nowhere else on the control side.
 worker that consumes it imports this module alone, so a message naming any other task
 (start a pipeline, a forged forge event) is discarded as unregistered, never run: what a
 message says about its own routing is the sender's word and decides nothing. Each
-message must also carry its job's token (bot/pipeline.py), or it is dropped.
+message must also carry its job's token (bot/pipelines/lifecycle.py), or it is dropped.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bot import pipeline, steering
-from bot.runtime import runtime_from_env
+from bot.host.stores import runtime_from_env
+from bot.pipelines import lifecycle as pipeline
+from bot.pipelines import steering
 from workers.app import app
 from workers.spec import JobResult
 

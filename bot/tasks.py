@@ -11,7 +11,6 @@ from typing import NoReturn
 
 from celery import Task
 
-from bot import pipeline
 from bot.core.events import event_from_json
 from bot.forges.github.client import GitHubApp, classify_error
 from bot.forges.github.intake import handle_event
@@ -20,12 +19,13 @@ from bot.forges.github.resync import resync_open_pulls
 from bot.forges.gitremote.poller import poll_all
 from bot.forges.mail.smtp import classify_error as classify_smtp_error
 from bot.forges.patchwork.client import classify_error as classify_patchwork_error
-from bot.mailing_list import POLL_TASK, is_series_pipeline, poll_patchwork, report_series
-from bot.periodic import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK
-from bot.pipeline import delivery_status, mark_delivery
+from bot.host.retrying import describe, is_transient, retry_delay
+from bot.host.stores import Runtime, runtime_from_env
+from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK
+from bot.intake.mailing_list import POLL_TASK, is_series_pipeline, poll_patchwork, report_series
+from bot.pipelines import lifecycle as pipeline
+from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
-from bot.retrying import describe, is_transient, retry_delay
-from bot.runtime import Runtime, runtime_from_env
 from workers.app import app
 from workers.errors import ConfigError
 
@@ -120,7 +120,7 @@ def git_remote_poll(self: Task) -> None:
 
 @app.task(name=POLL_TASK, bind=True)
 def patchwork_poll(self: Task) -> None:
-    """Each configured Patchwork project's new events, carried out (bot/mailing_list.py)."""
+    """Each configured Patchwork project's new events, carried out (bot/intake/mailing_list.py)."""
     runtime = runtime_from_env()
     if runtime.config.patchwork is None:
         return

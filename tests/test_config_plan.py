@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.pipeline import Submission, submit
-from bot.services import Services, open_services, start_all_workers
-from bot.views import PipelineView, pipeline_view
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import load_config
+from bot.pipelines.lifecycle import Submission, submit
+from bot.reporting.pipeline_views import PipelineView, pipeline_view
 from tests.conftest import EXAMPLES, make_git_repo
 from workers.errors import ConfigError
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from bot.config import Config
-from bot.pipeline import Submission, submit
-from bot.services import Services, open_services, start_all_workers
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import Config
+from bot.pipelines.lifecycle import Submission, submit
+from bot.reporting.pipeline_views import PipelineView, pipeline_view
 from bot.store.models import Job, Pipeline
-from bot.views import PipelineView, pipeline_view
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
 

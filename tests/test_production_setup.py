@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bot.config import Config
-from bot.pipeline import Submission, submit
-from bot.services import open_services, start_all_workers
-from bot.views import pipeline_view
+from bot.host.bring_up import open_services, start_all_workers
+from bot.host.config import Config
+from bot.pipelines.lifecycle import Submission, submit
+from bot.reporting.pipeline_views import pipeline_view
 from tests.conftest import EXAMPLES
 
 

@@ -51,7 +51,7 @@ def unacked_keys(role: str) -> dict[str, str]:
         return {}
     # Kombu keeps every consumer's in-flight messages in one hash by default: a build worker could
     # read lab jobs' messages (and their secrets) there. One set of keys per role, which its ACL
-    # user alone may touch (bot/broker_acl.py).
+    # user alone may touch (bot/host/broker_acl.py).
     return {"unacked_key": f"unacked:{role}", "unacked_index_key": f"unacked_index:{role}",
             "unacked_mutex_key": f"unacked_mutex:{role}"}  # fmt: skip
 

@@ -21,11 +21,11 @@ from bot.core.decide import (
     Retest,
     StartPipeline,
 )
+from bot.host.stores import Runtime
 from bot.intake.desk import ChangeContext, ForgeDesk
 from bot.intake.state import find_change
-from bot.pipeline import change_for, submit
-from bot.runtime import Runtime
-from bot.steering import cancel_pipelines, retest_failed
+from bot.pipelines.lifecycle import change_for, submit
+from bot.pipelines.steering import cancel_pipelines, retest_failed
 from bot.store.models import Approval, Change, Pipeline, Revision
 from bot.store.once import OnceKeys, once_done, record_once
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.config import Tree
 from bot.core.events import Actor
-from bot.pipeline import Submission
+from bot.host.config import Tree
+from bot.pipelines.lifecycle import Submission
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,16 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from bot.config import Tree
 from bot.core.commands import parse_commands
 from bot.core.decide import Ignore, decide_change, decide_comment, decide_rerun
 from bot.core.events import ChangeEvent, CommentEvent, PushEvent, RerunEvent
 from bot.core.trust import is_trusted
+from bot.host.config import Tree
+from bot.host.stores import Runtime
 from bot.intake.actions import carry_out
 from bot.intake.desk import ChangeContext, ForgeDesk
 from bot.intake.state import change_state, find_change, is_stale
-from bot.pipeline import Submission, change_for, submit
-from bot.runtime import Runtime
+from bot.pipelines.lifecycle import Submission, change_for, submit
 from bot.store.models import Change, Revision, utcnow
 from bot.store.once import OnceKeys
 

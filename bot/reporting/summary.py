@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from bot.core.mail_text import one_line
-from bot.links import job_page_url, pipeline_page_url
+from bot.host.stores import Runtime
 from bot.reporting.job_reports import job_report
+from bot.reporting.page_links import job_page_url, pipeline_page_url
+from bot.reporting.pipeline_views import job_view
 from bot.reporting.sinks import JobReport, PipelineSummary, Verdict
-from bot.runtime import Runtime
 from bot.store.models import Pipeline
-from bot.views import job_view
 
 OUR_ERRORS = ("infra-error", "worker-lost")  # nobody is told their change failed for these
 _VERDICT: dict[str, Verdict] = {"pass": "pass", "skip": "neutral", "fail": "fail", "incomplete": "fail",

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from bot.links import job_page_url
+from bot.host.stores import Runtime
 from bot.reporting.job_reports import earlier_failures, job_report, post_merge_comparison
+from bot.reporting.page_links import job_page_url
+from bot.reporting.pipeline_views import job_view
 from bot.reporting.sinks import JobReport, JobStatusSink
-from bot.runtime import Runtime
 from bot.store.models import ForgeCheck, Pipeline
-from bot.views import job_view
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A route serving a pipeline's data is made with `pipeline_route`, which finds the pipeline the
 request is about, decides whether the request may read it, and only then calls the handler.
 A private tree's pipeline opens with a signed link to exactly that pipeline (`?token=`, see
-bot/links.py for why a query string) or an operator token (`Authorization: Bearer`); anything
+bot/reporting/page_links.py for why a query string) or an operator token (`Authorization: Bearer`); anything
 else gets the very 404 a pipeline that does not exist gets, so a stranger cannot even learn
 that it exists. tests/bot/web/test_private_pages.py enumerates the app's routes and fails on
 one made any other way.
@@ -22,8 +22,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.core.links import link_opens_pipeline, operator_token_matches
-from bot.links import LINK_PARAM, read_link_key, tree_is_private
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
+from bot.reporting.page_links import LINK_PARAM, read_link_key, tree_is_private
 
 # Sent with every private page and every 404 of these routes (a 404 must look the same whether
 # the pipeline is missing or hidden): the token in the address leaks neither to the next site

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
 from bot.web.hooks import open_github_hook
 from bot.web.pages import page_routes
 

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from bot.config import WebhookSecret
 from bot.core.events import Event, event_to_json
 from bot.forges.github import sansio
-from bot.runtime import Runtime
+from bot.host.config import WebhookSecret
+from bot.host.stores import Runtime
 from bot.store.deliveries import DELIVERY_ID_MAX, EVENT_NAME_MAX, DeliveryLog, DeliveryRow, open_delivery_log
 from bot.web.server import EDGE_COUNTS
 from workers.app import CONTROL_QUEUE, app, broker_socket_kwargs

@@ -12,10 +12,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.core.render import outcome_word, render_counts
-from bot.links import read_link_key
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
+from bot.reporting.page_links import read_link_key
+from bot.reporting.pipeline_views import job_view, read_log
 from bot.store.models import Change, Job, Pipeline, Revision, Tree
-from bot.views import job_view, read_log
 from bot.web.access import Grant, Scope, not_found, pipeline_route
 
 TEMPLATES = Environment(

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from bot.config import Web, WebLimits
+from bot.host.config import Web, WebLimits
 
 log = logging.getLogger(__name__)
 SUMMARY_INTERVAL_S = 60.0

@@ -27,8 +27,7 @@ from redis.exceptions import NoPermissionError
 from redis.lock import Lock
 from redis.retry import Retry
 
-from bot.broker import ADMIN_SECRET, ADMIN_USER, socket_url, start_private_redis
-from bot.broker_acl import (
+from bot.host.broker_acl import (
     broker_db,
     install_role_users,
     remove_role_users,
@@ -36,6 +35,7 @@ from bot.broker_acl import (
     role_broker_url,
     role_user,
 )
+from bot.host.private_broker import ADMIN_SECRET, ADMIN_USER, socket_url, start_private_redis
 from tests.conftest import REPO_ROOT
 from tests.processes import children_of
 from workers.app import RESULTS_QUEUE, broker_redis, broker_socket_kwargs, delivery_key
@@ -44,7 +44,7 @@ from workers.errors import ConfigError
 LAB = "lab.qemu-x86_64"
 REPLY_QUEUE = "0b8c6a61-9c3b-3f0e-8e3c-2a1e5d9f7c41.reply.celery.pidbox"  # an inspect() asker's queue
 PROBE_TASK = "labgate.test.acl_probe"
-# A job worker exactly as `labgate worker` runs it (bot.cli.run_worker), plus one task that does what
+# A job worker exactly as `labgate worker` runs it (bot.cli.main.run_worker), plus one task that does what
 # workers.tasks.run_job does with the broker: count the delivery, answer on `results`. It holds its
 # first delivery for `hold_s`, so a test can kill the worker while the message is unacknowledged.
 PROBE_WORKER = f"""
@@ -61,7 +61,7 @@ def acl_probe(self, job_id, token, hold_s):
               "redelivered": bool(self.request.delivery_info.get("redelivered"))}}
     app.send_task("bot.record_result", args=[json.dumps(answer)], queue=RESULTS_QUEUE)
 
-from bot.cli import run_worker
+from bot.cli.main import run_worker
 sys.exit(run_worker(sys.argv[1].split(","), 1, None))
 """
 

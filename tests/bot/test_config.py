@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.config import Config, config_json_schema, load_config, parse_config
+from bot.cli.main import main
+from bot.host.config import Config, config_json_schema, load_config, parse_config
 from workers.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

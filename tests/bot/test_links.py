@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bot.config import Config, Tree, Web
 from bot.core.links import link_opens_pipeline
-from bot.links import LINK_KEY_FILE, link_key_path, page_url, read_link_key
+from bot.host.config import Config, Tree, Web
+from bot.reporting.page_links import LINK_KEY_FILE, link_key_path, page_url, read_link_key
 from tests.conftest import REPO_ROOT
 from workers.errors import ConfigError
 
@@ -35,7 +35,8 @@ def test_the_key_is_made_on_first_use_readable_by_its_owner_only(tmp_path: Path)
 
 
 def test_processes_starting_at_once_agree_on_one_key(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from bot.config import Config; from bot.links import read_link_key;"
+    code = ("import sys; from pathlib import Path; from bot.host.config import Config; "
+            "from bot.reporting.page_links import read_link_key; "
             "d = Path(sys.argv[1]); print(read_link_key(Config(data_dir=d), d).decode())")  # fmt: skip
     racers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                                cwd=REPO_ROOT) for _ in range(6)]  # fmt: skip

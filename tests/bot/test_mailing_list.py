@@ -1,4 +1,4 @@
-"""A series' sender graded by what its mails prove (bot/mailing_list.py): patatt against the tree's keyring,
+"""A series' sender graded by what its mails prove (bot/intake/mailing_list.py): patatt against the tree's keyring,
 DKIM through a local key look-up, a maintainer address that is only claimed, and the attacks on each."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import patatt
 import pytest
 
-from bot.config import Tree
 from bot.core.series import IdentityGrade
-from bot.mailing_list import no_dns, series_reader
+from bot.host.config import Tree
+from bot.intake.mailing_list import no_dns, series_reader
 from tests.bot.forges.mail.test_identity import DkimDomain, Ed25519, Resolver, attest, ed25519_key
 
 MAINTAINER = "maint@kernel.example.org"

@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from github import GithubException, RateLimitExceededException
 
 from bot.forges.github.client import classify_error
-from bot.retrying import describe, is_transient, retry_delay
+from bot.host.retrying import describe, is_transient, retry_delay
 from workers.errors import InfraError, UserError
 
 GITHUB = (classify_error,)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bot.config import load_config
-from bot.services import Services, open_services, start_all_workers
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import load_config
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.github_api import FakeGitHub

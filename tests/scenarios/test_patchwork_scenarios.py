@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from bot.cli import main
-from bot.config import load_config
+from bot.cli.main import main
 from bot.forges.patchwork.client import PatchworkClient
-from bot.mailing_list import poll_patchwork
-from bot.services import Services, open_services, start_all_workers
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import load_config
+from bot.intake.mailing_list import poll_patchwork
 from bot.store.models import Pipeline
 from tests.bot.forges.mail.conftest import LocalController, RecordingHandler
 from tests.conftest import EXAMPLES, make_git_repo

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.services import Services, open_services, start_all_workers
-from bot.views import PipelineView, pipeline_view, read_log
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import load_config
+from bot.reporting.pipeline_views import PipelineView, pipeline_view, read_log
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
 from tests.requirements import need
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.pipeline import _checked_outputs
+from bot.pipelines.lifecycle import _checked_outputs
 from bot.store.models import Job
 from tests.security.conftest import CAPS, AttackLab
 from tests.security.test_build_escape import HELLO_MAKEFILE, makefile_running

@@ -14,9 +14,9 @@ import redis
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from bot.config import load_config
-from bot.links import page_url
-from bot.services import open_services, start_all_workers
+from bot.host.bring_up import open_services, start_all_workers
+from bot.host.config import load_config
+from bot.reporting.page_links import page_url
 from bot.store.models import Job
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo

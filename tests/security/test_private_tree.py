@@ -10,7 +10,7 @@ import sys
 
 from starlette.testclient import TestClient
 
-from bot.links import public_base_url
+from bot.reporting.page_links import public_base_url
 from bot.store.models import Job, Pipeline
 from tests.bot.web.test_private_pages import Seeded, pipeline_urls, routes_of
 from tests.conftest import REPO_ROOT

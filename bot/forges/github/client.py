@@ -11,7 +11,7 @@ from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
-from bot.retrying import Verdict
+from bot.host.retrying import Verdict
 
 # Check updates must be retried too (PATCH), and 429 like 403: both are how GitHub
 # says "slow down"; GithubRetry reads Retry-After and X-RateLimit-Reset for them.

@@ -8,9 +8,9 @@ import logging
 from bot.core.events import ChangeEvent, CommentEvent, Event, PushEvent, RerunEvent
 from bot.forges.github.client import GitHubApp
 from bot.forges.github.desk import SOURCE, PullRequestDesk
+from bot.host.stores import Runtime
 from bot.intake.desk import external_id
 from bot.intake.handlers import on_change, on_comment, on_push, on_rerun
-from bot.runtime import Runtime
 from bot.store.once import OnceKeys
 
 log = logging.getLogger(__name__)

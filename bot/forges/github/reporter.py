@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.forges.github.client import GitHubApp
+from bot.host.stores import Runtime
 from bot.reporting.sinks import JobReport
 from bot.reporting.sync import ReportTarget, sync_job_reports
-from bot.runtime import Runtime
 
 SOURCE = "github"
 MAX_ANNOTATIONS_PER_REQUEST = 50

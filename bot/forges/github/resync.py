@@ -17,9 +17,9 @@ from sqlalchemy import select
 from bot.forges.github.client import GitHubApp
 from bot.forges.github.intake import SOURCE, handle_event
 from bot.forges.github.sansio import MalformedPayload, change_event_from_pull
+from bot.host.stores import Runtime
 from bot.intake.desk import external_id
-from bot.pipeline import delivery_status, mark_delivery, record_delivery
-from bot.runtime import Runtime
+from bot.pipelines.lifecycle import delivery_status, mark_delivery, record_delivery
 from bot.store.models import Change
 
 log = logging.getLogger(__name__)

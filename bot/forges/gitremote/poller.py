@@ -16,9 +16,9 @@ import subprocess
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.config import Tree
-from bot.pipeline import Submission, change_for, submit
-from bot.runtime import Runtime
+from bot.host.config import Tree
+from bot.host.stores import Runtime
+from bot.pipelines.lifecycle import Submission, change_for, submit
 from bot.store.models import Change
 from bot.store.once import OnceKeys
 from workers.errors import ConfigError, InfraError

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.config import Smtp, TreeMail
 from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail, parse_mailbox, report_message_id
 from bot.forges.mail.smtp import SmtpServer, classify_error, send_mail, smtp_server_of
+from bot.host.config import Smtp, TreeMail
 from bot.reporting.sinks import PipelineSummary
 from bot.store.db import Store
 from bot.store.models import Delivery, utcnow

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from bot.config import Smtp
-from bot.retrying import Verdict
+from bot.host.config import Smtp
+from bot.host.retrying import Verdict
 from workers.errors import ConfigError
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
@@ -72,7 +72,7 @@ def _code_verdict(code: int) -> Verdict:
 
 
 def classify_error(exc: BaseException) -> Verdict | None:
-    """A Verdict for the errors send_mail raises, None for any other (bot/retrying.py decides those)."""
+    """A Verdict for the errors send_mail raises, None for any other (bot/host/retrying.py decides those)."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _text in exc.recipients.values()]
         return Verdict(transient=bool(codes) and all(400 <= code < 500 for code in codes))

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from bot.retrying import Verdict
+from bot.host.retrying import Verdict
 
 MAX_JSON_BYTES = 32 << 20  # one page of 250 events is ~250 KB; a series with 500 patches ~1 MB
 MAX_PAGES = 10_000  # a Link chain longer than this is a loop, not a backlog

@@ -12,7 +12,7 @@ One change per Patchwork series. Patchwork gives each version of a series its ow
 change is one version; the versions of one series are linked by core.series.version_identity and
 a new one supersedes the old (cancel, `warning` "superseded by vN <url>") only when its sender's
 identity grade is at least the old one's. Reading mail (decoding, signatures) is not Patchwork's:
-the caller passes a SeriesReader (bot/mailing_list.py).
+the caller passes a SeriesReader (bot/intake/mailing_list.py).
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.config import PatchworkProject, Tree
 from bot.core.decide import Action, AwaitApproval, RecordApproval, StartPipeline
 from bot.core.series import IdentityGrade, Series, supersedes
 from bot.core.trust import Approval, Tier, tier_for
 from bot.forges.patchwork.client import PatchworkClient, PatchworkError
 from bot.forges.patchwork.desk import SOURCE, SeriesDesk, SeriesRecord, load_series, save_series, series_from_json
 from bot.forges.patchwork.poller import PatchworkEvent
+from bot.host.config import PatchworkProject, Tree
+from bot.host.stores import Runtime
 from bot.intake.actions import carry_out
 from bot.intake.desk import ChangeContext, external_id
 from bot.intake.state import change_state, find_change
-from bot.pipeline import change_for, mark_delivery
-from bot.runtime import Runtime
-from bot.steering import cancel_pipelines
+from bot.pipelines.lifecycle import change_for, mark_delivery
+from bot.pipelines.steering import cancel_pipelines
 from bot.store.models import Change, Delivery, Pipeline, Revision, utcnow
 from bot.store.once import OnceKeys, once_done, record_once
 from workers.errors import UserError
@@ -51,7 +51,7 @@ SERIES_EVENT, DELEGATION_EVENT = "series-completed", "patch-delegated"
 
 @dataclass(frozen=True)
 class SenderTrust:
-    """What the series' sender is allowed, from what their mail proves (bot/mailing_list.py grades it)."""
+    """What the series' sender is allowed, from what their mail proves (bot/intake/mailing_list.py grades it)."""
 
     grade: IdentityGrade
     trusted: bool  # runs without approval

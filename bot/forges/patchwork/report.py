@@ -13,9 +13,9 @@ from dataclasses import replace
 from bot.forges.patchwork.checks import PatchworkChecksSink
 from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
+from bot.host.stores import Runtime
 from bot.reporting.sinks import JobReport
 from bot.reporting.sync import ReportTarget, sync_job_reports
-from bot.runtime import Runtime
 
 
 def as_series_check(report: JobReport) -> JobReport:

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.config import Config, Tree
 from bot.core.events import Actor, ChangeEvent, CommentEvent, RepoRef
 from bot.core.trust import TrustPolicy
+from bot.host.config import Config, Tree
+from bot.host.stores import Runtime, open_runtime
 from bot.intake.desk import ForgeDesk, Head
 from bot.intake.handlers import on_change, on_comment
-from bot.runtime import Runtime, open_runtime
 from bot.store import models
 from bot.store.once import OnceKeys
 from workers.app import configure

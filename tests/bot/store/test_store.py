@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from bot.pipeline import record_delivery
+from bot.pipelines.lifecycle import record_delivery
 from bot.store.db import Store, database_url_for, migrate
 from bot.store.models import Base, Change, Job, Pipeline, Revision, TestResult, Tree
 

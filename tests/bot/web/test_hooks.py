@@ -18,10 +18,10 @@ import redis
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from bot.config import Config, GitHubApp, Tree, TreeGitHub
 from bot.core.events import event_from_json, event_to_json
 from bot.forges.github import sansio
-from bot.runtime import Runtime, open_runtime
+from bot.host.config import Config, GitHubApp, Tree, TreeGitHub
+from bot.host.stores import Runtime, open_runtime
 from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
 from bot.web import hooks

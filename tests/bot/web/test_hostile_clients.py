@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from bot.config import Config, Web, WebLimits
-from bot.runtime import open_runtime
+from bot.host.config import Config, Web, WebLimits
+from bot.host.stores import open_runtime
 from bot.web.app import create_app
 from bot.web.server import EDGE_COUNTS, EdgeConfig
 from tests.bot.web.webhook_config import webhook_config

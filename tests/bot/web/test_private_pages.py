@@ -17,9 +17,9 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
 
-from bot.config import Config, GitHubApp, Tree, Web
-from bot.links import link_token, page_url, read_link_key
-from bot.runtime import Runtime, open_runtime
+from bot.host.config import Config, GitHubApp, Tree, Web
+from bot.host.stores import Runtime, open_runtime
+from bot.reporting.page_links import link_token, page_url, read_link_key
 from bot.store import models
 from bot.web.access import SCOPE_ATTRIBUTE
 from bot.web.app import create_app

@@ -19,8 +19,8 @@ import redis
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
-from bot.config import Config, parse_config
-from bot.runtime import Runtime, open_runtime
+from bot.host.config import Config, parse_config
+from bot.host.stores import Runtime, open_runtime
 from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
 from bot.web import hooks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config, GitHubApp, Tree, TreeGitHub, Web
+from bot.host.config import Config, GitHubApp, Tree, TreeGitHub, Web
 
 REPO = "octo-org/hello"
 

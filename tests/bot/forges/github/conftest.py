@@ -13,10 +13,10 @@ import redis
 from sqlalchemy import func, select
 
 from bot import tasks
-from bot.config import load_config
 from bot.core.events import Actor, ChangeEvent, CommentEvent, Event, RepoRef, event_to_json
-from bot.pipeline import record_delivery
-from bot.runtime import Runtime, open_runtime, runtime_from_env
+from bot.host.config import load_config
+from bot.host.stores import Runtime, open_runtime, runtime_from_env
+from bot.pipelines.lifecycle import record_delivery
 from bot.store import models
 from tests.fakes.github_api import FakeGitHub
 from workers.app import CONTROL_QUEUE, configure

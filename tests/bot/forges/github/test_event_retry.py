@@ -11,7 +11,7 @@ from sqlalchemy import select
 from bot import tasks
 from bot.core.events import event_to_json
 from bot.forges.github.intake import handle_event
-from bot.pipeline import delivery_status
+from bot.pipelines.lifecycle import delivery_status
 from bot.store import models
 from tests.bot.forges.github.conftest import HEAD, REPO, Desk, comment, pushed
 

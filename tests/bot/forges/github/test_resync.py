@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from bot import tasks
-from bot.config import Tree, TreeGitHub
 from bot.forges.github.resync import resync_open_pulls
+from bot.host.config import Tree, TreeGitHub
 from bot.store import models
 from tests.bot.forges.github.conftest import BASE, REPO, Desk, pushed
 

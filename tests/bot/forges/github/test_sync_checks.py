@@ -13,11 +13,11 @@ import requests
 from github import GithubException
 from sqlalchemy import event, select
 
-from bot.config import Config, Tree, Web
 from bot.forges.github.client import GitHubApp, make_retry
 from bot.forges.github.reporter import sync_checks
-from bot.retrying import is_transient
-from bot.runtime import Runtime, open_runtime
+from bot.host.config import Config, Tree, Web
+from bot.host.retrying import is_transient
+from bot.host.stores import Runtime, open_runtime
 from bot.store import models
 from bot.tasks import CLASSIFIERS
 from tests.fakes.github_api import FakeGitHub

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.config import load_config
 from bot.forges.gitremote.poller import poll_all, remote_heads
+from bot.host.bring_up import Services, open_services, start_all_workers
+from bot.host.config import load_config
 from bot.reporting.job_reports import post_merge_comparison
-from bot.services import Services, open_services, start_all_workers
+from bot.reporting.pipeline_views import PipelineView, pipeline_view
 from bot.store.models import Pipeline
-from bot.views import PipelineView, pipeline_view
 from tests.conftest import EXAMPLES, make_git_repo
 from workers.errors import InfraError
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from bot.config import parse_config
 from bot.core.mail_text import WIDTH
 from bot.forges.mail.message import MailRecipients, MailThread, parse_mailbox, parse_message_id, series_thread
 from bot.forges.mail.reporter import MailSummarySink, classify_error, mail_sink_for, summary_mail_key
 from bot.forges.mail.smtp import SmtpServer, smtp_server_of
+from bot.host.config import parse_config
 from bot.reporting.sinks import JobReport, PipelineSummary, PipelineSummarySink
 from bot.store.db import Store
 from bot.store.models import Delivery

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.config import load_config
 from bot.forges.patchwork.client import PatchworkError
 from bot.forges.patchwork.desk import SOURCE
-from bot.mailing_list import poll_patchwork
-from bot.runtime import Runtime, open_runtime
+from bot.host.config import load_config
+from bot.host.stores import Runtime, open_runtime
+from bot.intake.mailing_list import poll_patchwork
 from bot.store.models import Change, Delivery, Pipeline
 from tests.bot.forges.patchwork.conftest import PROJECT
 from tests.fakes.patchwork_api import FakePatchwork

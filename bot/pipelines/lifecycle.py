@@ -13,7 +13,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.config import config_plan
 from bot.core.plans import PlanError, parse_plan
 from bot.core.progress import (
     Caps,
@@ -24,8 +23,9 @@ from bot.core.progress import (
     pipeline_result,
     selection_notes,
 )
-from bot.credentials import remove_checkout_credential, write_checkout_credential
-from bot.runtime import Runtime
+from bot.host.config import config_plan
+from bot.host.stores import Runtime
+from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from bot.store.once import once_done, record_once
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue

@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bot.config import Config, redact_url
 from bot.core.progress import exit_code_for
 from bot.core.render import outcome_word, render_counts, render_problems
-from bot.links import pipeline_page_url, tree_is_private
-from bot.pipeline import Submission, submit
-from bot.runtime import Runtime
-from bot.services import open_services, start_missing_workers
-from bot.views import PipelineView, pipeline_view
+from bot.host.bring_up import open_services, start_missing_workers
+from bot.host.config import Config, redact_url
+from bot.host.stores import Runtime
+from bot.pipelines.lifecycle import Submission, submit
+from bot.reporting.page_links import pipeline_page_url, tree_is_private
+from bot.reporting.pipeline_views import PipelineView, pipeline_view
 from workers.errors import UserError
 from workers.spec import url_credentials_reason
 

@@ -7,12 +7,12 @@ import argparse
 
 from sqlalchemy import select
 
-from bot.config import Config
 from bot.forges.patchwork.desk import SOURCE
-from bot.mailing_list import patchwork_client, series_intake
-from bot.runtime import Runtime
-from bot.services import open_services
-from bot.steering import cancel_pipelines, retest_failed
+from bot.host.bring_up import open_services
+from bot.host.config import Config
+from bot.host.stores import Runtime
+from bot.intake.mailing_list import patchwork_client, series_intake
+from bot.pipelines.steering import cancel_pipelines, retest_failed
 from bot.store.models import Change, Pipeline, Revision
 from bot.store.once import OnceKeys
 from workers.errors import UserError

@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bot.supervise import die_with_parent
+from bot.host.supervise import die_with_parent
 from workers.errors import ConfigError, InfraError
 
 # The private server's only full-power user; its password goes to the control side alone.
@@ -77,7 +77,7 @@ def start_private_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes] | 
     uid) gets nothing without a password. The admin URL carries the password of its one
     full-power user, kept in the data dir's redis-admin.secret (mode 0600) so a second labgate
     process on the same data dir can reuse the server: give it to the control side only, and
-    job workers users of their own (bot/broker_acl.py)."""
+    job workers users of their own (bot/host/broker_acl.py)."""
     sock = data_dir / "redis.sock"
     secret_path = data_dir / ADMIN_SECRET
     if sock.exists():

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bot.config import Config
-from bot.periodic import periodic_tasks
-from bot.runtime import open_runtime
-from bot.services import open_services, worker_groups
-from bot.supervise import labgate_argv
+from bot.host.bring_up import open_services, worker_groups
+from bot.host.config import Config
+from bot.host.stores import open_runtime
+from bot.host.supervise import labgate_argv
+from bot.host.timers import periodic_tasks
 from workers.app import CONTROL_QUEUE, app, configure
 
 SUPERVISE_INTERVAL_S = 1.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.pipeline import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
+from bot.pipelines.lifecycle import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
 from bot.store.models import Job, Pipeline, TestResult, utcnow
 from bot.store.once import once_done, record_once
 from workers.app import app

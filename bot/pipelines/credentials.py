@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
 from bot.store.models import Job
 from workers.errors import ConfigError
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bot.config import Config
 from bot.core.links import MIN_KEY_BYTES, sign_pipeline_link
-from bot.runtime import Runtime
+from bot.host.config import Config
+from bot.host.stores import Runtime
 from bot.store.models import Job
 from workers.errors import ConfigError
 

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from bot.core.render import FailedTest, JobView, first_error_lines
-from bot.runtime import Runtime
+from bot.host.stores import Runtime
 from bot.store.models import Job, Pipeline
 
 

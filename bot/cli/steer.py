@@ -6,9 +6,9 @@ import argparse
 import getpass
 import os
 
-from bot.config import Config
-from bot.services import open_services
-from bot.steering import cancel_pipelines, retest_failed
+from bot.host.bring_up import open_services
+from bot.host.config import Config
+from bot.pipelines.steering import cancel_pipelines, retest_failed
 from bot.store.models import Pipeline
 from workers.errors import UserError
 

@@ -24,7 +24,6 @@ import logging
 from collections.abc import Sequence
 from email.message import EmailMessage
 
-from bot.config import Tree
 from bot.core.series import IdentityGrade, Mail, parse_series
 from bot.forges.mail.domain_signature import ResolveDkimKey
 from bot.forges.mail.grading import Method
@@ -38,8 +37,9 @@ from bot.forges.patchwork.desk import SOURCE, load_series
 from bot.forges.patchwork.intake import ReadSeries, SenderTrust, SeriesIntake, SeriesReader
 from bot.forges.patchwork.poller import PatchworkPoller, PollSettings
 from bot.forges.patchwork.report import sync_series_checks
+from bot.host.config import Tree
+from bot.host.stores import Runtime
 from bot.reporting.summary import pipeline_summary
-from bot.runtime import Runtime
 from bot.store.models import Pipeline
 from workers.errors import ConfigError
 

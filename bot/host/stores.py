@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from bot.config import Config, load_config
+from bot.host.config import Config, load_config
 from bot.store.db import Store, database_url_for, migrate
 from workers.artifacts import ArtifactStore
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.config import Config, load_config, render_config_json_schema
+from bot.host.config import Config, load_config, render_config_json_schema
 from workers.errors import ConfigError, LabgateError, UserError
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -86,28 +86,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config_command(args)
         config = load_config(args.config)
         if args.command == "try":
-            from bot.try_command import run_try
+            from bot.cli.try_change import run_try
 
             return run_try(config, args)
         if args.command == "up":
-            from bot.up_command import run_up
+            from bot.cli.up import run_up
 
             return run_up(config, args.config)
         if args.command == "worker":
             return run_worker(args.queues.split(","), args.concurrency, args.name)
         if args.command == "web":
-            from bot.up_command import run_web
+            from bot.cli.up import run_web
 
             return run_web(config, args.config)
         if args.command == "approve" or (args.command in ("cancel", "retest") and args.series):
-            from bot.operator_command import operator_name
-            from bot.series_command import run_series_command
+            from bot.cli.series import run_series_command
+            from bot.cli.steer import operator_name
 
             if args.command != "approve":
                 args.series, args.who = args.pipeline, operator_name()
             return run_series_command(config, args)
         if args.command in ("cancel", "retest"):
-            from bot.operator_command import run_operator
+            from bot.cli.steer import run_operator
 
             return run_operator(config, args)
     except (ConfigError, UserError) as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.config import Config
+from bot.host.config import Config
 
 GITHUB_RESYNC_TASK = "bot.github_resync"  # open pull requests whose delivery was lost
 GIT_REMOTE_POLL_TASK = "bot.git_remote_poll"  # staging branches of trees without webhooks

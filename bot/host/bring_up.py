@@ -11,11 +11,11 @@ from pathlib import Path
 
 import redis
 
-from bot.broker import start_private_redis
-from bot.broker_acl import install_role_users, remove_role_users
-from bot.config import Config
-from bot.runtime import Runtime, open_runtime
-from bot.supervise import Supervisor, labgate_argv
+from bot.host.broker_acl import install_role_users, remove_role_users
+from bot.host.config import Config
+from bot.host.private_broker import start_private_redis
+from bot.host.stores import Runtime, open_runtime
+from bot.host.supervise import Supervisor, labgate_argv
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, RESULTS_QUEUE, configure, lab_queue
 from workers.errors import InfraError
 

@@ -1,0 +1,1 @@
+"""The `labgate` command and its subcommands."""

@@ -1,0 +1,1 @@
+"""What a labgate process brings up: config, store, broker, supervised children, timers, retries."""
