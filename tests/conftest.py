@@ -29,8 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Tests that assert on host-wide state (every process of the sandbox uids, cgroups, slot uids) or take
 # the whole machine (a kernel build): scripts/test.sh runs them alone, after the others ran in parallel.
-EXCLUSIVE_PATHS = ("tests/security/", "tests/workers/test_sandbox.py", "tests/workers/test_slots.py",
-                   "tests/workers/test_cgroups.py")  # fmt: skip
+EXCLUSIVE_PATHS = ("tests/security/test_build_escape.py", "tests/workers/test_sandbox.py",
+                   "tests/workers/test_slots.py", "tests/workers/test_cgroups.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
