@@ -21,8 +21,8 @@ from bot.forges.mail.smtp import classify_error as classify_smtp_error
 from bot.forges.patchwork.client import classify_error as classify_patchwork_error
 from bot.host.retrying import describe, is_transient, retry_delay
 from bot.host.stores import Runtime, runtime_from_env
-from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK
-from bot.intake.mailing_list import POLL_TASK, is_series_pipeline, poll_patchwork, report_series
+from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK, PATCHWORK_POLL_TASK
+from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, report_series
 from bot.pipelines import lifecycle as pipeline
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
@@ -92,41 +92,30 @@ def report(self: Task, pipeline_id: int) -> None:
         retry_or_fail(self, exc, runtime, lambda why: log.error("report of pipeline %d: %s", pipeline_id, why))
 
 
+def _run_timer(task: Task, what: str, body: Callable[[Runtime], list[str]]) -> None:
+    """A timer task's body (bot/host/timers.py): retried like the others, its lines logged."""
+    runtime = runtime_from_env()
+    try:
+        done = body(runtime)
+    except Exception as exc:
+        retry_or_fail(task, exc, runtime, lambda why: log.error("%s: %s", what, why))
+    if done:
+        log.info("%s: %s", what, "; ".join(done))
+
+
 @app.task(name=GITHUB_RESYNC_TASK, bind=True)
 def github_resync(self: Task) -> None:
     """Handle open pull requests' heads no webhook told of (bot/forges/github/resync.py)."""
-    runtime = runtime_from_env()
-    if runtime.config.github is None:
-        return
-    try:
-        done = resync_open_pulls(runtime, github_app())
-    except Exception as exc:
-        retry_or_fail(self, exc, runtime, lambda why: log.error("resync: %s", why))
-    if done:
-        log.info("resync: %s", "; ".join(done))
+    _run_timer(self, "resync", lambda rt: resync_open_pulls(rt, github_app()) if rt.config.github else [])
 
 
 @app.task(name=GIT_REMOTE_POLL_TASK, bind=True)
 def git_remote_poll(self: Task) -> None:
     """Staging branches of trees without webhooks (bot/forges/gitremote/poller.py)."""
-    runtime = runtime_from_env()
-    try:
-        done = poll_all(runtime)
-    except Exception as exc:
-        retry_or_fail(self, exc, runtime, lambda why: log.error("git remote poll: %s", why))
-    if done:
-        log.info("git remote poll: %s", "; ".join(done))
+    _run_timer(self, "git remote poll", poll_all)
 
 
-@app.task(name=POLL_TASK, bind=True)
+@app.task(name=PATCHWORK_POLL_TASK, bind=True)
 def patchwork_poll(self: Task) -> None:
     """Each configured Patchwork project's new events, carried out (bot/intake/mailing_list.py)."""
-    runtime = runtime_from_env()
-    if runtime.config.patchwork is None:
-        return
-    try:
-        done = poll_patchwork(runtime)
-    except Exception as exc:
-        retry_or_fail(self, exc, runtime, lambda why: log.error("patchwork poll: %s", why))
-    if done:
-        log.info("patchwork poll: %s", "; ".join(done))
+    _run_timer(self, "patchwork poll", lambda runtime: poll_patchwork(runtime) if runtime.config.patchwork else [])

@@ -44,7 +44,6 @@ from bot.store.models import Pipeline
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
-POLL_TASK = "bot.patchwork_poll"  # queued by `labgate up` every patchwork.poll_interval_s
 
 
 def no_dns(name: str) -> bytes | None:
