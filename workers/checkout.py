@@ -109,6 +109,17 @@ def resolve(mirror: Path, ref: str, what: str) -> str:
     return process.stdout.strip()
 
 
+def check_base_on_branches(mirror: Path, base_ref: str, base_sha: str, branches: Sequence[str]) -> None:
+    """A base named by a commit must be on one of the tree's branches. The mirror also holds forks'
+    refs (refs/pull/*): a commit only a fork has would test the series on code nobody merged."""
+    for branch in branches:
+        on_it = git(["merge-base", "--is-ancestor", base_sha, f"refs/heads/{branch}"], mirror, check=False)
+        if on_it.returncode == 0:
+            return
+    raise UserError(f"could not determine base: {base_ref} is not on any of the tree's branches "
+                    f"({', '.join(branches)})")  # fmt: skip
+
+
 def add_worktree(mirror: Path, dest: Path, sha: str) -> None:
     remove_worktree(mirror, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -212,11 +223,15 @@ def prepare_checkout(
     keep_ref: str,
     merge: bool = False,
     credential_file: Path | None = None,
+    base_branches: Sequence[str] = (),
 ) -> CheckoutOutcome:
-    """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan."""
+    """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan.
+    With `base_branches`, base_ref is a commit that must be on one of them."""
     with locked(mirror):
         update_mirror(mirror, url, credential_file)
         base_sha = resolve(mirror, base_ref, "base")
+        if base_branches:
+            check_base_on_branches(mirror, base_ref, base_sha, base_branches)
         descends = True
         if ref is not None:
             head_sha = resolve(mirror, ref, "ref")

@@ -88,8 +88,23 @@ class PatchRef(_Frozen):
     digest: str  # in the artifact store
 
 
+def branch_name_reason(name: str) -> str | None:
+    """Why a branch name cannot be put after refs/heads/ on git's command line; None if it can."""
+    if not name or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name or "//" in name:
+        return "is not a branch name git takes"
+    if any(c.isspace() or c in "~^:?*[\\\x7f" or ord(c) < 32 for c in name) or "@{" in name:
+        return "holds a character git refuses in a branch name"
+    return None
+
+
+BranchName = Annotated[str, _refusing(branch_name_reason, "branch")]
+
+
 class CheckoutSpec(_Frozen):
     base_ref: str
+    # Set for a base named by a commit (a series' base-commit: trailer): that commit must be on one of
+    # these branches of the tree (refs/heads/*), since the mirror also holds forks' refs (refs/pull/*).
+    base_branches: tuple[BranchName, ...] = ()
     ref: str | None = None  # test this ref instead of applying patches
     patches: tuple[PatchRef, ...] = ()
     plan_path: str = ".labgate/plan.yaml"

@@ -86,6 +86,7 @@ def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path 
         keep_ref=f"refs/labgate/pipelines/{spec.pipeline_id}",
         merge=spec.checkout.merge,
         credential_file=credential,
+        base_branches=spec.checkout.base_branches,
     )
 
 

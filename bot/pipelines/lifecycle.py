@@ -60,6 +60,7 @@ class Submission:
     base_ref: str
     ref: str | None = None
     patches: tuple[tuple[str, bytes], ...] = ()
+    base_branches: tuple[str, ...] = ()  # base_ref is a commit that must be on one of these branches
     title: str = ""
     submitter: str = ""
     plan_from: str = "head"
@@ -134,6 +135,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
         session.add(pipeline)
         session.flush()
         checkout = CheckoutSpec(base_ref=submission.base_ref, ref=submission.ref,
+                                base_branches=submission.base_branches,
                                 patches=tuple(PatchRef(**p) for p in patch_refs),
                                 plan_from=submission.plan_from, merge=submission.merge)  # type: ignore[arg-type]  # fmt: skip
         session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE,

@@ -39,6 +39,7 @@ class World:
     config_path: Path
     base_sha: str
     smtp: RecordingHandler
+    origin: Path
 
     def series(self, version: int, *, sender: str | None = None, change_id: str | None = None,
                base: str | None = None) -> bytes:  # fmt: skip
@@ -86,6 +87,12 @@ class World:
         self.wait(final, f"final checks on every patch of series {series_id}")
         return {p: self.latest(p) for p in self.pw.series_patches(series_id)}
 
+    def checkout_checks(self, series_id: int) -> list[dict[str, Any]]:
+        """The checkout's settled check on each patch of a series that was let run."""
+        self.wait(lambda: all("labgate-checkout" in self.latest(p) and self.latest(p)["labgate-checkout"]["state"]
+                              != "pending" for p in self.pw.series_patches(series_id)), "checkout's check")  # fmt: skip
+        return [self.latest(p)["labgate-checkout"] for p in self.pw.series_patches(series_id)]
+
     def pipelines(self) -> list[tuple[int, str, str | None]]:
         with self.services.runtime.store.session() as session:
             return [(p.id, p.state, p.result) for p in session.query(Pipeline).order_by(Pipeline.id)]
@@ -123,7 +130,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         services = open_services(config, root / "labgate.yaml")
         try:
             start_all_workers(services)
-            yield World(pw, services, root / "labgate.yaml", git(origin, "rev-parse", "HEAD"), handler)
+            yield World(pw, services, root / "labgate.yaml", git(origin, "rev-parse", "HEAD"), handler, origin)
         finally:
             services.stop()
             smtp.stop()
@@ -207,12 +214,22 @@ def test_unknown_base_commit_says_could_not_determine_base(world: World) -> None
     )
     world.poll()
     assert world.approve(series_id, 1) == 0
-    world.wait(lambda: all("labgate-checkout" in world.latest(p) and world.latest(p)["labgate-checkout"]["state"]
-                           != "pending" for p in world.pw.series_patches(series_id)), "checkout's check")  # fmt: skip
-    for patch_id in world.pw.series_patches(series_id):
-        check = world.latest(patch_id)["labgate-checkout"]
+    for check in world.checkout_checks(series_id):
         assert check["state"] == "warning"
         assert "could not determine base" in check["description"]
+
+
+def test_attack_a_base_commit_only_a_fork_has_says_could_not_determine_base(world: World) -> None:
+    # A fork's commit with main's very files (the series applies on it): only where it lives is wrong.
+    fork = git(world.origin, "commit-tree", "main^{tree}", "-p", "main", "-m", "a fork's commit")
+    git(world.origin, "update-ref", "refs/pull/1/head", fork)
+    series_id = world.send(world.series(1, change_id=f"fork-{uuid.uuid4().hex[:8]}", base=fork))
+    world.poll()
+    assert world.approve(series_id, 1) == 0
+    for check in world.checkout_checks(series_id):
+        assert check["state"] == "warning"
+        assert check["description"] == (
+            f"not tested: could not determine base: {fork} is not on any of the tree's branches (main)")
 
 
 def test_delegating_every_patch_approves_the_series(world: World) -> None:

@@ -95,9 +95,11 @@ class SeriesDesk:
     source = SOURCE
 
     def __init__(self, client: PatchworkClient, record: SeriesRecord, author: str, base_ref: str,
-                 patches: Sequence[tuple[str, bytes]]) -> None:  # fmt: skip
+                 patches: Sequence[tuple[str, bytes]], base_branches: Sequence[str] = ()) -> None:  # fmt: skip
+        """`base_branches`: base_ref is a commit (a base-commit: trailer) that the checkout must find on one
+        of these branches of the tree; empty when base_ref is a branch itself."""
         self.client, self.record, self.author = client, record, author
-        self.base_ref, self.patches = base_ref, tuple(patches)
+        self.base_ref, self.patches, self.base_branches = base_ref, tuple(patches), tuple(base_branches)
 
     def permission(self, login: str) -> str | None:
         return None  # Patchwork has no permission a mail sender could be looked up by
@@ -119,7 +121,7 @@ class SeriesDesk:
 
     def revision(self, head_sha: str) -> dict[str, Any]:
         # The patches onto the base (ChangeContext carries base_ref); the head commit is what git am makes.
-        return {"patches": self.patches}
+        return {"patches": self.patches, "base_branches": self.base_branches}
 
     def reply(self, text: str) -> None:
         self.say("warning", text)

@@ -68,7 +68,9 @@ class ReadSeries:
     trust: SenderTrust
 
 
-SeriesReader = Callable[[bytes, Tree], ReadSeries]  # ValueError: the mbox holds no series to test
+# (record, its served mbox, tree) -> the series read and graded. Called in step 2 only, outside any
+# transaction: it may fetch (the mails signatures are checked on). ValueError: no series to test.
+SeriesReader = Callable[[SeriesRecord, bytes, Tree], ReadSeries]
 
 
 def event_delivery_id(server: str, event_id: int) -> str:
@@ -77,8 +79,9 @@ def event_delivery_id(server: str, event_id: int) -> str:
 
 def base_of(series: Series, project: PatchworkProject, tree: Tree) -> str:
     """The base-commit: trailer, else the first subject tag the project maps to a branch, else the
-    tree's first branch. A trailer naming a commit the tree lacks fails the checkout, "could not
-    determine base", with no fall-back: testing on another base would report on code nobody sent."""
+    tree's first branch. A trailer naming a commit that is not on one of the tree's branches fails the
+    checkout (base_branches_of), "could not determine base", with no fall-back: testing on another base
+    would report on code nobody sent."""
     if series.trailers.base_commit:
         return series.trailers.base_commit
     first = series.first
@@ -86,6 +89,12 @@ def base_of(series: Series, project: PatchworkProject, tree: Tree) -> str:
         if tag in project.tag_branches:
             return project.tag_branches[tag]
     return tree.branches[0]
+
+
+def base_branches_of(series: Series, tree: Tree) -> tuple[str, ...]:
+    """The branches a trailer's base-commit must be on (checked where git runs: the checkout job);
+    none to check when the base is a branch name."""
+    return tuple(tree.branches) if series.trailers.base_commit else ()
 
 
 class SeriesIntake:
@@ -179,9 +188,9 @@ class SeriesIntake:
         tree = config.tree(project.tree) if project is not None else None
         if project is None or tree is None:
             raise UserError(f"project {record.project!r} is not configured with a tree")
-        read = self.read(self.runtime.artifacts.get_bytes(record.mbox_digest), tree)
+        read = self.read(record, self.runtime.artifacts.get_bytes(record.mbox_digest), tree)
         base = base_of(read.series, project, tree)
-        desk = SeriesDesk(self.client, record, read.sender, base, read.patches)
+        desk = SeriesDesk(self.client, record, read.sender, base, read.patches, base_branches_of(read.series, tree))
         context = ChangeContext(tree, SOURCE, record.project, record.series_id, None, base, record.name[:500],
                                 read.sender, read.trust.trusted)  # fmt: skip
         return tree, read, desk, context
