@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,7 +17,7 @@ from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from workers.errors import ConfigError
 from workers.slots import DEFAULT_BUILD_UIDS, DEFAULT_QEMU_UIDS, UidRange
-from workers.spec import BuildLimits, RepositoryUrl
+from workers.spec import BuildLimits, RepositoryUrl, unsafe_path_reason
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -104,13 +105,42 @@ class TreeMail(_Strict):
     report: bool = Field(False, description="mail one report per series version and staging push (needs `smtp:`)")
     cc: list[str] = Field([], description="Cc of series reports, e.g. the tree's list `netdev@vger.kernel.org`")
     push_to: list[str] = Field([], description="To of staging push reports: the maintainer or the list")
-    maintainers: list[str] = Field([], description="addresses whose series count as a maintainer's "
-                                   "(MAINTAINERS at the base is not read yet); unsigned, only a claim")  # fmt: skip
+    maintainers: list[str] = Field([], description="addresses whose series count as a maintainer's, besides "
+                                   "MAINTAINERS (`maintainers_file`); unsigned, only a claim")  # fmt: skip
     unverified_tier: Literal["none", "qemu"] = Field("none", description="what a maintainer address's series "
                                                      "runs on unapproved without a verified signature; none: "
                                                      "it waits")  # fmt: skip
     keyring: Path | None = Field(None, description="patatt keyring directory (<algo>/<domain>/<local>/<sel>); "
                                  "a series attested by a key there runs like a trusted change")  # fmt: skip
+    public_inbox_url: str | None = Field(None, description="the list's public-inbox archive (e.g. "
+                                         "https://lore.kernel.org/netdev): signatures are checked on the "
+                                         "original mail it keeps, else on the mail rebuilt from Patchwork")  # fmt: skip
+    dkim_dns: Literal["system", "none"] = Field("system", description="where DKIM keys are looked up: "
+                                                "system (the host's resolvers, cached) or none (DKIM "
+                                                "reads unverifiable)")  # fmt: skip
+    maintainers_file: str | None = Field(None, description="the tree's MAINTAINERS file (e.g. MAINTAINERS): an "
+                                         "M:/R: address for a path the series touches, read at the series' "
+                                         "base, counts as a maintainer's; unset: only `maintainers`")  # fmt: skip
+
+    @field_validator("public_inbox_url")
+    @classmethod
+    def _archive_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} is not an http(s)://host/LIST URL of a public-inbox archive")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (public-inbox archives are read anonymously)")
+        return value.rstrip("/")
+
+    @field_validator("maintainers_file")
+    @classmethod
+    def _tree_path(cls, value: str | None) -> str | None:
+        reason = unsafe_path_reason(value) if value is not None else None
+        if reason:
+            raise ValueError(f"{value!r} is not a path inside the tree: it {reason}")
+        return value
 
 
 class Tree(_Strict):

@@ -12,8 +12,10 @@ Trust, as honestly as the parts allow today:
 - anyone else waits for `labgate approve` or the delegation of every patch.
 DKIM needs the signing domain's key from DNS: no resolver is wired in production yet, so DKIM
 signatures read unverifiable there; tests pass a resolver of local keys (`resolve_dkim_key`).
-Signatures are checked on the mail Patchwork serves (public-inbox originals are not fetched yet),
-which Patchwork re-renders: most read unverifiable, never "invalid sender".
+Patchwork re-renders mail, so signatures are checked on each patch's original: the tree's public-inbox
+archive's copy, else the mail rebuilt from Patchwork's JSON, else the mail as served, each only when it
+carries the very diff Patchwork serves (bot/intake/original_mail.py). A signature rewriting broke reads
+unverifiable, never "invalid sender".
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
-from bot.core.series import IdentityGrade, Mail, parse_series
+from bot.core.series import IdentityGrade, Mail, Series, parse_series
 from bot.forges.mail.domain_signature import ResolveDkimKey
 from bot.forges.mail.grading import Method
 from bot.forges.mail.identity import IdentityResult, verify_identity
@@ -33,17 +35,20 @@ from bot.forges.mail.message import series_thread
 from bot.forges.mail.original import split_mboxrd
 from bot.forges.mail.reporter import mail_sink_for
 from bot.forges.patchwork.client import PatchworkClient
-from bot.forges.patchwork.desk import SOURCE, load_series
+from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
 from bot.forges.patchwork.intake import ReadSeries, SenderTrust, SeriesIntake, SeriesReader
 from bot.forges.patchwork.poller import PatchworkPoller, PollSettings
 from bot.forges.patchwork.report import sync_series_checks
 from bot.host.config import Tree
 from bot.host.stores import Runtime
+from bot.intake.original_mail import CheckedMail, gather_checked_mails, kept_checked_mails, originals_key
 from bot.reporting.summary import pipeline_summary
 from bot.store.models import Pipeline
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+ReadMails = Callable[..., ReadSeries]  # (mbox, tree, checked mails or None) -> the series read and graded
 
 
 def no_dns(name: str) -> bytes | None:
@@ -87,20 +92,27 @@ def grade_sender(results: Sequence[IdentityResult], claimed: str, tree: Tree) ->
     return SenderTrust(IdentityGrade.UNVERIFIED, False, None, "base", f"{claimed}: {why}")
 
 
-def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:
-    """A SeriesReader (bot/forges/patchwork/intake.py) grading senders with this DKIM key look-up."""
+def served_patches(mbox: bytes) -> tuple[Series, list[bytes]]:
+    """The series in a served mbox, and each patch's mail as served (never the cover letter), in order."""
+    raws = split_mboxrd(mbox)
+    mails = [decode(raw) for raw in raws]
+    series = parse_series(mails)
+    by_mail = {id(mail): raw for mail, raw in zip(mails, raws, strict=True)}
+    return series, [by_mail[id(patch.mail)] for patch in series.patches]
 
-    def read(mbox: bytes, tree: Tree) -> ReadSeries:
-        raws = split_mboxrd(mbox)
-        mails = [decode(raw) for raw in raws]
-        series = parse_series(mails)
+
+def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
+    """Read a served mbox and grade its sender with this DKIM key look-up, checking each patch's
+    signatures on `checked` (one mail per patch, bot/intake/original_mail.py) when given."""
+
+    def read(mbox: bytes, tree: Tree, checked: Sequence[CheckedMail] | None = None) -> ReadSeries:
+        series, patch_raws = served_patches(mbox)
         first = series.first
         if first is None or first.sender is None:
             raise ValueError("the series' first mail has no readable From: address")
-        by_mail = {id(mail): raw for mail, raw in zip(mails, raws, strict=True)}
-        patch_raws = [by_mail[id(patch.mail)] for patch in series.patches]
+        signed = [m.raw for m in checked] if checked is not None and len(checked) == len(patch_raws) else patch_raws
         keyring = tree_keyring(tree)
-        results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in patch_raws]
+        results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in signed]
         trust = grade_sender(results, first.sender.address, tree)
         # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
         patches = tuple((f"{index:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
@@ -108,6 +120,26 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:
         return ReadSeries(series, patches, first.sender.address, trust)
 
     return read
+
+
+def patchwork_reader(runtime: Runtime, client: PatchworkClient,
+                     resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:  # fmt: skip
+    """The SeriesReader of bot/forges/patchwork/intake.py: signatures checked on each patch's original
+    (public-inbox, else rebuilt from Patchwork's JSON, else as served), gathered once per series and kept."""
+    read = series_reader(resolve_dkim_key)
+
+    def read_record(record: SeriesRecord, mbox: bytes, tree: Tree) -> ReadSeries:
+        _, patch_raws = served_patches(mbox)
+
+        def gather() -> list[CheckedMail]:
+            served = [(decode(raw).header("message-id"), raw) for raw in patch_raws]
+            return gather_checked_mails(served, record.patch_ids, public_inbox_url=tree.mail.public_inbox_url,
+                                        patch_json=client.patch)  # fmt: skip
+
+        checked = kept_checked_mails(runtime, originals_key(record.server, record.series_id), gather)
+        return read(mbox, tree, checked)
+
+    return read_record
 
 
 def patchwork_client(runtime: Runtime) -> PatchworkClient:
@@ -118,7 +150,7 @@ def patchwork_client(runtime: Runtime) -> PatchworkClient:
 
 
 def series_intake(runtime: Runtime, client: PatchworkClient, resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesIntake:
-    return SeriesIntake(runtime, client, series_reader(resolve_dkim_key))
+    return SeriesIntake(runtime, client, patchwork_reader(runtime, client, resolve_dkim_key))
 
 
 def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey = no_dns) -> list[str]:
@@ -163,7 +195,7 @@ def report_series(runtime: Runtime, pipeline_id: int) -> int:
     if tree is None or record is None or not tree.mail.report:
         return requests
     subject, message_id = record.thread
-    first = series_reader()(runtime.artifacts.get_bytes(record.mbox_digest), tree).series.first
+    first = served_patches(runtime.artifacts.get_bytes(record.mbox_digest))[0].first
     if first is not None and first.message_id:  # the mail's own ids, not Patchwork's record of them
         subject, message_id = first.mail.header("subject") or subject, first.message_id
     sink = mail_sink_for(runtime.store, runtime.config.smtp, tree.mail, submitter=submitter,
