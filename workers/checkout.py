@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import InfraError, UserError
-from workers.patchcheck import check_applied, check_patch
+from workers.patchcheck import check_applied, check_patch, split_mails
+from workers.patchname import MAX_SUBJECT, patch_label, shown
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "labgate",
@@ -135,12 +136,20 @@ def remove_worktree(mirror: Path, dest: Path) -> None:
 
 
 def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_label: str) -> None:
-    """`git am` each patch after check_patch, then check what git really wrote (the last defence)."""
+    """`git am` each patch after check_patch, then check each commit git made (the last defence).
+
+    A refusal starts with the patch's mail (workers/patchname.py: Subject and Message-Id), then
+    where, then the rule, so one line says it where a Patchwork check or a mail shows it.
+    """
     # In the bare common dir git reads no .gitattributes from the tree, so a patch cannot mark
     # its own binary file as text ("* diff") to hide it from --numstat.
     common_dir = Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], worktree).stdout.strip())
     for name, data in patches:
-        check_patch(name, data)
+        mails = split_mails(data)  # one for a Patchwork patch; `labgate try` may hand over a whole mbox
+        try:
+            check_patch(name, data)
+        except UserError as error:
+            raise UserError(_named(_refused_mail(name, mails), str(error))) from error
         before = git(["rev-parse", "HEAD"], worktree).stdout.strip()
         process = subprocess.run(
             ["git", "am", "--quiet", "--no-3way"],
@@ -149,21 +158,52 @@ def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_lab
             capture_output=True,
             env={**os.environ, **GIT_IDENTITY},
         )
+        commits = _commits_since(worktree, before)
         if process.returncode != 0:
             message = (process.stderr or process.stdout).decode(errors="replace").strip()
             git(["am", "--abort"], worktree, check=False)
-            raise UserError(f"{name} does not apply on {base_label}:\n{message}")
-        # Per patch, so the message names the culprit and a symlink that a later patch removes
-        # is still refused (the intermediate commits stay in the kept history).
-        after = git(["rev-parse", "HEAD"], worktree).stdout.strip()
-        diff = ["diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv",
-                "--ignore-submodules=none", "--no-color", before, after]  # fmt: skip
+            # git am stops at the mail it cannot apply, after one commit for each mail before it.
+            label = patch_label(mails[len(commits)]) if len(commits) < len(mails) else None
+            raise UserError(_named(label, f"{name} does not apply on {base_label}:\n{message}"))
+        # Commit by commit, so the message names the culprit and a symlink that a later commit
+        # removes is still refused (the intermediate commits stay in the kept history).
+        for index, commit in enumerate(commits):
+            # git am makes one commit per mail, in order: when the counts agree, commit i is mail i;
+            # otherwise git split the input another way, and the commit is named as git made it.
+            label = patch_label(mails[index]) if len(commits) == len(mails) else _commit_label(worktree, commit)
+            diff = ["diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv",
+                    "--ignore-submodules=none", "--no-color", f"{commit}^", commit]  # fmt: skip
+            try:
+                check_applied(git(["-c", "core.bare=true", *diff], common_dir).stdout)
+            except UnicodeDecodeError as error:  # git() reads text as UTF-8; a patch may create other byte names
+                raise UserError(_named(label, f"{name}: after applying: a file name is not UTF-8")) from error
+            except UserError as error:
+                raise UserError(_named(label, f"{name}: {error}")) from error
+
+
+def _named(label: str | None, refusal: str) -> str:
+    return f"{label}: {refusal}" if label else refusal
+
+
+def _refused_mail(name: str, mails: Sequence[bytes]) -> str | None:
+    """The label of the mail check_patch refuses in a file of several (the first one refused alone)."""
+    if len(mails) == 1:
+        return patch_label(mails[0])
+    for mail in mails:
         try:
-            check_applied(git(["-c", "core.bare=true", *diff], common_dir).stdout)
-        except UnicodeDecodeError as error:  # git() reads text as UTF-8; a patch may create other byte names
-            raise UserError(f"{name}: after applying: a file name is not UTF-8") from error
-        except UserError as error:
-            raise UserError(f"{name}: {error}") from error
+            check_patch(name, mail)
+        except UserError:
+            return patch_label(mail)
+    return None  # only the whole file breaks a rule: the file name is all there is to say
+
+
+def _commits_since(worktree: Path, before: str) -> list[str]:
+    return git(["rev-list", "--reverse", f"{before}..HEAD"], worktree).stdout.split()
+
+
+def _commit_label(worktree: Path, commit: str) -> str:
+    subject = git(["log", "-1", "--format=%s", commit], worktree).stdout
+    return f'commit {commit[:12]} "{shown(subject, MAX_SUBJECT)}"'
 
 
 def merge_onto_base(mirror: Path, worktree: Path, base_sha: str, head_sha: str, base_label: str) -> str:

@@ -12,6 +12,7 @@ from email.policy import compat32
 from workers.errors import InfraError, UserError
 
 MAX_PATCH_BYTES = 8 * 1024 * 1024
+MAX_SHOWN = 100  # characters of a path or mode a refusal quotes
 REGULAR_MODES = ("100644", "100755")
 _MODE_KINDS = {"120000": "a symlink", "160000": "a submodule link (gitlink)"}
 _MODE_REFUSALS = {"120000": "symlinks are not accepted", "160000": "submodules are not accepted"}
@@ -57,7 +58,7 @@ def check_patch(name: str, data: bytes) -> None:
     """
     check_patch_size(name, len(data))
     _check_diff_text(name, data.decode("utf-8", "surrogateescape"))
-    for number, mail in enumerate(_split_mails(data), start=1):
+    for number, mail in enumerate(split_mails(data), start=1):
         for where, payload, charset in _decoded_parts(name, number, mail):
             for text in _views(payload, charset):
                 _check_diff_text(where, text)
@@ -133,7 +134,7 @@ def _mode_problem(mode: str) -> str | None:
         return None
     if mode in _MODE_KINDS:
         return f"mode {mode} is {_MODE_KINDS[mode]}; {_MODE_REFUSALS[mode]}"
-    shown = mode if re.fullmatch(r"[0-9]+", mode) else repr(mode)
+    shown = mode[:MAX_SHOWN] if re.fullmatch(r"[0-9]+", mode) else _quoted(mode)
     return f"mode {shown} is not a regular file mode (only 100644 and 100755 are accepted)"
 
 
@@ -149,7 +150,7 @@ def _diff_git_problem(rest: str) -> str | None:
         # Unquoted names with spaces are ambiguous: git picks a split at a space where both halves
         # match. Checking every "/"- or space-separated piece covers every split git could pick.
         if "//" in rest or re.search(r"(?:^|\s)/", rest):
-            return f"path {rest!r} leaves the tree"
+            return f"path {_quoted(rest)} leaves the tree"
         return _prefixed_path_problem(rest)
     if rest.startswith('"'):
         quoted = _unquote(rest)
@@ -202,18 +203,18 @@ def _unquote(text: str) -> tuple[str, str] | None:
 def _path_problem(path: str, *, loose: bool) -> str | None:
     """Why a path may not be written, or None. Loose: patch text, where git may end a name at whitespace."""
     if path.startswith("/") or (".." in path and _COMPONENT[loose][".."].search(path)):
-        return f"path {path!r} leaves the tree"
+        return f"path {_quoted(path)} leaves the tree"
     if ".git" in path.lower() and _COMPONENT[loose][".git"].search(path):
-        return f"path {path!r} touches git metadata"
+        return f"path {_quoted(path)} touches git metadata"
     if re.search("[\udc80-\udcff]", path):  # bytes that surrogateescape could not read as UTF-8
-        return f"path {path!r} is not UTF-8"
+        return f"path {_quoted(path)} is not UTF-8"
     return None
 
 
 # --- mails, split and decoded the way git mailsplit and git mailinfo do
 
 
-def _split_mails(data: bytes) -> list[bytes]:
+def split_mails(data: bytes) -> list[bytes]:
     """The mails git mailsplit makes of `git am`'s input: one per "From " line, or one bare mail."""
     parts = data.lstrip(b" \t\n\v\f\r").split(b"\n")
     lines = [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
@@ -273,7 +274,7 @@ def _structure_problem(message: Message) -> str | None:
             if len(part.get_all(header, [])) > 1:
                 return f"more than one {header} header in one part"  # git takes the last, Python the first
         if _encoding(part) not in _ENCODINGS:
-            return f"Content-Transfer-Encoding {_encoding(part)!r} is not one of {', '.join(_ENCODINGS)}"
+            return f"Content-Transfer-Encoding {_quoted(_encoding(part))} is not one of {', '.join(_ENCODINGS)}"
     return None
 
 
@@ -292,7 +293,7 @@ def _git_header_problem(mail: bytes, message: Message) -> str | None:
             return f"encoded word in a {header} header"
         if header == "content-transfer-encoding":
             if value.lower() not in _ENCODINGS:
-                return f"Content-Transfer-Encoding {value!r} is not one of {', '.join(_ENCODINGS)}"
+                return f"Content-Transfer-Encoding {_quoted(value)} is not one of {', '.join(_ENCODINGS)}"
             encodings.append(value.lower())
         elif "boundary=" in value.lower():
             rest = value[value.lower().index("boundary=") + len("boundary=") :]
@@ -396,4 +397,11 @@ def _check_applied_mode(path: str, mode: str, allow_symlinks: bool) -> None:
 
 
 def _shown(path: str) -> str:
-    return path if path.isprintable() and path.strip() == path else repr(path)
+    if not path.isprintable() or path.strip() != path:
+        return _quoted(path)
+    return path if len(path) <= MAX_SHOWN else path[:MAX_SHOWN] + "…"
+
+
+def _quoted(text: str) -> str:
+    """repr() of a name a patch chose, cut short: the refusal must fit a one-line check description."""
+    return repr(text) if len(text) <= MAX_SHOWN else repr(text[:MAX_SHOWN]) + "…"

@@ -44,7 +44,7 @@ def test_conflicting_patch_names_itself_and_gits_message(hello_repo: Path, tmp_p
     with pytest.raises(UserError) as info:
         _checkout(hello_repo, tmp_path, patches=[("conflict.patch", (PATCHES / "conflict.patch").read_bytes())])
     message = str(info.value)
-    assert message.startswith("conflict.patch does not apply on main@")
+    assert message.startswith('patch "[PATCH] greet: say Hi": conflict.patch does not apply on main@')
     assert "error: patch failed: src/greet.c" in message
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.encoders
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from email.policy import compat32
@@ -149,7 +150,8 @@ def test_apply_patches_checks_what_git_wrote_when_check_patch_is_missed(
     monkeypatch.setattr(checkout, "check_patch", lambda name, data: None)
     with pytest.raises(UserError) as info:
         apply_patches(repo, [("evil.patch", mail)], "main")
-    assert str(info.value) == "evil.patch: after applying: link is a symlink (mode 120000); symlinks are not accepted"
+    assert str(info.value) == ('patch "[PATCH] innocent change": '
+                               "evil.patch: after applying: link is a symlink (mode 120000); symlinks are not accepted")
 
 
 def test_a_gitattributes_file_in_the_patch_cannot_pass_a_binary_off_as_text(
@@ -162,7 +164,8 @@ def test_a_gitattributes_file_in_the_patch_cannot_pass_a_binary_off_as_text(
     mail = _patch_of(repo, change)
     base = _git(repo, "rev-parse", "HEAD").decode().strip()
     monkeypatch.setattr(checkout, "check_patch", lambda name, data: None)
-    with pytest.raises(UserError, match=r"^evil.patch: after applying: blob.bin is a binary file"):
+    innocent = r'^patch "\[PATCH\] innocent change": '
+    with pytest.raises(UserError, match=innocent + r"evil.patch: after applying: blob.bin is a binary file"):
         apply_patches(repo, [("evil.patch", mail)], "main")
     numstat = _git(repo, "diff", "--numstat", base, "HEAD").decode()
     assert "-\t-\tblob.bin" not in numstat  # in the worktree the attribute does hide it: the attack is real
@@ -174,5 +177,52 @@ def test_apply_patches_names_the_patch_of_a_series_that_did_it(repo: Path, monke
     evil = _base64(_patch_of(repo, _add_symlink(repo)))
     _git(repo, "reset", "-q", "--hard", "HEAD~1")
     monkeypatch.setattr(checkout, "check_patch", lambda name, data: None)
-    with pytest.raises(UserError, match=r"^2-evil.patch: after applying: link is a symlink"):
+    with pytest.raises(UserError, match=r'^patch "\[PATCH\] innocent change": 2-evil.patch: after applying: link'):
         apply_patches(repo, [("1-fine.patch", fine), ("2-evil.patch", evil)], "main")
+
+
+def _series_mbox(repo: Path, *changes: tuple[str, Callable[[], None]]) -> tuple[bytes, list[str]]:
+    """One `git format-patch --thread` mbox of a commit per (subject, change), which are then undone,
+    and the Message-Ids git gave its mails."""
+    base = _git(repo, "rev-parse", "HEAD").decode().strip()
+    for subject, change in changes:
+        change()
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", subject)
+    mbox = _git(repo, "format-patch", "--thread", "--stdout", f"{base}..HEAD")
+    _git(repo, "reset", "-q", "--hard", base)
+    headers = [line for line in mbox.decode().split("\n") if line.lower().startswith("message-id: ")]
+    message_ids = [line.split(" ", 1)[1] for line in headers]
+    assert len(message_ids) == len(changes)
+    return mbox, message_ids
+
+
+def test_a_whole_mbox_names_the_mail_check_patch_refuses(repo: Path) -> None:
+    mbox, ids = _series_mbox(repo, ("readme: greet the world", lambda: (repo / "README").write_text("world\n")),
+                             ("add a blob", lambda: (repo / "blob.bin").write_bytes(bytes(range(256)))),
+                             ("readme: again", lambda: (repo / "README").write_text("again\n")))  # fmt: skip
+    with pytest.raises(UserError) as info:
+        apply_patches(repo, [("series.mbox", mbox)], "main")
+    assert re.match(rf'^patch "\[PATCH 2/3\] add a blob" {re.escape(ids[1])}: series.mbox:\d+: binary patches are not '
+                    r"accepted$", str(info.value)), str(info.value)  # fmt: skip
+
+
+def test_each_commit_of_a_whole_mbox_is_checked_and_the_culprit_named(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlink that the next mail removes is not in the net diff: only a check per commit sees it."""
+    mbox, ids = _series_mbox(repo, ("readme: greet the world", lambda: (repo / "README").write_text("world\n")),
+                             ("add a link", _add_symlink(repo)), ("drop the link", lambda: (repo / "link").unlink()))
+    monkeypatch.setattr(checkout, "check_patch", lambda name, data: None)  # as if check_patch had missed it
+    with pytest.raises(UserError) as info:
+        apply_patches(repo, [("series.mbox", mbox)], "main")
+    assert str(info.value) == (f'patch "[PATCH 2/3] add a link" {ids[1]}: series.mbox: after applying: '
+                               "link is a symlink (mode 120000); symlinks are not accepted")  # fmt: skip
+
+
+def test_a_mail_that_does_not_apply_is_named_in_a_whole_mbox(repo: Path) -> None:
+    first, _ = _series_mbox(repo, ("readme: world", lambda: (repo / "README").write_text("world\n")))
+    second, ids = _series_mbox(repo, ("readme: bye", lambda: (repo / "README").write_text("bye\n")))
+    with pytest.raises(UserError) as info:
+        apply_patches(repo, [("series.mbox", first + second)], "main")
+    assert str(info.value).startswith(f'patch "[PATCH] readme: bye" {ids[0]}: series.mbox does not apply on main:')
