@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+from bot.core.mail_text import one_line
 from bot.forges.patchwork.client import PatchworkClient
 from bot.reporting.sinks import JobReport, Verdict
 
@@ -89,7 +90,8 @@ class PatchworkChecksSink:
             log.warning("job %d: page URL is %d characters, over Patchwork's %d: check posted without it",
                         report.job_id, len(target_url), MAX_TARGET_URL)  # fmt: skip
             target_url = None
-        title = " ".join(report.title.split())
+        # A refusal quotes the submitter's Subject and Message-Id: no control character reaches Patchwork.
+        title = one_line(report.title)
         description = title if len(title) <= MAX_DESCRIPTION else title[: MAX_DESCRIPTION - 1] + "…"
         context, state = check_context(report.label), check_state(report)
         # Every patch, in order; an error stops here and the caller's retry posts them all again.

@@ -101,3 +101,11 @@ def test_a_failure_midway_is_posted_again_whole_by_the_retry(pw: FakePatchwork) 
     assert classify_error(raised.value).transient  # type: ignore[union-attr]
     sink.create(REPORT)
     assert [len(pw.checks(p)) for p in pw.series_patches(1)] == [2, 1, 1]  # the repeat on patch 1 is harmless
+
+
+def test_attack_control_characters_in_a_title_never_reach_the_description(pw: FakePatchwork) -> None:
+    """A refusal quotes a submitter's Subject: escapes, line breaks and bidi overrides end as spaces."""
+    title = 'not tested: patch "[PATCH] x\x1b[2J\r\nX-Evil: 1\u202e\u2028" <a\x07@b>: 0001.patch:3: rule'
+    sink_for(pw).create(dataclasses.replace(REPORT, stage="done", verdict="warning", title=title))
+    (posted,) = pw.checks(1)
+    assert posted["description"] == 'not tested: patch "[PATCH] x [2J X-Evil: 1 " <a @b>: 0001.patch:3: rule'
