@@ -1,8 +1,9 @@
 """`git patch-id --stable` of a patch's text, in pure Python: b4's `prerequisite-patch-id:` trailers name
 patches by it, and the control plane (which runs no git) matches them against the patches it recorded.
 
-It follows git's builtin/patch-id.c (git >= 2.39, the version that reads a one-line hunk header as one
-line and hashes binary diffs by their blob ids) line by line, quirks included: the id is a sum of one
+It follows git's builtin/patch-id.c line by line, quirks included, as git 2.39 has it (the first to read
+a one-line hunk header as one line and to hash binary diffs by their blob ids; later gits read only
+malformed hunk headers otherwise, which no diff git writes has): the id is a sum of one
 SHA-1 per file, each over the file's diff lines with every whitespace byte removed, hunk line numbers
 and `index` lines left out. So it identifies a diff up to whitespace, never its exact bytes: two
 patches with one id may differ in meaning (spaces inside a string), which callers must weigh.
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 _SPACE = frozenset(b" \t\n\v\f\r")  # C's isspace in the C locale
 _OID = re.compile(rb"[0-9a-fA-F]{40}")  # get_oid_hex: 40 hex digits, whatever follows
 _STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?[0-9]+")
-_INT_MAX = 2**31 - 1
 
 
 def stable_patch_ids(text: bytes) -> list[str]:
@@ -134,28 +134,20 @@ class _Patch:
     def _scan_hunk_header(self, line: bytes) -> None:
         """The old and new line counts of `@@ -a[,b] +c[,d] @@` (a missing count is 1); set one by one, as git
         does, so a malformed header leaves what it had already read."""
-        position = 4
-        digits = _digits(line, position)
-        if line[position + digits : position + digits + 1] == b",":
-            position += digits + 1
-            number = _strtoi(line, position)
-            if number is None:
-                return
-            self.before, digits = number
-        else:
-            self.before = 1
+        self.before, position, digits = _count(line, 4)
         if digits == 0 or line[position + digits : position + digits + 2] != b" +":
             return
-        position += digits + 2
-        digits = _digits(line, position)
-        if line[position + digits : position + digits + 1] == b",":
-            position += digits + 1
-            number = _strtoi(line, position)
-            if number is None:
-                return
-            self.after, digits = number
-        else:
-            self.after = 1
+        self.after = _count(line, position + digits + 2)[0]
+
+
+def _count(line: bytes, position: int) -> tuple[int, int, int]:
+    """One side of a hunk header (`a[,b]` at `position`): its count (1 without `,b`), and where the number git
+    goes on from starts and how many digits it has."""
+    digits = _digits(line, position)
+    if line[position + digits : position + digits + 1] != b",":
+        return 1, position, digits
+    position += digits + 1
+    return _atoi(line, position), position, _digits(line, position)
 
 
 def _digits(line: bytes, position: int) -> int:
@@ -166,12 +158,10 @@ def _digits(line: bytes, position: int) -> int:
     return end - position
 
 
-def _strtoi(line: bytes, position: int) -> tuple[int, int] | None:
-    """git's strtoi_with_tail: (value, bytes read), None where strtol reads nothing or overflows an int."""
+def _atoi(line: bytes, position: int) -> int:
+    """C's atoi as glibc has it: (int) strtol, which clamps to a 64-bit long first."""
     found = _STRTOL.match(line, position)
     if found is None:
-        return None
-    value = int(found.group())
-    if not -_INT_MAX - 1 <= value <= _INT_MAX:
-        return None
-    return value, found.end() - position
+        return 0
+    value = max(-(2**63), min(2**63 - 1, int(found.group()))) & 0xFFFFFFFF
+    return value - 2**32 if value >= 2**31 else value

@@ -102,3 +102,11 @@ def test_whitespace_does_not_change_the_id_which_is_why_it_is_no_pin(history: Pa
     base = b"diff --git a/s.sh b/s.sh\n--- a/s.sh\n+++ b/s.sh\n@@ -1 +1 @@\n-echo\n+rm -rf /tmp/x\n"
     evil = base.replace(b"rm -rf /tmp/x", b"rm -rf / tmp/x")
     assert stable_patch_ids(base) == stable_patch_ids(evil) == git_ids(history, base) == git_ids(history, evil)
+
+
+@pytest.mark.parametrize("hunk", [b"@@ -1,x +1 @@", b"@@ -3 +3,2 @@", b"@@ -1,2 -1 @@", b"@@ - +1 @@", b"@@ -1,1 +y @@",
+                                  b"@@ -1, 1 +1, 1 @@", b"@@ -1,99999999999 +1 @@"])  # fmt: skip
+def test_malformed_hunk_headers_read_as_git_reads_them(history: Path, hunk: bytes) -> None:
+    text = (b"diff --git a/f b/f\n--- a/f\n+++ b/f\n" + hunk + b"\n-old\n+new\n ctx\n"
+            b"diff --git a/g b/g\n--- a/g\n+++ b/g\n@@ -1 +1 @@\n-x\n+y\n")  # fmt: skip
+    assert stable_patch_ids(text) == git_ids(history, text)
