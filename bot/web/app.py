@@ -25,15 +25,14 @@ def create_app(runtime: Runtime) -> Starlette:
             return JSONResponse({"ok": False, "database": f"{type(exc).__name__}"}, status_code=503)
         return JSONResponse({"ok": True, "database": "ok"})
 
-    routes = [
-        Route("/healthz", healthz),
-        *page_routes(runtime),  # each through the one access check (bot/web/access.py)
-    ]
+    routes = [Route("/healthz", healthz)]
     intake = None
     if runtime.config.github is not None:
         # Fail closed: no readable secret, no app (read_webhook_secrets raises ConfigError).
         intake, hook = open_github_hook(runtime)
+        # Before the pages: Starlette tries routes in order, and the hook is the busy one.
         routes.append(Route("/hooks/github", hook, methods=["POST"]))
+    routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

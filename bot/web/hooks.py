@@ -1,6 +1,7 @@
 """POST /hooks/github: verify over the raw body, store the delivery, enqueue, answer 202 at once.
 
-A delivery is stored once per X-GitHub-Delivery and once per body digest (a replay under a new id),
+A delivery is stored once per X-GitHub-Delivery and once per body digest (its verified HMAC: a replay
+under a new id),
 and an event whose own times are all older than the replay window is ignored: GitHub's HMAC carries
 no time, so a captured body is valid for ever unless we remember it or can tell it is old."""
 
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import orjson
 import redis.asyncio as aredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -40,6 +40,13 @@ SOURCE = "github"
 DIGEST_MARGIN = timedelta(days=1)
 PRUNE_INTERVAL_S = 3600.0
 OVER_CAPACITY_RETRY_S = 10
+
+
+class HookAnswer(JSONResponse):
+    """A JSON answer rendered by orjson: the same compact UTF-8 as Starlette's, at a fifth of the cost."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class BodyTooLarge(Exception):
@@ -106,16 +113,20 @@ async def read_capped(request: Request, limit: int, held: HeldBody | None = None
     return b"".join(chunks)
 
 
-def verify_signed(headers: Mapping[str, str], body: bytes, secrets: Sequence[WebhookSecret], now: datetime) -> None:
-    """SignatureError unless one of the secrets in force at `now` signed the body (the current one is
-    tried first; a rotated-out one only until its end). The error is the current secret's."""
+def verify_signed(headers: Mapping[str, str], body: bytes, secrets: Sequence[WebhookSecret], now: datetime) -> str:
+    """The body's HMAC under the secret in force at `now` that signed it (the current one is tried
+    first; a rotated-out one only until its end); else SignatureError, the current secret's.
+
+    That HMAC is also the body's digest for replays: a captured body keeps the signature it was
+    captured with, so a replay brings the same digest, and nobody without the secret can make the
+    digest of a body that was never sent. It costs nothing more: hashing 28 KB again with sha256
+    was a tenth of the endpoint's CPU."""
     first: sansio.SignatureError | None = None
     for secret, until in secrets:
         if until is not None and now >= until:
             continue
         try:
-            sansio.verify(headers, body, secret)
-            return
+            return sansio.verify(headers, body, secret)
         except sansio.SignatureError as exc:
             first = first or exc
     raise first or sansio.SignatureError("no webhook secret is in force; refusing the delivery")
@@ -175,16 +186,18 @@ class ControlQueue:
         for name, args in tasks:
             app.send_task(name, args=args, queue=self.queue)
 
-    def message(self, name: str, args: list[Any]) -> str:
+    def message(self, name: str, args: list[Any]) -> bytes:
         task_id = str(uuid.uuid4())
         task = app.amqp.as_task_v2(task_id, name, args=args, kwargs={}, reply_to=app.thread_oid,
                                    ignore_result=None, argsrepr=_shortened_repr(args), kwargsrepr="{}")  # fmt: skip
         properties = {**task.properties, "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
                       "delivery_info": {"exchange": "", "routing_key": self.queue},
                       "delivery_tag": str(uuid.uuid4())}  # fmt: skip
-        return json.dumps({"body": base64.b64encode(json.dumps(task.body).encode()).decode(),
-                           "content-encoding": "utf-8", "content-type": "application/json",
-                           "headers": task.headers, "properties": properties})  # fmt: skip
+        # orjson writes the same JSON as json.dumps here (strings, numbers, None, lists, dicts) at a
+        # fifth of the cost; kombu reads either (tests/bot/web/test_hooks.py).
+        return orjson.dumps({"body": base64.b64encode(orjson.dumps(task.body)).decode(),
+                             "content-encoding": "utf-8", "content-type": "application/json",
+                             "headers": task.headers, "properties": properties})  # fmt: skip
 
 
 def _shortened_repr(args: list[Any]) -> str:
@@ -323,18 +336,18 @@ def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_wind
         try:
             body = await read_capped(request, MAX_BODY_BYTES, held)
             # Verified before anything else looks at the body: only GitHub's deliveries reach the digests.
-            verify_signed(headers, body, secrets, now)
+            digest = verify_signed(headers, body, secrets, now)
         except BodyTooLarge:
-            return JSONResponse({"error": f"payload over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return HookAnswer({"error": f"payload over {MAX_BODY_BYTES} bytes"}, status_code=413)
         except OverCapacity:
             EDGE_COUNTS.count("over capacity")
-            return JSONResponse({"error": "too many webhook bodies in flight; retry later"}, status_code=503,
+            return HookAnswer({"error": "too many webhook bodies in flight; retry later"}, status_code=503,
                                 headers={"Retry-After": str(OVER_CAPACITY_RETRY_S), "Connection": "close"})  # fmt: skip
         except ClientDisconnect:
             # Counted by the server's protocol (bot/web/server.py); nobody is left to answer.
             return Response(status_code=400)
         except sansio.SignatureError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=401)
+            return HookAnswer({"error": str(exc)}, status_code=401)
         finally:
             held.release()
         try:
@@ -342,14 +355,13 @@ def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_wind
             event_name = sansio.event_name(headers)
             outcome = too_old(sansio.parse(headers, body), now, replay_window)
         except sansio.MalformedPayload as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return HookAnswer({"error": str(exc)}, status_code=400)
         if len(delivery_id) > DELIVERY_ID_MAX or len(event_name) > EVENT_NAME_MAX:
             # The store's columns would refuse it, and with it the deliveries sharing its batch.
-            return JSONResponse({"error": "X-GitHub-Delivery or X-GitHub-Event is too long"}, status_code=400)
-        digest = hashlib.sha256(body).hexdigest()
+            return HookAnswer({"error": "X-GitHub-Delivery or X-GitHub-Event is too long"}, status_code=400)
         if not await intake.take(HookDelivery(delivery_id, event_name, outcome.event, outcome.reason, digest)):
-            return JSONResponse({"status": "duplicate", "delivery": delivery_id}, status_code=202)
+            return HookAnswer({"status": "duplicate", "delivery": delivery_id}, status_code=202)
         status = "accepted" if outcome.event is not None else "ignored"
-        return JSONResponse({"status": status, "reason": outcome.reason, "delivery": delivery_id}, status_code=202)
+        return HookAnswer({"status": status, "reason": outcome.reason, "delivery": delivery_id}, status_code=202)
 
     return endpoint
