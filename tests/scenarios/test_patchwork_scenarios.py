@@ -296,3 +296,112 @@ def test_cancel_and_retest_steer_a_series_from_the_cli(world: World) -> None:
     shown = world.wait_final(series_id)
     assert {shown[p][c]["state"] for p in shown for c in PIPELINE_CONTEXTS} == {"success"}
     assert main(["retest", "--series", "999999", "-c", str(world.config_path)]) == 2  # no such series
+
+
+# --- patch safety: a refused patch is named (Subject, Message-Id) with the rule, and nothing is built
+
+PATCH_2 = '"[PATCH 2/2] README: list the mathx helpers" <20260302-mathx-lcm-v1-2-4f1c2a9e7b3d@example.org>'
+
+
+def binary_diff(root: Path, path: str = "logo.png") -> str:
+    """A real `git diff --binary` adding a small binary file (a GIT binary patch)."""
+    repo = root / f"binary-{uuid.uuid4().hex[:8]}"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / path).write_bytes(bytes(range(256)))
+    git(repo, "add", path)
+    return git(repo, "diff", "--cached", "--binary") + "\n"
+
+
+ESCAPES = {
+    "rename to ../escape": "diff --git a/README.md b/../escape\nsimilarity index 100%\nrename from README.md\n"
+                           "rename to ../escape\n",
+    "create a/../../etc/x": "diff --git a/../../etc/x b/../../etc/x\nnew file mode 100644\nindex 0000000..587be6b\n"
+                            "--- /dev/null\n+++ b/../../etc/x\n@@ -0,0 +1 @@\n+x\n",
+}  # fmt: skip
+
+
+def with_patch_2_diff(mbox: bytes, diff: str) -> bytes:
+    """Our b4 series with patch 2's diff (README.md's) replaced by `diff`."""
+    text = mbox.decode()
+    start = text.index("diff --git a/README.md b/README.md")
+    end = text.index("\n-- \nb4", start)
+    return (text[:start] + diff.rstrip("\n") + "\n" + text[end:]).encode()
+
+
+def assert_refused_before_building(world: World, series_id: int, rule: str, patch: str) -> None:
+    """Every patch's checkout check names the patch and the rule (warning: not tested, never `fail`);
+    the pipeline ran its checkout only: no build job was sent, no QEMU booted, no build check posted."""
+    for check in world.checkout_checks(series_id):
+        assert check["state"] == "warning", check
+        assert check["description"].startswith(f"not tested: patch {patch}: "), check["description"]
+        assert rule in check["description"] and len(check["description"]) <= 500, check["description"]
+    world.wait(lambda: all(state == "done" for _, state, _ in world.pipelines()), "the refused pipeline to end")
+    with world.services.runtime.store.session() as session:
+        (pipeline,) = [p for p in session.query(Pipeline) if p.revision.change.number == series_id]
+        ran = [(job.kind, job.state, job.started_at is not None) for job in pipeline.jobs]
+        assert [kind for kind, _, started in ran if started] == ["checkout"], ran
+        assert all(job.task_id is None for job in pipeline.jobs if job.kind != "checkout")  # never sent
+    for patch_id in world.pw.series_patches(series_id):
+        assert not set(world.latest(patch_id)) & (PIPELINE_CONTEXTS - {"labgate-checkout"})
+
+
+def refusal_mail(world: World, rule: str) -> Any:
+    """The report mail (into the series' thread) that quotes the refusal."""
+    world.wait(lambda: any(rule in m.message.get_content() for m in world.smtp.received), "the refusal's mail")
+    return next(m.message for m in reversed(world.smtp.received) if rule in m.message.get_content())
+
+
+@pytest.mark.parametrize("diff_name", ["GIT binary patch", *ESCAPES])
+def test_attack_a_binary_or_escaping_patch_2_is_refused_by_rule_and_nothing_is_built(
+    world: World, diff_name: str, tmp_path: Path
+) -> None:
+    diff = binary_diff(tmp_path) if diff_name == "GIT binary patch" else ESCAPES[diff_name]
+    rule = "binary patches are not accepted" if diff_name == "GIT binary patch" else "leaves the tree"
+    mbox = with_patch_2_diff(world.series(1, change_id=f"20260302-safety-{uuid.uuid4().hex[:8]}"), diff)
+    series_id = world.send(mbox)
+    world.poll()
+    assert world.approve(series_id, 1) == 0
+    assert_refused_before_building(world, series_id, rule, PATCH_2)
+    body = refusal_mail(world, f"{PATCH_2}: 0002.patch").get_content()
+    assert rule in body and "labgate try" in body  # the submitter reads the rule and how to reproduce it
+
+
+def test_attack_a_refused_patchs_subject_and_message_id_inject_nothing(world: World, tmp_path: Path) -> None:
+    """Encoded line breaks, terminal escapes and 3000 characters in the Subject of the thread's own mail,
+    an escape in its Message-Id: the check and the mail say the rule on one inert line, headers unharmed."""
+    long = "=?utf-8?q?README:_list=0D=0ABcc:_victim@example.org=0A=1B[31mred=1B]0;pwn=07?=" + " spam" * 600
+    mail = (f"From: Alice Example <alice@example.org>\nDate: Mon, 02 Mar 2026 09:00:02 +0000\n"
+            f"Subject: [PATCH] {long}\nMessage-Id: <evil-{uuid.uuid4().hex[:8]}\x1b[2J@example.org>\n"
+            "MIME-Version: 1.0\nContent-Type: text/plain; charset=\"utf-8\"\nContent-Transfer-Encoding: 8bit\n\n"
+            f"A logo.\n\nSigned-off-by: Alice Example <alice@example.org>\n---\n{binary_diff(tmp_path)}")  # fmt: skip
+    series_id = world.pw.add_series(PROJECT, "README: list", ["README: list"], cover=False,
+                                    mbox=b"From mboxrd@z Thu Jan  1 00:00:00 1970\n" + mail.encode())  # fmt: skip
+    world.poll()
+    assert world.approve(series_id, 1) == 0
+    (check,) = world.checkout_checks(series_id)
+    description = check["description"]
+    assert check["state"] == "warning" and description.isprintable() and len(description) <= 500, description
+    assert description.startswith('not tested: patch "[PATCH] README: list Bcc: victim@example.org \ufffd[31mred')
+    assert "…\" <evil-" in description and "\ufffd[2J@example.org>: 0001.patch:" in description, description
+    assert description.endswith(": binary patches are not accepted"), description
+    report = refusal_mail(world, "binary patches are not accepted")
+    for name, value in report.items():
+        assert "\x1b" not in value and "\n" not in value.replace("\r\n ", "").replace("\n ", ""), (name, value)
+    assert report["Bcc"] is None and "victim@example.org" not in report["To"] + (report["Cc"] or "")
+    assert "\x1b" not in report.get_content()
+
+
+def test_a_cover_letter_carrying_a_diff_is_never_applied(world: World, tmp_path: Path) -> None:
+    """A 0/2 whose body holds a GIT binary patch: were it checked or applied, the checkout would refuse it."""
+    mbox = world.series(1, change_id=f"20260302-cover-{uuid.uuid4().hex[:8]}").decode()
+    cover_stat = " 3 files changed, 9 insertions(+), 1 deletion(-)\n"
+    assert mbox.count(cover_stat) == 1
+    series_id = world.send(mbox.replace(cover_stat, cover_stat + "\n" + binary_diff(tmp_path), 1).encode())
+    world.poll()
+    before = {pid for pid, _, _ in world.pipelines()}
+    assert world.approve(series_id, 1) == 0
+    assert [check["state"] for check in world.checkout_checks(series_id)] == ["success", "success"]
+    (started,) = [pid for pid, _, _ in world.pipelines() if pid not in before]
+    assert main(["cancel", "--series", str(series_id), "-c", str(world.config_path)]) in (0, 2)  # 2: already done
+    world.wait(lambda: dict((p, s) for p, s, _ in world.pipelines())[started] == "done", "the run to end")
