@@ -19,7 +19,7 @@ signed per request (the real endpoint refuses a body it has seen as a replay); e
 carries its own X-GitHub-Delivery. Afterwards the Redis
 `control` list and the delivery table must both hold exactly the accepted deliveries.
 
-    .venv/bin/python bench/webhook_ingest.py [--rounds 3] [--seconds 5] [--connections 24] [--rate 200]
+    .venv/bin/python bench/webhook_ingest.py [--rounds 7] [--seconds 4] [--connections 24] [--rate 200]
 
 Last line: {"bench": "webhook_ingest", "figures": {...}, "targets": {...}}
 """
@@ -425,8 +425,8 @@ def labgate_web_argv(config_path: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=24, help="closed loop: concurrent keep-alive connections")
-    parser.add_argument("--seconds", type=float, default=5, help="closed loop: duration per endpoint and round")
-    parser.add_argument("--rounds", type=int, default=3, help="closed loop: alternating rounds (median ratio)")
+    parser.add_argument("--seconds", type=float, default=4, help="closed loop: duration per endpoint and round")
+    parser.add_argument("--rounds", type=int, default=7, help="closed loop: alternating rounds (median ratio)")
     parser.add_argument("--rate", type=float, default=200, help="open loop: requests per second")
     parser.add_argument("--open-seconds", type=float, default=10, help="open loop: duration per endpoint")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database number (flushed)")
