@@ -69,3 +69,29 @@ def test_a_patch_over_the_cap_is_refused_before_anything_is_stored(attack_lab: A
     assert (sorted(artifacts.rglob("*")) if artifacts.exists() else []) == stored_before
     with attack_lab.services.runtime.store.session() as session:
         assert session.query(Pipeline).count() == pipelines_before
+
+
+def test_a_whole_series_mbox_names_the_mail_that_plants_a_symlink(attack_lab: AttackLab) -> None:
+    """`labgate try --patch series.mbox`, as a series' report mail says to reproduce it: the refusal names
+    mail 2 by its Subject and Message-Id, not only the file."""
+    repo = attack_lab.repo()
+    env = {"PATH": "/usr/bin:/bin", **GIT_ENV}
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "checkout", "-q", "-b", "series"], check=True, env=env)
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nMore words.\n")
+    subprocess.run([*git, "commit", "-qam", "README: more words"], check=True, env=env)
+    (repo / "link").symlink_to("/etc/shadow")
+    subprocess.run([*git, "add", "link"], check=True, env=env)
+    subprocess.run([*git, "commit", "-qm", "add a helpful link"], check=True, env=env)
+    mbox = subprocess.run([*git, "format-patch", "--thread", "--stdout", "main..series"], check=True, env=env,
+                          capture_output=True).stdout  # fmt: skip
+    subprocess.run([*git, "checkout", "-q", "main"], check=True, env=env)
+    second = [line for line in mbox.decode().split("\n") if line.lower().startswith("message-id: ")][1]
+    patch = attack_lab.root / f"series-{attack_lab.count}.mbox"
+    patch.write_bytes(mbox)
+    tried = attack_lab.try_(repo, patch)
+    assert tried.returncode == 2, tried.output
+    (checkout,) = attack_lab.view(tried.pipeline_id).jobs  # nothing built
+    refusal = checkout.error_message or ""
+    assert refusal.startswith(f'patch "[PATCH 2/2] add a helpful link" {second.split(" ", 1)[1]}: {patch.name}:')
+    assert refusal.endswith("mode 120000 is a symlink; symlinks are not accepted"), refusal
