@@ -22,7 +22,8 @@ from bot.forges.patchwork.client import classify_error as classify_patchwork_err
 from bot.host.retrying import describe, is_transient, retry_delay
 from bot.host.stores import Runtime, runtime_from_env
 from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK, PATCHWORK_POLL_TASK
-from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, report_series
+from bot.intake.base_maintainers import SERIES_REGRADE_TASK
+from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_series, report_series
 from bot.pipelines import lifecycle as pipeline
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.result_tasks import pipeline_guard
@@ -113,6 +114,12 @@ def github_resync(self: Task) -> None:
 def git_remote_poll(self: Task) -> None:
     """Staging branches of trees without webhooks (bot/forges/gitremote/poller.py)."""
     _run_timer(self, "git remote poll", poll_all)
+
+
+@app.task(name=SERIES_REGRADE_TASK, bind=True)
+def series_regrade(self: Task, server: str, series_id: int) -> None:
+    """A series graded again once MAINTAINERS at its base has come (bot/intake/base_maintainers.py)."""
+    _run_timer(self, f"series {series_id} regrade", lambda runtime: regrade_series(runtime, server, series_id))
 
 
 @app.task(name=PATCHWORK_POLL_TASK, bind=True)

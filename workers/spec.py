@@ -198,3 +198,27 @@ class JobResult(_Frozen):
     command_s: float = 0.0  # time inside build or boot commands, the part that is not overhead
     outputs: dict[str, object] = {}
     tests: tuple[TestCase, ...] = ()
+
+
+# The checkout worker reads one file of the tree at a series' base (its MAINTAINERS) for the control side.
+READ_BASE_FILE_TASK = "workers.read_base_file"
+BASE_FILE_READ_TASK = "bot.base_file_read"  # the answer, on the results queue
+
+
+class BaseFileRequest(_Frozen):
+    request_id: str  # the control side's key for what asked
+    token: str  # proves the answer comes from the worker given this request (bot checks its hash)
+    tree_name: str
+    tree_url: RepositoryUrl
+    base_ref: str
+    base_branches: tuple[str, ...] = ()  # a base named by a commit must be on one of them
+    path: RelativePath
+    max_bytes: int = Field(gt=0)
+
+
+class BaseFileAnswer(_Frozen):
+    request_id: str
+    token: str
+    base_sha: str | None = None
+    digest: str | None = None  # the file's bytes in the artifact store; None: not there, or not readable
+    problem: str | None = None  # why there is no file to read (no such base, over the cap, not a file)

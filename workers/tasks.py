@@ -11,11 +11,20 @@ from celery import Task
 
 from workers.app import RESULTS_QUEUE, app, artifacts_dir_from_env, broker_redis, work_dir_from_env
 from workers.artifacts import ArtifactStore
+from workers.base_file import answer_request
 from workers.build import run_build
 from workers.checkout import CheckoutOutcome, mirror_path, prepare_checkout
 from workers.errors import InfraError, UserError
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
-from workers.spec import TASK_NAMES, JobResult, JobSpec
+from workers.spec import (
+    BASE_FILE_READ_TASK,
+    READ_BASE_FILE_TASK,
+    TASK_NAMES,
+    BaseFileAnswer,
+    BaseFileRequest,
+    JobResult,
+    JobSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +211,18 @@ def run_build_task(self: Task, spec_json: str) -> None:
 def run_test(self: Task, spec_json: str) -> None:
     run_job(self, spec_json, execute_test)
 
+
+
+@app.task(name=READ_BASE_FILE_TASK, bind=True, max_retries=MAX_DELIVERIES)
+def read_base_file_task(self: Task, request_json: str) -> None:
+    """A file of the tree at a base, for the control side (bot/intake/base_maintainers.py): the answer goes
+    to the results queue like a job's result, with the request's token."""
+    request = BaseFileRequest.model_validate_json(request_json)
+    try:
+        answer = answer_request(request, work_dir_from_env(), ArtifactStore(artifacts_dir_from_env()))
+    except InfraError as exc:
+        if self.request.retries < MAX_DELIVERIES - 1:
+            raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 1)) from exc
+        answer = BaseFileAnswer(request_id=request.request_id, token=request.token,
+                                problem=f"the checkout worker could not read it: {exc}")  # fmt: skip
+    app.send_task(BASE_FILE_READ_TASK, args=[answer.model_dump_json()], queue=RESULTS_QUEUE)

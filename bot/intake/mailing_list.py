@@ -4,11 +4,12 @@ This joins two forge packages that must not import each other (bot/forges/patchw
 the series' mails are read and their sender graded here, and a series' pipeline is reported here to
 Patchwork (checks on every patch) and, once done, by mail into the series' thread.
 
-Trust, as honestly as the parts allow today:
+Trust, as honestly as the parts allow today. A maintainer is a `mail.maintainers` address, or an
+M:/R: address in `mail.maintainers_file` at the series' base for a path the series touches (read by
+the checkout worker; until its answer comes the allowlist alone counts: bot/intake/base_maintainers.py).
 - verified (a patatt attestation by a key in the tree's `mail.keyring`, or DKIM by the sender's
-  domain) from a keyring identity or a `mail.maintainers` address: runs like a trusted change;
-- a From: that is a `mail.maintainers` address but proven by nothing: only `mail.unverified_tier`
-  (default none: it waits). MAINTAINERS at the base is not read by the control plane yet;
+  domain) from a keyring identity or a maintainer: runs like a trusted change;
+- a maintainer's From: proven by nothing: only `mail.unverified_tier` (default none: it waits);
 - anyone else waits for `labgate approve` or the delegation of every patch.
 DKIM needs the signing domain's key from DNS: no resolver is wired in production yet, so DKIM
 signatures read unverifiable there; tests pass a resolver of local keys (`resolve_dkim_key`).
@@ -36,15 +37,26 @@ from bot.forges.mail.original import split_mboxrd
 from bot.forges.mail.reporter import mail_sink_for
 from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
-from bot.forges.patchwork.intake import ReadSeries, SenderTrust, SeriesIntake, SeriesReader
+from bot.forges.patchwork.intake import (
+    ReadSeries,
+    SenderTrust,
+    SeriesIntake,
+    SeriesReader,
+    base_branches_of,
+    base_of,
+)
 from bot.forges.patchwork.poller import PatchworkPoller, PollSettings
 from bot.forges.patchwork.report import sync_series_checks
-from bot.host.config import Tree
+from bot.host.config import PatchworkProject, Tree
 from bot.host.stores import Runtime
+from bot.intake.base_maintainers import ask_for_maintainers, maintainers_at_base, request_id
+from bot.intake.desk import external_id
 from bot.intake.original_mail import CheckedMail, gather_checked_mails, kept_checked_mails, originals_key
+from bot.intake.state import find_change
 from bot.reporting.summary import pipeline_summary
 from bot.store.models import Pipeline
-from workers.errors import ConfigError
+from bot.store.once import OnceKeys, once_done, record_once
+from workers.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +85,16 @@ def tree_keyring(tree: Tree) -> Keyring:
     return Keyring.from_directory(tree.mail.keyring) if tree.mail.keyring is not None else Keyring.empty()
 
 
-def grade_sender(results: Sequence[IdentityResult], claimed: str, tree: Tree) -> SenderTrust:
+def is_listed_maintainer(claimed: str, tree: Tree) -> bool:
+    return claimed.lower() in {address.lower() for address in tree.mail.maintainers}
+
+
+def grade_sender(results: Sequence[IdentityResult], claimed: str, tree: Tree,
+                 at_base: frozenset[str] = frozenset()) -> SenderTrust:  # fmt: skip
     """What the patches' signatures prove of `claimed` (every patch must prove it: one unsigned patch in a
-    signed series is a patch anyone could have slipped in), and what the tree grants that."""
-    maintainer = claimed.lower() in {address.lower() for address in tree.mail.maintainers}
+    signed series is a patch anyone could have slipped in), and what the tree grants that. A maintainer is
+    a `mail.maintainers` address, or one of `at_base`: M:/R: in MAINTAINERS at the base for a touched path."""
+    maintainer = is_listed_maintainer(claimed, tree) or claimed.lower() in at_base
     verified = bool(results) and all(r.verified and (r.identity or "").lower() == claimed.lower() for r in results)
     if verified:
         keyring_identity = all(r.method is Method.PATATT for r in results)
@@ -105,7 +123,8 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
     """Read a served mbox and grade its sender with this DKIM key look-up, checking each patch's
     signatures on `checked` (one mail per patch, bot/intake/original_mail.py) when given."""
 
-    def read(mbox: bytes, tree: Tree, checked: Sequence[CheckedMail] | None = None) -> ReadSeries:
+    def read(mbox: bytes, tree: Tree, checked: Sequence[CheckedMail] | None = None,
+             at_base: frozenset[str] = frozenset()) -> ReadSeries:  # fmt: skip
         series, patch_raws = served_patches(mbox)
         first = series.first
         if first is None or first.sender is None:
@@ -113,7 +132,7 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
         signed = [m.raw for m in checked] if checked is not None and len(checked) == len(patch_raws) else patch_raws
         keyring = tree_keyring(tree)
         results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in signed]
-        trust = grade_sender(results, first.sender.address, tree)
+        trust = grade_sender(results, first.sender.address, tree, at_base)
         # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
         patches = tuple((f"{index:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
                         for index, raw in enumerate(patch_raws, 1))  # fmt: skip
@@ -137,9 +156,59 @@ def patchwork_reader(runtime: Runtime, client: PatchworkClient,
                                         patch_json=client.patch)  # fmt: skip
 
         checked = kept_checked_mails(runtime, originals_key(record.server, record.series_id), gather)
-        return read(mbox, tree, checked)
+        at_base = maintainers_at_base(runtime, record.server, record.series_id, tree, patch_raws)
+        done = read(mbox, tree, checked, at_base or frozenset())
+        if at_base is None and not (done.trust.trusted and done.trust.tier_cap is None) \
+                and not is_listed_maintainer(done.sender, tree):  # fmt: skip
+            # MAINTAINERS could raise this sender: asked now, the answer grades the series again.
+            ask_for_maintainers(runtime, tree, record.server, record.series_id,
+                                base_of(done.series, project_of(runtime, record), tree),
+                                base_branches_of(done.series, tree))  # fmt: skip
+        return done
 
     return read_record
+
+
+def project_of(runtime: Runtime, record: SeriesRecord) -> PatchworkProject:
+    config = runtime.config.patchwork
+    project = next((p for p in config.projects if p.project == record.project), None) if config else None
+    if project is None:
+        raise UserError(f"project {record.project!r} is not configured")
+    return project
+
+
+def regrade_series(runtime: Runtime, server: str, series_id: int) -> list[str]:
+    """MAINTAINERS at the series' base has come (bot/intake/base_maintainers.py): when it makes the
+    sender a maintainer of what the series touches and nothing runs for the series yet, handle it again
+    under a scope of its own (it runs if that grade allows, and supersedes what it now outranks)."""
+    with patchwork_client(runtime) as client:
+        if client.url != server:
+            return [f"series {series_id} of {server}: not the configured Patchwork server"]
+        intake = series_intake(runtime, client)
+        record = intake.find_record(series_id)
+        if record is None:
+            return [f"series {series_id}: labgate has not heard of it"]
+        tree, read, desk, _ = intake.open(record)
+        at_base = maintainers_at_base(runtime, server, series_id, tree, [raw for _, raw in read.patches]) or frozenset()
+        if read.sender.lower() not in at_base or is_listed_maintainer(read.sender, tree):
+            return [f"series {series_id}: MAINTAINERS at the base does not change {read.sender}'s grade"]
+        with runtime.store.session() as session:
+            change = find_change(session, SOURCE, external_id(record.project, record.series_id))
+            started = change is None or change.state == "closed" or any(r.pipelines for r in change.revisions)
+        if started:  # refused, superseded, or approved meanwhile: nothing to start twice
+            return [f"series {series_id}: already handled; MAINTAINERS at the base changes nothing now"]
+        once = OnceKeys(SOURCE, f"maintainers:{request_id(server, series_id)}")
+        done = intake.on_series(record, once)
+        if read.trust.trusted:
+            key = once.key("say", "maintainers")
+            with runtime.store.session() as session:
+                said = once_done(session, key) is not None
+            if not said:
+                desk.say("success", f"runs without approval: {read.trust.reason}; M:/R: in "
+                                    f"{tree.mail.maintainers_file} at the base for a path it touches")  # fmt: skip
+                with runtime.store.session() as session:
+                    record_once(session, key)
+        return done
 
 
 def patchwork_client(runtime: Runtime) -> PatchworkClient:
