@@ -10,12 +10,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from bot.core.mail_text import one_line
 from bot.forges.patchwork.checks import PatchworkChecksSink
 from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
 from bot.host.stores import Runtime
-from bot.reporting.sinks import JobReport
+from bot.reporting.sinks import JobReport, PipelineSummary
 from bot.reporting.sync import ReportTarget, sync_job_reports
+
+
+def as_series_summary(summary: PipelineSummary) -> PipelineSummary:
+    """The summary as a series' mail says it: a checkout that failed (a refused patch, one that does not
+    apply) heads it as its checks say it, "not tested: ...", never "fail"; the checkout's error lines
+    stay quoted below."""
+    said = [as_series_check(job) for job in summary.jobs if job.kind == "checkout"]
+    untested = next((job for job in said if job.verdict == "warning"), None)
+    if untested is None:
+        return summary
+    headline = one_line(f"labgate: {untested.title}")
+    text = summary.text.replace(summary.headline, headline, 1)
+    return replace(summary, verdict="warning", headline=headline, text=text)
 
 
 def as_series_check(report: JobReport) -> JobReport:
