@@ -11,8 +11,9 @@ the checkout worker; until its answer comes the allowlist alone counts: bot/inta
   domain) from a keyring identity or a maintainer: runs like a trusted change;
 - a maintainer's From: proven by nothing: only `mail.unverified_tier` (default none: it waits);
 - anyone else waits for `labgate approve` or the delegation of every patch.
-DKIM needs the signing domain's key from DNS: no resolver is wired in production yet, so DKIM
-signatures read unverifiable there; tests pass a resolver of local keys (`resolve_dkim_key`).
+DKIM keys come from DNS through the host's resolvers (`mail.dkim_dns: system`, cached, bounded:
+bot/forges/mail/dns_keys.py), or not at all (`none`: DKIM reads unverifiable); tests pass a resolver
+of local keys (`resolve_dkim_key`).
 Patchwork re-renders mail, so signatures are checked on each patch's original: the tree's public-inbox
 archive's copy, else the mail rebuilt from Patchwork's JSON, else the mail as served, each only when it
 carries the very diff Patchwork serves (bot/intake/original_mail.py). A signature rewriting broke reads
@@ -26,8 +27,10 @@ import email.policy
 import logging
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from functools import cache
 
 from bot.core.series import IdentityGrade, Mail, Series, parse_series
+from bot.forges.mail.dns_keys import DnsKeyResolver
 from bot.forges.mail.domain_signature import ResolveDkimKey
 from bot.forges.mail.grading import Method
 from bot.forges.mail.identity import IdentityResult, verify_identity
@@ -64,8 +67,19 @@ ReadMails = Callable[..., ReadSeries]  # (mbox, tree, checked mails or None) -> 
 
 
 def no_dns(name: str) -> bytes | None:
-    """Production's DKIM key look-up today: none (every DKIM signature reads unverifiable)."""
+    """No DKIM key look-up (`mail.dkim_dns: none`): every DKIM signature reads unverifiable."""
     return None
+
+
+@cache
+def system_dns() -> DnsKeyResolver:
+    """The host's resolvers, one cache per process (bot/forges/mail/dns_keys.py)."""
+    return DnsKeyResolver()
+
+
+def dkim_resolver(tree: Tree) -> ResolveDkimKey:
+    """The tree's DKIM key look-up, as `mail.dkim_dns` says: system (default) or none."""
+    return no_dns if tree.mail.dkim_dns == "none" else system_dns()
 
 
 def decode(raw: bytes) -> Mail:
@@ -119,9 +133,9 @@ def served_patches(mbox: bytes) -> tuple[Series, list[bytes]]:
     return series, [by_mail[id(patch.mail)] for patch in series.patches]
 
 
-def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
-    """Read a served mbox and grade its sender with this DKIM key look-up, checking each patch's
-    signatures on `checked` (one mail per patch, bot/intake/original_mail.py) when given."""
+def series_reader(resolve_dkim_key: ResolveDkimKey | None = None) -> ReadMails:
+    """Read a served mbox and grade its sender with this DKIM key look-up (None: the tree's, `dkim_resolver`),
+    checking each patch's signatures on `checked` (one mail per patch, bot/intake/original_mail.py) when given."""
 
     def read(mbox: bytes, tree: Tree, checked: Sequence[CheckedMail] | None = None,
              at_base: frozenset[str] = frozenset()) -> ReadSeries:  # fmt: skip
@@ -131,7 +145,8 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
             raise ValueError("the series' first mail has no readable From: address")
         signed = [m.raw for m in checked] if checked is not None and len(checked) == len(patch_raws) else patch_raws
         keyring = tree_keyring(tree)
-        results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve_dkim_key) for raw in signed]
+        resolve = resolve_dkim_key or dkim_resolver(tree)
+        results = [verify_identity(raw, keyring=keyring, resolve_dkim_key=resolve) for raw in signed]
         trust = grade_sender(results, first.sender.address, tree, at_base)
         # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
         patches = tuple((f"{index:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
@@ -142,7 +157,7 @@ def series_reader(resolve_dkim_key: ResolveDkimKey = no_dns) -> ReadMails:
 
 
 def patchwork_reader(runtime: Runtime, client: PatchworkClient,
-                     resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesReader:  # fmt: skip
+                     resolve_dkim_key: ResolveDkimKey | None = None) -> SeriesReader:  # fmt: skip
     """The SeriesReader of bot/forges/patchwork/intake.py: signatures checked on each patch's original
     (public-inbox, else rebuilt from Patchwork's JSON, else as served), gathered once per series and kept."""
     read = series_reader(resolve_dkim_key)
@@ -218,11 +233,12 @@ def patchwork_client(runtime: Runtime) -> PatchworkClient:
     return PatchworkClient(config.url, config.read_token() if config.token_file else None)
 
 
-def series_intake(runtime: Runtime, client: PatchworkClient, resolve_dkim_key: ResolveDkimKey = no_dns) -> SeriesIntake:
+def series_intake(runtime: Runtime, client: PatchworkClient,
+                  resolve_dkim_key: ResolveDkimKey | None = None) -> SeriesIntake:  # fmt: skip
     return SeriesIntake(runtime, client, patchwork_reader(runtime, client, resolve_dkim_key))
 
 
-def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey = no_dns) -> list[str]:
+def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey | None = None) -> list[str]:
     """Read every configured project's new events, then carry out what they call for."""
     config = runtime.config.patchwork
     if config is None:

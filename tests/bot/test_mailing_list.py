@@ -10,7 +10,7 @@ import pytest
 
 from bot.core.series import IdentityGrade
 from bot.host.config import Tree
-from bot.intake.mailing_list import no_dns, series_reader
+from bot.intake.mailing_list import series_reader
 from tests.bot.forges.mail.test_identity import DkimDomain, Ed25519, Resolver, attest, ed25519_key
 
 MAINTAINER = "maint@kernel.example.org"
@@ -82,10 +82,10 @@ def test_dkim_with_a_local_key_verifies_and_runs_only_a_maintainer(tmp_path: Pat
     assert read.trust.trusted is listed  # proven, but only a maintainer's series runs unapproved
 
 
-def test_dkim_in_production_has_no_resolver_and_reads_unverifiable(tmp_path: Path) -> None:
+def test_dkim_with_dkim_dns_none_reads_unverifiable(tmp_path: Path) -> None:
     domain = DkimDomain("kernel.example.org")
     signed = mbox(domain.sign(patch(1, MAINTAINER)), domain.sign(patch(2, MAINTAINER)))
-    read = series_reader(no_dns)(signed, tree(tmp_path, maintainers=[MAINTAINER]))
+    read = series_reader()(signed, tree(tmp_path, maintainers=[MAINTAINER], dkim_dns="none"))
     assert read.trust.grade is IdentityGrade.MAINTAINER_CLAIM and not read.trust.trusted
     assert "not proven" in read.trust.reason
 
