@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,15 +48,6 @@ def patch_mail(sender: str, *files: tuple[str, str]) -> bytes:
             f"Subject: [PATCH 1/1] mathx: a change\nDate: Tue, 25 Oct 2022 13:38:41 -0400\n"
             f"Message-Id: <{time.monotonic_ns()}@example.org>\n\nA change.\n\nSigned-off-by: Some One <{sender}>\n"
             f"---\n{diff}").encode()  # fmt: skip
-
-
-@pytest.fixture
-def pw() -> Iterator[FakePatchwork]:
-    with FakePatchwork() as fake:
-        fake.add_project(PROJECT)
-        fake.add_user("labgate-bot")
-        fake.add_maintainer(PROJECT, "labgate-bot")
-        yield fake
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ of an archive that serves another diff under the patch's Message-Id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,6 @@ from tests.bot.forges.mail.test_identity import (
 from tests.bot.test_mailing_list import MAINTAINER, mbox, patch, tree
 
 TRAILER = b"-- \n2.40.0\n"  # git send-email's signature: Patchwork drops it, and with it every body signature
-
-
-@pytest.fixture
-def archive() -> Iterator[Archive]:
-    served = Archive()
-    yield served
-    served.close()
 
 
 class FakePatchJson:
