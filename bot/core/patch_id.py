@@ -20,22 +20,23 @@ _OID = re.compile(rb"[0-9a-fA-F]{40}")  # get_oid_hex: 40 hex digits, whatever f
 _STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
 
-def stable_patch_ids(text: bytes) -> list[str]:
-    """Every id `git patch-id --stable` prints for `text` (a mail, `git show` or `git log -p` output), in order."""
+def stable_patch_ids(text: bytes, *, verbatim: bool = False) -> list[str]:
+    """Every id `git patch-id --stable` prints for `text` (a mail, `git show` or `git log -p` output), in order.
+    `verbatim`: `git patch-id --verbatim`'s, whitespace kept (what tells two diffs of one stable id apart)."""
     lines = _lines(text)
     ids: list[str] = []
     position = 0
     while position < len(lines):
-        reader = _Patch()
+        reader = _Patch(verbatim=verbatim)
         position = reader.read(lines, position)
         if reader.length:
             ids.append(reader.result.hex())
     return ids
 
 
-def stable_patch_id(text: str) -> str | None:
+def stable_patch_id(text: str, *, verbatim: bool = False) -> str | None:
     """The patch id of one patch mail's body (decoded text, hashed as UTF-8); None if it holds no diff."""
-    ids = stable_patch_ids(text.encode("utf-8", "surrogateescape"))
+    ids = stable_patch_ids(text.encode("utf-8", "surrogateescape"), verbatim=verbatim)
     return ids[0] if ids else None
 
 
@@ -50,6 +51,7 @@ def _lines(text: bytes) -> list[bytes]:
 class _Patch:
     """One get_one_patchid() call: reads from a position up to the end of one patch."""
 
+    verbatim: bool = False
     result: bytearray = field(default_factory=lambda: bytearray(20))
     length: int = 0  # bytes hashed: git prints nothing for a patch of none
     before: int = -1  # lines left in the current hunk's old side; -1: in a file's header
@@ -72,7 +74,9 @@ class _Patch:
         """Hash one line; False where git stops reading this patch."""
         rest = line[7:] if line.startswith(b"commit ") else line[5:] if line.startswith(b"From ") else None
         if rest is None and line.startswith(b"\\ ") and len(line) > 12:
-            return True  # "\ No newline at end of file"
+            if self.verbatim:  # "\ No newline at end of file": only a verbatim id tells it
+                self.sha.update(line)
+            return True
         if _OID.match(line if rest is None else rest):
             return False  # the next commit's header
         if not self.length and not line.startswith(b"diff "):
@@ -107,7 +111,7 @@ class _Patch:
             self.before -= 1
         if line[:1] in (b"+", b" "):
             self.after -= 1
-        kept = bytes(byte for byte in line if byte not in _SPACE)
+        kept = line if self.verbatim else bytes(byte for byte in line if byte not in _SPACE)
         self.length += len(kept)
         self.sha.update(kept)
         return True

@@ -14,17 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.core.events import Actor
 from bot.forges.patchwork.client import PatchworkClient
 from bot.intake.desk import Head
-from bot.store.once import once_done, record_once
+from bot.store.models import Delivery
+from bot.store.once import ONCE_SOURCE, once_done, record_once
 
 log = logging.getLogger(__name__)
 
 SOURCE = "patchwork"
 APPROVAL_CONTEXT = "labgate"  # the check that says "waiting", "approved", "superseded", "not tested"
+PREREQUISITES_CONTEXT = "labgate-prerequisites"  # the check that says which prerequisites are applied first
 MAX_DESCRIPTION = 500
 
 
@@ -65,6 +68,20 @@ def save_series(session: Session, record: SeriesRecord) -> None:
 def load_series(session: Session, server: str, series_id: int) -> SeriesRecord | None:
     found = once_done(session, series_key(server, series_id))
     return SeriesRecord.from_json(found) if found else None
+
+
+def project_series(session: Session, server: str, project: str, limit: int) -> list[SeriesRecord]:
+    """The newest `limit` series recorded from one project of a server, newest first: where a series'
+    prerequisites are looked for (never in another project, whose tree is another)."""
+    prefix = series_key(server, 0).rsplit(":", 1)[0] + ":"
+    details = session.scalars(
+        select(Delivery.detail)
+        .where(Delivery.source == ONCE_SOURCE, Delivery.delivery_id.startswith(prefix, autoescape=True),
+               Delivery.detail.contains(f'"project": {json.dumps(project)}', autoescape=True))
+        .order_by(Delivery.id.desc()).limit(limit)
+    ).all()  # fmt: skip
+    records = [SeriesRecord.from_json(detail) for detail in details if detail]
+    return [record for record in records if record.server == server and record.project == project]
 
 
 def series_from_json(server: str, project: str, series: dict[str, Any], mbox_digest: str) -> SeriesRecord:
@@ -133,8 +150,8 @@ class SeriesDesk:
     def show_approved(self, head_sha: str, text: str) -> None:
         self.say("success", text)
 
-    def say(self, state: str, text: str) -> None:
-        """The `labgate` check on every patch of the series."""
+    def say(self, state: str, text: str, context: str = APPROVAL_CONTEXT) -> None:
+        """A check (by default `labgate`) on every patch of the series."""
         for patch_id in self.record.patch_ids:
-            self.client.post_check(patch_id, state=state, context=APPROVAL_CONTEXT, description=one_line(text),
+            self.client.post_check(patch_id, state=state, context=context, description=one_line(text),
                                    target_url=self.record.web_url[:200] or None)  # fmt: skip

@@ -20,18 +20,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.core.decide import Action, AwaitApproval, RecordApproval, StartPipeline
+from bot.core.prerequisites import Prerequisites, Recorded, resolve_prerequisites
 from bot.core.series import IdentityGrade, Series, supersedes
 from bot.core.trust import Approval, Tier, tier_for
 from bot.forges.patchwork.client import PatchworkClient, PatchworkError
-from bot.forges.patchwork.desk import SOURCE, SeriesDesk, SeriesRecord, load_series, save_series, series_from_json
+from bot.forges.patchwork.desk import (
+    APPROVAL_CONTEXT,
+    PREREQUISITES_CONTEXT,
+    SOURCE,
+    SeriesDesk,
+    SeriesRecord,
+    load_series,
+    project_series,
+    save_series,
+    series_from_json,
+)
 from bot.forges.patchwork.poller import PatchworkEvent
 from bot.host.config import PatchworkProject, Tree
 from bot.host.stores import Runtime
@@ -47,6 +58,8 @@ from workers.errors import UserError
 log = logging.getLogger(__name__)
 
 SERIES_EVENT, DELEGATION_EVENT = "series-completed", "patch-delegated"
+# How many of a project's newest recorded series prerequisites are looked for in (each is read).
+MAX_PREREQUISITE_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -63,14 +76,28 @@ class SenderTrust:
 @dataclass(frozen=True)
 class ReadSeries:
     series: Series
-    patches: tuple[tuple[str, bytes], ...]  # each patch's mail, in order, for git am (never the cover letter)
+    # Each patch's mail, in order, for git am (never the cover letter); its prerequisites' first once resolved.
+    patches: tuple[tuple[str, bytes], ...]
     sender: str  # the From: address
     trust: SenderTrust
+    prerequisites: Prerequisites = Prerequisites()  # what its b4 prerequisite trailers resolved to
+
+
+def least_trusted(trusts: Sequence[tuple[str, SenderTrust]]) -> SenderTrust:
+    """What a run that applies several senders' patches is allowed: what the least-granted of them is
+    (a prerequisite is code its sender wrote). `trusts` are (whose, trust), the series' own first."""
+    rank = [(t.trusted, t.tier_cap is None, t.plan_from == "head", t.grade) for _, t in trusts]
+    weakest = rank.index(min(rank))
+    whose, trust = trusts[weakest]
+    return trust if weakest == 0 else replace(trust, reason=f"{whose}: {trust.reason}")
 
 
 # (record, its served mbox, tree) -> the series read and graded. Called in step 2 only, outside any
 # transaction: it may fetch (the mails signatures are checked on). ValueError: no series to test.
 SeriesReader = Callable[[SeriesRecord, bytes, Tree], ReadSeries]
+# A served mbox -> its series and each patch's mail as served, in order: no signature, no look-up. What
+# the recorded series a prerequisite may be are read with (only those applied are graded, by the reader).
+MboxParser = Callable[[bytes], tuple[Series, list[bytes]]]
 
 
 def event_delivery_id(server: str, event_id: int) -> str:
@@ -100,8 +127,11 @@ def base_branches_of(series: Series, tree: Tree) -> tuple[str, ...]:
 class SeriesIntake:
     """Series and delegations of one Patchwork server, into bot/intake."""
 
-    def __init__(self, runtime: Runtime, client: PatchworkClient, read: SeriesReader) -> None:
-        self.runtime, self.client, self.read = runtime, client, read
+    def __init__(self, runtime: Runtime, client: PatchworkClient, read: SeriesReader,
+                 parse: MboxParser | None = None) -> None:  # fmt: skip
+        """`parse` reads the recorded series a prerequisite may be; without it, the reader reads them
+        (slower: it checks signatures and may ask for MAINTAINERS)."""
+        self.runtime, self.client, self.read, self.parse = runtime, client, read, parse
         self.server = client.url
 
     # ---- step 1: in the poller's transaction ---------------------------------------------------------------
@@ -188,19 +218,59 @@ class SeriesIntake:
         tree = config.tree(project.tree) if project is not None else None
         if project is None or tree is None:
             raise UserError(f"project {record.project!r} is not configured with a tree")
-        read = self.read(record, self.runtime.artifacts.get_bytes(record.mbox_digest), tree)
+        read = self.with_prerequisites(record, tree, self.read_record(record, tree))
         base = base_of(read.series, project, tree)
         desk = SeriesDesk(self.client, record, read.sender, base, read.patches, base_branches_of(read.series, tree))
         context = ChangeContext(tree, SOURCE, record.project, record.series_id, None, base, record.name[:500],
                                 read.sender, read.trust.trusted)  # fmt: skip
         return tree, read, desk, context
 
+    def read_record(self, record: SeriesRecord, tree: Tree) -> ReadSeries:
+        return self.read(record, self.runtime.artifacts.get_bytes(record.mbox_digest), tree)
+
+    def with_prerequisites(self, record: SeriesRecord, tree: Tree, read: ReadSeries) -> ReadSeries:
+        """The series with the prerequisites its trailers name, looked for among the series recorded from
+        its own project (bot/core/prerequisites.py): their patches first, their senders weighed too."""
+        trailers = read.series.trailers
+        if not (trailers.prerequisite_change_ids or trailers.prerequisite_patch_ids):
+            return read
+        with self.runtime.store.session() as session:
+            others = project_series(session, record.server, record.project, MAX_PREREQUISITE_CANDIDATES + 1)
+        others = [other for other in others if other.series_id != record.series_id][:MAX_PREREQUISITE_CANDIDATES]
+        readable = [(other, self._candidate(other, tree)) for other in others]
+        others = [other for other, candidate in readable if candidate is not None]
+        candidates = [candidate for _, candidate in readable if candidate is not None]
+        found = resolve_prerequisites(trailers, candidates)
+        if found.missing:
+            return replace(read, prerequisites=found)
+        senders = [(f"prerequisite {candidates[i].label}", self.read_record(others[i], tree).trust)
+                   for i in found.used]  # fmt: skip
+        trust = least_trusted([("the series", read.trust), *senders])
+        return replace(read, patches=found.patches + read.patches, trust=trust, prerequisites=found)
+
+    def _candidate(self, record: SeriesRecord, tree: Tree) -> Recorded | None:
+        """A recorded series as a prerequisite may be taken from; None when it holds no series."""
+        if self.parse is None:
+            try:
+                read = self.read_record(record, tree)
+            except ValueError:
+                return None
+            return Recorded(f"series {record.series_id} v{record.version}", read.series, read.patches)
+        series, raws = self.parse(self.runtime.artifacts.get_bytes(record.mbox_digest))
+        # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
+        patches = tuple((f"{i:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
+                        for i, raw in enumerate(raws, 1))  # fmt: skip
+        return Recorded(f"series {record.series_id} v{record.version}", series, patches)
+
     def on_series(self, record: SeriesRecord, once: OnceKeys) -> list[str]:
         tree, read, desk, context = self.open(record)
-        problems = _refusal(read.series)
+        problems = _refusal(read)
         if problems:
             self._say_once(desk, once, "warning", f"not tested: {problems}")
             return [f"series {record.series_id} not tested: {problems}"]
+        if read.prerequisites.applied:
+            applied = "; ".join(read.prerequisites.applied)
+            self._say_once(desk, once, "success", f"applied first: {applied}", PREREQUISITES_CONTEXT)
         head = desk.head_key
         with self.runtime.store.session() as session:
             change = change_for(session, context.submission())
@@ -231,7 +301,7 @@ class SeriesIntake:
     def approve(self, record: SeriesRecord, approver: str, hardware: bool, once: OnceKeys) -> list[str]:
         """Record the approval of exactly this version and start it."""
         tree, read, desk, context = self.open(record)
-        if _refusal(read.series):
+        if _refusal(read):
             return [f"series {record.series_id} is not testable: nothing approved"]
         context = ChangeContext(context.tree, SOURCE, context.repo, context.number, None, context.base_ref,
                                 context.title, context.author, False)  # fmt: skip
@@ -278,22 +348,25 @@ class SeriesIntake:
             done.append(f"series {old.series_id} (v{old.version}) {reason}; cancelled {list(active)}")
         return done
 
-    def _say_once(self, desk: SeriesDesk, once: OnceKeys, state: str, text: str) -> None:
-        key = once.key("say", str(desk.record.series_id), state, text)
+    def _say_once(self, desk: SeriesDesk, once: OnceKeys, state: str, text: str,
+                  context: str = APPROVAL_CONTEXT) -> None:  # fmt: skip
+        # The `labgate` context's keys as they were before other contexts: a restart's poll repeats nothing.
+        other_context = [context] if context != APPROVAL_CONTEXT else []
+        key = once.key("say", str(desk.record.series_id), state, text, *other_context)
         with self.runtime.store.session() as session:
             if once_done(session, key) is not None:
                 return
-        desk.say(state, text)
+        desk.say(state, text, context)
         with self.runtime.store.session() as session:
             record_once(session, key)
 
 
-def _refusal(series: Series) -> str:
-    """Why a series is not tested as it stands (a patch missing or doubled, versions that disagree)."""
-    prerequisites = series.trailers.prerequisite_patch_ids + series.trailers.prerequisite_change_ids
-    if series.is_complete and prerequisites:
-        # Not fetched from Patchwork yet: tested without them, the series would be judged on another base.
-        return f"its prerequisites are not applied yet: {', '.join(p[:40] for p in prerequisites[:5])}"
+def _refusal(read: ReadSeries) -> str:
+    """Why a series is not tested as it stands (a patch missing or doubled, versions that disagree,
+    prerequisites labgate has not recorded: tested without them, it would be judged on another base)."""
+    series = read.series
+    if series.is_complete and read.prerequisites.missing:
+        return f"prerequisites not found on Patchwork: {read.prerequisites.missing_text()}"
     if series.is_complete:
         return ""
     if series.missing:

@@ -21,8 +21,8 @@ def git(repo: Path, *args: str, data: bytes | None = None) -> bytes:
     return subprocess.run(["git", *args], cwd=repo, input=data, env=ENV, check=True, capture_output=True).stdout
 
 
-def git_ids(repo: Path, text: bytes) -> list[str]:
-    return [line.split()[0] for line in git(repo, "patch-id", "--stable", data=text).decode().splitlines()]
+def git_ids(repo: Path, text: bytes, mode: str = "--stable") -> list[str]:
+    return [line.split()[0] for line in git(repo, "patch-id", mode, data=text).decode().splitlines()]
 
 
 def commit(repo: Path, message: str) -> None:
@@ -80,6 +80,8 @@ def test_each_mail_git_writes_has_gits_id(history: Path) -> None:
 def test_a_whole_stream_and_git_show_output_give_gits_ids(history: Path) -> None:
     stream = git(history, "format-patch", "--stdout", "--binary", "HEAD~12..HEAD")
     assert stable_patch_ids(stream) == git_ids(history, stream) and len(git_ids(history, stream)) == 11
+    exact = stable_patch_ids(stream, verbatim=True)
+    assert exact == git_ids(history, stream, "--verbatim") and not set(exact) & set(stable_patch_ids(stream))
     log = git(history, "log", "-p", "--binary", "-13")
     assert stable_patch_ids(log) == git_ids(history, log)
     bare = git(history, "log", "-p", "-U0", "-13")  # no context: hunks such as "@@ -5 +5 @@", counts left out
@@ -102,6 +104,8 @@ def test_whitespace_does_not_change_the_id_which_is_why_it_is_no_pin(history: Pa
     base = b"diff --git a/s.sh b/s.sh\n--- a/s.sh\n+++ b/s.sh\n@@ -1 +1 @@\n-echo\n+rm -rf /tmp/x\n"
     evil = base.replace(b"rm -rf /tmp/x", b"rm -rf / tmp/x")
     assert stable_patch_ids(base) == stable_patch_ids(evil) == git_ids(history, base) == git_ids(history, evil)
+    assert stable_patch_ids(base, verbatim=True) != stable_patch_ids(evil, verbatim=True)  # what tells them apart
+    assert stable_patch_ids(evil, verbatim=True) == git_ids(history, evil, "--verbatim")
 
 
 @pytest.mark.parametrize("hunk", [b"@@ -1,x +1 @@", b"@@ -3 +3,2 @@", b"@@ -1,2 -1 @@", b"@@ - +1 @@", b"@@ -1,1 +y @@",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from bot.host.config import load_config
+from bot.host.stores import Runtime, open_runtime
 from tests.fakes.patchwork_api import FakePatchwork
 
 PROJECT = "netdev"
@@ -19,3 +23,17 @@ def pw() -> Iterator[FakePatchwork]:
         fake.add_user("stranger")
         fake.add_maintainer(PROJECT, "labgate-bot")
         yield fake
+
+
+def open_patchwork_runtime(pw: FakePatchwork, tmp_path: Path, trees: dict[str, str]) -> Runtime:
+    """labgate on `pw` with its data under tmp_path, polling the projects `trees` maps (project -> tree);
+    each tree a URL nobody serves (no workers run here)."""
+    (tmp_path / "token").write_text(pw.add_token("labgate-bot"))
+    config = {
+        "data_dir": str(tmp_path / "data"),
+        "patchwork": {"url": pw.base_url, "token_file": str(tmp_path / "token"),
+                      "projects": [{"project": project, "tree": tree} for project, tree in trees.items()]},
+        "trees": [{"name": tree, "url": f"https://git.example.org/{tree}.git"} for tree in sorted(set(trees.values()))],
+    }  # fmt: skip
+    (tmp_path / "labgate.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return open_runtime(load_config(tmp_path / "labgate.yaml"))

@@ -10,11 +10,10 @@ from sqlalchemy import select
 
 from bot.forges.patchwork.client import PatchworkError
 from bot.forges.patchwork.desk import SOURCE
-from bot.host.config import load_config
-from bot.host.stores import Runtime, open_runtime
+from bot.host.stores import Runtime
 from bot.intake.mailing_list import poll_patchwork
 from bot.store.models import Change, Delivery, Pipeline
-from tests.bot.forges.patchwork.conftest import PROJECT
+from tests.bot.forges.patchwork.conftest import PROJECT, open_patchwork_runtime
 from tests.fakes.patchwork_api import FakePatchwork
 
 MBOX = Path(__file__).parents[3] / "samples" / "mbox" / "b4-mathx-lcm-v1.mbox"
@@ -22,14 +21,7 @@ MBOX = Path(__file__).parents[3] / "samples" / "mbox" / "b4-mathx-lcm-v1.mbox"
 
 @pytest.fixture
 def runtime(pw: FakePatchwork, tmp_path: Path) -> Runtime:
-    (tmp_path / "token").write_text(pw.add_token("labgate-bot"))
-    (tmp_path / "labgate.yaml").write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"patchwork: {{url: '{pw.base_url}', token_file: {tmp_path / 'token'}, "
-        f"projects: [{{project: {PROJECT}, tree: hello}}]}}\n"
-        f"trees:\n  - {{name: hello, url: 'https://git.example.org/hello.git'}}\n"
-    )
-    return open_runtime(load_config(tmp_path / "labgate.yaml"))
+    return open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello"})
 
 
 def send(pw: FakePatchwork) -> int:
@@ -76,15 +68,3 @@ def test_attack_a_series_of_another_project_is_not_taken_as_this_one(pw: FakePat
     with runtime.store.session() as session:
         titles = session.scalars(select(Change.title).where(Change.source == SOURCE)).all()
     assert titles == ["mathx: add an lcm helper"]
-
-
-def test_a_series_with_prerequisites_says_what_is_missing_and_does_not_run(pw: FakePatchwork, runtime: Runtime) -> None:
-    v2 = (MBOX.parent / "b4-mathx-lcm-v2.mbox").read_bytes()
-    series_id = pw.add_series(PROJECT, "mathx: add an lcm helper", ["a", "b"], version=2, mbox=v2)
-    poll_patchwork(runtime)
-    for patch_id in pw.series_patches(series_id):
-        (said,) = [c for c in pw.checks(patch_id) if c["context"] == "labgate"]
-        assert said["state"] == "warning"
-        assert said["description"].startswith("not tested: its prerequisites are not applied yet: 3f1e0c2b9a8d")
-    with runtime.store.session() as session:
-        assert session.scalars(select(Change.id)).all() == []  # nothing to approve: nothing recorded as a change
