@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from bot.cli.main import main
 from bot.host.config import Config, config_json_schema, load_config, parse_config
@@ -19,6 +22,41 @@ def test_example_config_loads() -> None:
     assert config.database_url and config.database_url.startswith("postgresql")
     assert [dc.name for dc in config.device_classes] == ["qemu-x86_64"]
     assert config.caps.max_build_s == 1800
+
+
+def _keys(model: type[BaseModel], path: str = "") -> list[str]:
+    """Every key of the config schema, as a dotted path (list items as their model's keys)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(f"{path}{name}")
+        pending: list[object] = [field.annotation]
+        while pending:
+            kind = pending.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                keys += _keys(kind, f"{path}{name}.")
+            else:
+                pending += typing.get_args(kind)
+    return keys
+
+
+def test_example_config_shows_every_key_of_the_schema() -> None:
+    # The loader refuses a key the schema lacks; this is the other way round: a key added to the schema
+    # (bot/host/config.py) must be shown in the example too, set or in a comment.
+    text = (REPO / "config" / "labgate.example.yaml").read_text()
+    shown = {name for name in re.findall(r"(?:^|[\s{,#])([a-z_0-9]+):", text, re.M)}
+    missing = [key for key in _keys(Config) if key.split(".")[-1] not in shown]
+    assert missing == [], f"config/labgate.example.yaml lacks {missing}"
+
+
+def test_example_config_sets_up_the_mailing_list_route() -> None:
+    config = load_config(REPO / "config" / "labgate.example.yaml")
+    assert config.patchwork is not None and config.smtp is not None
+    project = config.patchwork.projects[0]
+    tree = config.tree(project.tree)
+    assert tree is not None and project.tag_branches == {"net-next": "main"}
+    assert tree.plan_file is not None and tree.plan_file.is_file()  # the loader read and checked it
+    assert tree.poll_staging and tree.staging_branches and tree.mail.report and tree.mail.keyring is not None
+    assert config.smtp.starttls and config.smtp.username and config.smtp.password_file is not None
 
 
 def test_no_file_means_embedded_defaults() -> None:
