@@ -235,7 +235,8 @@ def patchwork_client(runtime: Runtime) -> PatchworkClient:
 
 def series_intake(runtime: Runtime, client: PatchworkClient,
                   resolve_dkim_key: ResolveDkimKey | None = None) -> SeriesIntake:  # fmt: skip
-    return SeriesIntake(runtime, client, patchwork_reader(runtime, client, resolve_dkim_key))
+    # Recorded series a prerequisite may be are parsed only: just those applied are graded, by the reader.
+    return SeriesIntake(runtime, client, patchwork_reader(runtime, client, resolve_dkim_key), served_patches)
 
 
 def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey | None = None) -> list[str]:
