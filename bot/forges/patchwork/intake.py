@@ -127,10 +127,8 @@ def base_branches_of(series: Series, tree: Tree) -> tuple[str, ...]:
 class SeriesIntake:
     """Series and delegations of one Patchwork server, into bot/intake."""
 
-    def __init__(self, runtime: Runtime, client: PatchworkClient, read: SeriesReader,
-                 parse: MboxParser | None = None) -> None:  # fmt: skip
-        """`parse` reads the recorded series a prerequisite may be; without it, the reader reads them
-        (slower: it checks signatures and may ask for MAINTAINERS)."""
+    def __init__(self, runtime: Runtime, client: PatchworkClient, read: SeriesReader, parse: MboxParser) -> None:
+        """`read` reads and grades a series; `parse` only reads the recorded series a prerequisite may be."""
         self.runtime, self.client, self.read, self.parse = runtime, client, read, parse
         self.server = client.url
 
@@ -237,9 +235,7 @@ class SeriesIntake:
         with self.runtime.store.session() as session:
             others = project_series(session, record.server, record.project, MAX_PREREQUISITE_CANDIDATES + 1)
         others = [other for other in others if other.series_id != record.series_id][:MAX_PREREQUISITE_CANDIDATES]
-        readable = [(other, self._candidate(other, tree)) for other in others]
-        others = [other for other, candidate in readable if candidate is not None]
-        candidates = [candidate for _, candidate in readable if candidate is not None]
+        candidates = [self._candidate(other) for other in others]
         found = resolve_prerequisites(trailers, candidates)
         if found.missing:
             return replace(read, prerequisites=found)
@@ -248,14 +244,8 @@ class SeriesIntake:
         trust = least_trusted([("the series", read.trust), *senders])
         return replace(read, patches=found.patches + read.patches, trust=trust, prerequisites=found)
 
-    def _candidate(self, record: SeriesRecord, tree: Tree) -> Recorded | None:
-        """A recorded series as a prerequisite may be taken from; None when it holds no series."""
-        if self.parse is None:
-            try:
-                read = self.read_record(record, tree)
-            except ValueError:
-                return None
-            return Recorded(f"series {record.series_id} v{record.version}", read.series, read.patches)
+    def _candidate(self, record: SeriesRecord) -> Recorded:
+        """A recorded series as a prerequisite may be taken from (one that holds no series provides nothing)."""
         series, raws = self.parse(self.runtime.artifacts.get_bytes(record.mbox_digest))
         # An mbox's separator takes the last mail's final newline; git am calls a diff without it corrupt.
         patches = tuple((f"{i:04d}.patch", raw if raw.endswith(b"\n") else raw + b"\n")
