@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from bot.host.bring_up import open_services, start_all_workers
 from bot.host.config import load_config
@@ -46,13 +47,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pw.add_user("labgate-bot")
         pw.add_maintainer(PROJECT, "labgate-bot")
         (root / "pw-token").write_text(pw.add_token("labgate-bot"))
-        (root / "labgate.yaml").write_text(
-            f"data_dir: {root / 'data'}\n"
-            f"patchwork: {{url: '{pw.base_url}', token_file: {root / 'pw-token'}, "
-            f"projects: [{{project: {PROJECT}, tree: hello}}]}}\n"
-            f"trees:\n  - name: hello\n    url: {origin}\n    plan_file: {root / 'hello-plan.yaml'}\n"
-            "    mail: {maintainers_file: MAINTAINERS, unverified_tier: qemu}\n"
-        )
+        tree = {"name": "hello", "url": str(origin), "plan_file": str(root / "hello-plan.yaml"),
+                "mail": {"maintainers_file": "MAINTAINERS", "unverified_tier": "qemu"}}  # fmt: skip
+        patchwork = {"url": pw.base_url, "token_file": str(root / "pw-token"),
+                     "projects": [{"project": PROJECT, "tree": "hello"}]}  # fmt: skip
+        config = {"data_dir": str(root / "data"), "patchwork": patchwork, "trees": [tree]}
+        (root / "labgate.yaml").write_text(yaml.safe_dump(config))
         services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
         try:
             start_all_workers(services)
