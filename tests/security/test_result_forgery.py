@@ -69,8 +69,8 @@ def test_control_tasks_and_job_tasks_pushed_onto_the_results_queue_are_not_run(a
     """Also when the message lies about its own routing: kombu takes delivery_info from the sender."""
     log_path = attack_lab.data_dir / "logs" / "worker-results.log"
     control_log = attack_lab.data_dir / "logs" / "worker-control.log"
-    _send_as(attack_lab, "build", [("bot.report", [1]), ("bot.start_pipeline", [1]),
-                                   ("workers.run_checkout", ["{}"])])  # fmt: skip
+    _send_as(attack_lab, "build", [("bot.report", [1]), ("bot.start_pipeline", [1]), ("workers.run_checkout", ["{}"]),
+                                   ("bot.series_regrade", ["http://pw", 1])])  # fmt: skip
     # The same kind of message, made by hand and pushed as the build user, claiming to come from control.
     forged = _celery_message("bot.github_event", ['{"forged": true}', "forged-delivery"])
     forged["properties"]["delivery_info"]["routing_key"] = CONTROL_QUEUE
@@ -78,7 +78,7 @@ def test_control_tasks_and_job_tasks_pushed_onto_the_results_queue_are_not_run(a
     assert wait_for(lambda: "of type 'bot.github_event'" in log_path.read_text(), 30), log_path.read_text()[-2000:]
     time.sleep(0.5)
     log = log_path.read_text()
-    for name in ("bot.report", "bot.start_pipeline", "workers.run_checkout", "bot.github_event"):
+    for name in ("bot.report", "bot.start_pipeline", "workers.run_checkout", "bot.github_event", "bot.series_regrade"):
         assert f"Received unregistered task of type '{name}'" in log, name
     control = control_log.read_text()
     assert "Task bot.github_event[" not in control and "forged-delivery" not in control
