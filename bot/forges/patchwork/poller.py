@@ -13,7 +13,9 @@ a poll stopped between pages (an error, a restart) leaves the cursor where it wa
 reads the same window again, skipping what it already handled.
 
 Exactly once: an event is recorded seen in the same transaction as the handler's own records, so a
-handled event is never handed over again, and an event whose transaction did not commit is. A
+handled event is never handed over again, and an event whose transaction did not commit is. Events are
+fetched and recorded in batches, one transaction a batch with a savepoint per event, so a handler's
+error undoes only its own event's records and the batch's earlier events still commit. A
 handler that does something outside that transaction (enqueues a task, posts to a forge) must be
 idempotent per event id: a crash after its side effect and before the commit hands it the same event
 again. Events go to handlers oldest first (by id: ids grow with time even where naive dates do not).
@@ -22,7 +24,9 @@ again. Events go to handlers oldest first (by id: ids grow with time even where 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -54,6 +58,10 @@ class PatchworkEvent:
     payload: dict[str, Any]
 
 
+# An event with its outcome ("handled", or "skipped: why") and what was fetched for it (None: skipped).
+Fetched = tuple[PatchworkEvent, str, tuple[Any, ...] | None]
+
+
 class SeriesHandler(Protocol):
     def __call__(self, session: Session, event: PatchworkEvent, series: dict[str, Any], mbox: bytes) -> None:
         """Record what the series starts (in `session`: committed with the event's seen mark).
@@ -76,6 +84,7 @@ class PollSettings:
     clock_skew_s: float = 300.0  # our idea of how far the server's clock, or a late commit, may lag
     per_page: int = 100  # Patchwork allows up to 250
     keep_seen_days: float = 7.0  # seen marks older than this are dropped (far past any overlap)
+    batch: int = 50  # events fetched, then recorded in one transaction (a crash refetches at most these)
 
     @property
     def overlap(self) -> timedelta:
@@ -122,45 +131,72 @@ class PatchworkPoller:
         if cursor is None:
             return report  # no event of this category yet: nothing to start from
         since = (_naive(cursor) - self.settings.overlap).isoformat(timespec="microseconds")
-        listed: dict[int, dict[str, Any]] = {}
+        # Only what handlers need is kept of each listed event (not its project's object, repeated in
+        # every event): a backlog is held whole until its last page is read.
+        listed: dict[int, PatchworkEvent] = {}
         newest = cursor
         for page in self.client.event_pages(project=project, category=category, since=since,
                                             per_page=self.settings.per_page):  # fmt: skip
             report.pages += 1
             for raw in page.events:
-                listed[raw["id"]] = raw
+                listed[raw["id"]] = PatchworkEvent(raw["id"], category, project, raw["date"], raw.get("actor"),
+                                                   raw["payload"])  # fmt: skip
                 if _naive(raw["date"]) > _naive(newest):
                     newest = raw["date"]
         report.events += len(listed)
         # The last page is read: now hand over, oldest first, and only then move the cursor.
-        for event_id in sorted(listed):
-            raw = listed[event_id]
-            event = PatchworkEvent(event_id, category, project, raw["date"], raw.get("actor"), raw["payload"])
-            self._deliver(event, report)
+        events = [listed[event_id] for event_id in sorted(listed)]
+        with self.store.session() as session:
+            seen = self._seen_among(session, [event.id for event in events])
+        report.already_seen += len(seen)
+        fresh = [event for event in events if event.id not in seen]
+        size = max(1, self.settings.batch)
+        self._deliver([fresh[start : start + size] for start in range(0, len(fresh), size)], report)
         self._save_cursor(project, category, newest)
         self._forget_old_marks(project, category)
         return report
 
-    # ---- one event -----------------------------------------------------------------------------------------
+    # ---- batches of events ---------------------------------------------------------------------------------
 
-    def _deliver(self, event: PatchworkEvent, report: PollReport) -> None:
-        with self.store.session() as session:
-            if self._is_seen(session, event.id):
-                report.already_seen += 1
-                return
-        try:
-            fetched = self._fetch(event)  # network first, outside any transaction
-        except PatchworkError as exc:
-            if exc.transient:
-                raise  # the poll stops here; the cursor stays and the next poll comes back to this event
-            log.warning("patchwork %s event %d of %s skipped: %s", event.category, event.id, event.project, exc)
-            self._mark(event, f"skipped: {exc}"[:2000], None)
-            report.skipped += 1
+    def _deliver(self, batches: Sequence[Sequence[PatchworkEvent]], report: PollReport) -> None:
+        """Each batch's objects are fetched (network first, outside any transaction), then recorded in one
+        transaction with a savepoint per event: one commit a batch, not one an event, and still each event
+        all or nothing. The next batch is fetched by a second thread while this one is recorded, so the
+        store's time and the network's overlap; the poller's requests still go out one at a time."""
+        if not batches:
             return
-        if self._mark(event, "handled", fetched):
-            report.handled += 1
-        else:
-            report.already_seen += 1
+        cancel = threading.Event()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchwork-fetch") as prefetch:
+            try:
+                ahead = prefetch.submit(self._fetch_batch, batches[0], cancel)
+                for index in range(len(batches)):
+                    fetched, stop = ahead.result()
+                    if stop is None and index + 1 < len(batches):
+                        ahead = prefetch.submit(self._fetch_batch, batches[index + 1], cancel)
+                    self._mark(fetched, report)
+                    if stop is not None:
+                        raise stop  # after recording what was fetched before it; the cursor stays
+            finally:
+                cancel.set()  # a batch being fetched for nothing stops at its next event
+
+    def _fetch_batch(self, batch: Sequence[PatchworkEvent],
+                     cancel: threading.Event) -> tuple[list[Fetched], Exception | None]:  # fmt: skip
+        """The batch's objects, up to the first error that stops the poll (a transient one: the next poll
+        comes back to the event), which is returned with them."""
+        fetched: list[Fetched] = []
+        for event in batch:
+            if cancel.is_set():
+                break
+            try:
+                fetched.append((event, "handled", self._fetch(event)))
+            except PatchworkError as exc:
+                if exc.transient:
+                    return fetched, exc
+                log.warning("patchwork %s event %d of %s skipped: %s", event.category, event.id, event.project, exc)
+                fetched.append((event, f"skipped: {exc}"[:2000], None))
+            except Exception as exc:  # a bug: the events fetched before it are still recorded, then it goes on
+                return fetched, exc
+        return fetched, None
 
     def _fetch(self, event: PatchworkEvent) -> tuple[Any, ...]:
         if event.category == SERIES_COMPLETED:
@@ -183,33 +219,55 @@ class PatchworkPoller:
             raise PatchworkError(event.category, None, f"{found.get('url')} belongs to project "
                                  f"{project.get('link_name')!r}, not {event.project!r}", transient=False)  # fmt: skip
 
-    def _mark(self, event: PatchworkEvent, outcome: str, fetched: tuple[Any, ...] | None) -> bool:
-        """The handler's records and the seen mark, one transaction; False if another poll got there first."""
-        try:
-            with self.store.session() as session:
-                if self._is_seen(session, event.id):
-                    return False
-                if fetched is not None and event.category == SERIES_COMPLETED:
-                    self.on_series(session, event, fetched[0], fetched[1])
-                elif fetched is not None:
-                    self.on_delegated(session, event, fetched[0], fetched[1])
-                session.add(PatchworkSeenEvent(server=self.server, event_id=event.id, project=event.project,
-                                               category=event.category, event_date=event.date[:40],
-                                               outcome=outcome))  # fmt: skip
-        except IntegrityError:
-            # A concurrent poll committed the same event's mark: its handler's records stand, ours rolled back.
-            with self.store.session() as session:
-                if self._is_seen(session, event.id):
-                    return False
-            raise
-        return True
+    def _mark(self, fetched: Sequence[Fetched], report: PollReport) -> None:
+        """Each event's handler records and its seen mark in a savepoint of one transaction. A handler that
+        raises loses only its own event's records: the events before it commit, then the error goes on."""
+        failure: Exception | None = None
+        with self.store.session() as session:
+            seen = self._seen_among(session, [event.id for event, _, _ in fetched])  # a concurrent poll's
+            for event, outcome, objects in fetched:
+                if event.id in seen:
+                    report.already_seen += 1
+                    continue
+                try:
+                    with session.begin_nested():
+                        self._record(session, event, outcome, objects)
+                except Exception as exc:
+                    # A concurrent poll committed the same event's mark: its handler's records stand, ours
+                    # rolled back with the savepoint. Anything else stops the poll once the batch's
+                    # earlier events are committed.
+                    if isinstance(exc, IntegrityError) and self._seen_among(session, [event.id]):
+                        report.already_seen += 1
+                        continue
+                    failure = exc
+                    break
+                if objects is None:
+                    report.skipped += 1
+                else:
+                    report.handled += 1
+        if failure is not None:
+            raise failure
+
+    def _record(self, session: Session, event: PatchworkEvent, outcome: str, objects: tuple[Any, ...] | None) -> None:
+        if objects is not None and event.category == SERIES_COMPLETED:
+            self.on_series(session, event, objects[0], objects[1])
+        elif objects is not None:
+            self.on_delegated(session, event, objects[0], objects[1])
+        session.add(PatchworkSeenEvent(server=self.server, event_id=event.id, project=event.project,
+                                       category=event.category, event_date=event.date[:40],
+                                       outcome=outcome))  # fmt: skip
+        session.flush()  # inside the savepoint: a concurrent poll's mark fails here, not at the batch's commit
 
     # ---- the store -----------------------------------------------------------------------------------------
 
-    def _is_seen(self, session: Session, event_id: int) -> bool:
-        found = session.scalar(select(PatchworkSeenEvent.id).where(
-            PatchworkSeenEvent.server == self.server, PatchworkSeenEvent.event_id == event_id))  # fmt: skip
-        return found is not None
+    def _seen_among(self, session: Session, event_ids: Sequence[int]) -> set[int]:
+        """Which of these events have a seen mark (asked in chunks: one query per thousand, not per event)."""
+        seen: set[int] = set()
+        for start in range(0, len(event_ids), 1000):
+            chunk = event_ids[start : start + 1000]
+            seen.update(session.scalars(select(PatchworkSeenEvent.event_id).where(
+                PatchworkSeenEvent.server == self.server, PatchworkSeenEvent.event_id.in_(chunk))))  # fmt: skip
+        return seen
 
     def _cursor(self, project: str, category: str) -> str | None:
         with self.store.session() as session:

@@ -109,6 +109,17 @@ def test_a_crash_while_handling_redelivers_only_what_did_not_commit(pw: FakePatc
     assert set(recorded_once(store).values()) == {1}  # s2's first record rolled back with its crash
 
 
+def test_a_fetch_failing_in_a_later_batch_keeps_the_earlier_batches(pw: FakePatchwork, store: Store) -> None:
+    intake = Intake()
+    sids = [pw.add_series(PROJECT, f"s{n}", ["p"]) for n in range(5)]
+    pw.fail_next("GET", rf"/api/series/{sids[2]}/", 503)  # batch 2's first series, fetched while batch 1 records
+    with pytest.raises(PatchworkError):
+        poller(pw, store, intake, batch=2).poll(PROJECT)
+    assert intake.names() == ["s0", "s1"]
+    report = poller(pw, store, intake, batch=2).poll(PROJECT)
+    assert intake.names() == [f"s{n}" for n in range(5)] and (report.handled, report.already_seen) == (3, 2)
+
+
 def test_dst_change_of_the_servers_clock_loses_nothing(store: Store) -> None:
     # 01:30 BST; 40 minutes later it is 01:10 GMT: the naive dates go back 20 minutes.
     with FakePatchwork(timezone="Europe/London", now=datetime(2026, 10, 25, 0, 30, tzinfo=UTC)) as pw:
