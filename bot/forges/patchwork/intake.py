@@ -258,9 +258,7 @@ class SeriesIntake:
         if problems:
             self._say_once(desk, once, "warning", f"not tested: {problems}")
             return [f"series {record.series_id} not tested: {problems}"]
-        if read.prerequisites.applied:
-            applied = "; ".join(read.prerequisites.applied)
-            self._say_once(desk, once, "success", f"applied first: {applied}", PREREQUISITES_CONTEXT)
+        self._say_prerequisites(desk, read, once)
         head = desk.head_key
         with self.runtime.store.session() as session:
             change = change_for(session, context.submission())
@@ -293,6 +291,8 @@ class SeriesIntake:
         tree, read, desk, context = self.open(record)
         if _refusal(read):
             return [f"series {record.series_id} is not testable: nothing approved"]
+        # Its prerequisites may have come after the series (refused then): approving runs it with them.
+        self._say_prerequisites(desk, read, once)
         context = ChangeContext(context.tree, SOURCE, context.repo, context.number, None, context.base_ref,
                                 context.title, context.author, False)  # fmt: skip
         head = desk.head_key
@@ -337,6 +337,11 @@ class SeriesIntake:
             self._say_once(old_desk, once, "warning", reason)
             done.append(f"series {old.series_id} (v{old.version}) {reason}; cancelled {list(active)}")
         return done
+
+    def _say_prerequisites(self, desk: SeriesDesk, read: ReadSeries, once: OnceKeys) -> None:
+        if read.prerequisites.applied:
+            applied = "; ".join(read.prerequisites.applied)
+            self._say_once(desk, once, "success", f"applied first: {applied}", PREREQUISITES_CONTEXT)
 
     def _say_once(self, desk: SeriesDesk, once: OnceKeys, state: str, text: str,
                   context: str = APPROVAL_CONTEXT) -> None:  # fmt: skip

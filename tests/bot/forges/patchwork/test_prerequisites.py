@@ -11,10 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from bot.core.series import IdentityGrade
+from bot.forges.patchwork.desk import SOURCE
 from bot.forges.patchwork.intake import SenderTrust, least_trusted
 from bot.host.stores import Runtime
 from bot.intake.mailing_list import patchwork_client, poll_patchwork, series_intake
-from bot.store.models import Change
+from bot.store.models import Change, Pipeline
+from bot.store.once import OnceKeys
 from tests.bot.forges.patchwork.conftest import PROJECT, open_patchwork_runtime
 from tests.fakes.patchwork_api import FakePatchwork
 
@@ -124,6 +126,28 @@ def test_a_recorded_prerequisite_series_goes_first_and_the_checks_say_so(pw: Fak
         assert desk.head_key != type(desk)(client, desk.record, desk.author, desk.base_ref, patches[1:]).head_key
     poll_patchwork(runtime)  # a restart's poll says nothing twice
     assert len(checks(pw, lcm, "labgate-prerequisites")) == 2
+
+
+def test_a_prerequisite_that_comes_after_the_series_is_applied_once_a_maintainer_approves(
+    pw: FakePatchwork, runtime: Runtime
+) -> None:
+    """Refused while gcd v3 was not there (nothing is re-read by itself); gcd arrives; `labgate approve`
+    then runs lcm with gcd's patch first. (A queued pipeline only: no worker runs here.)"""
+    lcm = send(pw, lcm_v2_on_gcd())
+    poll_patchwork(runtime)
+    assert {c["state"] for c in checks(pw, lcm, "labgate")} == {"warning"}
+    gcd = send(pw, gcd_series(), version=3)
+    poll_patchwork(runtime)
+    with patchwork_client(runtime) as client:
+        intake = series_intake(runtime, client)
+        done = intake.approve(intake.record(lcm), "maint", False, OnceKeys(SOURCE, "cli:approve"))
+    assert done[-1].startswith("pipeline ")
+    with runtime.store.session() as session:
+        (pipeline,) = session.scalars(select(Pipeline)).all()
+        assert [p["name"] for p in pipeline.revision.patches] == [f"prerequisite series {gcd} v3 0001.patch",
+                                                                  "0001.patch", "0002.patch"]  # fmt: skip
+    (applied,) = {c["description"] for c in checks(pw, lcm, "labgate-prerequisites")}
+    assert applied == f"applied first: change-id {GCD_CHANGE_ID}:v3 (series {gcd} v3)"
 
 
 def test_attack_a_prerequisite_of_another_project_is_not_pulled_in(pw: FakePatchwork, runtime: Runtime) -> None:
