@@ -329,7 +329,7 @@ def with_patch_2_diff(mbox: bytes, diff: str) -> bytes:
     return (text[:start] + diff.rstrip("\n") + "\n" + text[end:]).encode()
 
 
-def assert_refused_before_building(world: World, series_id: int, rule: str, patch: str) -> None:
+def assert_refused_before_building(world: World, series_id: int, rule: str, patch: str) -> int:
     """Every patch's checkout check names the patch and the rule (warning: not tested, never `fail`);
     the pipeline ran its checkout only: no build job was sent, no QEMU booted, no build check posted."""
     for check in world.checkout_checks(series_id):
@@ -342,14 +342,21 @@ def assert_refused_before_building(world: World, series_id: int, rule: str, patc
         ran = [(job.kind, job.state, job.started_at is not None) for job in pipeline.jobs]
         assert [kind for kind, _, started in ran if started] == ["checkout"], ran
         assert all(job.task_id is None for job in pipeline.jobs if job.kind != "checkout")  # never sent
+        pipeline_id = pipeline.id
     for patch_id in world.pw.series_patches(series_id):
         assert not set(world.latest(patch_id)) & (PIPELINE_CONTEXTS - {"labgate-checkout"})
+    return pipeline_id
 
 
-def refusal_mail(world: World, rule: str) -> Any:
-    """The report mail (into the series' thread) that quotes the refusal."""
-    world.wait(lambda: any(rule in m.message.get_content() for m in world.smtp.received), "the refusal's mail")
-    return next(m.message for m in reversed(world.smtp.received) if rule in m.message.get_content())
+def pipeline_mail(world: World, pipeline_id: int) -> Any:
+    """The report mail of one pipeline (series share our sample's thread: told apart by the results link)."""
+    link = f"https://ci.example.org/pipelines/{pipeline_id}"
+
+    def links_it(mail: Any) -> bool:
+        return link in (line.strip() for line in mail.get_content().splitlines())
+
+    world.wait(lambda: any(links_it(m.message) for m in world.smtp.received), "the pipeline's mail")
+    return next(m.message for m in world.smtp.received if links_it(m.message))
 
 
 @pytest.mark.parametrize("diff_name", ["GIT binary patch", *ESCAPES])
@@ -362,8 +369,9 @@ def test_attack_a_binary_or_escaping_patch_2_is_refused_by_rule_and_nothing_is_b
     series_id = world.send(mbox)
     world.poll()
     assert world.approve(series_id, 1) == 0
-    assert_refused_before_building(world, series_id, rule, PATCH_2)
-    body = refusal_mail(world, f"{PATCH_2}: 0002.patch").get_content()
+    pipeline_id = assert_refused_before_building(world, series_id, rule, PATCH_2)
+    body = pipeline_mail(world, pipeline_id).get_content()
+    assert " ".join(body.split()).startswith(f"labgate: not tested: patch {PATCH_2}: 0002.patch:")  # as the checks
     assert rule in body and "labgate try" in body  # the submitter reads the rule and how to reproduce it
 
 
@@ -385,7 +393,10 @@ def test_attack_a_refused_patchs_subject_and_message_id_inject_nothing(world: Wo
     assert description.startswith('not tested: patch "[PATCH] README: list Bcc: victim@example.org \ufffd[31mred')
     assert "…\" <evil-" in description and "\ufffd[2J@example.org>: 0001.patch:" in description, description
     assert description.endswith(": binary patches are not accepted"), description
-    report = refusal_mail(world, "binary patches are not accepted")
+    world.wait(lambda: all(state == "done" for _, state, _ in world.pipelines()), "the refused pipeline to end")
+    with world.services.runtime.store.session() as session:
+        (pipeline_id,) = [p.id for p in session.query(Pipeline) if p.revision.change.number == series_id]
+    report = pipeline_mail(world, pipeline_id)
     for name, value in report.items():
         assert "\x1b" not in value and "\n" not in value.replace("\r\n ", "").replace("\n ", ""), (name, value)
     assert report["Bcc"] is None and "victim@example.org" not in report["To"] + (report["Cc"] or "")
