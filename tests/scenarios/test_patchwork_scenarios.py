@@ -395,7 +395,9 @@ def test_attack_a_refused_patchs_subject_and_message_id_inject_nothing(world: Wo
     assert description.endswith(": binary patches are not accepted"), description
     world.wait(lambda: all(state == "done" for _, state, _ in world.pipelines()), "the refused pipeline to end")
     with world.services.runtime.store.session() as session:
-        (pipeline_id,) = [p.id for p in session.query(Pipeline) if p.revision.change.number == series_id]
+        (pipeline,) = [p for p in session.query(Pipeline) if p.revision.change.number == series_id]
+        pipeline_id, shown_on_page = pipeline.id, pipeline.jobs[0].error_message or ""  # the job page's <pre>
+    assert shown_on_page.isprintable() and shown_on_page in description, shown_on_page
     report = pipeline_mail(world, pipeline_id)
     for name, value in report.items():
         assert "\x1b" not in value and "\n" not in value.replace("\r\n ", "").replace("\n ", ""), (name, value)
