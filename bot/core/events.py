@@ -129,7 +129,10 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(cls) for name, cls i
 def event_to_json(event: Event) -> str:
     """An event as a task argument (JSON, no secrets: events never hold one)."""
     name = type(event).__name__
-    return json.dumps({"type": name, "data": _ADAPTERS[name].dump_python(event, mode="json")})
+    # pydantic-core writes the data's JSON itself, at a third of dump_python + json.dumps' cost (the
+    # webhook makes one per delivery); the type name is one of ours, plain ASCII.
+    data = _ADAPTERS[name].dump_json(event).decode()
+    return f'{{"type": "{name}", "data": {data}}}'
 
 
 def event_from_json(text: str) -> Event:
