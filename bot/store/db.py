@@ -70,3 +70,16 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A session that will write after reading, under savepoints: on SQLite it takes the write lock
+        as it begins (BEGIN IMMEDIATE), waiting out other writers with the busy timeout.
+
+        A SAVEPOINT opens a deferred transaction whose first read fixes its snapshot; a write after
+        another process has committed then fails at once with "database is locked", which no busy
+        timeout rides out. PostgreSQL needs nothing of the kind: this is `session()` there."""
+        with self.session() as session:
+            if self.engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session

@@ -223,7 +223,7 @@ class PatchworkPoller:
         """Each event's handler records and its seen mark in a savepoint of one transaction. A handler that
         raises loses only its own event's records: the events before it commit, then the error goes on."""
         failure: Exception | None = None
-        with self.store.session() as session:
+        with self.store.writing() as session:
             seen = self._seen_among(session, [event.id for event, _, _ in fetched])  # a concurrent poll's
             for event, outcome, objects in fetched:
                 if event.id in seen:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from bot.pipelines.lifecycle import record_delivery
 from bot.store.db import Store, database_url_for, migrate
@@ -52,3 +58,34 @@ def test_postgresql_store(postgres_url: str) -> None:
 
 def test_configured_url_wins(tmp_path: Path) -> None:
     assert database_url_for("postgresql+psycopg://x@h/db", tmp_path) == "postgresql+psycopg://x@h/db"
+
+
+def test_a_write_after_a_read_under_a_savepoint_survives_another_process_writing(tmp_path: Path) -> None:
+    """On SQLite a deferred transaction that read first cannot write once another connection committed
+    ("database is locked" at once, past any busy timeout). `writing()` takes the lock first instead."""
+    url = database_url_for(None, tmp_path)
+    migrate(url)
+    ours, theirs = Store(url), Store(url)  # two engines: two processes' connections to the file
+
+    def read_then_write(session_of: Callable[[], AbstractContextManager[Session]], name: str) -> None:
+        with session_of() as session, session.begin_nested():
+            session.scalars(select(Tree)).all()  # the snapshot is taken here
+            other = threading.Thread(target=_add_tree, args=(theirs, f"{name}-other"))
+            other.start()
+            other.join(timeout=0.5)  # blocked by our lock with writing(); done at once without
+            session.add(Tree(name=name, url=f"file:///{name}"))
+            session.flush()
+        other.join(timeout=15)
+        assert not other.is_alive()
+
+    with pytest.raises(OperationalError, match="database is locked"):
+        read_then_write(ours.session, "deferred")
+    read_then_write(ours.writing, "immediate")
+    with ours.session() as session:
+        names = set(session.scalars(select(Tree.name)).all())
+    assert names == {"deferred-other", "immediate", "immediate-other"}
+
+
+def _add_tree(store: Store, name: str) -> None:
+    with store.session() as session:
+        session.add(Tree(name=name, url=f"file:///{name}"))
