@@ -8,13 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from celery import Task
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from workers.app import RESULTS_QUEUE, app, artifacts_dir_from_env, broker_redis, work_dir_from_env
+from workers.app import (
+    RESULTS_QUEUE,
+    app,
+    artifacts_dir_from_env,
+    broker_redis,
+    configured_role,
+    is_job_role,
+    work_dir_from_env,
+)
 from workers.artifacts import ArtifactStore
 from workers.base_file import answer_request
 from workers.build import run_build
 from workers.checkout import CheckoutOutcome, mirror_path, prepare_checkout
 from workers.errors import InfraError, UserError
+from workers.leftovers import holding_job, sweep_orphans
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
 from workers.spec import (
     BASE_FILE_READ_TASK,
@@ -136,8 +146,15 @@ def execute_test(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) 
 
 
 def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult]) -> None:
-    """Run one job and send its result, whatever happens, to the results queue; then clean up after it."""
+    """Run one job and send its result, whatever happens, to the results queue; then clean up after it.
+    Its directory is this process's until the clean-up is done (workers/leftovers.py)."""
     spec = JobSpec.model_validate_json(spec_json)
+    with holding_job(work_dir_from_env(), spec.job_id):
+        _run_held_job(task, spec, execute)
+
+
+def _run_held_job(task: Task, spec: JobSpec,
+                  execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult]) -> None:  # fmt: skip
     delivery = count_delivery(spec.job_id, spec.result_token)
     if delivery > MAX_DELIVERIES:
         send_result(JobResult(
@@ -161,6 +178,20 @@ def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Ca
                               result="incomplete", error_code="unsendable-result",
                               error_message=f"the job's result could not be sent: {type(exc).__name__}"))  # fmt: skip
     _run_all(later)
+
+
+@worker_ready.connect
+@worker_process_init.connect
+@worker_shutdown.connect
+def release_killed_jobs(**_: object) -> None:
+    """A job worker's start (and each new pool process's: one replaces a terminated job's) and its end
+    release what killed jobs left: their mounts and directories (workers/leftovers.py)."""
+    if not is_job_role(configured_role()):
+        return
+    try:
+        sweep_orphans(work_dir_from_env())
+    except Exception:  # never keep a worker from starting or stopping: the next sweep tries again
+        log.exception("releasing what killed jobs left failed")
 
 
 def _execute(task: Task, spec: JobSpec, delivery: int,

@@ -259,6 +259,16 @@ def test_synchronize_cancels_the_running_pipeline(world: World) -> None:
         return found
 
     world.wait(lambda: not leftovers(), "the cancelled jobs' processes to end", timeout_s=20)
+    # And nothing of them stays on the host: the terminated pool process's replacement releases its
+    # loop disk, its /tmp tmpfs and its directory (workers/leftovers.py).
+    work = world.services.runtime.data_dir / "worker" / "work"
+    killed = [work / f"job-{r['external_id']}" for r in cancelled]
+
+    def left_on_disk() -> list[str]:
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        return [p for p in points for d in killed if p.startswith(f"{d}/")] + [str(d) for d in killed if d.exists()]
+
+    world.wait(lambda: not left_on_disk(), "the cancelled jobs' mounts and directories to go", timeout_s=30)
     runs2 = world.wait_completed(second, PIPELINE_CHECKS)
     assert {runs2[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
 
