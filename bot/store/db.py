@@ -12,6 +12,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.store.pending import discard_pending, flush_pending
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
@@ -62,12 +64,14 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session committed on success, rolled back on error."""
+        """A session committed on success (with the rows bot/store/pending.py holds back), rolled back on error."""
         with self._sessions() as session:
             try:
                 yield session
+                flush_pending(session)
                 session.commit()
             except BaseException:
+                discard_pending(session)
                 session.rollback()
                 raise
 

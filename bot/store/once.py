@@ -53,4 +53,9 @@ def once_done(session: Session, key: str) -> str | None:
 def record_once(session: Session, key: str, detail: str = "") -> None:
     """Record `key` in the caller's transaction: commit it with the effect it stands for, where
     that effect is in the store too (a second concurrent attempt then fails on the unique key)."""
-    session.add(Delivery(source=ONCE_SOURCE, delivery_id=key, event=key.split(":")[1], detail=detail))
+    session.add(Delivery(**once_row(key, detail)))
+
+
+def once_row(key: str, detail: str = "") -> dict[str, str]:
+    """The delivery row that records `key` (for an insert that leaves an existing record as it is)."""
+    return {"source": ONCE_SOURCE, "delivery_id": key, "event": key.split(":")[1], "detail": detail}
