@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +30,26 @@ class ArtifactStore:
         if not self.has(digest):
             self._commit(digest, lambda handle: handle.write(data))
         return digest
+
+    def put_durable(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store each blob and return once all of them are on disk, so that a database row may name them.
+
+        One sync pass for the lot rather than one per blob as it is written: the new blobs are written
+        under temporary names, each fsynced, only then renamed to their digest (a name that exists is
+        taken to hold its whole content: after a crash it must never name a file the disk had not
+        got), then each directory that names one is fsynced, once. A blob that was there already is
+        fsynced too, in case a `put_bytes` (which does not sync) wrote it a moment ago."""
+        digests = [hashlib.sha256(data).hexdigest() for data in blobs]
+        fresh: dict[str, bytes] = {}
+        for digest, data in zip(digests, blobs, strict=True):
+            if digest not in fresh and not self.has(digest):
+                fresh[digest] = data
+        self._commit_synced(fresh)
+        for digest in set(digests) - set(fresh):
+            _fsync(self.path_of(digest))
+        for directory in {self.path_of(digest).parent for digest in digests}:
+            _fsync(directory)
+        return digests
 
     def put_file(self, path: Path) -> str:
         sha = hashlib.sha256()
@@ -84,6 +104,26 @@ class ArtifactStore:
         except OSError:
             shutil.copyfile(source, dest)
 
+    def _commit_synced(self, blobs: dict[str, bytes]) -> None:
+        """Write each (digest, data) under a temporary name, fsync each, then rename each to its digest."""
+        temporary: dict[str, str] = {}
+        try:
+            for digest, data in blobs.items():
+                final = self.path_of(digest)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd, temporary[digest] = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            for tmp in temporary.values():
+                _fsync(Path(tmp))
+            for digest in list(temporary):
+                os.chmod(temporary[digest], 0o444)
+                os.replace(temporary.pop(digest), self.path_of(digest))
+        except BaseException:
+            for tmp in temporary.values():
+                Path(tmp).unlink(missing_ok=True)
+            raise
+
     def _commit(self, digest: str, write: Callable[[BinaryIO], object]) -> None:
         final = self.path_of(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +136,14 @@ class ArtifactStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_into(path: Path, handle: BinaryIO) -> None:

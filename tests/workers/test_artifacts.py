@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from workers import artifacts
 from workers.artifacts import ArtifactStore
 
 
@@ -36,3 +37,41 @@ def test_materialize_keeps_the_exec_bit(tmp_path: Path) -> None:
 def test_digests_are_checked(tmp_path: Path, digest: str) -> None:
     with pytest.raises(ValueError, match="not a sha256 digest"):
         ArtifactStore(tmp_path).path_of(digest)
+
+
+def test_put_durable_syncs_each_blob_before_its_name_appears_then_each_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "a")
+    old = store.put_bytes(b"there already, written by a put that does not sync")
+    synced: list[tuple[Path, bool]] = []  # (path, whether any digest name of the new blobs exists yet)
+    new = [hashlib.sha256(data).hexdigest() for data in (b"one", b"two")]
+
+    def fsync(path: Path) -> None:
+        synced.append((path, any(store.has(digest) for digest in new)))
+
+    monkeypatch.setattr(artifacts, "_fsync", fsync)
+    digests = store.put_durable([b"one", b"two", b"one", b"there already, written by a put that does not sync"])
+    assert digests == [new[0], new[1], new[0], old]
+    assert [store.get_bytes(digest) for digest in new] == [b"one", b"two"]
+    temporary = [(path, named) for path, named in synced if path.name.startswith(".tmp-")]
+    assert len(temporary) == 2 and not any(named for _, named in temporary)  # data on disk before the rename
+    assert (store.path_of(old), True) in synced  # a blob that was there is synced too
+    directories = [path for path, _ in synced if path.is_dir()]
+    assert sorted(directories) == sorted({store.path_of(d).parent for d in digests})  # each once, after the renames
+    assert synced.index((directories[0], True)) > synced.index(temporary[-1])
+    assert not list((tmp_path / "a").rglob(".tmp-*"))
+
+
+def test_put_durable_leaves_no_temporary_file_when_a_sync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "a")
+
+    def fail(path: Path) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(artifacts, "_fsync", fail)
+    with pytest.raises(OSError):
+        store.put_durable([b"one", b"two"])
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file()]
