@@ -207,6 +207,11 @@ def regrade_series(runtime: Runtime, server: str, series_id: int) -> list[str]:
         at_base = maintainers_at_base(runtime, server, series_id, tree, [raw for _, raw in read.patches]) or frozenset()
         if read.sender.lower() not in at_base or is_listed_maintainer(read.sender, tree):
             return [f"series {series_id}: MAINTAINERS at the base does not change {read.sender}'s grade"]
+        if not read.trust.trusted:
+            # A maintainer proven by nothing, where the tree grants unverified mail nothing: it waits as it
+            # did, and its checks already say so (handling it again would only say it twice).
+            return [f"series {series_id}: {read.sender} is a maintainer at the base, proven by nothing: "
+                    "it still waits (mail.unverified_tier: none)"]  # fmt: skip
         with runtime.store.session() as session:
             change = find_change(session, SOURCE, external_id(record.project, record.series_id))
             started = change is None or change.state == "closed" or any(r.pipelines for r in change.revisions)

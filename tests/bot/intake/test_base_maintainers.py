@@ -64,9 +64,15 @@ def origin(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def runtime(pw: FakePatchwork, origin: Path, tmp_path: Path, redis_db_url: str) -> Runtime:
+    return make_runtime(pw, origin, tmp_path, redis_db_url, unverified_tier="qemu")
+
+
+def make_runtime(pw: FakePatchwork, origin: Path, tmp_path: Path, redis_db_url: str, *,
+                 unverified_tier: str) -> Runtime:
     configure(redis_db_url, longest_job_s=60)
     (tmp_path / "token").write_text(pw.add_token("labgate-bot"))
-    tree = {"name": "hello", "url": str(origin), "mail": {"maintainers_file": "MAINTAINERS", "unverified_tier": "qemu"}}
+    mail = {"maintainers_file": "MAINTAINERS", "unverified_tier": unverified_tier}
+    tree = {"name": "hello", "url": str(origin), "mail": mail}
     patchwork = {"url": pw.base_url, "token_file": str(tmp_path / "token"),
                  "projects": [{"project": PROJECT, "tree": "hello"}]}  # fmt: skip
     return open_runtime(Config.model_validate({"data_dir": str(tmp_path / "data"), "patchwork": patchwork,
@@ -126,6 +132,15 @@ def test_an_unsigned_maintainer_of_a_touched_path_runs_at_the_unverified_tier(
     regrade_series(runtime, pw.base_url, series_id)  # said twice (a redelivery): started once
     poll_patchwork(runtime)
     assert pipelines(runtime) == ["qemu"] and take_requests(redis_db_url) == []
+
+
+def test_an_unsigned_maintainer_where_unverified_mail_gets_nothing_still_waits_and_is_told_once(
+    pw: FakePatchwork, origin: Path, redis_db_url: str, tmp_path: Path
+) -> None:
+    runtime = make_runtime(pw, origin, tmp_path, redis_db_url, unverified_tier="none")
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, patch_mail("maint@example.org", ("mathx/lcm.c", "x")))
+    assert pipelines(runtime) == []
+    assert said(pw, series_id) == [("pending", f"waiting for approval: labgate approve {series_id} --version 1")]
 
 
 def test_attack_a_series_adding_its_sender_to_maintainers_does_not_count(
