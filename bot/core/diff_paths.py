@@ -1,28 +1,89 @@
-"""The paths a patch's diff touches, read from its `diff --git` and `---`/`+++` lines (pure)."""
+"""The paths a patch mail's diff touches, read as generously as git am could read them (pure).
+
+A claim rests on these paths: MAINTAINERS makes a sender a maintainer of a series only when it lists
+them for every path the series touches (bot/intake/base_maintainers.py). So a path git would change
+must never be missed, and a path read where git would read none only costs a claim:
+- every part of the mail is read as sent and with its transfer encoding undone (git am decodes base64
+  and quoted-printable; a soft line break can hide or make a header line in either reading);
+- names come from `diff --git` lines, from `---`/`+++` lines (their first component dropped, as
+  `git apply -p1` does, whatever it is), and from `rename`/`copy` `from`/`to` lines, which name a path
+  by themselves whatever the `diff --git` line says; C-quoted names are unquoted, repeated "/" squashed;
+- a header line anywhere counts, also in a commit message (git am ends the message there).
+"""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from collections.abc import Iterable
 
-MAX_PATHS = 10_000  # a series touching more is read no further: claims rest on the first ones
+MAX_PATHS = 10_000  # a series touching more claims nothing: its paths are not all read
 _GIT_HEADER = re.compile(r"^diff --git (\"?)a/(.+?)\1 (\"?)b/(.+?)\3$")
-_SIDE = re.compile(r"^(?:---|\+\+\+) (\"?)[ab]/(.+?)\1(?:\t.*)?$")
+_SIDE = re.compile(r"^(?:---|\+\+\+)[ \t]+(\S.*?)(?:\t.*)?$")
+_EXTENDED = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
+_OCTAL = re.compile(r"\\([0-7]{1,3})|\\(.)")
+_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
-def touched_paths(diffs: Iterable[str]) -> frozenset[str]:
-    """Old and new paths of every file in the diffs (a rename touches both): repository-relative, as
-    MAINTAINERS' F: patterns are matched against. C-quoted names are taken as written between the quotes."""
+def mail_texts(raw: bytes) -> list[str]:
+    """The mail as sent, then each of its parts with its transfer encoding undone (what git am reads)."""
+    texts = [raw.decode("utf-8", "replace")]
+    for part in email.message_from_bytes(raw, policy=email.policy.compat32).walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes):
+            texts.append(payload.decode("utf-8", "replace"))
+    return texts
+
+
+def touched_paths(diffs: Iterable[str]) -> frozenset[str] | None:
+    """Every path the diffs may touch (a rename both), repository-relative as MAINTAINERS' F: patterns
+    are matched against; None when there are more than MAX_PATHS (not all of them were read)."""
     found: set[str] = set()
     for text in diffs:
         for line in text.split("\n"):
-            if len(found) >= MAX_PATHS:
-                return frozenset(found)
+            line = line.removesuffix("\r")
             header = _GIT_HEADER.match(line)
             if header:
-                found.update((header[2], header[4]))
-                continue
-            side = _SIDE.match(line)
-            if side:
-                found.add(side[2])
-    return frozenset(path for path in found if path and not path.startswith("/") and path != "dev/null")
+                found.update((_name(header[2], header[1]), _name(header[4], header[3])))
+            elif side := _SIDE.match(line):
+                found.update(_without_first_component(_name(side[1])))
+            elif extended := _EXTENDED.match(line):
+                found.add(_name(extended[1]))
+            if len(found) > MAX_PATHS:
+                return None
+    return frozenset(_squashed(path) for path in found if path and path not in ("dev/null", "/dev/null"))
+
+
+def _name(text: str, quote: str | None = None) -> str:
+    """A name as git reads it: C-quoted ("...") unquoted, else as written."""
+    if quote is None and len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        text, quote = text[1:-1], '"'
+    if not quote:
+        return text
+    data = bytearray()
+    position = 0
+    for match in _OCTAL.finditer(text):
+        data += text[position : match.start()].encode("utf-8", "surrogateescape")
+        if match[1] is not None:
+            data.append(int(match[1], 8) & 0xFF)
+        else:
+            data += _C_ESCAPES.get(match[2], match[2]).encode("utf-8", "surrogateescape")
+        position = match.end()
+    data += text[position:].encode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "replace")
+
+
+def _without_first_component(name: str) -> set[str]:
+    """What `git apply -p1` keeps (all after the first "/"), and, for a name it leaves absolute or
+    with nothing to drop, the name without leading "/" too: more names cost a claim, never hide one."""
+    if name == "/dev/null" or "/" not in name:
+        return {name}
+    kept = name.split("/", 1)[1]
+    return {kept, kept.lstrip("/")}
+
+
+def _squashed(path: str) -> str:
+    return re.sub("/+", "/", path)

@@ -117,6 +117,21 @@ class Maintainers:
         """The M: and R: addresses (lowercased) of every section covering one of the paths."""
         return {address for section in self.sections_for(paths) for address in section.addresses}
 
+    def maintainers_of_every(self, paths: Iterable[str]) -> set[str]:
+        """The M: and R: addresses (lowercased) that a section covering it gives each one of the paths:
+        what a claim to maintain a whole change rests on. None for no paths, or for a path too long to
+        be matched (it cannot be shown to be anyone's)."""
+        common: set[str] | None = None
+        for path in paths:
+            if not 0 < len(path) <= MAX_PATH:
+                return set()
+            covering = {address for section, matcher in zip(self.sections, self._matchers, strict=True)
+                        if matcher.covers(path) for address in section.addresses}  # fmt: skip
+            common = covering if common is None else common & covering
+            if not common:
+                return set()
+        return common or set()
+
 
 def address_of(entry: str) -> str | None:
     """The address in "Full Name <user@host>" or a bare "user@host", lowercased; None if there is none."""

@@ -15,7 +15,7 @@ check, until a maintainer approves it. So:
    MAINTAINERS does not make them its maintainer. The answer comes back on the results queue like a
    job's result, with the request's token (its hash is all the store keeps), and is kept once.
 3. The answer's task queues a regrade (bot/intake/mailing_list.py `regrade_series`): when the file
-   makes the From: an M:/R: address of a path the series touches and nothing runs for the series yet,
+   makes the From: an M:/R: address of every path the series touches and nothing runs for the series yet,
    the series is handled again, under a scope of its own: it runs if its grade now allows (what
    `grade_sender` gives a maintainer), supersedes versions it now outranks, and its `labgate` check
    says why. Nothing is taken away: MAINTAINERS only ever raises a grade.
@@ -36,7 +36,7 @@ from functools import lru_cache
 
 from sqlalchemy.exc import IntegrityError
 
-from bot.core.diff_paths import touched_paths
+from bot.core.diff_paths import MAX_PATHS, mail_texts, touched_paths
 from bot.core.maintainers import MAX_MAINTAINERS_BYTES, Maintainers, parse_maintainers
 from bot.host.config import Tree
 from bot.host.stores import Runtime
@@ -113,8 +113,9 @@ def record_answer(runtime: Runtime, answer: BaseFileAnswer) -> tuple[str, int] |
 
 def maintainers_at_base(runtime: Runtime, server: str, series_id: int, tree: Tree,
                         patches: Sequence[bytes]) -> frozenset[str] | None:  # fmt: skip
-    """The M:/R: addresses (lowercased) MAINTAINERS at the base gives the paths the patches touch;
-    None while no answer is kept (then the caller asks). A file that is not there gives none."""
+    """The M:/R: addresses (lowercased) MAINTAINERS at the base gives every path the patches touch
+    (bot/core/diff_paths.py: read as git am could read them); None while no answer is kept (then the
+    caller asks). A file that is not there gives none, and so do no paths."""
     with runtime.store.session() as session:
         kept = once_done(session, _answer_key(request_id(server, series_id)))
     if kept is None:
@@ -128,8 +129,12 @@ def maintainers_at_base(runtime: Runtime, server: str, series_id: int, tree: Tre
     except UserError as error:  # over the cap: the worker checks it too
         log.warning("%s", error)
         return frozenset()
-    paths = touched_paths(raw.decode("utf-8", "replace") for raw in patches)
-    return frozenset(parsed.maintainers_for(paths))
+    paths = touched_paths(text for raw in patches for text in mail_texts(raw))
+    if paths is None:
+        log.info("series %s touches over %d paths: MAINTAINERS makes nobody its maintainer", series_id, MAX_PATHS)
+        return frozenset()
+    # Every path: a maintainer of one file is nobody's maintainer for the rest of a change that touches it.
+    return frozenset(parsed.maintainers_of_every(paths))
 
 
 @lru_cache(maxsize=4)

@@ -329,3 +329,10 @@ def test_the_same_addresses_as_get_maintainer(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
         theirs = {address_of(line) for line in run.stdout.splitlines()} - {None}
         assert parsed.maintainers_for([path]) == theirs, path
+
+
+def test_a_whole_change_is_maintained_only_by_who_covers_every_path() -> None:
+    assert sample().maintainers_of_every(["include/mathx.h", "net/ipv6/route.c"]) == EVERYONE_ELSE
+    assert sample().maintainers_of_every(["include/mathx.h"]) == sample().maintainers_for(["include/mathx.h"])
+    assert sample().maintainers_of_every([]) == set()
+    assert sample().maintainers_of_every(["include/mathx.h", "net/" + "a" * 5000]) == set()

@@ -177,3 +177,63 @@ def test_attack_an_answer_without_the_requests_token_is_dropped(
     forged = BaseFileAnswer(request_id=request.request_id, token="guessed", base_sha="0" * 40, digest=None)
     assert record_answer(runtime, forged) is None
     assert record_answer(runtime, forged.model_copy(update={"request_id": "nope:1"})) is None
+
+
+def two_patch_mbox(first: bytes, second: bytes) -> bytes:
+    """One series of two patch mails (the second's Subject numbered 2/2)."""
+    return first.replace(b"[PATCH 1/1]", b"[PATCH 1/2]") + b"\n" + second.replace(b"[PATCH 1/1]", b"[PATCH 2/2]")
+
+
+def as_base64(mail: bytes) -> bytes:
+    """The same mail with its body in base64, as a mail client may send it (git am decodes it)."""
+    headers, _, body = mail.partition(b"\n\n")
+    return (headers + b"\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+            b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(body))  # fmt: skip
+
+
+def test_attack_a_maintainer_of_one_touched_path_is_no_maintainer_of_the_others(
+    runtime: Runtime, pw: FakePatchwork, redis_db_url: str, tmp_path: Path
+) -> None:
+    # M: of mathx/ touching docs/ too: a line in their own file does not make them docs' maintainer.
+    mail = patch_mail("maint@example.org", ("mathx/lcm.c", "x"), ("docs/howto.txt", "y"))
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, mail)
+    assert pipelines(runtime) == [] and said(pw, series_id)[-1][0] == "pending"
+
+
+def test_attack_a_diff_header_in_the_commit_message_claims_no_path(
+    runtime: Runtime, pw: FakePatchwork, redis_db_url: str, tmp_path: Path
+) -> None:
+    # git am ends the message at "--- a/..." and git apply skips a header pair with no hunk: only docs/ changes.
+    mail = patch_mail("maint@example.org", ("docs/howto.txt", "y")).replace(
+        b"A change.\n", b"A change.\n\n--- a/mathx/lcm.c\n+++ b/mathx/lcm.c\n")
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, mail)
+    assert pipelines(runtime) == [] and said(pw, series_id)[-1][0] == "pending"
+
+
+def test_attack_a_base64_patch_does_not_hide_the_paths_it_touches(
+    runtime: Runtime, pw: FakePatchwork, redis_db_url: str, tmp_path: Path
+) -> None:
+    hidden = as_base64(patch_mail("maint@example.org", ("docs/howto.txt", "y")))
+    mbox = two_patch_mbox(patch_mail("maint@example.org", ("mathx/lcm.c", "x")), hidden)
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, mbox)
+    assert pipelines(runtime) == [] and said(pw, series_id)[-1][0] == "pending"
+
+
+def test_attack_a_rename_header_does_not_hide_the_path_it_removes(
+    runtime: Runtime, pw: FakePatchwork, redis_db_url: str, tmp_path: Path
+) -> None:
+    # "rename from" names the old path itself: git moves docs/howto.txt away, whatever "diff --git" says.
+    rename = (b"diff --git a/mathx/howto.txt b/mathx/howto.txt\nsimilarity index 100%\n"
+              b"rename from docs/howto.txt\nrename to mathx/howto.txt\n")  # fmt: skip
+    mail = patch_mail("maint@example.org", ("mathx/lcm.c", "x")) + rename
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, mail)
+    assert pipelines(runtime) == [] and said(pw, series_id)[-1][0] == "pending"
+
+
+def test_a_maintainer_of_every_touched_path_across_patches_still_runs(
+    runtime: Runtime, pw: FakePatchwork, redis_db_url: str, tmp_path: Path
+) -> None:
+    mbox = two_patch_mbox(patch_mail("maint@example.org", ("mathx/lcm.c", "x")),
+                          as_base64(patch_mail("maint@example.org", ("mathx/gcd.c", "y"))))  # fmt: skip
+    grade(runtime, pw, redis_db_url, tmp_path, mbox)
+    assert pipelines(runtime) == ["qemu"]
