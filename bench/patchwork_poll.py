@@ -119,17 +119,15 @@ def kib_of(field: str) -> float:
 def drain_real(url: str, database_url: str, data_dir: Path, per_page: int,
                transport: CountingTransport) -> dict[str, Any]:  # fmt: skip
     from bot.forges.patchwork.client import PatchworkClient
-    from bot.forges.patchwork.poller import PatchworkPoller, PollSettings
+    from bot.forges.patchwork.poller import PollSettings
     from bot.host.config import Config
     from bot.host.stores import open_runtime
-    from bot.intake.mailing_list import series_intake
+    from bot.intake.mailing_list import series_intake, series_poller
 
     runtime = open_runtime(Config(data_dir=data_dir, database_url=database_url), create=False)
     with PatchworkClient(url, transport=transport) as client:
         intake = series_intake(runtime, client)
-        poller = PatchworkPoller(runtime.store, client, on_series=intake.record_series,
-                                 on_delegated=intake.record_delegation,
-                                 settings=PollSettings(per_page=per_page))  # fmt: skip
+        poller = series_poller(runtime, client, intake, PollSettings(per_page=per_page))
         rss_before = kib_of("VmRSS")
         start, cpu = time.perf_counter(), time.process_time()
         report = poller.poll(PROJECT)

@@ -244,6 +244,14 @@ def series_intake(runtime: Runtime, client: PatchworkClient,
     return SeriesIntake(runtime, client, patchwork_reader(runtime, client, resolve_dkim_key), served_patches)
 
 
+def series_poller(runtime: Runtime, client: PatchworkClient, intake: SeriesIntake,
+                  settings: PollSettings) -> PatchworkPoller:  # fmt: skip
+    """The poller with the intake's handlers, the series' mboxes stored on its fetching thread."""
+    return PatchworkPoller(runtime.store, client, on_series=intake.record_series,
+                           on_delegated=intake.record_delegation, settings=settings,
+                           stage_series=intake.stage_series)  # fmt: skip
+
+
 def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey | None = None) -> list[str]:
     """Read every configured project's new events, then carry out what they call for."""
     config = runtime.config.patchwork
@@ -252,8 +260,7 @@ def poll_patchwork(runtime: Runtime, resolve_dkim_key: ResolveDkimKey | None = N
     with patchwork_client(runtime) as client:
         intake = series_intake(runtime, client, resolve_dkim_key)
         settings = PollSettings(clock_skew_s=config.clock_skew_s, per_page=config.per_page)
-        poller = PatchworkPoller(runtime.store, client, on_series=intake.record_series,
-                                 on_delegated=intake.record_delegation, settings=settings)  # fmt: skip
+        poller = series_poller(runtime, client, intake, settings)
         done = []
         for project in config.projects:
             report = poller.poll(project.project)

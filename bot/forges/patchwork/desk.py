@@ -21,7 +21,8 @@ from bot.core.events import Actor
 from bot.forges.patchwork.client import PatchworkClient
 from bot.intake.desk import Head
 from bot.store.models import Delivery
-from bot.store.once import ONCE_SOURCE, once_done, record_once
+from bot.store.once import ONCE_SOURCE, once_done, once_row
+from bot.store.pending import insert_later
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ def series_key(server: str, series_id: int) -> str:
 
 
 def save_series(session: Session, record: SeriesRecord) -> None:
-    """Keep the record (in the caller's transaction); a series seen again keeps its first record."""
-    if once_done(session, series_key(record.server, record.series_id)) is None:
-        record_once(session, series_key(record.server, record.series_id), record.to_json())
+    """Keep the record (inserted at the end of the caller's transaction, bot/store/pending.py: no look-up
+    first); a series seen again keeps its first record."""
+    key = series_key(record.server, record.series_id)
+    insert_later(session, Delivery, once_row(key, record.to_json()))
 
 
 def load_series(session: Session, server: str, series_id: int) -> SeriesRecord | None:

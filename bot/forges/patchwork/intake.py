@@ -53,6 +53,7 @@ from bot.pipelines.lifecycle import change_for, mark_delivery
 from bot.pipelines.steering import cancel_pipelines
 from bot.store.models import Change, Delivery, Pipeline, Revision, utcnow
 from bot.store.once import OnceKeys, once_done, record_once
+from bot.store.pending import insert_later
 from workers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,18 @@ class SeriesIntake:
     # ---- step 1: in the poller's transaction ---------------------------------------------------------------
 
     def record_series(self, session: Session, event: PatchworkEvent, series: dict[str, Any], mbox: bytes) -> None:
+        # Stored already, and synced, when the poller staged it (stage_series); else stored now.
         digest = self.runtime.artifacts.put_bytes(mbox)  # content-addressed: a repeat stores nothing new
         record = series_from_json(self.server, event.project, series, digest)
         save_series(session, record)
         self._accept(session, event, json.dumps({"series": record.series_id}))
+
+    def stage_series(self, mboxes: Sequence[bytes]) -> None:
+        """On the poller's fetching thread, before the transaction that will reference them: the batch's
+        mboxes stored and on disk (one sync pass for all). A transaction that then rolls back, or a crash
+        before its commit, leaves a blob nothing references: the same event fetched again has the same
+        bytes, so the same digest, and finds it; otherwise it is one mbox that takes room and nothing else."""
+        self.runtime.artifacts.put_durable(mboxes)
 
     def record_delegation(self, session: Session, event: PatchworkEvent, patch: dict[str, Any],
                           delegate: dict[str, Any] | None) -> None:  # fmt: skip
@@ -150,11 +159,11 @@ class SeriesIntake:
         self._accept(session, event, json.dumps(info))
 
     def _accept(self, session: Session, event: PatchworkEvent, detail: str) -> None:
-        delivery_id = event_delivery_id(self.server, event.id)
-        exists = session.scalar(
-            select(Delivery.id).where(Delivery.source == SOURCE, Delivery.delivery_id == delivery_id))  # fmt: skip
-        if exists is None:
-            session.add(Delivery(source=SOURCE, delivery_id=delivery_id, event=event.category, detail=detail))
+        # Inserted at the end of the poller's batch (bot/store/pending.py), a repeat left as it is: one
+        # statement for the batch instead of a look-up and an insert per event.
+        row = {"source": SOURCE, "delivery_id": event_delivery_id(self.server, event.id), "event": event.category,
+               "detail": detail}  # fmt: skip
+        insert_later(session, Delivery, row)
 
     # ---- step 2: after the poll ----------------------------------------------------------------------------
 

@@ -19,25 +19,32 @@ error undoes only its own event's records and the batch's earlier events still c
 handler that does something outside that transaction (enqueues a task, posts to a forge) must be
 idempotent per event id: a crash after its side effect and before the commit hands it the same event
 again. Events go to handlers oldest first (by id: ids grow with time even where naive dates do not).
+
+What a handler references outside the store (a series' mbox in the artifact store) is staged before its
+transaction, on a thread of its own (`stage_series`): stored and on disk before any row names it. A
+transaction that then does not commit leaves it unreferenced, which must be harmless (content-addressed:
+the event handed over again finds the same blob).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.forges.patchwork.client import PatchworkClient, PatchworkError
 from bot.store.db import Store
 from bot.store.models import PatchworkCursor, PatchworkSeenEvent, utcnow
+from bot.store.pending import dropped_on_error, flush_pending
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,9 @@ class PatchworkEvent:
 
 # An event with its outcome ("handled", or "skipped: why") and what was fetched for it (None: skipped).
 Fetched = tuple[PatchworkEvent, str, tuple[Any, ...] | None]
+# A batch's events fetched, and the error that stopped the poll before the rest (None: all fetched).
+FetchedBatch = tuple[list[Fetched], Exception | None]
+FETCH_AHEAD = 2  # batches fetched or staged while one is recorded
 
 
 class SeriesHandler(Protocol):
@@ -75,6 +85,12 @@ class DelegationHandler(Protocol):
         """Record the patch's new delegate (None: undelegated); `event.actor` is who delegated.
         Idempotent per `event.id`, as for SeriesHandler."""
         ...
+
+
+# On the fetching thread, before the transaction: the batch's mboxes (of the series to be handled), stored
+# where the handler will reference them, and durable, so that the transaction need not wait for a disk.
+# What a rolled-back transaction leaves staged must be harmless (content-addressed: found again).
+SeriesStager = Callable[[Sequence[bytes]], None]
 
 
 @dataclass(frozen=True)
@@ -111,8 +127,10 @@ class PatchworkPoller:
 
     def __init__(self, store: Store, client: PatchworkClient, *, on_series: SeriesHandler,
                  on_delegated: DelegationHandler, settings: PollSettings | None = None,
-                 categories: Sequence[str] = (SERIES_COMPLETED, PATCH_DELEGATED)) -> None:  # fmt: skip
+                 categories: Sequence[str] = (SERIES_COMPLETED, PATCH_DELEGATED),
+                 stage_series: SeriesStager | None = None) -> None:  # fmt: skip
         self.store, self.client = store, client
+        self.stage_series = stage_series
         self.server = client.url
         self.on_series, self.on_delegated = on_series, on_delegated
         self.settings = settings or PollSettings()
@@ -159,30 +177,50 @@ class PatchworkPoller:
     # ---- batches of events ---------------------------------------------------------------------------------
 
     def _deliver(self, batches: Sequence[Sequence[PatchworkEvent]], report: PollReport) -> None:
-        """Each batch's objects are fetched (network first, outside any transaction), then recorded in one
-        transaction with a savepoint per event: one commit a batch, not one an event, and still each event
-        all or nothing. The next batch is fetched by a second thread while this one is recorded, so the
-        store's time and the network's overlap; the poller's requests still go out one at a time."""
+        """Each batch's objects are fetched (network first, outside any transaction), its mboxes staged,
+        then it is recorded in one transaction with a savepoint per event: one commit a batch, not one an
+        event, and still each event all or nothing. Three threads make a pipeline, so that the network's
+        time, the disk's and the store's overlap: while this one records a batch, a second stages the next
+        one's mboxes and a third fetches the ones after it (FETCH_AHEAD batches in all, so it never
+        waits); the poller's requests still go out one at a time, in order."""
         if not batches:
             return
         cancel = threading.Event()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchwork-fetch") as prefetch:
+        fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchwork-fetch")
+        stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchwork-stage")
+        with fetcher, stager:
+            ahead: deque[Future[FetchedBatch]] = deque()
+
+            def fetch(batch: Sequence[PatchworkEvent]) -> None:
+                ahead.append(stager.submit(self._staged, fetcher.submit(self._fetch_objects, batch, cancel), cancel))
+
             try:
-                ahead = prefetch.submit(self._fetch_batch, batches[0], cancel)
+                for batch in batches[:FETCH_AHEAD]:
+                    fetch(batch)
                 for index in range(len(batches)):
-                    fetched, stop = ahead.result()
-                    if stop is None and index + 1 < len(batches):
-                        ahead = prefetch.submit(self._fetch_batch, batches[index + 1], cancel)
+                    fetched, stop = ahead.popleft().result()
+                    if stop is None and index + FETCH_AHEAD < len(batches):
+                        fetch(batches[index + FETCH_AHEAD])
                     self._mark(fetched, report)
                     if stop is not None:
                         raise stop  # after recording what was fetched before it; the cursor stays
             finally:
                 cancel.set()  # a batch being fetched for nothing stops at its next event
 
-    def _fetch_batch(self, batch: Sequence[PatchworkEvent],
-                     cancel: threading.Event) -> tuple[list[Fetched], Exception | None]:  # fmt: skip
+    def _staged(self, fetching: Future[FetchedBatch], cancel: threading.Event) -> FetchedBatch:
+        """The batch's objects once fetched, its series' mboxes staged. A batch whose mboxes cannot be
+        staged is not recorded at all: the poll stops there, and the batches after it are not fetched."""
+        fetched, stop = fetching.result()
+        try:
+            self._stage(fetched)
+        except Exception as exc:
+            cancel.set()
+            return [], exc
+        return fetched, stop
+
+    def _fetch_objects(self, batch: Sequence[PatchworkEvent], cancel: threading.Event) -> FetchedBatch:
         """The batch's objects, up to the first error that stops the poll (a transient one: the next poll
-        comes back to the event), which is returned with them."""
+        comes back to the event), which is returned with them; the batches after it are not fetched."""
         fetched: list[Fetched] = []
         for event in batch:
             if cancel.is_set():
@@ -190,13 +228,23 @@ class PatchworkPoller:
             try:
                 fetched.append((event, "handled", self._fetch(event)))
             except PatchworkError as exc:
-                if exc.transient:
-                    return fetched, exc
-                log.warning("patchwork %s event %d of %s skipped: %s", event.category, event.id, event.project, exc)
-                fetched.append((event, f"skipped: {exc}"[:2000], None))
+                if not exc.transient:
+                    log.warning("patchwork %s event %d of %s skipped: %s", event.category, event.id,
+                                event.project, exc)  # fmt: skip
+                    fetched.append((event, f"skipped: {exc}"[:2000], None))
+                    continue
+                cancel.set()
+                return fetched, exc
             except Exception as exc:  # a bug: the events fetched before it are still recorded, then it goes on
+                cancel.set()
                 return fetched, exc
         return fetched, None
+
+    def _stage(self, fetched: Sequence[Fetched]) -> None:
+        mboxes = [objects[1] for event, _, objects in fetched
+                  if objects is not None and event.category == SERIES_COMPLETED]  # fmt: skip
+        if self.stage_series is not None and mboxes:
+            self.stage_series(mboxes)
 
     def _fetch(self, event: PatchworkEvent) -> tuple[Any, ...]:
         if event.category == SERIES_COMPLETED:
@@ -221,42 +269,83 @@ class PatchworkPoller:
 
     def _mark(self, fetched: Sequence[Fetched], report: PollReport) -> None:
         """Each event's handler records and its seen mark in a savepoint of one transaction. A handler that
-        raises loses only its own event's records: the events before it commit, then the error goes on."""
+        raises loses only its own event's records: the events before it commit, then the error goes on.
+
+        The batch's rows are inserted at its end, many to a statement (bot/store/pending.py), the seen
+        marks too; only if that fails (a concurrent poll committed one of the marks meanwhile) is the
+        batch recorded again, its rows inserted event by event inside each savepoint, so that the
+        event another poll has handled is told apart and the others still commit."""
+        try:
+            self._mark_batch(fetched, report, each=False)
+        except IntegrityError:
+            log.info("patchwork: a batch of %d events met a concurrent poll's marks: recorded event by event",
+                     len(fetched))  # fmt: skip
+            self._mark_batch(fetched, report, each=True)
+
+    def _mark_batch(self, fetched: Sequence[Fetched], report: PollReport, *, each: bool) -> None:
         failure: Exception | None = None
+        tally = PollReport()  # added to the report only once the transaction has committed
         with self.store.writing() as session:
             seen = self._seen_among(session, [event.id for event, _, _ in fetched])  # a concurrent poll's
+            marks: list[dict[str, Any]] = []
             for event, outcome, objects in fetched:
                 if event.id in seen:
-                    report.already_seen += 1
+                    tally.already_seen += 1
                     continue
                 try:
-                    with session.begin_nested():
-                        self._record(session, event, outcome, objects)
-                except Exception as exc:
+                    marks.append(self._record_one(session, event, outcome, objects, each=each))
+                except IntegrityError as exc:
+                    if not each:
+                        raise  # the whole batch rolls back and is recorded event by event (_mark)
                     # A concurrent poll committed the same event's mark: its handler's records stand, ours
-                    # rolled back with the savepoint. Anything else stops the poll once the batch's
-                    # earlier events are committed.
-                    if isinstance(exc, IntegrityError) and self._seen_among(session, [event.id]):
-                        report.already_seen += 1
+                    # rolled back with the savepoint.
+                    if self._seen_among(session, [event.id]):
+                        tally.already_seen += 1
                         continue
                     failure = exc
                     break
+                except Exception as exc:  # stops the poll once the batch's earlier events are committed
+                    failure = exc
+                    break
                 if objects is None:
-                    report.skipped += 1
+                    tally.skipped += 1
                 else:
-                    report.handled += 1
+                    tally.handled += 1
+            if not each:
+                self._insert_marks(session, marks)
+        report.already_seen += tally.already_seen
+        report.skipped += tally.skipped
+        report.handled += tally.handled
         if failure is not None:
             raise failure
 
-    def _record(self, session: Session, event: PatchworkEvent, outcome: str, objects: tuple[Any, ...] | None) -> None:
+    def _record_one(self, session: Session, event: PatchworkEvent, outcome: str, objects: tuple[Any, ...] | None,
+                    *, each: bool) -> dict[str, Any]:  # fmt: skip
+        """The event's records in a savepoint of their own; its seen mark, inserted here if `each`, else
+        returned to be inserted with the batch's."""
+        with session.begin_nested(), dropped_on_error(session):
+            mark = self._record(session, event, outcome, objects)
+            if each:
+                self._insert_marks(session, [mark])
+        return mark
+
+    def _record(self, session: Session, event: PatchworkEvent, outcome: str,
+                objects: tuple[Any, ...] | None) -> dict[str, Any]:  # fmt: skip
+        """The handler's records (its ORM objects flushed here, in its savepoint: a conflict fails this
+        event only), and the event's seen mark to insert."""
         if objects is not None and event.category == SERIES_COMPLETED:
             self.on_series(session, event, objects[0], objects[1])
         elif objects is not None:
             self.on_delegated(session, event, objects[0], objects[1])
-        session.add(PatchworkSeenEvent(server=self.server, event_id=event.id, project=event.project,
-                                       category=event.category, event_date=event.date[:40],
-                                       outcome=outcome))  # fmt: skip
-        session.flush()  # inside the savepoint: a concurrent poll's mark fails here, not at the batch's commit
+        session.flush()
+        return {"server": self.server, "event_id": event.id, "project": event.project, "category": event.category,
+                "event_date": event.date[:40], "outcome": outcome}  # fmt: skip
+
+    def _insert_marks(self, session: Session, marks: Sequence[dict[str, Any]]) -> None:
+        """The handlers' pending rows, then the seen marks: plain inserts, a mark already there fails them."""
+        flush_pending(session)
+        if marks:
+            session.connection().execute(insert(PatchworkSeenEvent), list(marks))
 
     # ---- the store -----------------------------------------------------------------------------------------
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.forges.patchwork.client import PatchworkError
-from bot.forges.patchwork.desk import SOURCE
+from bot.forges.patchwork.client import PatchworkClient, PatchworkError
+from bot.forges.patchwork.desk import SOURCE, load_series
+from bot.forges.patchwork.poller import PatchworkEvent, PatchworkPoller
 from bot.host.stores import Runtime
-from bot.intake.mailing_list import poll_patchwork
-from bot.store.models import Change, Delivery, Pipeline
+from bot.intake.mailing_list import poll_patchwork, series_intake
+from bot.store.models import Change, Delivery, PatchworkSeenEvent, Pipeline
 from tests.bot.forges.patchwork.conftest import PROJECT, open_patchwork_runtime
 from tests.fakes.patchwork_api import FakePatchwork
 
@@ -68,3 +69,52 @@ def test_attack_a_series_of_another_project_is_not_taken_as_this_one(pw: FakePat
     with runtime.store.session() as session:
         titles = session.scalars(select(Change.title).where(Change.source == SOURCE)).all()
     assert titles == ["mathx: add an lcm helper"]
+
+
+def stored_blobs(runtime: Runtime) -> list[Path]:
+    return [p for p in runtime.artifacts.root.rglob("*") if p.is_file()]
+
+
+def test_a_batch_rolled_back_after_staging_leaves_its_mbox_unreferenced_and_a_rerun_records_once(
+    pw: FakePatchwork, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    series_id = send(pw)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the process dies before the batch commits")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PatchworkPoller, "_insert_marks", crash)
+        with pytest.raises(RuntimeError, match="dies"):
+            poll_patchwork(runtime)
+    staged = stored_blobs(runtime)
+    assert [blob.read_bytes() for blob in staged] == [MBOX.read_bytes()]  # stored before the transaction
+    with runtime.store.session() as session:
+        assert session.scalars(select(Delivery.delivery_id)).all() == []  # nothing refers to it
+        assert session.scalars(select(PatchworkSeenEvent.id)).all() == []
+    poll_patchwork(runtime)
+    poll_patchwork(runtime)  # and once more: the overlap lists the event again
+    mboxes = [blob for blob in stored_blobs(runtime) if blob.read_bytes() == MBOX.read_bytes()]
+    assert mboxes == staged  # the same bytes, the same blob (the rest: what handling the series stored)
+    with runtime.store.session() as session:
+        record = load_series(session, pw.base_url.rstrip("/"), series_id)
+        deliveries = session.scalars(select(Delivery.source)).all()
+    assert record is not None and runtime.artifacts.path_of(record.mbox_digest) == staged[0]
+    # One series record (in the once table, with the check said once), one accepted event.
+    assert sorted(deliveries).count(SOURCE) == 1
+
+
+def test_a_repeated_event_keeps_the_first_series_record_and_delivery(pw: FakePatchwork, runtime: Runtime) -> None:
+    send(pw)
+    with PatchworkClient(pw.base_url) as client:
+        intake = series_intake(runtime, client)
+        raw = next(e for e in pw.events() if e["category"] == "series-completed")
+        event = PatchworkEvent(raw["id"], raw["category"], PROJECT, raw["date"], raw.get("actor"), raw["payload"])
+        series = client.series(raw["payload"]["series"]["id"])
+        for name in ("first", "second"):  # as after a crash whose rows did commit, or a second poller's
+            with runtime.store.session() as session:
+                intake.record_series(session, event, {**series, "name": name}, MBOX.read_bytes())
+        with runtime.store.session() as session:
+            record = load_series(session, intake.server, series["id"])
+            accepted = session.scalars(select(Delivery.delivery_id).where(Delivery.source == SOURCE)).all()
+    assert record is not None and record.name == "first" and len(accepted) == 1

@@ -3,7 +3,9 @@ pages, restarts, a DST change of the server's clock, events arriving mid-poll, a
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +31,19 @@ class Intake:
     series: list[tuple[int, str, bytes]] = field(default_factory=list)  # (event id, series name, mbox)
     delegations: list[tuple[int, int, str | None, str | None]] = field(default_factory=list)
     fail_on: set[str] = field(default_factory=set)  # series names whose handling crashes after recording
+    # series name -> the event whose seen mark its handler writes too, as a concurrent poll would have
+    marks_too: dict[str, int] = field(default_factory=dict)
+    staged: list[tuple[str, int, list[bytes]]] = field(default_factory=list)  # (thread, marks then, mboxes)
+    store: Store | None = None  # set: the poller stages mboxes through `stage`
+    fail_staging: set[str] = field(default_factory=set)  # series names whose staging fails, once
+    server: str = ""
 
     def on_series(self, session: Session, event: PatchworkEvent, series: dict[str, Any], mbox: bytes) -> None:
         record_once(session, f"patchwork-event:{event.id}", series["name"])
+        if series["name"] in self.marks_too:
+            session.add(PatchworkSeenEvent(server=self.server,
+                                           event_id=self.marks_too[series["name"]], project=event.project,
+                                           category=event.category, event_date=event.date))  # fmt: skip
         if series["name"] in self.fail_on:
             self.fail_on.discard(series["name"])
             raise RuntimeError(f"crash while handling {series['name']}")
@@ -42,6 +54,16 @@ class Intake:
         record_once(session, f"patchwork-event:{event.id}", str(patch["id"]))
         actor = event.actor["username"] if event.actor else None
         self.delegations.append((event.id, patch["id"], delegate["username"] if delegate else None, actor))
+
+    def stage(self, mboxes: Sequence[bytes]) -> None:
+        assert self.store is not None
+        with self.store.session() as session:
+            marks = session.scalar(select(func.count()).select_from(PatchworkSeenEvent)) or 0
+        self.staged.append((threading.current_thread().name, marks, list(mboxes)))
+        for name in sorted(self.fail_staging):
+            if any(name.encode() in mbox for mbox in mboxes):
+                self.fail_staging.discard(name)
+                raise OSError("no space left on device")
 
     def names(self) -> list[str]:
         return [name for _, name, _ in self.series]
@@ -57,7 +79,8 @@ def store(tmp_path: Path) -> Store:
 def poller(pw: FakePatchwork, store: Store, intake: Intake, **settings: Any) -> PatchworkPoller:
     """A new poller, as after a restart: nothing carried over but the store."""
     return PatchworkPoller(store, PatchworkClient(pw.base_url), on_series=intake.on_series,
-                           on_delegated=intake.on_delegated, settings=PollSettings(**settings))  # fmt: skip
+                           on_delegated=intake.on_delegated, settings=PollSettings(**settings),
+                           stage_series=intake.stage if intake.store is not None else None)  # fmt: skip
 
 
 def recorded_once(store: Store) -> Counter[str]:
@@ -201,3 +224,51 @@ def test_a_series_gone_from_patchwork_is_skipped_not_retried_forever(pw: FakePat
     pw.add_series(PROJECT, "next", ["b"])
     poller(pw, store, intake).poll(PROJECT)
     assert intake.names() == ["next"]
+
+
+def seen_events(store: Store) -> Counter[int]:
+    with store.session() as session:
+        return Counter(session.scalars(select(PatchworkSeenEvent.event_id)))
+
+
+def test_a_mark_already_there_at_the_batchs_end_records_the_batch_again_event_by_event(
+    pw: FakePatchwork, store: Store
+) -> None:
+    # s1's mark goes in with s0's records (as a concurrent poll's would): the batch's marks then fail
+    # together, and the batch is recorded again, each event in its savepoint: s1 is found seen, the rest commit.
+    for n in range(4):
+        pw.add_series(PROJECT, f"s{n}", ["p"])
+    events = sorted(e["id"] for e in pw.events() if e["category"] == "series-completed")
+    intake = Intake(marks_too={"s0": events[1]}, server=pw.base_url.rstrip("/"))
+    report = poller(pw, store, intake).poll(PROJECT)
+    assert (report.handled, report.already_seen) == (3, 1)
+    assert seen_events(store) == Counter(events)
+    assert sorted(recorded_once(store)) == sorted(f"patchwork-event:{e}" for e in (events[0], *events[2:]))
+    assert set(recorded_once(store).values()) == {1}
+
+
+def test_mboxes_are_staged_on_a_thread_of_their_own_before_their_batchs_transaction(
+    pw: FakePatchwork, store: Store
+) -> None:
+    intake = Intake(store=store)
+    for n in range(5):
+        pw.add_series(PROJECT, f"s{n}", ["p"])
+    poller(pw, store, intake, batch=2).poll(PROJECT)
+    assert [thread.startswith("patchwork-stage") for thread, _, _ in intake.staged] == [True, True, True]
+    assert [len(mboxes) for _, _, mboxes in intake.staged] == [2, 2, 1]
+    assert intake.staged[0][1] == 0  # staged before anything of the batch is recorded
+    assert [mbox for _, _, mboxes in intake.staged for mbox in mboxes] == [mbox for _, _, mbox in intake.series]
+
+
+def test_a_batch_whose_mboxes_cannot_be_staged_is_not_recorded_and_the_cursor_stays(
+    pw: FakePatchwork, store: Store
+) -> None:
+    intake = Intake(store=store, fail_staging={"fail-to-stage"})
+    for name in ("s0", "s1", "fail-to-stage", "s3"):
+        pw.add_series(PROJECT, name, [name])
+    with pytest.raises(OSError, match="no space"):
+        poller(pw, store, intake, batch=2).poll(PROJECT)
+    assert intake.names() == ["s0", "s1"]  # the first batch committed; nothing of the second
+    pw.add_series(PROJECT, "s4", ["s4"])
+    report = poller(pw, store, intake, batch=2).poll(PROJECT)  # the same window again, and what is new
+    assert report.already_seen == 2 and intake.names() == ["s0", "s1", "fail-to-stage", "s3", "s4"]
