@@ -11,7 +11,8 @@ Nothing is guessed, since a wrong prerequisite reports on code nobody sent:
 - a patch-id already covered by a resolved change-id is a confirmation, else it resolves to a recorded
   patch of that id;
 - a stable patch-id is blind to whitespace, so recorded candidates whose diffs differ verbatim are
-  ambiguous: missing, never picked from.
+  ambiguous: missing, never picked from;
+- a recorded mail that holds more than one patch (git am applies them all) has no patch-id here.
 A prerequisite's own prerequisites are not followed: b4 lists the whole chain in the dependent series.
 The caller weighs who sent what is applied (`used`): a prerequisite is code its sender wrote.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.core.patch_id import stable_patch_id
+from bot.core.patch_id import stable_patch_ids
 from bot.core.series import Series, Trailers
 
 MAX_NAMED = 5  # missing prerequisites named in full; the rest are counted
@@ -67,14 +68,15 @@ def resolve_prerequisites(trailers: Trailers, candidates: Sequence[Recorded]) ->
 class _Resolver:
     def __init__(self, candidates: Sequence[Recorded], pinned: set[str]) -> None:
         self.candidates, self.pinned = candidates, pinned
-        self.stable = [[stable_patch_id(m.mail.body) for m in c.series.patches] for c in candidates]
-        self.exact = [[stable_patch_id(m.mail.body, verbatim=True) for m in c.series.patches] for c in candidates]
+        self.stable = [[_only_patch_id(m.mail.body) for m in c.series.patches] for c in candidates]
+        self.exact = [[_only_patch_id(m.mail.body, verbatim=True) for m in c.series.patches] for c in candidates]
         self.taken: list[tuple[int, int]] = []  # (candidate, patch) in the order to apply
         self.applied: list[str] = []
         self.missing: list[str] = []
 
     def take(self, candidate: int, patch: int) -> None:
-        if self.exact[candidate][patch] not in {self.exact[c][p] for c, p in self.taken}:
+        exact = self.exact[candidate][patch]
+        if exact is None or exact not in {self.exact[c][p] for c, p in self.taken}:
             self.taken.append((candidate, patch))
 
     def change_id(self, named: str) -> None:
@@ -113,3 +115,11 @@ class _Resolver:
             self.take(candidate, patch)
             label, total = self.candidates[candidate].label, len(self.candidates[candidate].patches)
             self.applied.append(f"patch-id {patch_id[:12]} ({label} patch {patch + 1}/{total})")
+
+
+def _only_patch_id(body: str, *, verbatim: bool = False) -> str | None:
+    """The patch id of a mail that holds one patch; None for none, or for several: git am applies every
+    diff in the mail, so a mail whose first patch has the id named may carry another (behind a `commit`
+    line) that the id does not name. Such a mail is no patch of that id, nor a twin of one."""
+    ids = stable_patch_ids(body.encode("utf-8", "surrogateescape"), verbatim=verbatim)
+    return ids[0] if len(ids) == 1 else None

@@ -110,3 +110,17 @@ def test_attack_a_whitespace_twin_of_a_named_patch_makes_it_ambiguous_not_picked
     pinned = resolve_prerequisites(Trailers(prerequisite_change_ids=("x",), prerequisite_patch_ids=(patch_id,)),
                                    [twin, real])  # fmt: skip
     assert pinned.patches == () and pinned.missing[0] == "change-id x"
+
+
+def test_attack_a_patch_carrying_a_second_diff_behind_a_commit_line_is_not_the_patch_its_first_id_names() -> None:
+    # git am applies both diffs; `git patch-id` would read two patches. Matched by the first one's id, a
+    # copy with an extra diff would be a "twin" of the real patch, and the newest is taken.
+    smuggled = GCD[0] + "commit " + "a" * 40 + "\n" + diff("Makefile", "evil")
+    real = recorded("series 6 v3", GCD, change_id="gcd", version=3)
+    twin = recorded("series 9 v3", [smuggled, GCD[1]], change_id="gcd", version=3)
+    found = resolve_prerequisites(Trailers(prerequisite_patch_ids=(GCD_IDS[0],)), [twin, real])
+    assert all(b"evil" not in data for _, data in found.patches)
+    assert resolve_prerequisites(Trailers(prerequisite_patch_ids=(GCD_IDS[0],)), [twin]).missing == (
+        f"patch-id {GCD_IDS[0]}",)  # fmt: skip
+    by_change_id = resolve_prerequisites(Trailers(prerequisite_change_ids=("gcd:v3",)), [twin, real])
+    assert by_change_id.patches == () and "ambiguous" in by_change_id.missing[0]
