@@ -12,13 +12,15 @@ Nothing is guessed, since a wrong prerequisite reports on code nobody sent:
   patch of that id;
 - a stable patch-id is blind to whitespace, so recorded candidates whose diffs differ verbatim are
   ambiguous: missing, never picked from;
-- a recorded mail that holds more than one patch (git am applies them all) has no patch-id here.
+- a recorded mail that holds more than one patch, or a hunk above its diff (git am applies them all,
+  patch-id reads neither), has no patch-id here.
 A prerequisite's own prerequisites are not followed: b4 lists the whole chain in the dependent series.
 The caller weighs who sent what is applied (`used`): a prerequisite is code its sender wrote.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,9 @@ from bot.core.patch_id import stable_patch_ids
 from bot.core.series import Series, Trailers
 
 MAX_NAMED = 5  # missing prerequisites named in full; the rest are counted
+_DIFF_LINE = re.compile(r"^diff ", re.MULTILINE)
+# What git apply would read as (part of) a patch above a mail's first "diff " line.
+_PATCH_LINE = re.compile(r"^(?:--- |\+\+\+ |@@ |Index: |GIT binary patch)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -121,5 +126,8 @@ def _only_patch_id(body: str, *, verbatim: bool = False) -> str | None:
     """The patch id of a mail that holds one patch; None for none, or for several: git am applies every
     diff in the mail, so a mail whose first patch has the id named may carry another (behind a `commit`
     line) that the id does not name. Such a mail is no patch of that id, nor a twin of one."""
+    first_diff = _DIFF_LINE.search(body)
+    if first_diff is None or _PATCH_LINE.search(body, 0, first_diff.start()):
+        return None  # a hunk above the first "diff " line is applied too, and no patch-id reads it
     ids = stable_patch_ids(body.encode("utf-8", "surrogateescape"), verbatim=verbatim)
     return ids[0] if len(ids) == 1 else None

@@ -124,3 +124,13 @@ def test_attack_a_patch_carrying_a_second_diff_behind_a_commit_line_is_not_the_p
         f"patch-id {GCD_IDS[0]}",)  # fmt: skip
     by_change_id = resolve_prerequisites(Trailers(prerequisite_change_ids=("gcd:v3",)), [twin, real])
     assert by_change_id.patches == () and "ambiguous" in by_change_id.missing[0]
+
+
+def test_attack_a_patch_carrying_a_hunk_above_its_diff_is_not_the_patch_its_id_names() -> None:
+    # git am applies a traditional hunk among the diffstat too; patch-id (git's as well) reads from "diff " on.
+    hunk = "--- a/Makefile\n+++ b/Makefile\n@@ -1 +1,2 @@\n all:\n+\tevil\n\n"
+    real = recorded("series 6 v3", GCD, change_id="gcd", version=3)
+    twin = recorded("series 9 v3", [hunk + GCD[0], GCD[1]], change_id="gcd", version=3)
+    found = resolve_prerequisites(Trailers(prerequisite_patch_ids=(GCD_IDS[0],)), [twin, real])
+    assert all(b"evil" not in data for _, data in found.patches)
+    assert resolve_prerequisites(Trailers(prerequisite_patch_ids=(GCD_IDS[0],)), [twin]).patches == ()
