@@ -119,8 +119,8 @@ class TreeMail(_Strict):
                                                 "system (the host's resolvers, cached) or none (DKIM "
                                                 "reads unverifiable)")  # fmt: skip
     maintainers_file: str | None = Field(None, description="the tree's MAINTAINERS file (e.g. MAINTAINERS): an "
-                                         "M:/R: address for a path the series touches, read at the series' "
-                                         "base, counts as a maintainer's; unset: only `maintainers`")  # fmt: skip
+                                         "M:/R: address for every path the series touches, read at the "
+                                         "series' base, counts as a maintainer's; unset: only `maintainers`")  # fmt: skip
 
     @field_validator("public_inbox_url")
     @classmethod
