@@ -2,8 +2,11 @@
 
 The control plane runs no git and holds no mirror; the checkout worker does both. It reads the file
 at the base only, never at a change's head: a series that adds its sender to MAINTAINERS must not
-make them a maintainer of it. The answer is capped in size and must be a plain file (a symlink's
-target text or a submodule is not the file the tree's MAINTAINERS means).
+make them a maintainer of it. A base the series names by a commit (its `base-commit:`) stands for the
+tree branch it is on, read at that branch's tip: the sender picks the commit, and an old one would
+bring back an old MAINTAINERS (one that still listed a maintainer removed since). The answer is
+capped in size and must be a plain file (a symlink's target text or a submodule is not the file the
+tree's MAINTAINERS means).
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ class BaseFile:
 
 def read_base_file(mirror: Path, url: str, *, base_ref: str, path: str, max_bytes: int,
                    base_branches: Sequence[str] = ()) -> BaseFile:  # fmt: skip
-    """`path` at `base_ref` (a base named by a commit must be on one of `base_branches`)."""
+    """`path` at `base_ref`; a base named by a commit must be on one of `base_branches`, and the file is
+    read at the tip of the first of them it is on."""
     with locked(mirror):
         update_mirror(mirror, url)
         try:
             base_sha = resolve(mirror, base_ref, "base")
             if base_branches:
-                check_base_on_branches(mirror, base_ref, base_sha, base_branches)
+                # The branch as it is now, not the commit the sender named: a base from before a
+                # maintainer was removed must not make them one again.
+                branch = check_base_on_branches(mirror, base_ref, base_sha, base_branches)
+                base_sha = resolve(mirror, f"refs/heads/{branch}", "base")
         except UserError as error:
             return BaseFile(None, None, str(error))
         listed = git(["ls-tree", "-z", "--full-tree", base_sha, "--", path], mirror).stdout

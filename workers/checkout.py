@@ -110,13 +110,14 @@ def resolve(mirror: Path, ref: str, what: str) -> str:
     return process.stdout.strip()
 
 
-def check_base_on_branches(mirror: Path, base_ref: str, base_sha: str, branches: Sequence[str]) -> None:
-    """A base named by a commit must be on one of the tree's branches. The mirror also holds forks'
-    refs (refs/pull/*): a commit only a fork has would test the series on code nobody merged."""
+def check_base_on_branches(mirror: Path, base_ref: str, base_sha: str, branches: Sequence[str]) -> str:
+    """A base named by a commit must be on one of the tree's branches (the first such is returned). The
+    mirror also holds forks' refs (refs/pull/*): a commit only a fork has would test the series on code
+    nobody merged."""
     for branch in branches:
         on_it = git(["merge-base", "--is-ancestor", base_sha, f"refs/heads/{branch}"], mirror, check=False)
         if on_it.returncode == 0:
-            return
+            return branch
     raise UserError(f"could not determine base: {base_ref} is not on any of the tree's branches "
                     f"({', '.join(branches)})")  # fmt: skip
 

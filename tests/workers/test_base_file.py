@@ -41,11 +41,22 @@ def read(repo: Path, tmp_path: Path, base: str, path: str = "MAINTAINERS", max_b
 
 def test_attack_the_file_is_read_at_the_base_never_at_a_later_commit(tmp_path: Path) -> None:
     repo, base = origin(tmp_path)
-    # What a series adding its sender to MAINTAINERS makes, were it on the tree: the base stays the base.
+    # What a series adding its sender to MAINTAINERS makes (its head, which no tree branch holds).
     (repo / "MAINTAINERS").write_text(MAINTAINERS + "\nEVIL\nM:\tMallory <mallory@evil.example>\nF:\t*\n")
+    git(repo, "checkout", "-q", "-b", "series")
     git(repo, "commit", "-q", "-am", "add me")
+    git(repo, "update-ref", "refs/pull/1/head", "HEAD")
     found = read(repo, tmp_path, base, branches=("main",))
     assert found.base_sha == base and found.data == MAINTAINERS.encode() and found.problem is None
+
+
+def test_attack_a_base_commit_from_the_past_reads_the_file_as_its_branch_has_it_now(tmp_path: Path) -> None:
+    repo, base = origin(tmp_path)
+    (repo / "MAINTAINERS").write_text(MAINTAINERS.replace("M:", "R:"))  # a maintainer removed since the base
+    git(repo, "commit", "-q", "-am", "demote")
+    tip = git(repo, "rev-parse", "HEAD")
+    found = read(repo, tmp_path, base, branches=("main",))
+    assert found.base_sha == tip and found.data == MAINTAINERS.replace("M:", "R:").encode()
 
 
 def test_missing_too_large_and_not_a_plain_file_read_as_problems(tmp_path: Path) -> None:

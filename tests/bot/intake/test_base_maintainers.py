@@ -237,3 +237,17 @@ def test_a_maintainer_of_every_touched_path_across_patches_still_runs(
                           as_base64(patch_mail("maint@example.org", ("mathx/gcd.c", "y"))))  # fmt: skip
     grade(runtime, pw, redis_db_url, tmp_path, mbox)
     assert pipelines(runtime) == ["qemu"]
+
+
+def test_attack_a_base_commit_from_before_the_sender_was_removed_from_maintainers_does_not_count(
+    runtime: Runtime, pw: FakePatchwork, origin: Path, redis_db_url: str, tmp_path: Path
+) -> None:
+    # A former maintainer (removed, say, for cause) names a base of the branch from when they were listed.
+    (origin / "MAINTAINERS").write_text(MAINTAINERS.replace("maint@example.org", "former@example.org"))
+    git(origin, "commit", "-q", "-am", "MATHX: former maintainer")
+    old = git(origin, "rev-parse", "HEAD").strip()
+    (origin / "MAINTAINERS").write_text(MAINTAINERS)
+    git(origin, "commit", "-q", "-am", "MATHX: former maintainer removed")
+    mail = patch_mail("former@example.org", ("mathx/lcm.c", "x")) + f"\nbase-commit: {old}\n".encode()
+    series_id = grade(runtime, pw, redis_db_url, tmp_path, mail)
+    assert pipelines(runtime) == [] and said(pw, series_id)[-1][0] == "pending"
