@@ -1,6 +1,6 @@
 """MAINTAINERS at a series' base, the whole way: the poll grades an unsigned series on the allowlist (it waits), the
 checkout worker reads MAINTAINERS at the base over the checkout queue, its answer comes back on the results queue,
-and the control worker's regrade lets an M: of the touched paths run at `mail.unverified_tier` (qemu) to final
+and the control worker's regrade lets an M: of every touched path run at `mail.unverified_tier` (qemu) to final
 checks; someone who is M: only of another path keeps waiting."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ MAINTAINERS = """MATHX LIBRARY
 M:\tMaint Ainer <maint@example.org>
 F:\tinclude/mathx.h
 F:\tsrc/mathx*
+F:\tREADME.md
 
 DOCUMENTATION
 M:\tDoc Writer <docs@example.org>
