@@ -120,7 +120,8 @@ class TreeMail(_Strict):
                                                 "reads unverifiable)")  # fmt: skip
     maintainers_file: str | None = Field(None, description="the tree's MAINTAINERS file (e.g. MAINTAINERS): an "
                                          "M:/R: address for every path the series touches, read at the "
-                                         "series' base, counts as a maintainer's; unset: only `maintainers`")  # fmt: skip
+                                         "series' base, counts as a maintainer's; unset: only "
+                                         "`maintainers`")  # fmt: skip
 
     @field_validator("public_inbox_url")
     @classmethod
