@@ -5,9 +5,10 @@ them for every path the series touches (bot/intake/base_maintainers.py). So a pa
 must never be missed, and a path read where git would read none only costs a claim:
 - every part of the mail is read as sent and with its transfer encoding undone (git am decodes base64
   and quoted-printable; a soft line break can hide or make a header line in either reading);
-- names come from `diff --git` lines, from `---`/`+++` lines (their first component dropped, as
-  `git apply -p1` does, whatever it is), and from `rename`/`copy` `from`/`to` lines, which name a path
-  by themselves whatever the `diff --git` line says; C-quoted names are unquoted, repeated "/" squashed;
+- names come from `diff --git` lines (every split of one, as a name may hold a space) and `---`/`+++`
+  lines, their first component dropped as `git apply -p1` does whatever it is ("a/", "i/", "orig/"),
+  and from `rename`/`copy` `from`/`to` lines, which name a path by themselves whatever the `diff --git`
+  line says; C-quoted names are unquoted, repeated "/" squashed;
 - a header line anywhere counts, also in a commit message (git am ends the message there).
 """
 
@@ -19,7 +20,6 @@ import re
 from collections.abc import Iterable
 
 MAX_PATHS = 10_000  # a series touching more claims nothing: its paths are not all read
-_GIT_HEADER = re.compile(r"^diff --git (\"?)a/(.+?)\1 (\"?)b/(.+?)\3$")
 _SIDE = re.compile(r"^(?:---|\+\+\+)[ \t]+(\S.*?)(?:\t.*)?$")
 _EXTENDED = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
 _OCTAL = re.compile(r"\\([0-7]{1,3})|\\(.)")
@@ -45,9 +45,8 @@ def touched_paths(diffs: Iterable[str]) -> frozenset[str] | None:
     for text in diffs:
         for line in text.split("\n"):
             line = line.removesuffix("\r")
-            header = _GIT_HEADER.match(line)
-            if header:
-                found.update((_name(header[2], header[1]), _name(header[4], header[3])))
+            if line.startswith("diff --git "):
+                found.update(_git_header_names(line.removeprefix("diff --git ")))
             elif side := _SIDE.match(line):
                 found.update(_without_first_component(_name(side[1])))
             elif extended := _EXTENDED.match(line):
@@ -55,6 +54,18 @@ def touched_paths(diffs: Iterable[str]) -> frozenset[str] | None:
             if len(found) > MAX_PATHS:
                 return None
     return frozenset(_squashed(path) for path in found if path and path not in ("dev/null", "/dev/null"))
+
+
+def _git_header_names(rest: str) -> set[str]:
+    """The names a `diff --git` line may give, whatever its prefixes (git drops the first component
+    of each: "a/", "b/", or "i/", "w/" under diff.mnemonicPrefix): where a name holds a space the line
+    does not say where the first ends, so every split is taken."""
+    names: set[str] = set()
+    for index, char in enumerate(rest):
+        if char == " ":
+            for half in (rest[:index], rest[index + 1 :]):
+                names.update(_without_first_component(_name(half)))
+    return names
 
 
 def _name(text: str, quote: str | None = None) -> str:

@@ -43,3 +43,9 @@ def test_traditional_and_quoted_names_read_as_git_reads_them() -> None:
 def test_too_many_paths_claim_nothing() -> None:
     many = "".join(f"--- a/f{i}\n" for i in range(MAX_PATHS + 1)).encode()
     assert paths(many) is None
+
+
+def test_a_diff_git_line_with_other_prefixes_or_spaces_gives_every_name_it_may_mean() -> None:
+    # A mode change names its file on the diff --git line alone; git drops any first component.
+    assert paths(b"diff --git i/core/x w/core/x\nold mode 100644\nnew mode 100755\n") == {"core/x"}
+    assert "core/a b" in (paths(b"diff --git a/core/a b b/core/a b\ndeleted file mode 100644\n") or ())
