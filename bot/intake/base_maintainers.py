@@ -129,7 +129,11 @@ def maintainers_at_base(runtime: Runtime, server: str, series_id: int, tree: Tre
     except UserError as error:  # over the cap: the worker checks it too
         log.warning("%s", error)
         return frozenset()
-    paths = touched_paths(text for raw in patches for text in mail_texts(raw))
+    try:
+        paths = touched_paths(text for raw in patches for text in mail_texts(raw))
+    except (RecursionError, ValueError, LookupError) as error:  # a mail Python's parser cannot take apart
+        log.warning("series %s: its mails cannot be read for paths (%s): nobody maintains it", series_id, error)
+        return frozenset()
     if paths is None:
         log.info("series %s touches over %d paths: MAINTAINERS makes nobody its maintainer", series_id, MAX_PATHS)
         return frozenset()
