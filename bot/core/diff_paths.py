@@ -48,7 +48,9 @@ def touched_paths(diffs: Iterable[str]) -> frozenset[str] | None:
             if line.startswith("diff --git "):
                 found.update(_git_header_names(line.removeprefix("diff --git ")))
             elif side := _SIDE.match(line):
-                found.update(_without_first_component(_name(side[1])))
+                # git also reads a traditional "--- name date" as the name before the date.
+                for name in {side[1], side[1].split()[0]}:
+                    found.update(_without_first_component(_name(name)))
             elif extended := _EXTENDED.match(line):
                 found.add(_name(extended[1]))
             if len(found) > MAX_PATHS:

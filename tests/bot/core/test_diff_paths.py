@@ -49,3 +49,7 @@ def test_a_diff_git_line_with_other_prefixes_or_spaces_gives_every_name_it_may_m
     # A mode change names its file on the diff --git line alone; git drops any first component.
     assert paths(b"diff --git i/core/x w/core/x\nold mode 100644\nnew mode 100755\n") == {"core/x"}
     assert "core/a b" in (paths(b"diff --git a/core/a b b/core/a b\ndeleted file mode 100644\n") or ())
+
+
+def test_a_traditional_header_with_a_date_after_a_space_gives_the_name_before_it() -> None:
+    assert "core/x" in (paths(b"--- a/core/x 2020-01-01 00:00:00.000000000 +0000\n+++ b/core/x 2020-01-01\n") or ())
