@@ -14,28 +14,49 @@ must never be missed, and a path read where git would read none only costs a cla
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
+import quopri
 import re
 from collections.abc import Iterable
 
 MAX_PATHS = 10_000  # a series touching more claims nothing: its paths are not all read
 _SIDE = re.compile(r"^(?:---|\+\+\+)[ \t]+(\S.*?)(?:\t.*)?$")
 _EXTENDED = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_BASE64 = bytes(set(range(256)) - set(_BASE64_ALPHABET))
 _OCTAL = re.compile(r"\\([0-7]{1,3})|\\(.)")
 _C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
 def mail_texts(raw: bytes) -> list[str]:
-    """The mail as sent, then each of its parts with its transfer encoding undone (what git am reads)."""
-    texts = [raw.decode("utf-8", "replace")]
+    """The mail as sent, and read through every transfer encoding git am might undo: each part's as its
+    headers say (Python's reading), and the whole mail and each part as quoted-printable and as base64
+    whatever they say (git's reading of the headers may differ: of two Content-Transfer-Encoding
+    headers, Python takes the first and git the last)."""
+    texts = [raw.decode("utf-8", "replace"), *_decodings(raw)]
     for part in email.message_from_bytes(raw, policy=email.policy.compat32).walk():
         if part.is_multipart():
             continue
         payload = part.get_payload(decode=True)
         if isinstance(payload, bytes):
             texts.append(payload.decode("utf-8", "replace"))
+        undecoded = part.get_payload(decode=False)
+        if isinstance(undecoded, str):
+            texts.extend(_decodings(undecoded.encode("utf-8", "surrogateescape")))
     return texts
+
+
+def _decodings(data: bytes) -> list[str]:
+    """`data` as quoted-printable, and as base64 the way git mailinfo decodes it: line by line, each on
+    its own, characters outside the alphabet skipped, a line's last incomplete group giving what it can."""
+    lines = []
+    for line in data.split(b"\n"):
+        kept = line.translate(None, _NOT_BASE64)
+        kept = kept[: len(kept) - 1] if len(kept) % 4 == 1 else kept
+        lines.append(binascii.a2b_base64(kept + b"=" * (-len(kept) % 4)) if kept else b"")
+    return [quopri.decodestring(data).decode("utf-8", "replace"), b"".join(lines).decode("utf-8", "replace")]
 
 
 def touched_paths(diffs: Iterable[str]) -> frozenset[str] | None:

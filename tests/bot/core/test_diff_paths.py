@@ -53,3 +53,11 @@ def test_a_diff_git_line_with_other_prefixes_or_spaces_gives_every_name_it_may_m
 
 def test_a_traditional_header_with_a_date_after_a_space_gives_the_name_before_it() -> None:
     assert "core/x" in (paths(b"--- a/core/x 2020-01-01 00:00:00.000000000 +0000\n+++ b/core/x 2020-01-01\n") or ())
+
+
+def test_attack_two_transfer_encodings_do_not_hide_a_path() -> None:
+    # Python's parser takes the first Content-Transfer-Encoding, git am the last: both readings are read.
+    body = b"msg\n---\ndiff --git a/core/x b/core/x\n--- a/core/x\n+++ b/core/x\n@@ -1 +1,2 @@\n c\n+w\n"
+    mail = (b"Subject: x\nContent-Transfer-Encoding: 8bit\nContent-Transfer-Encoding: base64\n\n"
+            + base64.encodebytes(body))  # fmt: skip
+    assert paths(mail) == {"core/x"}
