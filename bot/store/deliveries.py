@@ -55,8 +55,7 @@ class DeliveryRow(NamedTuple):
     event: str
     status: str
     detail: str
-    # The verified HMAC-SHA256 hex of the raw body (bot/web/hooks.py); None: deduplicated on the id alone.
-    body_digest: str | None = None
+    body_digest: str | None = None  # sha256 hex of the raw body; None: deduplicated on the id alone
 
 
 class DeliveryLog(Protocol):

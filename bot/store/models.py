@@ -188,7 +188,7 @@ class Delivery(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     status: Mapped[str] = mapped_column(String(20), default="accepted")
     detail: Mapped[str] = mapped_column(Text, default="")
-    body_digest: Mapped[str | None] = mapped_column(String(64), default=None)  # the body's verified HMAC-SHA256 hex
+    body_digest: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 hex of the raw body
 
 
 class PatchworkCursor(Base):
