@@ -83,16 +83,20 @@ def dkim_resolver(tree: Tree) -> ResolveDkimKey:
 
 
 def decode(raw: bytes) -> Mail:
-    """One mail as bot/core reads it: headers decoded (RFC 2047), the text part in its charset."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    body = ""
-    if isinstance(message, EmailMessage):
-        part = message.get_body(("plain",))
-        try:
-            body = part.get_content() if part is not None else ""
-        except (LookupError, ValueError):  # an unknown charset: the series is refused as unreadable below
-            body = ""
-    return Mail(tuple((key, str(value)) for key, value in message.items()), body)
+    """One mail as bot/core reads it: headers decoded (RFC 2047), the text part in its charset.
+    ValueError for a mail Python's parser cannot take apart (parts nested past its recursion limit)."""
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        body = ""
+        if isinstance(message, EmailMessage):
+            part = message.get_body(("plain",))
+            try:
+                body = part.get_content() if part is not None else ""
+            except (LookupError, ValueError):  # an unknown charset: the series is refused as unreadable below
+                body = ""
+        return Mail(tuple((key, str(value)) for key, value in message.items()), body)
+    except RecursionError:
+        raise ValueError("a mail of the series nests its MIME parts too deeply to be read") from None
 
 
 def tree_keyring(tree: Tree) -> Keyring:
@@ -204,7 +208,9 @@ def regrade_series(runtime: Runtime, server: str, series_id: int) -> list[str]:
         if record is None:
             return [f"series {series_id}: labgate has not heard of it"]
         tree, read, desk, _ = intake.open(record)
-        at_base = maintainers_at_base(runtime, server, series_id, tree, [raw for _, raw in read.patches]) or frozenset()
+        # Its own patches only: the paths its prerequisites touch are their senders' to answer for.
+        own = read.patches[len(read.patches) - len(read.series.patches):]
+        at_base = maintainers_at_base(runtime, server, series_id, tree, [raw for _, raw in own]) or frozenset()
         if read.sender.lower() not in at_base or is_listed_maintainer(read.sender, tree):
             return [f"series {series_id}: MAINTAINERS at the base does not change {read.sender}'s grade"]
         if not read.trust.trusted:

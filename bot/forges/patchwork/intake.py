@@ -31,7 +31,7 @@ from bot.core.decide import Action, AwaitApproval, RecordApproval, StartPipeline
 from bot.core.prerequisites import Prerequisites, Recorded, resolve_prerequisites
 from bot.core.series import IdentityGrade, Series, supersedes
 from bot.core.trust import Approval, Tier, tier_for
-from bot.forges.patchwork.client import PatchworkClient, PatchworkError
+from bot.forges.patchwork.client import PatchworkClient, PatchworkError, classify_error
 from bot.forges.patchwork.desk import (
     APPROVAL_CONTEXT,
     PREREQUISITES_CONTEXT,
@@ -45,6 +45,7 @@ from bot.forges.patchwork.desk import (
 )
 from bot.forges.patchwork.poller import PatchworkEvent
 from bot.host.config import PatchworkProject, Tree
+from bot.host.retrying import is_transient
 from bot.host.stores import Runtime
 from bot.intake.actions import carry_out
 from bot.intake.desk import ChangeContext, external_id
@@ -187,6 +188,13 @@ class SeriesIntake:
                 lines = [f"not handled: {exc}"]
             except (UserError, ValueError) as exc:
                 lines = [f"not handled: {exc}"]
+            except Exception as exc:
+                if is_transient(exc, (classify_error,)):
+                    raise  # the store or the broker: left accepted, the retry comes back to it
+                # A bug of ours, or a series our parsers choke on: ended with the error, so that one
+                # poisoned event cannot hold up every series sent after it (each poll would stop on it).
+                log.exception("patchwork %s: not handled", delivery_id)
+                lines = [f"not handled: labgate failed on it ({type(exc).__name__}); see its log"]
             mark_delivery(self.runtime, SOURCE, delivery_id, "handled", "\n".join(lines))
             log.info("patchwork %s: %s", delivery_id, "; ".join(lines))
             done.append(f"{delivery_id}: {'; '.join(lines)}")
