@@ -26,6 +26,7 @@ from bot.intake.base_maintainers import SERIES_REGRADE_TASK
 from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_series, report_series
 from bot.pipelines import lifecycle as pipeline
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
+from bot.reporting.push_mail import is_staging_poll_pipeline, report_staging_push
 from bot.result_tasks import pipeline_guard
 from workers.app import app
 from workers.errors import ConfigError
@@ -87,6 +88,8 @@ def report(self: Task, pipeline_id: int) -> None:
     try:
         if runtime.config.patchwork is not None and is_series_pipeline(runtime, pipeline_id):
             report_series(runtime, pipeline_id)  # checks on every patch; once done, the mail
+        elif is_staging_poll_pipeline(runtime, pipeline_id):
+            report_staging_push(runtime, pipeline_id)  # once done, the mail (the page shows it meanwhile)
         elif runtime.config.github is not None:
             sync_checks(runtime, github_app(), pipeline_id)
     except Exception as exc:

@@ -71,6 +71,7 @@ def poll_tree(runtime: Runtime, tree: Tree) -> list[str]:
         submission = Submission(
             tree_name=tree.name, tree_url=tree.url, source=SOURCE, external_id=change_id, base_ref=before,
             ref=head, head_sha=head, title=f"push to {branch}", submitter=branch, kind="post-merge",
+            forge_repo=tree.name,
         )  # fmt: skip
         pipeline_id = submit(runtime, submission, once_key=OnceKeys(SOURCE, change_id).key("start", before, head))
         _record(runtime, tree, branch, head)
@@ -93,7 +94,9 @@ def _record(runtime: Runtime, tree: Tree, branch: str, head: str) -> None:
     with runtime.store.session() as session:
         change = _branch_change(session, tree, branch) or change_for(session, Submission(
             tree_name=tree.name, tree_url=tree.url, source=SOURCE, external_id=branch_change_id(tree, branch),
-            base_ref=branch, title=f"staging branch {branch}", submitter=branch))  # fmt: skip
+            base_ref=branch, title=f"staging branch {branch}", submitter=branch,
+            # The repository as its reports know it: the tree's own targets (its mail), by the tree's name.
+            forge_repo=tree.name))  # fmt: skip
         change.head_sha = head
 
 
