@@ -63,6 +63,9 @@ class ParseOutcome:
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Look a header up case-insensitively (a plain dict from a test or a framework may keep any case)."""
     wanted = name.lower()
+    found = headers.get(wanted)  # ASGI servers hand headers over lower-cased: one look-up, not a scan
+    if found is not None:
+        return found
     for key, value in headers.items():
         if key.lower() == wanted:
             return value
