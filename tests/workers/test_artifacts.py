@@ -39,9 +39,10 @@ def test_digests_are_checked(tmp_path: Path, digest: str) -> None:
         ArtifactStore(tmp_path).path_of(digest)
 
 
-def test_put_durable_syncs_each_blob_before_its_name_appears_then_each_directory(
+def test_put_durable_without_syncfs_syncs_each_blob_before_its_name_appears_then_each_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(artifacts, "_SYNCFS", None)  # as on a kernel without syncfs(2)
     store = ArtifactStore(tmp_path / "a")
     old = store.put_bytes(b"there already, written by a put that does not sync")
     synced: list[tuple[Path, bool]] = []  # (path, whether any digest name of the new blobs exists yet)
@@ -63,15 +64,38 @@ def test_put_durable_syncs_each_blob_before_its_name_appears_then_each_directory
     assert not list((tmp_path / "a").rglob(".tmp-*"))
 
 
-def test_put_durable_leaves_no_temporary_file_when_a_sync_fails(
+def test_put_durable_syncs_the_filesystem_once_before_any_name_appears_and_once_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert artifacts._can_syncfs(), "Linux has syncfs(2)"
+    store = ArtifactStore(tmp_path / "a")
+    new = [hashlib.sha256(data).hexdigest() for data in (b"one", b"two")]
+    seen: list[tuple[bool, int]] = []  # (any new name there yet, temporary files there)
+    real_syncfs = artifacts._syncfs
+
+    def syncfs(root: Path) -> None:
+        real_syncfs(root)  # the real system call: it must accept the store's root
+        seen.append((any(store.has(d) for d in new), len(list(root.rglob(".tmp-*")))))
+
+    monkeypatch.setattr(artifacts, "_syncfs", syncfs)
+    assert store.put_durable([b"one", b"two", b"one"]) == [new[0], new[1], new[0]]
+    assert seen == [(False, 2), (True, 0)]  # the data, every blob's at once, then the names
+    assert [store.get_bytes(d) for d in new] == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("without_syncfs", [False, True])
+def test_put_durable_leaves_no_temporary_file_when_a_sync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, without_syncfs: bool
 ) -> None:
     store = ArtifactStore(tmp_path / "a")
 
     def fail(path: Path) -> None:
         raise OSError("no space left on device")
 
+    if without_syncfs:
+        monkeypatch.setattr(artifacts, "_SYNCFS", None)
     monkeypatch.setattr(artifacts, "_fsync", fail)
+    monkeypatch.setattr(artifacts, "_syncfs", fail)
     with pytest.raises(OSError):
         store.put_durable([b"one", b"two"])
     assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file()]
