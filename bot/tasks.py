@@ -96,8 +96,8 @@ def report(self: Task, pipeline_id: int) -> None:
         retry_or_fail(self, exc, runtime, lambda why: log.error("report of pipeline %d: %s", pipeline_id, why))
 
 
-def _run_timer(task: Task, what: str, body: Callable[[Runtime], list[str]]) -> None:
-    """A timer task's body (bot/host/timers.py): retried like the others, its lines logged."""
+def _run_logged(task: Task, what: str, body: Callable[[Runtime], list[str]]) -> None:
+    """A control task's body (a timer's, bot/host/timers.py, or a regrade): retried, its lines logged."""
     runtime = runtime_from_env()
     try:
         done = body(runtime)
@@ -110,22 +110,22 @@ def _run_timer(task: Task, what: str, body: Callable[[Runtime], list[str]]) -> N
 @app.task(name=GITHUB_RESYNC_TASK, bind=True)
 def github_resync(self: Task) -> None:
     """Handle open pull requests' heads no webhook told of (bot/forges/github/resync.py)."""
-    _run_timer(self, "resync", lambda rt: resync_open_pulls(rt, github_app()) if rt.config.github else [])
+    _run_logged(self, "resync", lambda rt: resync_open_pulls(rt, github_app()) if rt.config.github else [])
 
 
 @app.task(name=GIT_REMOTE_POLL_TASK, bind=True)
 def git_remote_poll(self: Task) -> None:
     """Staging branches of trees without webhooks (bot/forges/gitremote/poller.py)."""
-    _run_timer(self, "git remote poll", poll_all)
+    _run_logged(self, "git remote poll", poll_all)
 
 
 @app.task(name=SERIES_REGRADE_TASK, bind=True)
 def series_regrade(self: Task, server: str, series_id: int) -> None:
     """A series graded again once MAINTAINERS at its base has come (bot/intake/base_maintainers.py)."""
-    _run_timer(self, f"series {series_id} regrade", lambda runtime: regrade_series(runtime, server, series_id))
+    _run_logged(self, f"series {series_id} regrade", lambda runtime: regrade_series(runtime, server, series_id))
 
 
 @app.task(name=PATCHWORK_POLL_TASK, bind=True)
 def patchwork_poll(self: Task) -> None:
     """Each configured Patchwork project's new events, carried out (bot/intake/mailing_list.py)."""
-    _run_timer(self, "patchwork poll", lambda runtime: poll_patchwork(runtime) if runtime.config.patchwork else [])
+    _run_logged(self, "patchwork poll", lambda runtime: poll_patchwork(runtime) if runtime.config.patchwork else [])

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.host.bring_up import open_services, start_all_workers
-from bot.host.config import load_config
 from bot.store.models import Pipeline
-from tests.bot.forges.mail.conftest import LocalController, RecordingHandler
-from tests.fakes.patchwork_api import FakePatchwork
 from tests.scenarios.test_github_scenarios import git
-from tests.scenarios.test_patchwork_scenarios import PROJECT, World
+from tests.scenarios.test_patchwork_scenarios import PROJECT, World, running_world
 from tests.shared_fixtures import shared_fixture
 
 BASE_COMMIT = "f435c12df7c0ecf20ab8937859e63cddffacabb4"  # the series' base-commit: trailer
@@ -53,29 +49,9 @@ def b4_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     subprocess.run(["git", "clone", "-q", str(bundle), str(origin)], check=True)
     git(origin, "checkout", "-q", "-B", "main", BASE_COMMIT)
     (root / "plan.yaml").write_text(PLAN)
-    handler = RecordingHandler()
-    smtp = LocalController(handler, hostname="127.0.0.1", port=0, server_hostname="mx.test", ready_timeout=10)
-    smtp.start()
-    with FakePatchwork() as pw:
-        pw.add_project(PROJECT, list_id="test.example.org")
-        pw.add_user("labgate-bot")
-        pw.add_maintainer(PROJECT, "labgate-bot")
-        (root / "pw-token").write_text(pw.add_token("labgate-bot"))
-        (root / "labgate.yaml").write_text(
-            f"data_dir: {root / 'data'}\n"
-            f"patchwork: {{url: '{pw.base_url}', token_file: {root / 'pw-token'}, "
-            f"projects: [{{project: {PROJECT}, tree: b4test}}]}}\n"
-            f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'labgate CI <ci@example.org>'}}\n"
-            f"trees:\n  - name: b4test\n    url: {origin}\n    plan_file: {root / 'plan.yaml'}\n"
-            f"    mail: {{report: true}}\n"
-        )  # fmt: skip
-        services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
-        try:
-            start_all_workers(services)
-            yield World(pw, services, root / "labgate.yaml", BASE_COMMIT, handler, origin)
-        finally:
-            services.stop()
-            smtp.stop()
+    with running_world(root, origin, BASE_COMMIT, tree="b4test", plan_file=root / "plan.yaml",
+                       mail="{report: true}", list_id="test.example.org") as world:  # fmt: skip
+        yield world
 
 
 def test_the_b4_fixture_series_goes_the_whole_way_on_its_own_tree(b4_world: World) -> None:

@@ -7,6 +7,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,34 @@ class World:
         return main(["approve", str(series_id), "--version", str(version), "--as", who, "-c", str(self.config_path)])
 
 
+@contextmanager
+def running_world(root: Path, origin: Path, base_sha: str, *, tree: str, plan_file: Path, mail: str,
+                  list_id: str, web: str = "") -> Iterator[World]:  # fmt: skip
+    """labgate with real workers polling a FakePatchwork project for `tree`, mailing to an aiosmtpd server."""
+    handler = RecordingHandler()
+    smtp = LocalController(handler, hostname="127.0.0.1", port=0, server_hostname="mx.test", ready_timeout=10)
+    smtp.start()
+    with FakePatchwork() as pw:
+        pw.add_project(PROJECT, list_id=list_id)
+        pw.add_user("labgate-bot")
+        pw.add_maintainer(PROJECT, "labgate-bot")
+        (root / "pw-token").write_text(pw.add_token("labgate-bot"))
+        (root / "labgate.yaml").write_text(
+            f"data_dir: {root / 'data'}\n{web}"
+            f"patchwork: {{url: '{pw.base_url}', token_file: {root / 'pw-token'}, "
+            f"projects: [{{project: {PROJECT}, tree: {tree}}}]}}\n"
+            f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'labgate CI <ci@example.org>'}}\n"
+            f"trees:\n  - name: {tree}\n    url: {origin}\n    plan_file: {plan_file}\n    mail: {mail}\n"
+        )
+        services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
+        try:
+            start_all_workers(services)
+            yield World(pw, services, root / "labgate.yaml", base_sha, handler, origin)
+        finally:
+            services.stop()
+            smtp.stop()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("patchwork")
@@ -109,31 +138,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shutil.move(plain / ".labgate" / "plan.yaml", root / "hello-plan.yaml")  # the tree carries no plan
     shutil.rmtree(plain / ".labgate")
     origin = make_git_repo(plain, root / "origin")
-    handler = RecordingHandler()
-    smtp = LocalController(handler, hostname="127.0.0.1", port=0, server_hostname="mx.test", ready_timeout=10)
-    smtp.start()
-    with FakePatchwork() as pw:
-        pw.add_project(PROJECT, list_id="hello-devel.example.org")
-        pw.add_user("labgate-bot")
-        pw.add_maintainer(PROJECT, "labgate-bot")
-        (root / "pw-token").write_text(pw.add_token("labgate-bot"))
-        (root / "labgate.yaml").write_text(
-            f"data_dir: {root / 'data'}\n"
-            f"web: {{public_url: 'https://ci.example.org'}}\n"
-            f"patchwork: {{url: '{pw.base_url}', token_file: {root / 'pw-token'}, "
-            f"projects: [{{project: {PROJECT}, tree: hello}}]}}\n"
-            f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'labgate CI <ci@example.org>'}}\n"
-            f"trees:\n  - name: hello\n    url: {origin}\n    plan_file: {root / 'hello-plan.yaml'}\n"
-            f"    mail: {{report: true, cc: ['{LIST}'], maintainers: [maint@example.org]}}\n"
-        )
-        config = load_config(root / "labgate.yaml")
-        services = open_services(config, root / "labgate.yaml")
-        try:
-            start_all_workers(services)
-            yield World(pw, services, root / "labgate.yaml", git(origin, "rev-parse", "HEAD"), handler, origin)
-        finally:
-            services.stop()
-            smtp.stop()
+    with running_world(root, origin, git(origin, "rev-parse", "HEAD"), tree="hello",
+                       plan_file=root / "hello-plan.yaml", list_id="hello-devel.example.org",
+                       mail=f"{{report: true, cc: ['{LIST}'], maintainers: [maint@example.org]}}",
+                       web="web: {public_url: 'https://ci.example.org'}\n") as world:  # fmt: skip
+        yield world
 
 
 def test_series_waits_runs_once_approved_and_mails_once_in_its_thread(world: World) -> None:
