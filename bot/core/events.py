@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
-ChangeAction = Literal["opened", "updated", "reopened", "ready", "drafted", "closed"]
+# retargeted: the change now asks to go into another branch (a new base), its head unchanged.
+ChangeAction = Literal["opened", "updated", "reopened", "ready", "drafted", "retargeted", "closed"]
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -33,7 +34,9 @@ class RepoRef:
     full_name: str  # "owner/name"
     clone_url: str
     default_branch: str = "main"
-    installation_id: int | None = None  # GitHub App installation that delivered the event
+    # Where labgate acts on the repository, in the forge's ids: a GitHub App installation that delivered
+    # the event; a GitLab project id (the target project of a merge request: paths can be renamed).
+    installation_id: int | None = None
 
 
 @dataclass(frozen=True)

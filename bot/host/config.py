@@ -99,6 +99,21 @@ class TreeGitHub(_Strict):
     repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name")
 
 
+GitLabAccessLevel = Literal["guest", "planner", "reporter", "developer", "maintainer", "owner"]
+
+
+class TreeGitLab(_Strict):
+    """How a tree lives on GitLab: GitLab's words only. The project is named by its id, which a rename or
+    a re-registered path does not change; the path is for people and links."""
+
+    project_id: int = Field(gt=0, description="the target project's numeric id (Settings > General)")
+    project: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$", description="its path, group/name")
+    trusted_access_level: GitLabAccessLevel = Field("developer", description="members (inherited included) at "
+                                                    "this access level or above run without approval")  # fmt: skip
+    approver_access_level: GitLabAccessLevel = Field("maintainer", description="members at this level or above "
+                                                     "may /ok-to-test an untrusted author's head")  # fmt: skip
+
+
 class TreeMail(_Strict):
     """Report mail for a tree's series and staging pushes (bot/forges/mail): off unless `report` is true."""
 
@@ -164,6 +179,7 @@ class Tree(_Strict):
                                    "carry none: an in-tree plan, where trust allows it, still wins; relative to "
                                    "this config file")  # fmt: skip
     github: TreeGitHub | None = None
+    gitlab: TreeGitLab | None = None
     mail: TreeMail = TreeMail()
 
 
@@ -228,6 +244,32 @@ class GitHubApp(_Strict):
         except OSError as exc:
             raise ConfigError(f"github.private_key_file: cannot read {self.private_key_file}: "
                               f"{exc.strerror}") from exc  # fmt: skip
+
+
+class GitLab(_Strict):
+    """The GitLab instance labgate reports to, as one user (a bot account or a project access token with
+    the `api` scope and the Developer role on each tree's project). Secrets live in files."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+(/\S*)?$", description="the instance, e.g. https://gitlab.com")
+    token_file: Path = Field(description="file holding labgate's API token (PRIVATE-TOKEN)")
+    webhook_token_file: Path = Field(description="file holding the secret token the project webhooks send "
+                                     "(X-Gitlab-Token, in clear: see the README)")  # fmt: skip
+    signing_token_file: Path | None = Field(None, description="file holding the webhook signing token "
+                                            "(whsec_...), where the instance signs webhooks; then every "
+                                            "delivery must carry a valid webhook-signature")  # fmt: skip
+    write_interval_s: float = Field(0.2, ge=0, description="pause between writes to the API")
+
+    def read_token(self) -> str:
+        return _read_secret(self.token_file, "gitlab.token_file")
+
+    def read_webhook_token(self) -> str:
+        """The webhook token, or ConfigError: GitLab intake never starts without one (fail closed)."""
+        return _read_secret(self.webhook_token_file, "gitlab.webhook_token_file")
+
+    def read_signing_token(self) -> str | None:
+        if self.signing_token_file is None:
+            return None
+        return _read_secret(self.signing_token_file, "gitlab.signing_token_file")
 
 
 def _read_secret(path: Path, key: str) -> str:
@@ -341,6 +383,7 @@ class Config(_Strict):
     broker_url: str | None = Field(None, description="unset: a private redis-server in data_dir")
     web: Web = Web()
     github: GitHubApp | None = None
+    gitlab: GitLab | None = None
     patchwork: Patchwork | None = None
     smtp: Smtp | None = Field(None, description="where report mail is sent from; needed by trees with mail.report")
     caps: Caps = Caps()
@@ -373,6 +416,12 @@ class Config(_Strict):
     def tree_for_github_repo(self, full_name: str) -> Tree | None:
         for tree in self.trees:
             if tree.github is not None and tree.github.repo.lower() == full_name.lower():
+                return tree
+        return None
+
+    def tree_for_gitlab_project(self, project_id: int) -> Tree | None:
+        for tree in self.trees:
+            if tree.gitlab is not None and tree.gitlab.project_id == project_id:
                 return tree
         return None
 
