@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -117,6 +118,28 @@ class InstallationEvent:
 
 
 Event = ChangeEvent | CommentEvent | RerunEvent | PushEvent | PingEvent | InstallationEvent
+
+
+@dataclass(frozen=True)
+class ParseOutcome:
+    """What a forge's delivery became: an event, or None and the reason it was ignored."""
+
+    event: Event | None
+    reason: str
+    # The newest time the payload itself carries (None: it carries none): a replay's is old.
+    event_time: datetime | None = None
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Look a header up case-insensitively (a plain dict from a test or a framework may keep any case)."""
+    wanted = name.lower()
+    found = headers.get(wanted)  # ASGI servers hand headers over lower-cased: one look-up, not a scan
+    if found is not None:
+        return found
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
 
 
 _EVENT_TYPES: dict[str, type[Event]] = {

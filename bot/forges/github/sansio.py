@@ -7,7 +7,6 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -19,13 +18,17 @@ from bot.core.events import (
     ChangeAction,
     ChangeEvent,
     CommentEvent,
-    Event,
     InstallationEvent,
+    ParseOutcome,
     PingEvent,
     PushEvent,
     RepoRef,
     RerunEvent,
+    header,
 )
+
+__all__ = ["MalformedPayload", "ParseOutcome", "SignatureError", "delivery_id", "event_name", "header", "parse",
+           "verify"]  # fmt: skip
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
@@ -49,27 +52,6 @@ class SignatureError(Exception):
 
 class MalformedPayload(Exception):
     """The delivery is not JSON we can use, or lacks a field a handled event needs (the message names it)."""
-
-
-@dataclass(frozen=True)
-class ParseOutcome:
-    """What a delivery became: an event, or None and the reason it was ignored."""
-
-    event: Event | None
-    reason: str
-    event_time: datetime | None = None  # newest_event_time of the payload
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Look a header up case-insensitively (a plain dict from a test or a framework may keep any case)."""
-    wanted = name.lower()
-    found = headers.get(wanted)  # ASGI servers hand headers over lower-cased: one look-up, not a scan
-    if found is not None:
-        return found
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
 
 
 def verify(headers: Mapping[str, str], body: bytes, secret: str) -> None:
