@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.host.stores import Runtime
-from bot.web.hooks import open_github_hook
+from bot.web.hooks import open_github_hook, open_intake
 from bot.web.pages import page_routes
 
 
@@ -29,7 +29,8 @@ def create_app(runtime: Runtime) -> Starlette:
     intake = None
     if runtime.config.github is not None:
         # Fail closed: no readable secret, no app (read_webhook_secrets raises ConfigError).
-        intake, hook = open_github_hook(runtime)
+        intake = open_intake(runtime)
+        hook = open_github_hook(runtime, intake)
         # Before the pages: Starlette tries routes in order, and the hook is the busy one.
         routes.append(Route("/hooks/github", hook, methods=["POST"]))
     routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)

@@ -1,8 +1,10 @@
-"""POST /hooks/github: verify over the raw body, store the delivery, enqueue, answer 202 at once.
+"""POST /hooks/<forge>: verify over the raw body, store the delivery, enqueue, answer 202 at once.
 
-A delivery is stored once per X-GitHub-Delivery and once per body digest (a replay under a new id),
-and an event whose own times are all older than the replay window is ignored: GitHub's HMAC carries
-no time, so a captured body is valid for ever unless we remember it or can tell it is old."""
+One endpoint body serves every forge that pushes webhooks (ForgeHook names its words: how a delivery
+is proven, what it is called, what it parses to). A delivery is stored once per delivery id and once
+per body digest (a replay under a new id), and an event whose own times are all older than the replay
+window is ignored: GitHub's HMAC and GitLab's token carry no time, so a captured body is valid for ever
+unless we remember it or can tell it is old."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from bot.core.events import Event, event_to_json
+from bot.core.events import Event, ParseOutcome, event_to_json
 from bot.forges.github import sansio
 from bot.host.config import WebhookSecret
 from bot.host.stores import Runtime
@@ -38,6 +40,8 @@ MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 GITHUB_EVENT_TASK = "bot.github_event"
 BROKER_TIMEOUT_S = 5.0
 SOURCE = "github"
+# The control task each forge's deliveries go to.
+EVENT_TASKS = {SOURCE: GITHUB_EVENT_TASK, "gitlab": "bot.gitlab_event"}
 # Digests outlive the replay window by a day: GitHub's clock and ours differ, and pruning runs hourly.
 DIGEST_MARGIN = timedelta(days=1)
 PRUNE_INTERVAL_S = 3600.0
@@ -130,7 +134,8 @@ def verify_signed(headers: Mapping[str, str], body: bytes, secrets: Sequence[Web
     raise first or sansio.SignatureError("no webhook secret is in force; refusing the delivery")
 
 
-def too_old(outcome: sansio.ParseOutcome, now: datetime, window: timedelta) -> sansio.ParseOutcome:
+def too_old(outcome: ParseOutcome, now: datetime, window: timedelta,
+            setting: str = "github.replay_window_days") -> ParseOutcome:  # fmt: skip
     """The outcome, or an ignored one when the event's own times are all older than the window.
 
     An event that carries no time at all is judged by what it has: its delivery id and its digest,
@@ -140,8 +145,8 @@ def too_old(outcome: sansio.ParseOutcome, now: datetime, window: timedelta) -> s
     if outcome.event is None or outcome.event_time is None or outcome.event_time >= now - window:
         return outcome
     stamp = outcome.event_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return sansio.ParseOutcome(None, f"event time {stamp} is over {window.days} days old: taken for a replay "
-                                     "(github.replay_window_days)", outcome.event_time)  # fmt: skip
+    return ParseOutcome(None, f"event time {stamp} is over {window.days} days old: taken for a replay "
+                              f"({setting})", outcome.event_time)  # fmt: skip
 
 
 class ControlQueue:
@@ -234,6 +239,7 @@ class HookDelivery(NamedTuple):
     event: Event | None
     reason: str
     body_digest: str | None = None
+    source: str = SOURCE  # the forge it came from (EVENT_TASKS names its task)
 
 
 class Intake:
@@ -280,12 +286,13 @@ class Intake:
             return
         self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
         try:
-            await self.deliveries.prune(SOURCE, datetime.now(UTC) - self.keep_for)
+            for source in EVENT_TASKS:
+                await self.deliveries.prune(source, datetime.now(UTC) - self.keep_for)
         except Exception as exc:  # deliveries still go in; the next hour tries again
             log.warning("webhook: forgetting old deliveries failed: %s: %s", type(exc).__name__, exc)
 
     async def _write(self, batch: list[tuple[HookDelivery, asyncio.Future[bool]]]) -> None:
-        rows = [DeliveryRow(SOURCE, d.delivery_id, d.event_name, "ignored" if d.event is None else "accepted",
+        rows = [DeliveryRow(d.source, d.delivery_id, d.event_name, "ignored" if d.event is None else "accepted",
                             d.reason, d.body_digest) for d, _ in batch]  # fmt: skip
         try:
             fresh = await self.deliveries.insert(rows)
@@ -296,7 +303,7 @@ class Intake:
             for one in batch:  # nothing was stored; one bad delivery must not fail the others
                 await self._write([one])
             return
-        tasks = [(GITHUB_EVENT_TASK, [event_to_json(d.event), d.delivery_id])
+        tasks = [(EVENT_TASKS[d.source], [event_to_json(d.event), d.delivery_id])
                  for (d, _), new in zip(batch, fresh, strict=True) if new and d.event is not None]  # fmt: skip
         try:
             await self.queue.send(tasks)
@@ -317,24 +324,51 @@ def _settle(batch: list[tuple[HookDelivery, asyncio.Future[bool]]], outcome: lis
 
 
 def open_intake(runtime: Runtime) -> Intake:
-    keep_for = timedelta(days=runtime.config.github.replay_window_days if runtime.config.github else 30)
+    """The one intake every forge's hook writes through (one writer, one batch for all of them)."""
+    keep_for = timedelta(days=max(runtime.config.github.replay_window_days if runtime.config.github else 30, 30))
     return Intake(open_delivery_log(runtime.store), ControlQueue(), keep_for + DIGEST_MARGIN)
 
 
-def open_github_hook(runtime: Runtime) -> tuple[Intake, Callable[[Request], Awaitable[Response]]]:
-    """The intake and the endpoint as the config sets them; ConfigError without a readable secret."""
+class ForgeHook(NamedTuple):
+    """A forge's words for its webhook, for the one endpoint body (`hook_endpoint`)."""
+
+    source: str  # EVENT_TASKS key and the delivery rows' source
+    # Raises one of `refused` unless the delivery is proven to come from the forge (answered 401).
+    verify: Callable[[Mapping[str, str], bytes, datetime], None]
+    # (delivery id, event name, outcome); raises one of `malformed` for a body it cannot use (400).
+    read: Callable[[Mapping[str, str], bytes], tuple[str, str, ParseOutcome]]
+    refused: tuple[type[Exception], ...]
+    malformed: tuple[type[Exception], ...]
+    max_body_bytes: int
+    replay_setting: str  # the setting the replay window comes from, named when an old event is ignored
+
+
+def open_github_hook(runtime: Runtime, intake: Intake) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint as the config sets it; ConfigError without a readable secret."""
     github = runtime.config.github
     if github is None:
         raise ConfigError("github: not configured; there is no GitHub webhook to serve")
     secrets = github.read_webhook_secrets()
     budget = BodyBudget(runtime.config.web.limits.max_body_bytes_in_flight)
-    intake = open_intake(runtime)
-    return intake, github_hook(intake, secrets, replay_window=timedelta(days=github.replay_window_days), budget=budget)
+    return github_hook(intake, secrets, replay_window=timedelta(days=github.replay_window_days), budget=budget)
+
+
+def _read_github(headers: Mapping[str, str], body: bytes) -> tuple[str, str, ParseOutcome]:
+    return sansio.delivery_id(headers), sansio.event_name(headers), sansio.parse(headers, body)
 
 
 def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_window: timedelta = timedelta(days=30),
                 budget: BodyBudget | None = None) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
-    """The endpoint, closed over the webhook secrets (read once at start: fail closed without one)."""
+    """GitHub's endpoint, closed over the webhook secrets (read once at start: fail closed without one)."""
+    forge = ForgeHook(SOURCE, lambda headers, body, now: verify_signed(headers, body, secrets, now), _read_github,
+                      (sansio.SignatureError,), (sansio.MalformedPayload,), MAX_BODY_BYTES,
+                      "github.replay_window_days")  # fmt: skip
+    return hook_endpoint(intake, forge, replay_window=replay_window, budget=budget)
+
+
+def hook_endpoint(intake: Intake, forge: ForgeHook, *, replay_window: timedelta,
+                  budget: BodyBudget | None = None) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
+    """The webhook endpoint of one forge: verified before anything else looks at the body."""
     budget = budget or BodyBudget(64 << 20)
 
     async def endpoint(request: Request) -> Response:
@@ -342,11 +376,11 @@ def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_wind
         headers = dict(request.headers)
         now = datetime.now(UTC)
         try:
-            body = await read_capped(request, MAX_BODY_BYTES, held)
-            # Verified before anything else looks at the body: only GitHub's deliveries reach the digests.
-            verify_signed(headers, body, secrets, now)
+            body = await read_capped(request, forge.max_body_bytes, held)
+            # Verified before anything else looks at the body: only the forge's deliveries reach the digests.
+            forge.verify(headers, body, now)
         except BodyTooLarge:
-            return HookAnswer({"error": f"payload over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return HookAnswer({"error": f"payload over {forge.max_body_bytes} bytes"}, status_code=413)
         except OverCapacity:
             EDGE_COUNTS.count("over capacity")
             return HookAnswer({"error": "too many webhook bodies in flight; retry later"}, status_code=503,
@@ -354,24 +388,24 @@ def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_wind
         except ClientDisconnect:
             # Counted by the server's protocol (bot/web/server.py); nobody is left to answer.
             return Response(status_code=400)
-        except sansio.SignatureError as exc:
+        except forge.refused as exc:
             return HookAnswer({"error": str(exc)}, status_code=401)
         finally:
             held.release()
         try:
-            delivery_id = sansio.delivery_id(headers)
-            event_name = sansio.event_name(headers)
-            outcome = too_old(sansio.parse(headers, body), now, replay_window)
-        except sansio.MalformedPayload as exc:
+            delivery_id, event_name, outcome = forge.read(headers, body)
+        except forge.malformed as exc:
             return HookAnswer({"error": str(exc)}, status_code=400)
+        outcome = too_old(outcome, now, replay_window, forge.replay_setting)
         if len(delivery_id) > DELIVERY_ID_MAX or len(event_name) > EVENT_NAME_MAX:
             # The store's columns would refuse it, and with it the deliveries sharing its batch.
-            return HookAnswer({"error": "X-GitHub-Delivery or X-GitHub-Event is too long"}, status_code=400)
+            return HookAnswer({"error": "the delivery id or the event name is too long"}, status_code=400)
         # The replay key is the body's own sha256, not the signature's HMAC (which would cost nothing
         # more): an HMAC depends on the secret, so across a rotation a body captured under the old
-        # secret, or GitHub's redelivery of it under the new one, would come back with a key not seen.
+        # secret, or the forge's redelivery of it under the new one, would come back with a key not seen.
         digest = hashlib.sha256(body).hexdigest()
-        if not await intake.take(HookDelivery(delivery_id, event_name, outcome.event, outcome.reason, digest)):
+        delivery = HookDelivery(delivery_id, event_name, outcome.event, outcome.reason, digest, forge.source)
+        if not await intake.take(delivery):
             return HookAnswer({"status": "duplicate", "delivery": delivery_id}, status_code=202)
         status = "accepted" if outcome.event is not None else "ignored"
         return HookAnswer({"status": status, "reason": outcome.reason, "delivery": delivery_id}, status_code=202)
