@@ -219,3 +219,37 @@ class PatchworkSeenEvent(Base):
     event_date: Mapped[str] = mapped_column(String(40))  # naive server time, as listed
     outcome: Mapped[str] = mapped_column(Text, default="handled")  # handled, or "skipped: why"
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class CiSubmission(Base):
+    """A change a CI job handed over with its OIDC id-token (POST /api/v1/submissions): who it is, what to
+    test, and the pipeline the control task made of it. One per (issuer, jti): a token sent again is the
+    same submission, whatever the race."""
+
+    __tablename__ = "ci_submission"
+    __table_args__ = (UniqueConstraint("issuer", "jti"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    jti: Mapped[str] = mapped_column(String(200))
+    identity: Mapped[str] = mapped_column(Text)  # the matching rule's words, for people
+    tree: Mapped[str] = mapped_column(String(200))
+    tier: Mapped[str] = mapped_column(String(20))  # qemu, hardware: what the rule grants
+    base_branch: Mapped[str] = mapped_column(String(250))
+    # What to test: {"sha"} or {"ref", "sha"} (the token's commit) or {"patches": [{"name", "mbox"}]}, and "title".
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    claims: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the token's claims people recognise
+    pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline.id"))  # None until the control task ran
+    error: Mapped[str | None] = mapped_column(Text)  # why no pipeline could be made of it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]  # the token's exp: after it, the jti can no longer come back
+
+
+class CiSubmissionReader(Base):
+    """A read token of one submission, kept as its sha256: one per answer that handed one out (the first
+    and each replay of the id-token, whose answer may be the only one that reached the CI job)."""
+
+    __tablename__ = "ci_submission_reader"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("ci_submission.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
