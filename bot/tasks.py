@@ -16,6 +16,12 @@ from bot.forges.github.client import GitHubApp, classify_error
 from bot.forges.github.intake import handle_event
 from bot.forges.github.reporter import sync_checks
 from bot.forges.github.resync import resync_open_pulls
+from bot.forges.gitlab import intake as gitlab_intake
+from bot.forges.gitlab.client import GitLabClient
+from bot.forges.gitlab.client import classify_error as classify_gitlab_error
+from bot.forges.gitlab.reporter import PUSH_SOURCE as GITLAB_PUSH_SOURCE
+from bot.forges.gitlab.reporter import SOURCE as GITLAB_SOURCE
+from bot.forges.gitlab.reporter import report_to_gitlab
 from bot.forges.gitremote.poller import poll_all
 from bot.forges.mail.smtp import classify_error as classify_smtp_error
 from bot.forges.patchwork.client import classify_error as classify_patchwork_error
@@ -27,13 +33,14 @@ from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_
 from bot.pipelines import lifecycle as pipeline
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.reporting.push_mail import is_staging_poll_pipeline, report_staging_push
+from bot.reporting.sync import pipeline_source
 from bot.result_tasks import pipeline_guard
 from workers.app import app
 from workers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # Each forge adapter's reading of its own errors (which mean "later", and how much later).
-CLASSIFIERS = (classify_error, classify_patchwork_error, classify_smtp_error)
+CLASSIFIERS = (classify_error, classify_gitlab_error, classify_patchwork_error, classify_smtp_error)
 
 
 @app.task(name=pipeline.START_PIPELINE_TASK)
@@ -50,6 +57,14 @@ def github_app() -> GitHubApp:
     return GitHubApp(
         config.app_id, config.read_private_key(), config.api_url, write_interval_s=config.write_interval_s
     )
+
+
+@cache
+def gitlab_client() -> GitLabClient:
+    config = runtime_from_env().config.gitlab
+    if config is None:
+        raise ConfigError("a GitLab event arrived but the config has no `gitlab:` section")
+    return GitLabClient(config.url, config.read_token(), write_interval_s=config.write_interval_s)
 
 
 def retry_or_fail(task: Task, exc: BaseException, runtime: Runtime, on_give_up: Callable[[str], None]) -> NoReturn:
@@ -81,6 +96,19 @@ def github_event(self: Task, event_json: str, delivery_id: str) -> None:
     mark_delivery(runtime, "github", delivery_id, "handled", "\n".join(done))
 
 
+@app.task(name="bot.gitlab_event", bind=True)
+def gitlab_event(self: Task, event_json: str, delivery_id: str) -> None:
+    runtime = runtime_from_env()
+    if delivery_status(runtime, GITLAB_SOURCE, delivery_id) == "handled":
+        return  # a message Celery delivered again after the first run committed
+    try:
+        done = gitlab_intake.handle_event(runtime, gitlab_client(), event_from_json(event_json), delivery_id)
+    except Exception as exc:
+        retry_or_fail(self, exc, runtime, partial(mark_delivery, runtime, GITLAB_SOURCE, delivery_id, "failed"))
+    log.info("gitlab delivery %s: %s", delivery_id, "; ".join(done))
+    mark_delivery(runtime, GITLAB_SOURCE, delivery_id, "handled", "\n".join(done))
+
+
 @app.task(name=pipeline.REPORT_TASK, bind=True)
 def report(self: Task, pipeline_id: int) -> None:
     """Bring the forge's view of a pipeline up to date (idempotent: repeats send nothing)."""
@@ -90,6 +118,9 @@ def report(self: Task, pipeline_id: int) -> None:
             report_series(runtime, pipeline_id)  # checks on every patch; once done, the mail
         elif is_staging_poll_pipeline(runtime, pipeline_id):
             report_staging_push(runtime, pipeline_id)  # once done, the mail (the page shows it meanwhile)
+        elif pipeline_source(runtime, pipeline_id) in (GITLAB_SOURCE, GITLAB_PUSH_SOURCE):
+            if runtime.config.gitlab is not None:
+                report_to_gitlab(runtime, gitlab_client(), pipeline_id)
         elif runtime.config.github is not None:
             sync_checks(runtime, github_app(), pipeline_id)
     except Exception as exc:

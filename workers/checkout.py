@@ -98,7 +98,8 @@ def update_mirror(mirror: Path, url: str, credential_file: Path | None = None) -
         return
     # Forges publish change heads under refs/pull/* (GitHub) or refs/merge-requests/* (GitLab).
     git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
-         "+refs/pull/*/head:refs/pull/*/head"], mirror, env=env)  # fmt: skip
+         "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head"],
+        mirror, env=env)  # fmt: skip
 
 
 def resolve(mirror: Path, ref: str, what: str) -> str:

@@ -45,3 +45,25 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
             our_error=done and pipeline.error_code in OUR_ERRORS, notes=tuple(pipeline.notes or ()),
             reproduce=reproduce,
         )  # fmt: skip
+
+
+def summary_markdown(summary: PipelineSummary) -> str:
+    """The summary for a forge that renders markdown in one place (a merge request note, a commit
+    comment): the headline, what is broken first with its first error lines, then every job, the notes
+    (a staging push's comparison leads them), and how to reproduce it."""
+    lines = [f"**{summary.headline}**", ""]
+    broken = [job for job in summary.jobs if job.stage == "done" and job.verdict in ("fail", "timed-out")]
+    if broken:
+        lines.append("**Broken:**")
+        for job in broken:
+            lines.append(f"- [{job.label}]({job.details_url}): {job.title}")
+            if job.error_lines:
+                lines += ["", "  ```", *(f"  {line}" for line in job.error_lines.splitlines()), "  ```", ""]
+        lines.append("")
+    lines += [*summary.notes, ""] if summary.notes else []
+    lines += ["| job | result |", "|---|---|"]
+    lines += [f"| [{job.label}]({job.details_url}) | {job.title.replace('|', '/')} |" for job in summary.jobs]
+    if summary.reproduce:
+        lines += ["", "Reproduce:", "", "```", summary.reproduce, "```"]
+    lines += ["", f"[Pipeline {summary.pipeline_id}]({summary.url})"]
+    return "\n".join(lines) + "\n"

@@ -124,3 +124,9 @@ def _store(runtime: Runtime, job_id: int, *, status_id: int, rank: int | None = 
         row.check_id = status_id
         if rank is not None and rank > row.sent_rank:
             row.sent_rank = rank
+
+
+def pipeline_source(runtime: Runtime, pipeline_id: int) -> str | None:
+    """The Change.source of a pipeline's change (which forge it reports to), None if there is no such pipeline."""
+    target = report_target(runtime, pipeline_id)
+    return target.source if target is not None else None

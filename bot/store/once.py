@@ -59,3 +59,17 @@ def record_once(session: Session, key: str, detail: str = "") -> None:
 def once_row(key: str, detail: str = "") -> dict[str, str]:
     """The delivery row that records `key` (for an insert that leaves an existing record as it is)."""
     return {"source": ONCE_SOURCE, "delivery_id": key, "event": key.split(":")[1], "detail": detail}
+
+
+def update_once(session: Session, key: str, detail: str) -> None:
+    """Change the recorded outcome of `key` (e.g. the id of the forge object it made, once known)."""
+    row = session.scalar(select(Delivery).where(Delivery.source == ONCE_SOURCE, Delivery.delivery_id == key))
+    if row is not None:
+        row.detail = detail
+
+
+def forget_once(session: Session, key: str) -> None:
+    """Drop the record of `key`: the effect it claimed was not done after all, and may be tried again."""
+    row = session.scalar(select(Delivery).where(Delivery.source == ONCE_SOURCE, Delivery.delivery_id == key))
+    if row is not None:
+        session.delete(row)

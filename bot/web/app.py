@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.host.stores import Runtime
-from bot.web.hooks import open_github_hook, open_intake
+from bot.web.hooks import open_github_hook, open_gitlab_hook, open_intake
 from bot.web.pages import page_routes
 
 
@@ -27,12 +27,14 @@ def create_app(runtime: Runtime) -> Starlette:
 
     routes = [Route("/healthz", healthz)]
     intake = None
-    if runtime.config.github is not None:
-        # Fail closed: no readable secret, no app (read_webhook_secrets raises ConfigError).
+    if runtime.config.github is not None or runtime.config.gitlab is not None:
         intake = open_intake(runtime)
-        hook = open_github_hook(runtime, intake)
-        # Before the pages: Starlette tries routes in order, and the hook is the busy one.
-        routes.append(Route("/hooks/github", hook, methods=["POST"]))
+    # Fail closed: no readable secret, no app (each open_*_hook raises ConfigError). Before the pages:
+    # Starlette tries routes in order, and the hooks are the busy ones.
+    if runtime.config.github is not None and intake is not None:
+        routes.append(Route("/hooks/github", open_github_hook(runtime, intake), methods=["POST"]))
+    if runtime.config.gitlab is not None and intake is not None:
+        routes.append(Route("/hooks/gitlab", open_gitlab_hook(runtime, intake), methods=["POST"]))
     routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)
 
     @asynccontextmanager

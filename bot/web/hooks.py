@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from bot.core.events import Event, ParseOutcome, event_to_json
 from bot.forges.github import sansio
+from bot.forges.gitlab import sansio as gitlab_sansio
 from bot.host.config import WebhookSecret
 from bot.host.stores import Runtime
 from bot.store.deliveries import DELIVERY_ID_MAX, EVENT_NAME_MAX, DeliveryLog, DeliveryRow, open_delivery_log
@@ -363,6 +364,35 @@ def github_hook(intake: Intake, secrets: Sequence[WebhookSecret], *, replay_wind
     forge = ForgeHook(SOURCE, lambda headers, body, now: verify_signed(headers, body, secrets, now), _read_github,
                       (sansio.SignatureError,), (sansio.MalformedPayload,), MAX_BODY_BYTES,
                       "github.replay_window_days")  # fmt: skip
+    return hook_endpoint(intake, forge, replay_window=replay_window, budget=budget)
+
+
+def open_gitlab_hook(runtime: Runtime, intake: Intake) -> Callable[[Request], Awaitable[Response]]:
+    """GitLab's endpoint as the config sets it; ConfigError without a readable webhook token."""
+    gitlab = runtime.config.gitlab
+    if gitlab is None:
+        raise ConfigError("gitlab: not configured; there is no GitLab webhook to serve")
+    token, signing_token = gitlab.read_webhook_token(), gitlab.read_signing_token()
+    budget = BodyBudget(runtime.config.web.limits.max_body_bytes_in_flight)
+    return gitlab_hook(intake, token, signing_token, budget=budget)
+
+
+def _read_gitlab(headers: Mapping[str, str], body: bytes) -> tuple[str, str, ParseOutcome]:
+    delivery_id = gitlab_sansio.delivery_id(headers, body)
+    return delivery_id, gitlab_sansio.event_name(headers), gitlab_sansio.parse(headers, body)
+
+
+def gitlab_hook(intake: Intake, token: str, signing_token: str | None, *, budget: BodyBudget | None = None,
+                replay_window: timedelta = timedelta(days=30)) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
+    """GitLab's endpoint, closed over the webhook token (and signing token, where the instance signs)."""
+    if not token:
+        raise ConfigError("gitlab.webhook_token_file: empty; GitLab intake does not start without a token")
+
+    def verify(headers: Mapping[str, str], body: bytes, now: datetime) -> None:
+        gitlab_sansio.verify(headers, body, token, signing_token, now)
+
+    forge = ForgeHook("gitlab", verify, _read_gitlab, (gitlab_sansio.TokenError,), (gitlab_sansio.MalformedPayload,),
+                      MAX_BODY_BYTES, "GitLab's window: 30 days")  # fmt: skip
     return hook_endpoint(intake, forge, replay_window=replay_window, budget=budget)
 
 
