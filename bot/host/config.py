@@ -15,6 +15,7 @@ from bot.core.links import is_sha256_hex
 from bot.core.plans import PlanError, parse_plan
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
+from bot.oidc.settings import OidcSettings
 from workers.errors import ConfigError
 from workers.slots import DEFAULT_BUILD_UIDS, DEFAULT_QEMU_UIDS, UidRange
 from workers.spec import BuildLimits, RepositoryUrl, unsafe_path_reason
@@ -386,6 +387,9 @@ class Config(_Strict):
     gitlab: GitLab | None = None
     patchwork: Patchwork | None = None
     smtp: Smtp | None = Field(None, description="where report mail is sent from; needed by trees with mail.report")
+    oidc: OidcSettings | None = Field(None, description="CI jobs as submitters (POST /api/v1/submissions): the "
+                                      "id-token issuers labgate trusts and the rules saying which jobs may submit "
+                                      "to which tree; unset: no submission API")  # fmt: skip
     caps: Caps = Caps()
     retries: Retries = Retries()
     sandbox: Sandbox = Sandbox()
