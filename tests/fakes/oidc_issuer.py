@@ -49,7 +49,7 @@ _GITLAB_CLAIMS_SUPPORTED = [
 ]  # fmt: skip
 
 
-def github_claims(issuer: str, audience: str, iat: int, **overrides: Any) -> dict[str, Any]:
+def github_claims(issuer: str, audience: str, iat: int, /, **overrides: Any) -> dict[str, Any]:
     """A GitHub Actions id-token's claims: the real token of oidc.md (nickolashkraus/flask-oidc, ids as
     strings), on the ref refs/heads/main, with GitHub's times (exp = iat + 300, nbf = iat - 600)."""
     workflow = "nickolashkraus/flask-oidc/.github/workflows/integration.yml@refs/heads/main"
@@ -67,7 +67,7 @@ def github_claims(issuer: str, audience: str, iat: int, **overrides: Any) -> dic
     return _overridden(claims, overrides)
 
 
-def gitlab_claims(issuer: str, audience: str, iat: int, **overrides: Any) -> dict[str, Any]:
+def gitlab_claims(issuer: str, audience: str, iat: int, /, **overrides: Any) -> dict[str, Any]:
     """A GitLab CI id-token's claims: GitLab's documented example (project my-group/my-project, id 20),
     on refs/heads/main, living 5 minutes (a job without a timeout), nbf = iat - 5 as in the example."""
     claims = {
@@ -96,6 +96,19 @@ def public_pem(key: RSAKey) -> bytes:
     return key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+class SettableClock:
+    """Epoch seconds that move only when told: one for the issuer's `iat` and the verifier's now."""
+
+    def __init__(self, now: float = 1_765_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str
@@ -119,6 +132,7 @@ class FakeOidcIssuer:
         self.published = [self.signing_key, self._new_key()]  # GitHub publishes two keys at a time
         self.discovery_overrides: dict[str, Any] = {}
         self.answer_instead: dict[str, tuple[int, bytes]] = {}  # "discovery" / "jwks" -> (status, body)
+        self.redirect_to: str | None = None  # discovery and JWKS answer 302 to the same path there
         self.request_token = secrets.token_urlsafe(32)  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
         self.job_claims: dict[str, Any] = {}  # overrides of the claims /token mints
         self._requests: RequestLog[RecordedRequest] = RequestLog()
@@ -225,6 +239,9 @@ class FakeOidcIssuer:
     # ---- HTTP ----------------------------------------------------------------------------------------------
 
     def _answer(self, request: Request, name: str, document: Any) -> Response:
+        if self.redirect_to is not None:
+            self._record(request, 302)
+            return Response(status_code=302, headers={"Location": self.redirect_to + request.url.path})
         status, body = self.answer_instead.get(name, (200, json.dumps(document).encode()))
         self._record(request, status)
         return Response(body, status, media_type="application/json")
