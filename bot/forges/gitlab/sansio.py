@@ -441,15 +441,13 @@ def _push(payload: dict[str, Any]) -> ParseOutcome:
 # that a replayed body cannot move forward. Commit times are the committer's to choose, and are used
 # only for pushes, whose hook carries no other time.
 _EVENT_TIME_PATHS = ("object_attributes.updated_at", "object_attributes.created_at", "merge_request.updated_at")
-_PUSH_COMMITS_READ = 100  # GitLab sends the newest 20
 
 
 def newest_event_time(payload: dict[str, Any]) -> datetime | None:
-    """The newest GitLab-set time in the payload (UTC), or None when it carries none."""
+    """The newest GitLab-set time in the payload (UTC), or None when it carries none. A push carries
+    none: its commits' times are when they were written, and a maintainer may well push a queue of
+    commits written weeks ago (its replays are refused by the body's digest, kept 31 days)."""
     found = [_lenient_time(payload, path) for path in _EVENT_TIME_PATHS]
-    if payload.get("object_kind") == "push" and isinstance(payload.get("commits"), list):
-        found += [_lenient_time(commit, "timestamp") for commit in payload["commits"][:_PUSH_COMMITS_READ]
-                  if isinstance(commit, dict)]  # fmt: skip
     times = [when for when in found if when is not None]
     return max(times, default=None)
 

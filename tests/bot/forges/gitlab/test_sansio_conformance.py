@@ -85,7 +85,7 @@ EXPECTED: dict[str, ParseOutcome | Refused] = {
             pusher=Actor("jsmith", None, False),
         ),
         "push to refs/heads/master",
-        datetime(2012, 1, 3, 21, 36, 29, tzinfo=UTC),  # the newer commit, 2012-01-03T23:36:29+02:00
+        None,  # a push carries no event time: its commits' times are when they were written
     ),
     # A real delivery (GitLab 14.3): new commits pushed, hence oldrev. Its `project` says the default branch
     # is master, its object_attributes.target says develop: the repository is the hook's project.
