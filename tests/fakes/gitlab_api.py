@@ -493,24 +493,25 @@ class FakeGitLab:
             if not isinstance(text, str) or not text:
                 raise _Answer(400, {"error": "body is missing"})
             now = self._stamp()
-            note = {"id": self._id("note"), "body": text, "author_id": author.id, "created_at": now, "updated_at": now,
-                    "noteable_id": mr.id, "noteable_iid": mr.iid, "project_id": mr.project_id}  # fmt: skip
+            note: dict[str, Any] = {"id": self._id("note"), "body": text, "author_id": author.id, "created_at": now,
+                                    "updated_at": now, "noteable_id": mr.id, "noteable_iid": mr.iid,
+                                    "project_id": mr.project_id}  # fmt: skip
             notes.append(note)
             return 201, self._note_json(note), {}
-        note = next((n for n in notes if note_id is not None and n["id"] == int(note_id)), None)
-        if note is None:
+        found = next((n for n in notes if note_id is not None and n["id"] == int(note_id)), None)
+        if found is None:
             raise _not_found("Note")
         if method == "GET":
-            return 200, self._note_json(note), {}
+            return 200, self._note_json(found), {}
         if method == "PUT":
             editor = self._need_user(user)
-            if note["author_id"] != editor.id:
+            if found["author_id"] != editor.id:
                 raise _message(403)  # only a note's author may edit it
             text = body.get("body") if isinstance(body, dict) else None
             if not isinstance(text, str) or not text:
                 raise _Answer(400, {"error": "body is missing"})
-            note.update(body=text, updated_at=self._stamp())
-            return 200, self._note_json(note), {}
+            found.update(body=text, updated_at=self._stamp())
+            return 200, self._note_json(found), {}
         raise _message(405, "405 Method Not Allowed")
 
     def _create_commit_comment(self, project: _Project, sha: str, user: _User | None,
