@@ -35,7 +35,8 @@ class Grant:
 
     tier: Literal["qemu", "hardware"]
     rule: int  # index of the rule that matched, for the log
-    identity: str  # who submitted, for people: "github repository 588298808 (octo-org/hello) at refs/heads/main"
+    identity: str  # who submitted, for people: "github repository octo-org/hello (id 588298808) at refs/heads/main,
+    # run 3989419862" or "gitlab project my-group/my-project (id 20) at refs/heads/main, pipeline 574"
 
 
 class NotAuthorized(Exception):
@@ -44,4 +45,6 @@ class NotAuthorized(Exception):
 
 
 # The submission API's verifier: the real one (verify.py) or, in bench/submissions.py only, a constant.
+# It raises TokenRefused (401), or bot.oidc.keys.KeysUnavailable (503, Retry-After) when the issuer's keys
+# cannot be fetched: labgate's failure to check, not the token's.
 Verifier = Callable[[str], Awaitable[VerifiedToken]]

@@ -10,13 +10,14 @@ whose claims and headers copy the documented shapes, with any claim or header ch
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.served import RequestLog, ServedApp
@@ -133,6 +134,7 @@ class FakeOidcIssuer:
         self.discovery_overrides: dict[str, Any] = {}
         self.answer_instead: dict[str, tuple[int, bytes]] = {}  # "discovery" / "jwks" -> (status, body)
         self.redirect_to: str | None = None  # discovery and JWKS answer 302 to the same path there
+        self.trickle_s: float | None = None  # the JWKS comes one byte per this many seconds
         self.request_token = secrets.token_urlsafe(32)  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
         self.job_claims: dict[str, Any] = {}  # overrides of the claims /token mints
         self._requests: RequestLog[RecordedRequest] = RequestLog()
@@ -244,6 +246,8 @@ class FakeOidcIssuer:
             return Response(status_code=302, headers={"Location": self.redirect_to + request.url.path})
         status, body = self.answer_instead.get(name, (200, json.dumps(document).encode()))
         self._record(request, status)
+        if name == "jwks" and self.trickle_s is not None:
+            return StreamingResponse(_trickled(body, self.trickle_s), status, media_type="application/json")
         return Response(body, status, media_type="application/json")
 
     async def _discovery(self, request: Request) -> Response:
@@ -277,6 +281,12 @@ class FakeOidcIssuer:
         headers = {name.lower(): value for name, value in request.headers.items()}
         self._requests.append(RecordedRequest(request.method, request.url.path, dict(request.query_params),
                                               headers, status))  # fmt: skip
+
+
+async def _trickled(body: bytes, interval_s: float) -> AsyncIterator[bytes]:
+    for index in range(len(body)):
+        yield body[index : index + 1]
+        await asyncio.sleep(interval_s)
 
 
 def _overridden(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from bot.oidc.keys import MAX_DOCUMENT_BYTES, KeysUnavailable
+from bot.oidc.keys import FETCH_TIMEOUT_S, MAX_DOCUMENT_BYTES, KeysUnavailable
 from bot.oidc.types import TokenRefused, VerifiedToken
 from bot.oidc.verify import OidcVerifier
 from tests.bot.oidc import AUDIENCE, refusal, run, settings
@@ -223,6 +224,14 @@ def test_an_issuer_that_does_not_answer_is_unavailable(clock: SettableClock) -> 
         token = gone.mint()
     failure = unavailable(gone, clock, token)
     assert str(failure) == f"{gone.url}: {gone.url}/.well-known/openid-configuration could not be fetched: ConnectError"
+
+
+def test_a_jwks_that_trickles_is_cut_off_after_the_fetch_timeout(github: FakeOidcIssuer, clock: SettableClock) -> None:
+    github.trickle_s = 0.5  # every read gets a byte well within any per-read timeout; the whole never ends
+    started = time.monotonic()
+    failure = unavailable(github, clock, github.mint())
+    assert str(failure) == f"{github.url}: {github.jwks_uri} did not answer within 5 s"
+    assert FETCH_TIMEOUT_S <= time.monotonic() - started < FETCH_TIMEOUT_S + 3
 
 
 @pytest.mark.parametrize(("body", "problem"), [
