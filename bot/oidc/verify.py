@@ -38,7 +38,7 @@ class OidcVerifier:
             unverified = jws.extract_compact(token.encode())
             header = unverified.headers()
             payload = json.loads(unverified.payload)
-        except (JoseError, ValueError, TypeError) as exc:
+        except (JoseError, ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
             raise TokenRefused("token", "not a compact JWT (header.payload.signature, base64url JSON)") from exc
         if not isinstance(payload, dict):
             raise TokenRefused("token", "the payload is not a JSON object")

@@ -283,7 +283,13 @@ def test_an_oversized_token_is_refused_before_anything_is_fetched(github: FakeOi
     assert github.requests() == []
 
 
-@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "a.b.c.d.e", "é.é.é", "eyJhbGciOiJSUzI1NiJ9.e30"])
+NESTED = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).rstrip(b"=").decode()  # deeper than Python recurses
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "abc", "a.b.c", "a.b.c.d.e", "é.é.é", "eyJhbGciOiJSUzI1NiJ9.e30", f"eyJhbGciOiJSUzI1NiJ9.{NESTED}.c2ln"],
+)
 def test_what_is_not_a_jwt_is_refused(github: FakeOidcIssuer, clock: SettableClock, token: str) -> None:
     refusal = refused(settings(github), clock, token)
     assert refusal.check == "token"
