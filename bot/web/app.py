@@ -1,4 +1,4 @@
-"""Starlette app: /healthz, the webhook, and the job and pipeline pages (bot/web/pages.py)."""
+"""Starlette app: /healthz, the webhooks, the submission API (bot/web/submissions.py), the job and pipeline pages."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.host.stores import Runtime
-from bot.web.hooks import open_github_hook, open_gitlab_hook, open_intake
+from bot.oidc.types import Verifier
+from bot.web.hooks import open_github_hook, open_gitlab_hook
+from bot.web.intake import open_intake
 from bot.web.pages import page_routes
+from bot.web.submissions import open_submission_api
 
 
-def create_app(runtime: Runtime) -> Starlette:
+def create_app(runtime: Runtime, *, submission_verifier: Verifier | None = None) -> Starlette:
+    """`submission_verifier` replaces the OIDC verifier (bench/submissions.py only: never a setting)."""
+
     async def healthz(_: Request) -> Response:
         try:
             with runtime.store.engine.connect() as connection:
@@ -35,6 +40,10 @@ def create_app(runtime: Runtime) -> Starlette:
         routes.append(Route("/hooks/github", open_github_hook(runtime, intake), methods=["POST"]))
     if runtime.config.gitlab is not None and intake is not None:
         routes.append(Route("/hooks/gitlab", open_gitlab_hook(runtime, intake), methods=["POST"]))
+    # No oidc: section, no submission API. Its GET answers to the submission's own read token, not to
+    # the pipeline access check (bot/web/access.py), which serves pages.
+    submissions = open_submission_api(runtime, submission_verifier) if runtime.config.oidc is not None else None
+    routes += submissions.routes if submissions is not None else []
     routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)
 
     @asynccontextmanager
@@ -42,5 +51,7 @@ def create_app(runtime: Runtime) -> Starlette:
         yield
         if intake is not None:
             await intake.close()
+        if submissions is not None:
+            await submissions.close()
 
     return Starlette(routes=routes, lifespan=lifespan)

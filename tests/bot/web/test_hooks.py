@@ -25,6 +25,7 @@ from bot.host.stores import Runtime, open_runtime
 from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
 from bot.web import hooks
+from bot.web import intake as web_intake
 from bot.web.app import create_app
 from tests.samples import github_body, github_payload, sent_now
 from workers.app import CONTROL_QUEUE, app, configure
@@ -96,7 +97,7 @@ def test_good_delivery_is_stored_and_enqueued_once(hook: Hook) -> None:
     assert answer.json()["status"] == "accepted" and answer.json()["delivery"] == "d-1"
     assert hook.stored() == [("d-1", "pull_request", "accepted")]
     [message] = hook.queued()
-    assert message["headers"]["task"] == hooks.GITHUB_EVENT_TASK
+    assert message["headers"]["task"] == web_intake.GITHUB_EVENT_TASK
     args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     expected = sansio.parse({"X-GitHub-Event": "pull_request"}, body).event
     assert kwargs == {} and args[1] == "d-1"
@@ -164,10 +165,10 @@ def test_message_is_the_one_send_task_writes(redis_db_url: str) -> None:
     """The control worker must not tell our message from Celery's own (ids and argsrepr aside)."""
     configure(redis_db_url, longest_job_s=60)
     args = ['{"type": "PingEvent"}', "d-5"]
-    app.send_task(hooks.GITHUB_EVENT_TASK, args=args, queue=CONTROL_QUEUE)
+    app.send_task(web_intake.GITHUB_EVENT_TASK, args=args, queue=CONTROL_QUEUE)
     with redis.Redis.from_url(redis_db_url) as broker:
         theirs = json.loads(broker.rpop(CONTROL_QUEUE))  # type: ignore[arg-type]
-    ours = json.loads(hooks.ControlQueue().message(hooks.GITHUB_EVENT_TASK, args))
+    ours = json.loads(web_intake.ControlQueue().message(web_intake.GITHUB_EVENT_TASK, args))
     for message in (theirs, ours):
         for key in ("id", "root_id", "argsrepr"):
             message["headers"].pop(key)
@@ -182,7 +183,7 @@ def test_kombu_reads_the_message(hook: Hook) -> None:
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue(CONTROL_QUEUE)
         message = queue.get(timeout=5)
-        assert message.headers["task"] == hooks.GITHUB_EVENT_TASK
+        assert message.headers["task"] == web_intake.GITHUB_EVENT_TASK
         assert message.payload[0][1] == "d-6"
         message.ack()
         queue.close()
@@ -206,10 +207,10 @@ def test_concurrent_deliveries_share_batches_and_stay_exact(tmp_path: Path, data
     event = sansio.parse({"X-GitHub-Event": "pull_request"}, body).event
 
     async def run() -> tuple[list[bool], list[bool | BaseException]]:
-        intake = hooks.open_intake(runtime)
+        intake = web_intake.open_intake(runtime)
 
         def take(delivery_id: str) -> Any:
-            return intake.take(hooks.HookDelivery(delivery_id, "pull_request", event, "r"))
+            return intake.take(web_intake.HookDelivery(delivery_id, "pull_request", event, "r"))
 
         together = await asyncio.gather(*(take(i) for i in [f"c-{n}" for n in range(20)] + ["c-0", "c-1"]))
         # 300 characters: over the column's 200, which PostgreSQL enforces (SQLite does not).

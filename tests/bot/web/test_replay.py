@@ -23,7 +23,7 @@ from bot.host.config import Config, parse_config
 from bot.host.stores import Runtime, open_runtime
 from bot.store.deliveries import DeliveryRow, open_delivery_log
 from bot.store.models import Delivery
-from bot.web import hooks
+from bot.web import intake as web_intake
 from bot.web.app import create_app
 from tests.bot.web.webhook_config import REPO, webhook_config
 from workers.app import CONTROL_QUEUE, configure
@@ -164,8 +164,8 @@ def test_a_replay_in_the_same_batch_is_a_duplicate(tmp_path: Path, database_url:
     runtime = open_runtime(make_config(tmp_path), database_url=database_url)
 
     async def run() -> list[bool]:
-        intake = hooks.open_intake(runtime)
-        deliveries = [hooks.HookDelivery(f"b-{n}", "ping", None, "r", digest)
+        intake = web_intake.open_intake(runtime)
+        deliveries = [web_intake.HookDelivery(f"b-{n}", "ping", None, "r", digest)
                       for n, digest in enumerate(["a" * 64, "b" * 64, "a" * 64, "c" * 64])]  # fmt: skip
         taken = await asyncio.gather(*(intake.take(d) for d in deliveries))
         await intake.close()
@@ -279,15 +279,15 @@ def test_the_intake_prunes_on_its_first_batch_and_then_hourly(tmp_path: Path, da
 
     async def run() -> list[list[str]]:
         seen = []
-        first = hooks.open_intake(runtime)
-        await first.take(hooks.HookDelivery("a", "ping", None, "r", "a" * 64))
+        first = web_intake.open_intake(runtime)
+        await first.take(web_intake.HookDelivery("a", "ping", None, "r", "a" * 64))
         await first.close()
         age("a", 32)  # past 30 days and the day's margin
-        second = hooks.open_intake(runtime)  # a restarted server prunes on its first batch
-        await second.take(hooks.HookDelivery("b", "ping", None, "r", "b" * 64))
+        second = web_intake.open_intake(runtime)  # a restarted server prunes on its first batch
+        await second.take(web_intake.HookDelivery("b", "ping", None, "r", "b" * 64))
         seen.append(stored())
         age("b", 32)
-        await second.take(hooks.HookDelivery("c", "ping", None, "r", "c" * 64))
+        await second.take(web_intake.HookDelivery("c", "ping", None, "r", "c" * 64))
         seen.append(stored())  # within the hour: not pruned again
         await second.close()
         return seen
