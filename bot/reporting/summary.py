@@ -47,11 +47,13 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
         )  # fmt: skip
 
 
-def summary_markdown(summary: PipelineSummary) -> str:
+def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
     """The summary for a forge that renders markdown in one place (a merge request note, a commit
-    comment): the headline, what is broken first with its first error lines, then every job, the notes
-    (a staging push's comparison leads them), and how to reproduce it."""
+    comment): the headline, `lead` (a staging push's comparison: its new failures), what is broken with
+    its first error lines, the notes, every job, and how to reproduce it."""
     lines = [f"**{summary.headline}**", ""]
+    if lead:
+        lines += [lead, ""]
     broken = [job for job in summary.jobs if job.stage == "done" and job.verdict in ("fail", "timed-out")]
     if broken:
         lines.append("**Broken:**")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import replace
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -179,7 +178,7 @@ def _comment_push(runtime: Runtime, client: GitLabClient, target: ReportTarget, 
             record_once(session, key)  # claimed before the comment, in its own transaction: sent once
     except IntegrityError:
         return "commented (once)"
-    body = summary_markdown(replace(summary, notes=(compared, *summary.notes) if compared else summary.notes))
+    body = summary_markdown(summary, lead=compared)
     try:
         client.commit_comment(target.installation, target.head_sha, inert(body))
     except BaseException:
