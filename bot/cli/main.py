@@ -147,7 +147,7 @@ def run_worker(queues: list[str], concurrency: int, name: str | None) -> int:
     if queues == [RESULTS_QUEUE]:
         modules = ["bot.result_tasks"]
     elif queues == [CONTROL_QUEUE]:
-        modules = ["bot.tasks"]
+        modules = ["bot.tasks", "bot.submission_tasks"]
     elif not {CONTROL_QUEUE, RESULTS_QUEUE} & set(queues):
         modules = ["workers.tasks"]
     else:
