@@ -141,7 +141,8 @@ class OidcSettings(_Frozen):
     audience: str = Field(description="the `aud` tokens must carry, e.g. https://labgate.example.com (GitHub: "
                           "core.getIDToken(audience); GitLab: id_tokens: X: aud:); never GitHub's default "
                           "https://github.com/OWNER, which any other service may have been sent")  # fmt: skip
-    issuers: list[OidcIssuer] = Field(description="the issuers whose tokens are verified; no other is ever fetched")
+    issuers: list[OidcIssuer] = Field(min_length=1, description="the issuers whose tokens are verified; no other "
+                                      "is ever fetched")  # fmt: skip
     rules: list[SubmitRule] = Field([], description="who may submit, first match wins; none: every token is "
                                     "refused (403)")  # fmt: skip
     leeway_s: int = Field(30, ge=0, le=60, description="clock skew allowed on exp, nbf and iat")

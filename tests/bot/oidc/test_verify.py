@@ -223,6 +223,22 @@ def test_a_key_not_the_issuers_is_refused_even_under_the_issuers_kid(github: Fak
     assert refusal.detail == f'does not verify with {github.url}\'s key "{github.signing_key.kid}"'
 
 
+def test_another_configured_issuers_key_does_not_verify_this_issuers_tokens(github: FakeOidcIssuer,
+                                                                           gitlab: FakeOidcIssuer,
+                                                                           clock: SettableClock) -> None:  # fmt: skip
+    # A GitLab instance's admin (or its key) must not speak for GitHub: keys are looked up per issuer.
+    key = gitlab.signing_key
+    token = github.mint(header={"kid": key.kid}, key=key)
+
+    async def steps(verifier: OidcVerifier) -> TokenRefused:
+        await verifier.verify(gitlab.mint())  # gitlab's keys are in hand
+        return await refusal(verifier, token)
+
+    refused_token = run(settings(github, gitlab), clock, steps)
+    assert refused_token.check == "signature"
+    assert refused_token.detail == f'key "{key.kid}" is not one {github.url} publishes'
+
+
 def test_a_tampered_payload_is_refused(gitlab: FakeOidcIssuer, clock: SettableClock) -> None:
     header, payload, signature = gitlab.mint().split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
