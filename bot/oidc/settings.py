@@ -141,8 +141,7 @@ class OidcSettings(_Frozen):
     audience: str = Field(description="the `aud` tokens must carry, e.g. https://labgate.example.com (GitHub: "
                           "core.getIDToken(audience); GitLab: id_tokens: X: aud:); never GitHub's default "
                           "https://github.com/OWNER, which any other service may have been sent")  # fmt: skip
-    issuers: list[OidcIssuer] = Field(min_length=1, description="the issuers whose tokens are verified; no other "
-                                      "is ever fetched")  # fmt: skip
+    issuers: list[OidcIssuer] = Field(description="the issuers whose tokens are verified; no other is ever fetched")
     rules: list[SubmitRule] = Field([], description="who may submit, first match wins; none: every token is "
                                     "refused (403)")  # fmt: skip
     leeway_s: int = Field(30, ge=0, le=60, description="clock skew allowed on exp, nbf and iat")
@@ -160,6 +159,8 @@ class OidcSettings(_Frozen):
     @field_validator("issuers")
     @classmethod
     def _unique_issuers(cls, value: list[OidcIssuer]) -> list[OidcIssuer]:
+        if not value:
+            raise ValueError("name at least one issuer (e.g. https://token.actions.githubusercontent.com)")
         urls = [issuer.url for issuer in value]
         duplicates = sorted({url for url in urls if urls.count(url) > 1})
         if duplicates:

@@ -78,7 +78,7 @@ def test_every_rule_names_a_configured_issuer_and_issuers_are_unique() -> None:
     unknown = github_rule(issuer="https://gitlab.com")
     assert "rules.0: 'https://gitlab.com': not one of the configured" in problem(OidcSettings, **settings,
                                                                                   rules=[unknown])  # fmt: skip
-    assert "at least 1 item" in problem(OidcSettings, audience="https://labgate.example", issuers=[])
+    assert "name at least one issuer" in problem(OidcSettings, audience="https://labgate.example", issuers=[])
     assert "issuer urls must be unique" in problem(OidcSettings, audience="https://labgate.example",
                                                    issuers=[{"url": GITHUB}, {"url": GITHUB}])  # fmt: skip
 
