@@ -377,6 +377,10 @@ class FakeGitLab:
 
     def _route(self, method: str, rest: str, request: Request, user: _User | None, query: dict[str, str],
                multi: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        if rest == "/user" and method == "GET":  # the token's own user (doc/api/users.md "Get the current user")
+            if user is None:
+                raise _message(401)
+            return 200, self._full_user_json(user), {}
         if (m := re.fullmatch(r"/users/(\d+)", rest)) and method == "GET":
             found = self._users.get(int(m[1]))
             if found is None or user is None:

@@ -116,6 +116,7 @@ class GitLabClient:
         self._conflict_retries = conflict_retries
         self._pace = threading.Lock()
         self._last_write = 0.0
+        self._own_username: str | None = None
 
     def __repr__(self) -> str:
         return f"GitLabClient({self._url!r})"  # never the token
@@ -134,6 +135,14 @@ class GitLabClient:
             self._last_write = time.monotonic()
 
     # ---- look-ups ------------------------------------------------------------------------------------------
+
+    def own_username(self) -> str:
+        """labgate's own user on the instance (its notes come back as Note Hooks, and are no one's commands)."""
+        if self._own_username is None:
+            self._gl.auth()
+            assert self._gl.user is not None
+            self._own_username = str(self._gl.user.username)
+        return self._own_username
 
     def member(self, project_id: int, username: str) -> Member | None:
         """The user's effective membership of the project (inherited ones included), or None when they

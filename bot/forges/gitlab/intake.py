@@ -28,6 +28,9 @@ def handle_event(runtime: Runtime, client: GitLabClient, event: Event, delivery_
     once = OnceKeys(SOURCE, delivery_id) if delivery_id is not None else None
     if isinstance(event, PushEvent):
         return on_push(runtime, SOURCE, tree, event, once)
+    if isinstance(event, CommentEvent) and event.commenter.login.lower() == client.own_username().lower():
+        # labgate's own notes come back as Note Hooks; GitLab's payload has no bot flag to tell them by.
+        return ["ignored: a note of labgate's own"]
     desk = MergeRequestDesk(client, found.gitlab.project_id, event.number)
     if isinstance(event, ChangeEvent):
         # The hook names the author by id only, and no one's role: both come from the API.
