@@ -85,7 +85,8 @@ class SubmissionIn(_Body):
     sha: str | None = Field(None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
     ref: str | None = Field(None, pattern=r"^refs/[^\s\x00-\x1f]+$", max_length=250)
     patches: list[PatchIn] | None = Field(None, min_length=1, max_length=200)
-    title: str | None = Field(None, max_length=200)
+    # Shown in reports and page titles, some of them mail headers: one line, no control characters.
+    title: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
     @model_validator(mode="after")
     def _one_thing_to_test(self) -> SubmissionIn:
@@ -334,8 +335,13 @@ def open_submission_api(runtime: Runtime, verifier: Verifier | None = None) -> S
     on_close = None
     if verifier is None:
         http = httpx.AsyncClient(follow_redirects=False)
-        verifier = OidcVerifier(settings, http).verify
-        on_close = http.aclose
+        oidc = OidcVerifier(settings, http)
+        verifier = oidc.verify
+
+        async def on_close() -> None:
+            await oidc.keys.settle()  # a key refresh still running in the background
+            await http.aclose()
+
     budget = BodyBudget(runtime.config.web.limits.max_body_bytes_in_flight)
     return SubmissionApi(runtime, verifier, settings.rules, open_submission_log(runtime.store), budget=budget,
                          on_close=on_close)  # fmt: skip

@@ -291,6 +291,8 @@ def test_a_token_without_a_commit_may_send_patches_only(api: Api) -> None:
     ({"tree": "hello", "base_branch": "main", "sha": SHA.upper()}, "sha: String should match pattern "
      "'^[0-9a-f]{40}([0-9a-f]{24})?$'"),
     ({"tree": "hello", "base_branch": "main", "sha": 1}, "sha: Input should be a valid string"),
+    ({"tree": "hello", "base_branch": "main", "sha": SHA, "title": "x\r\nBcc: all@example.org"},
+     "title: String should match pattern '^[^\\x00-\\x1f\\x7f]*$'"),
     ({"tree": "hello", "sha": SHA}, "base_branch: Field required"),
     ({"tree": "hello", "base_branch": "main", "patches": []}, "patches: List should have at least 1 item after "
      "validation, not 0"),
