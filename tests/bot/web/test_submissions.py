@@ -548,3 +548,19 @@ def test_a_real_signed_token_submits_and_an_expired_one_is_refused(tmp_path: Pat
         assert row.issuer == issuer.url and row.tier == ("qemu" if flavour == "github" else "hardware")
         assert row.identity.startswith(f"{flavour} ")
         runtime.store.engine.dispose()
+
+
+def test_an_issuer_whose_keys_cannot_be_read_gets_503_not_401(tmp_path: Path, redis_db_url: str) -> None:
+    """The issuer's failure is ours to retry, not the job's token's fault: nothing is stored."""
+    configure(redis_db_url, longest_job_s=60)
+    with FakeOidcIssuer("github", audience=AUDIENCE) as issuer:
+        runtime = open_runtime(make_config(tmp_path, issuer.url))
+        issuer.answer_instead["jwks"] = (500, b"{}")
+        with TestClient(create_app(runtime)) as client:
+            sent = {"tree": "hello", "base_branch": "main", "sha": issuer.claims()["sha"]}
+            answer = client.post(PATH, json=sent, headers={"Authorization": f"Bearer {issuer.mint()}"})
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert answer.json()["error"].startswith(f"the issuer's keys cannot be read now: {issuer.url}")
+        with runtime.store.session() as session:
+            assert session.scalar(select(func.count()).select_from(CiSubmission)) == 0
+        runtime.store.engine.dispose()
