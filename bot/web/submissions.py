@@ -21,10 +21,11 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import String
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -48,6 +49,7 @@ from bot.oidc.types import NotAuthorized, TokenRefused, VerifiedToken, Verifier
 from bot.oidc.verify import OidcVerifier
 from bot.reporting.page_links import public_base_url
 from bot.store.ci_submissions import NewSubmission, SubmissionLog, open_submission_log
+from bot.store.models import CiSubmission
 from bot.web.access import MAX_ID, PRIVATE_HEADERS, not_found
 from bot.web.hooks import BodyBudget, BodyTooLarge, HeldBody, HookAnswer, OverCapacity, read_capped
 from bot.web.intake import ControlQueue
@@ -66,6 +68,7 @@ _SINCE = re.compile(r"[0-9a-f]{1,64}")
 # word, so it stays a plain file name: no directory, no leading dot, nothing a terminal would act on.
 PATCH_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
 NO_STORE = {"Cache-Control": "no-store"}
+JTI_MAX = cast(String, CiSubmission.__table__.c["jti"].type).length or 0
 
 
 class _Body(BaseModel):
@@ -204,6 +207,9 @@ class SubmissionApi:
             log.warning("submission refused for now: %s", exc)
             raise Refused(503, f"the issuer's keys cannot be read now: {exc}",
                           {"Retry-After": str(RETRY_AFTER_S)}) from exc  # fmt: skip
+        if len(token.jti) > JTI_MAX:
+            # GitHub's and GitLab's are UUIDs; a longer one would not fit the key replays are told by.
+            raise Refused(401, f"token: its jti is over {JTI_MAX} characters")
         wanted = read_body(body)
         config = self.runtime.config
         tree = config.tree(wanted.tree)

@@ -218,6 +218,12 @@ def test_each_refused_token_is_401_with_its_message(api: Api, check: Any) -> Non
     assert api.submissions() == [] and api.queued() == []
 
 
+def test_a_jti_too_long_to_be_a_replay_key_is_401(api: Api) -> None:
+    answer = api.post(body(), api.verifier.issue(jti="j" * 201))
+    assert answer.status_code == 401 and answer.json() == {"error": "token: its jti is over 200 characters"}
+    assert api.submissions() == []
+
+
 def test_unreachable_keys_are_503_to_retry(api: Api) -> None:
     answer = api.post(body(), api.verifier.raising(KeysUnavailable(f"{ISSUER}: jwks did not answer within 5 s")))
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
