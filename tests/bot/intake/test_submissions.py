@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -33,7 +34,9 @@ from bot.pipelines.lifecycle import START_PIPELINE_TASK, record_result, start_pi
 from bot.store.ci_submissions import NewSubmission, open_submission_log
 from bot.store.models import Change, CiSubmission, Job, Pipeline
 from tests.bot.web.test_hooks import database_url
+from tests.conftest import EXAMPLES, make_git_repo
 from workers.app import CHECKOUT_QUEUE, CONTROL_QUEUE, configure
+from workers.checkout import mirror_path, prepare_checkout
 from workers.spec import CheckoutSpec, JobResult, JobSpec
 
 __all__ = ["database_url"]  # the fixture: each test on SQLite and on PostgreSQL
@@ -258,3 +261,33 @@ def test_a_submission_is_a_revision_of_its_ci_run(issuer: str, claims: dict[str,
 def test_an_external_id_fits_its_column() -> None:
     made = external_id_for("https://" + "h" * 300, {"repository_id": "1", "run_id": "2"}, "j")
     assert made.startswith("ci:") and len(made) <= 200
+
+
+def _git(repo: Path, *args: str) -> str:
+    identity = ["-c", "user.name=CI Job", "-c", "user.email=ci@example.org"]
+    done = subprocess.run(["git", *identity, *args], cwd=repo, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_the_checkout_worker_tests_the_tokens_commit_with_the_bases_plan(desk: Desk, tmp_path: Path) -> None:
+    """The spec a submission makes, taken by the real checkout code: the commit the token was issued at, on
+    the branch's head, with the plan read at the base; a tag named like the branch does not stand in for it."""
+    origin = make_git_repo(EXAMPLES / "hello", tmp_path / "origin")
+    main_sha = _git(origin, "rev-parse", "HEAD")
+    base_plan = (origin / ".labgate" / "plan.yaml").read_text()
+    _git(origin, "checkout", "-q", "-b", "topic")
+    (origin / ".labgate" / "plan.yaml").write_text("version: 1\nbuilds: []\n")  # the change's own rules
+    _git(origin, "commit", "-qam", "topic: a plan of my own")
+    topic_sha = _git(origin, "rev-parse", "HEAD")
+    _git(origin, "tag", "main", topic_sha)  # "main" as a tag: rev-parse would prefer it to the branch
+    submission_id = desk.submit({"sha": topic_sha})
+    make_pipeline(desk.runtime, submission_id)
+    [pipeline] = desk.pipelines()
+    with desk.runtime.store.session() as session:
+        [checkout] = session.scalars(select(Job).where(Job.pipeline_id == pipeline.id))
+        spec = CheckoutSpec.model_validate(checkout.spec)
+    outcome = prepare_checkout(mirror_path(tmp_path / "data", "hello"), str(origin), base_ref=spec.base_ref,
+                               ref=spec.ref, patches=(), plan_path=spec.plan_path, plan_from=spec.plan_from,
+                               worktree=tmp_path / "wt", keep_ref="refs/labgate/t", merge=spec.merge)  # fmt: skip
+    assert (outcome.base_sha, outcome.head_sha, outcome.tested_sha) == (main_sha, topic_sha, topic_sha)
+    assert outcome.plan_text == base_plan
