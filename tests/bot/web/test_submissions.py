@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -570,3 +570,32 @@ def test_an_issuer_whose_keys_cannot_be_read_gets_503_not_401(tmp_path: Path, re
         with runtime.store.session() as session:
             assert session.scalar(select(func.count()).select_from(CiSubmission)) == 0
         runtime.store.engine.dispose()
+
+
+def test_a_connection_postgresql_dropped_is_replaced_and_no_submission_is_lost(tmp_path: Path, postgres_url: str,
+                                                                                redis_db_url: str) -> None:  # fmt: skip
+    """PostgreSQL restarted while the API's connection sat idle: the statement goes again on a new one (it is
+    keyed by the jti, so sending it twice cannot store twice)."""
+    configure(redis_db_url, longest_job_s=60)
+    runtime = open_runtime(make_config(tmp_path), database_url=postgres_url)
+    verifier = FakeVerifier()
+    kill = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+
+    async def run() -> list[int]:
+        api = open_submission_api(runtime, verifier)
+        transport = httpx.ASGITransport(app=Starlette(routes=api.routes))
+        codes = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for _ in range(2):
+                sent = await client.post(PATH, json=body(), headers={"Authorization": f"Bearer {verifier.issue()}"})
+                codes.append(sent.status_code)
+                with runtime.store.engine.connect() as connection:
+                    connection.execute(kill)
+        await api.close()
+        return codes
+
+    assert asyncio.run(run()) == [201, 201]
+    with runtime.store.session() as session:
+        assert session.scalar(select(func.count()).select_from(CiSubmission)) == 2
+    runtime.store.engine.dispose()
