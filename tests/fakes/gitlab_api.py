@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -92,6 +92,7 @@ class _Project:
     created_at: str
     members: dict[int, tuple[int, str]] = field(default_factory=dict)
     refs: dict[str, set[str]] = field(default_factory=dict)  # sha -> refs holding it (branch names, refs/...)
+    tips: dict[str, str] = field(default_factory=dict)  # branch -> the commit it points at
 
 
 @dataclass
@@ -230,6 +231,19 @@ class FakeGitLab:
         with self._lock:
             proj = self._projects[project]
             proj.refs.setdefault(sha, set()).add(ref or proj.default_branch)
+            if not (ref or "").startswith("refs/"):
+                proj.tips[ref or proj.default_branch] = sha  # a push to a branch moves its tip
+
+    def add_note(self, project: int, iid: int, author: str, body: str, *, system: bool = False) -> int:
+        """A note someone wrote on merge request `iid` (as a Note Hook then tells of it); its id."""
+        with self._lock:
+            mr = self._mrs[(project, iid)]
+            now = self._stamp()
+            note: dict[str, Any] = {"id": self._id("note"), "body": body, "author_id": self._user(author).id,
+                                    "created_at": now, "updated_at": now, "noteable_id": mr.id,
+                                    "noteable_iid": mr.iid, "project_id": project, "system": system}  # fmt: skip
+            self._notes.setdefault((project, iid), []).append(note)
+            return int(note["id"])
 
     def add_merge_request(self, project: int, iid: int, *, head_sha: str, author: str,
                           source_project: int | None = None, source_branch: str = "feature",
@@ -410,6 +424,15 @@ class FakeGitLab:
                 return 200, self._mr_json(mr, single=True), {}
             if m2[2] is not None:
                 return self._notes_call(method, mr, m2[3], user, request, query, body)
+        if (m2 := re.fullmatch(r"/repository/branches/([^/]+)", sub)) and method == "GET":
+            branch = unquote(m2[1])  # doc/api/branches.md "Get a single repository branch"
+            if self._level(project, user) < REPORTER and project.visibility == "private" or branch not in project.tips:
+                raise _not_found("Branch")
+            return 200, {"name": branch, "merged": False, "protected": branch == project.default_branch,
+                         "default": branch == project.default_branch, "developers_can_push": False,
+                         "developers_can_merge": False, "can_push": False,
+                         "web_url": f"{self.base_url}/{project.path_with_namespace}/-/tree/{branch}",
+                         "commit": {"id": project.tips[branch], "short_id": project.tips[branch][:8]}}, {}  # fmt: skip
         if (m2 := re.fullmatch(r"/repository/commits/([^/]+)/comments", sub)) and method == "POST":
             return self._create_commit_comment(project, m2[1], user, body)
         if (m2 := re.fullmatch(r"/repository/commits/([^/]+)/statuses", sub)) and method == "GET":
@@ -722,7 +745,8 @@ class FakeGitLab:
     def _note_json(self, note: dict[str, Any]) -> dict[str, Any]:
         return {"id": note["id"], "type": None, "body": note["body"], "attachment": None,
                 "author": self._user_json(self._users[note["author_id"]]), "created_at": note["created_at"],
-                "updated_at": note["updated_at"], "system": False, "noteable_id": note["noteable_id"],
+                "updated_at": note["updated_at"], "system": note.get("system", False),
+                "noteable_id": note["noteable_id"],
                 "noteable_type": "MergeRequest", "project_id": note["project_id"], "resolvable": False,
                 "confidential": False, "internal": False, "imported": False, "imported_from": "none",
                 "noteable_iid": note["noteable_iid"], "commands_changes": {}}  # fmt: skip

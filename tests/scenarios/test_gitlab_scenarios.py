@@ -69,8 +69,10 @@ class World:
         return self.post("Merge Request Hook", body)
 
     def note(self, iid: int, text: str, *, by: str = "maint", seen: str, action: str = "create") -> Any:
+        """`by` writes a note on the merge request, and GitLab's Note Hook tells of it."""
+        note_id = self.fake.add_note(self.target.id, iid, by, text)
         return self.post("Note Hook", note_hook(text, target=self.target, iid=iid, seen_head_sha=seen,
-                                                by=self.users[by], action=action))  # fmt: skip
+                                                by=self.users[by], action=action, note_id=note_id))  # fmt: skip
 
     def post(self, event: str, payload: dict[str, Any], *, token: str = HOOK_TOKEN, uuid_: str | None = None) -> Any:
         headers = {"X-Gitlab-Event": event, "X-Gitlab-Token": token, "Content-Type": "application/json",
@@ -85,7 +87,8 @@ class World:
         return newest
 
     def notes(self, iid: int) -> list[dict[str, Any]]:
-        return self.fake.notes_of(self.target.id, iid)
+        """labgate's notes on the merge request (people's are there too)."""
+        return [n for n in self.fake.notes_of(self.target.id, iid) if n["author"]["username"] == "labgate"]
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
         deadline = time.monotonic() + timeout_s

@@ -12,7 +12,7 @@ from typing import Any
 
 import gitlab
 import requests
-from gitlab.exceptions import GitlabError, GitlabHttpError
+from gitlab.exceptions import GitlabError, GitlabGetError, GitlabHttpError
 from gitlab.v4.objects import Project
 
 from bot.host.retrying import Verdict
@@ -45,6 +45,16 @@ class MergeRequestView:
     author: str  # author.username
     author_id: int
     draft: bool
+
+
+@dataclass(frozen=True)
+class NoteView:
+    """A merge request note as GitLab holds it."""
+
+    id: int
+    author: str  # author.username
+    body: str
+    system: bool  # written by GitLab itself ("added 1 commit", ...), under the name of whoever acted
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,27 @@ class GitLabClient:
     def merge_request(self, project_id: int, iid: int) -> MergeRequestView:
         mr = self._project(project_id).mergerequests.get(iid, **_READ)
         return _view(mr.asdict())
+
+    def note(self, project_id: int, iid: int, note_id: int) -> NoteView | None:
+        """Note `note_id` of the merge request, None when it has no such note."""
+        mr = self._project(project_id).mergerequests.get(iid, lazy=True)
+        try:
+            found = mr.notes.get(note_id, **_READ).asdict()
+        except GitlabGetError as exc:
+            if exc.response_code == 404:
+                return None
+            raise
+        return NoteView(int(found["id"]), str(found["author"]["username"]), str(found["body"]), bool(found["system"]))
+
+    def branch_head(self, project_id: int, branch: str) -> str | None:
+        """The commit the project's branch points at now, None when there is no such branch."""
+        try:
+            found = self._project(project_id).branches.get(branch, **_READ).asdict()
+        except GitlabGetError as exc:
+            if exc.response_code == 404:
+                return None
+            raise
+        return str(found["commit"]["id"])
 
     def open_merge_requests(self, project_id: int) -> list[MergeRequestView]:
         """Every open merge request of the project, all pages."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from bot.core.commands import parse_commands
 from bot.core.events import ChangeEvent, CommentEvent, Event, PushEvent
 from bot.forges.gitlab.client import GitLabClient
 from bot.forges.gitlab.desk import SOURCE, MergeRequestDesk, policy_for
@@ -17,22 +18,42 @@ __all__ = ["SOURCE", "handle_event"]
 
 def handle_event(runtime: Runtime, client: GitLabClient, event: Event, delivery_id: str | None = None) -> list[str]:
     """Carry out what the event calls for; one line per action, for the log. Run again for the same
-    delivery (a retry), it does nothing twice (bot/store/once.py)."""
+    delivery (a retry), it does nothing twice (bot/store/once.py).
+
+    GitLab's webhook token is sent in clear, so a delivery's word is taken for nothing that grants
+    anything: the author and their role, the merge request's head, a note's author and text, and a
+    branch's head are read back from GitLab; a delivery that disagrees is ignored with the reason."""
     if not isinstance(event, ChangeEvent | CommentEvent | PushEvent):
         return [f"ignored: {type(event).__name__}"]
     project_id = event.repo.installation_id
     found = runtime.config.tree_for_gitlab_project(project_id) if project_id is not None else None
-    if found is None or found.gitlab is None:
+    if found is None or found.gitlab is None or project_id is None:
         return [f"ignored: project {event.repo.full_name} (id {project_id}) is not a configured tree"]
     tree = found.model_copy(update={"trust": policy_for(found, found.gitlab)})
     once = OnceKeys(SOURCE, delivery_id) if delivery_id is not None else None
     if isinstance(event, PushEvent):
+        branch = event.ref.removeprefix("refs/heads/")
+        if not event.deleted and branch in tree.staging_branches:
+            now = client.branch_head(project_id, branch)
+            if now != event.after:
+                return [f"ignored: {branch} is at {(now or 'nothing')[:12]} now, not {event.after[:12]}"]
         return on_push(runtime, SOURCE, tree, event, once)
-    if isinstance(event, CommentEvent) and event.commenter.login.lower() == client.own_username().lower():
-        # labgate's own notes come back as Note Hooks; GitLab's payload has no bot flag to tell them by.
-        return ["ignored: a note of labgate's own"]
-    desk = MergeRequestDesk(client, found.gitlab.project_id, event.number)
+    desk = MergeRequestDesk(client, project_id, event.number)
     if isinstance(event, ChangeEvent):
+        head = desk.current_head()
+        if head.sha != event.head_sha or head.closed != (event.action == "closed"):
+            state = "closed" if head.closed else "open"
+            return [f"ignored: !{event.number} is {state} at {head.sha[:12]} now, not as delivered "
+                    f"({event.action} at {event.head_sha[:12]}); a later event tells of it"]  # fmt: skip
         # The hook names the author by id only, and no one's role: both come from the API.
         return on_change(runtime, desk, tree, replace(event, author=desk.author()), once)
+    if not parse_commands(event.body):
+        return ["ignored: no command"]  # decided before any forge call is made
+    if event.commenter.login.lower() == client.own_username().lower():
+        # labgate's own notes come back as Note Hooks; GitLab's payload has no bot flag to tell them by.
+        return ["ignored: a note of labgate's own"]
+    note = client.note(project_id, event.number, event.comment_id)
+    if note is None or note.system or note.author.lower() != event.commenter.login.lower() or note.body != event.body:
+        return [f"ignored: note {event.comment_id} is not on !{event.number} as delivered (by "
+                f"{event.commenter.login}, with this text)"]  # fmt: skip
     return on_comment(runtime, desk, tree, event, once)
