@@ -163,14 +163,17 @@ def submission_status(runtime: Runtime, submission_id: int) -> dict[str, Any] | 
         answer: dict[str, Any] = {
             "id": row.id, "version": version, "state": "queued", "verdict": None, "tree": row.tree,
             "identity": row.identity, "pipeline_id": row.pipeline_id, "page_url": None, "jobs": [],
-            "summary": "labgate: queued (waiting for the control worker to make its pipeline)",
+            "summary": "labgate: queued (waiting for the control worker to make its pipeline)", "message": None,
         }  # fmt: skip
         if row.error is not None:
-            return {**answer, "state": "done", "verdict": "error", "summary": f"labgate: not tested: {row.error}"}
+            return {**answer, "state": "done", "verdict": "error", "summary": f"labgate: not tested: {row.error}",
+                    "message": row.error}  # fmt: skip
         pipeline = session.get(Pipeline, row.pipeline_id) if row.pipeline_id is not None else None
         if pipeline is None:
             return answer
-        pipeline_id, state = pipeline.id, pipeline.state
+        # The pipeline's own word ("0001-x.patch does not apply on ...", "no test ran: ..."), which the
+        # headline leaves out: a CI job's log is often all its author reads.
+        pipeline_id, state, message = pipeline.id, pipeline.state, pipeline.error_message
     summary = pipeline_summary(runtime, pipeline_id)
     if summary is None:  # pragma: no cover - pipelines are never deleted
         return answer
@@ -178,7 +181,7 @@ def submission_status(runtime: Runtime, submission_id: int) -> dict[str, Any] | 
              "url": job.details_url} for job in summary.jobs]  # fmt: skip
     verdict = API_VERDICT.get(summary.verdict) if summary.done else None
     return {**answer, "state": "done" if summary.done else state, "verdict": verdict, "page_url": summary.url,
-            "jobs": jobs, "summary": summary.headline}  # fmt: skip
+            "jobs": jobs, "summary": summary.headline, "message": message}  # fmt: skip
 
 
 def page_url_of(runtime: Runtime, tree: str, pipeline_id: int | None) -> str | None:

@@ -181,6 +181,7 @@ def test_a_submission_whose_tree_went_away_is_told_so_not_retried(desk: Desk) ->
     assert status is not None
     assert (status["state"], status["verdict"]) == ("done", "error")
     assert status["summary"] == "labgate: not tested: tree gone is no longer configured"
+    assert status["message"] == "tree gone is no longer configured"
 
 
 def _checkout_token(desk: Desk) -> tuple[int, str]:
@@ -209,6 +210,7 @@ def test_the_status_follows_the_pipeline_and_its_verdict_is_the_reports(desk: De
     assert done is not None
     assert (done["state"], done["verdict"], done["pipeline_id"]) == ("done", "error", pipeline.id)
     assert done["summary"] == "labgate: fail: 1 failing (checkout: error)"  # the report's headline, as it is
+    assert done["message"] == why
     assert done["page_url"] == f"https://ci.example.org/pipelines/{pipeline.id}"
     [job] = done["jobs"]
     assert (job["name"], job["kind"], job["state"]) == ("checkout", "checkout", "done")

@@ -163,7 +163,7 @@ def test_a_commit_is_stored_once_and_enqueued_and_answers_a_read_token(api: Api)
     assert status.json() | {"version": "-"} == {
         "id": row.id, "version": "-", "state": "queued", "verdict": None, "tree": "hello", "identity": row.identity,
         "pipeline_id": None, "page_url": None, "jobs": [],
-        "summary": "labgate: queued (waiting for the control worker to make its pipeline)",
+        "summary": "labgate: queued (waiting for the control worker to make its pipeline)", "message": None,
     }  # fmt: skip
 
 
