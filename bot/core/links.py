@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -74,3 +75,15 @@ def operator_token_matches(token: str, configured_sha256: tuple[str, ...]) -> bo
 def _mac(key: bytes, pipeline_id: int, expires_at: int) -> str:
     message = b"\n".join((LINK_VERSION, b"pipeline:%d" % pipeline_id, b"expires:%d" % expires_at))
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine, by its name or its address (no DNS look-up is made)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

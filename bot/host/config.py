@@ -414,6 +414,17 @@ class Config(_Strict):
             raise ValueError(f"{', '.join(mailing)}: mail reports need an smtp: section")
         return self
 
+    @model_validator(mode="after")
+    def _submit_rules_name_trees(self) -> Config:
+        if self.oidc is None:
+            return self
+        names = {tree.name for tree in self.trees}
+        unknown = [f"oidc.rules.{i}.tree ({rule.tree!r})" for i, rule in enumerate(self.oidc.rules)
+                   if rule.tree not in names]  # fmt: skip
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: no tree of that name in trees:")
+        return self
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bot.core.links import is_loopback
+
 # Signatures only with a public key: a symmetric (HS*) key would be a secret the issuer shares with
 # every verifier, and "none" is no signature at all.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -24,9 +26,6 @@ class _Frozen(BaseModel):
 def url_problem(url: str) -> str | None:
     """Why `url` may not be fetched or trusted as an issuer's (None: it may): https, or http on this
     machine only (tests); no credentials, query or fragment."""
-    # Imported here: bot/host/config.py holds these settings (its `oidc:`), and smtp.py imports config.py.
-    from bot.forges.mail.smtp import is_loopback
-
     parts = urlsplit(url)
     if parts.scheme == "http":
         if not parts.hostname or not is_loopback(parts.hostname):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import smtplib
 import socket
 import ssl
@@ -10,11 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+from bot.core.links import is_loopback
 from bot.host.config import Smtp
 from bot.host.retrying import Verdict
 from workers.errors import ConfigError
-
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
 
 @dataclass(frozen=True)
@@ -39,16 +37,6 @@ def smtp_server_of(smtp: Smtp, tls_context: ssl.SSLContext | None = None) -> Smt
     """The configured server, its password read from its file (ConfigError names the key when it cannot be)."""
     return SmtpServer(host=smtp.host, port=smtp.port, starttls=smtp.starttls, username=smtp.username,
                       password=smtp.password(), timeout_s=smtp.timeout_s, tls_context=tls_context)  # fmt: skip
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine (a relay on localhost may take AUTH without TLS)."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def send_mail(server: SmtpServer, message: EmailMessage, *, envelope_from: str,

@@ -17,6 +17,8 @@ ALLOWED_TOP_LEVEL = {
     "email", "binascii", "quopri",
     # Standard Webhooks keys and signatures are base64 (bot/core/standard_webhooks.py): a codec, no I/O.
     "base64",
+    # Whether a host is this machine (bot/core/links.py is_loopback): parsing an address, no look-up.
+    "ipaddress",
 }  # fmt: skip
 ALLOWED_FIRST_PARTY = ("bot.core", "workers.errors", "workers.spec")
 # Third-party I/O libraries (the stdlib ones are kept out by the allowlist above;
