@@ -1,0 +1,1 @@
+"""Tests of actions/: the labgate-submit client, and the GitHub Action and GitLab CI template that run it."""
