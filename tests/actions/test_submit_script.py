@@ -85,6 +85,7 @@ class FakeLabgate:
         self.read_token = secrets.token_urlsafe(32)
         self.post_answers: list[tuple[int, dict[str, Any], dict[str, str]]] = [(201, self.accepted(), {})]
         self.statuses: list[dict[str, Any]] = [RUNNING, PASSED]
+        self.get_failures = 0  # the first GETs with the read token answer 502, as a restarting proxy would
         self._log: RequestLog[Asked] = RequestLog()
         self._served = ServedApp(Starlette(routes=[Route(API, self._post, methods=["POST"]),
                                                    Route(API + "/{id}", self._get, methods=["GET"])]),
@@ -120,6 +121,9 @@ class FakeLabgate:
         if request.headers.get("authorization") != f"Bearer {self.read_token}":
             return JSONResponse({"error": "not found"}, 404)
         gets = [asked for asked in self.asked("GET") if asked.authorization == f"Bearer {self.read_token}"]
+        if len(gets) <= self.get_failures:
+            return Response(b"<html>Bad Gateway</html>", 502)
+        gets = gets[self.get_failures :]
         answer = self.statuses[min(len(gets), len(self.statuses)) - 1]
         if request.query_params.get("since") == answer["version"]:
             await asyncio.sleep(float(request.query_params.get("wait", "0")))  # a long poll nothing moved
@@ -354,10 +358,27 @@ def test_503_is_asked_again_with_the_same_token_then_exits_3(tmp_path: Path, lab
 
 
 def test_a_503_then_an_answer_goes_on(tmp_path: Path, labgate: FakeLabgate, github_issuer: FakeOidcIssuer) -> None:
-    labgate.post_answers = [(503, {"error": "busy"}, {"Retry-After": "0"}), (200, labgate.accepted(), {})]
+    labgate.post_answers = [(503, {"error": "busy"}, {"Retry-After": "-5"}), (200, labgate.accepted(), {})]
     done = run_script(github_env(tmp_path, labgate.url, github_issuer), tmp_path)
     assert done.returncode == 0, done
     assert "cannot take it now (HTTP 503): busy" in done.stdout
+
+
+def test_a_status_answer_that_fails_is_asked_again(tmp_path: Path, labgate: FakeLabgate,
+                                                   github_issuer: FakeOidcIssuer) -> None:  # fmt: skip
+    labgate.get_failures = 1
+    done = run_script(github_env(tmp_path, labgate.url, github_issuer), tmp_path)
+    assert done.returncode == 0, done
+    assert "labgate answered HTTP 502: <html>Bad Gateway</html>; again in 2 s" in done.stdout
+    assert len(labgate.asked("POST")) == 1  # the status is asked again, the submission is not made again
+
+
+def test_a_summary_that_cannot_be_written_leaves_the_verdict(tmp_path: Path, labgate: FakeLabgate,
+                                                             github_issuer: FakeOidcIssuer) -> None:  # fmt: skip
+    labgate.statuses = [FAILED]
+    done = run_script(github_env(tmp_path, labgate.url, github_issuer, GITHUB_STEP_SUMMARY=str(tmp_path)), tmp_path)
+    assert done.returncode == 1, done
+    assert f"the job summary cannot be written to {tmp_path}" in done.stderr
 
 
 def test_labgate_unreachable_exits_3(tmp_path: Path, github_issuer: FakeOidcIssuer) -> None:
@@ -516,6 +537,22 @@ def test_gitlab_junit_holds_no_character_xml_cannot(tmp_path: Path, labgate: Fak
     assert done.returncode == 1, done
     failure = ET.parse(tmp_path / "labgate-junit.xml").getroot().find("testcase/failure")
     assert failure is not None and failure.get("message") == "fail:  <&>"
+
+
+def test_gitlab_junit_tells_errors_and_skips_from_failures(tmp_path: Path, labgate: FakeLabgate,
+                                                           gitlab_issuer: FakeOidcIssuer) -> None:  # fmt: skip
+    labgate.statuses = [status("v1", "done", [job("checkout", "checkout"), job("build", "arm64", verdict="warning",
+                                                                               title="error: worker-lost"),
+                                              job("test", "qemu-arm64 unit", verdict="neutral", title="skip"),
+                                              job("test", "board unit", verdict="cancelled", title="cancelled")],
+                               "error", "labgate: not tested: worker-lost")]  # fmt: skip
+    done = run_script(gitlab_env(tmp_path, labgate.url, gitlab_issuer.mint()), tmp_path)
+    assert done.returncode == 3, done  # no verdict on the change: not a fail
+    suite = ET.parse(tmp_path / "labgate-junit.xml").getroot()
+    counts = [suite.get(name) for name in ("tests", "failures", "errors", "skipped")]
+    assert counts == ["4", "0", "1", "2"]
+    error = suite.find("testcase[@name='build arm64']/error")
+    assert error is not None and error.get("message") == "error: worker-lost"
 
 
 def test_gitlab_without_its_id_token_names_id_tokens(tmp_path: Path, labgate: FakeLabgate) -> None:
