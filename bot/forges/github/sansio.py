@@ -242,6 +242,9 @@ def _action(payload: _Payload) -> str:
 def _pull_request(payload: _Payload) -> ParseOutcome:
     action = _action(payload)
     ours = PR_ACTIONS.get(action)
+    changes = payload.optional_obj("changes")
+    if action == "edited" and changes is not None and changes.optional_obj("base") is not None:
+        ours = "retargeted"  # the base branch changed: a new base, the same head
     if ours is None:
         return ParseOutcome(None, f"pull_request action {action!r} does not change what is tested")
     pr = payload.obj("pull_request")

@@ -101,3 +101,22 @@ def test_a_comment_without_a_command_asks_the_forge_nothing(runtime: Runtime) ->
     comment = CommentEvent(repo(), 3, 1, "looks good to me", Actor("maint"), created_at=datetime.now(UTC))
     assert on_comment(runtime, desk, runtime.config.trees[0], comment, None) == ["ignored: no command"]
     assert desk.calls == []
+
+
+def test_a_retargeted_change_runs_again_on_its_new_base_with_the_same_head(runtime: Runtime) -> None:
+    desk = RecordingDesk(permissions={"maint": "write"})
+    trusted = runtime.config.trees[0].model_copy(update={"trust": TrustPolicy(trusted_users=("stranger",))})
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    first = on_change(runtime, desk, trusted, opened(at), OnceKeys("forge-x", "r1"))
+    assert first[0].startswith("pipeline ")
+    # The same head delivered again as an update is a duplicate; as a new base, it is tested again.
+    again = ChangeEvent("updated", repo(), 3, HEAD, "topic", "group/x", "main", "b" * 40, "a change",
+                        Actor("stranger"), Actor("stranger"), updated_at=at)  # fmt: skip
+    assert on_change(runtime, desk, trusted, again, OnceKeys("forge-x", "r2"))[0].startswith("ignored: head")
+    moved = ChangeEvent("retargeted", repo(), 3, HEAD, "topic", "group/x", "next", "c" * 40, "a change",
+                        Actor("stranger"), Actor("stranger"), updated_at=at)  # fmt: skip
+    done = on_change(runtime, desk, trusted, moved, OnceKeys("forge-x", "r3"))
+    assert done[0].startswith("cancelled") and "superseded" in done[0] and done[1].startswith("pipeline ")
+    with runtime.store.session() as session:
+        bases = [p.revision.base_ref for p in session.scalars(select(models.Pipeline).order_by(models.Pipeline.id))]
+    assert bases == ["main", "next"]

@@ -246,6 +246,16 @@ def test_other_pull_request_actions_are_ignored(action: str) -> None:
     assert (outcome.event, outcome.reason) == (None, f"pull_request action {action!r} does not change what is tested")
 
 
+def test_a_new_base_branch_is_a_retarget_and_a_title_edit_is_not() -> None:
+    payload = load("pull_request/opened.json") | {"action": "edited"}
+    payload["changes"] = {"title": {"from": "old title"}}
+    assert parse_json("pull_request", payload).event is None
+    payload["changes"] = {"base": {"ref": {"from": "main"}, "sha": {"from": "5c1f0e3a" + "0" * 32}}}
+    payload["pull_request"]["base"]["ref"] = "next"
+    event = parse_json("pull_request", payload).event
+    assert isinstance(event, ChangeEvent) and (event.action, event.base_ref) == ("retargeted", "next")
+
+
 def test_pull_request_from_fork_and_by_bot() -> None:
     payload = load("pull_request/opened.json")
     payload["pull_request"]["head"]["repo"]["full_name"] = "someone/hello"
