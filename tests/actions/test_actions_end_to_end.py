@@ -189,7 +189,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             output, _ = up.communicate(timeout=120)
         logs = [path.read_text(errors="replace") for path in (root / "data" / "logs").rglob("*") if path.is_file()]
         assert logs, "labgate up keeps logs in data/logs"
-        yield Runs(*results, labgate_output="\n".join([output, *logs]))
+        github_pass, github_fail, gitlab_pass, gitlab_fail = results
+        yield Runs(github_pass, github_fail, gitlab_pass, gitlab_fail, labgate_output="\n".join([output, *logs]))
 
 
 def test_github_pull_request_with_pass_patch_passes_with_a_summary(runs: Runs) -> None:

@@ -495,6 +495,26 @@ def test_pull_request_sends_its_commits_as_patches_against_the_merge_base(
     assert "sha" not in body and "2 patch(es) onto hello release" in done.stdout
 
 
+def test_pull_request_as_its_merge_commit_sends_its_own_commits(tmp_path: Path, labgate: FakeLabgate,
+                                                                github_issuer: FakeOidcIssuer) -> None:  # fmt: skip
+    # actions/checkout on pull_request checks out refs/pull/N/merge: the base's tip merged with the head.
+    upstream = new_repo(tmp_path / "upstream")
+    git(tmp_path, "clone", "-q", str(upstream), "clone")
+    clone = tmp_path / "clone"
+    git(clone, "checkout", "-q", "-b", "feature")
+    commit_file(clone, "a.c", "int a;\n", "add a")
+    commit_file(upstream, "later.c", "int later;\n", "main moves on")
+    git(clone, "fetch", "-q", "origin")
+    git(clone, "checkout", "-q", "--detach", "origin/main")
+    git(clone, "merge", "-q", "--no-ff", "-m", "Merge feature into main", "feature")
+    env = github_env(tmp_path, labgate.url, github_issuer, GITHUB_EVENT_NAME="pull_request", GITHUB_BASE_REF="main",
+                     GITHUB_SHA=git(clone, "rev-parse", "HEAD"))  # fmt: skip
+    done = run_script(env, clone)
+    assert done.returncode == 0, done
+    (patch,) = json.loads(labgate.asked("POST")[0].body)["patches"]
+    assert patch["name"] == "0001-add-a.patch" and "later.c" not in patch["mbox"]
+
+
 def test_pull_request_patches_need_the_base_in_the_clone(tmp_path: Path, labgate: FakeLabgate,
                                                          github_issuer: FakeOidcIssuer) -> None:  # fmt: skip
     repo = new_repo(tmp_path / "repo")
