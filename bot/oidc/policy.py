@@ -16,6 +16,16 @@ _CLAIMS: dict[Platform, tuple[tuple[str, str], ...]] = {
     "gitlab": (("project_ids", "project_id"), ("namespace_ids", "namespace_id"), ("refs", "ref_path"),
                ("event_names", "pipeline_source")),
 }  # fmt: skip
+# Events whose job runs code from a branch someone else may push to, under the project's own ids: a fork's
+# pull or merge request run in the parent (GitHub sends fork PRs of a private repository a token of the base;
+# GitLab runs a fork's MR pipeline in the parent when a maintainer asks), or a trigger (a comment, another
+# workflow's run) a stranger can cause. Only a rule that names one in event_names admits it.
+OTHERS_CODE_EVENTS: dict[Platform, frozenset[str]] = {
+    "github": frozenset({"pull_request", "pull_request_target", "pull_request_review", "pull_request_review_comment",
+                         "workflow_run", "issue_comment"}),
+    "gitlab": frozenset({"merge_request_event", "external_pull_request_event"}),
+}  # fmt: skip
+_EVENT_CLAIM: dict[Platform, str] = {"github": "event_name", "gitlab": "pipeline_source"}
 _PLAIN = re.compile(r"[\w./@:+-]{1,200}")
 
 
@@ -45,7 +55,12 @@ def _meets(token: VerifiedToken, rule: SubmitRule) -> bool:
         wanted: list[str] = getattr(rule, field)
         if wanted and _as_text(token.claims.get(claim)) not in wanted:
             return False
-    return True
+    event = _as_text(token.claims.get(_EVENT_CLAIM[rule.platform]))
+    if event in OTHERS_CODE_EVENTS[rule.platform] and event not in rule.event_names:
+        return False
+    # GitLab's ref_path of a merge request pipeline is the source branch's name, a fork's "main" too: only a
+    # protected ref (pushed by maintainers alone) is the ref a rule names.
+    return not (rule.platform == "gitlab" and rule.refs and token.claims.get("ref_protected") != "true")
 
 
 def _as_text(value: object) -> str | None:
@@ -63,6 +78,8 @@ def _compared_claims(token: VerifiedToken) -> list[str]:
     claims = token.claims
     platforms: list[Platform] = [p for p in ("github", "gitlab") if _CLAIMS[p][0][1] in claims]
     names = [claim for platform in platforms or ["github", "gitlab"] for _, claim in _CLAIMS[platform]]
+    if "gitlab" in platforms:
+        names.append("ref_protected")
     return list(dict.fromkeys(names))
 
 

@@ -92,9 +92,16 @@ class SubmitRule(_Frozen):
     repository_owner_ids: list[str] = Field([], description="GitHub: `repository_owner_id` (the owner's numeric id)")
     project_ids: list[str] = Field([], description="GitLab: `project_id` (the project's numeric id)")
     namespace_ids: list[str] = Field([], description="GitLab: `namespace_id` (the group's or user's numeric id)")
-    refs: list[str] = Field([], description="exact refs, e.g. refs/heads/main (GitHub: `ref`; GitLab: `ref_path`)")
+    refs: list[str] = Field([], description="exact refs, e.g. refs/heads/main (GitHub: `ref`; GitLab: `ref_path`, "
+                            "and the ref must be protected, `ref_protected` true: a merge request pipeline's "
+                            "ref_path is its source branch's, and a fork's branch may be called main too)")  # fmt: skip
     event_names: list[str] = Field([], description="GitHub: `event_name` (push, workflow_dispatch, ...); GitLab: "
-                                   "`pipeline_source` (push, web, merge_request_event, ...)")  # fmt: skip
+                                   "`pipeline_source` (push, web, ...). Events that run code from a branch someone "
+                                   "else pushes to, under this project's ids (GitHub: pull_request, "
+                                   "pull_request_target, pull_request_review, pull_request_review_comment, "
+                                   "workflow_run, issue_comment; GitLab: merge_request_event, "
+                                   "external_pull_request_event: a fork's request run in the parent), match only "
+                                   "when listed here, even when this list is otherwise left out")  # fmt: skip
     job_workflow_refs: list[str] = Field([], description="GitHub: `job_workflow_ref`, the workflow the job runs, "
                                          "exactly: owner/repo/.github/workflows/x.yml@refs/heads/main (a reusable "
                                          "workflow's, when the job calls one)")  # fmt: skip

@@ -120,7 +120,7 @@ def test_a_gitlab_namespace_id_and_ref_path() -> None:
     branch = gitlab_token(ref="feature-branch-1", ref_path="refs/heads/feature-branch-1")
     assert refusal(branch, rules) == (
         "no rule lets this token submit to tree netdev/net-next: project_id=20 "
-        "namespace_id=72 ref_path=refs/heads/feature-branch-1 pipeline_source=push"
+        "namespace_id=72 ref_path=refs/heads/feature-branch-1 pipeline_source=push ref_protected=true"
     )
     assert "pipeline_source=merge_request_event" in refusal(gitlab_token(pipeline_source="merge_request_event"), rules)
     assert "namespace_id=73" in refusal(gitlab_token(namespace_id="73"), rules)
@@ -155,3 +155,53 @@ def test_the_refusal_never_names_what_a_rule_wants(token: VerifiedToken) -> None
 def test_a_claim_that_is_not_plain_is_quoted() -> None:
     message = refusal(github_token(ref="refs/heads/x\nrule 0 matched"), [rule(repository_ids=["1"])])
     assert 'ref="refs/heads/x\\nrule 0 matched" ' in message and "\n" not in message
+
+
+# ---- Someone else's code in a trusted project's name (M1) ---------------------------------------------------
+
+# A maintainer runs the pipeline of a fork's merge request in the parent project: the fork's .gitlab-ci.yml
+# runs with the parent's project_id, and ref_path names the fork's source branch, which may well be "main".
+FORK_MR = {"project_id": "20", "ref_path": "refs/heads/main", "ref": "main", "ref_protected": "false",
+           "pipeline_source": "merge_request_event"}  # fmt: skip
+
+
+def test_a_forks_merge_request_pipeline_in_the_parent_project_is_refused_by_a_main_only_rule() -> None:
+    main_only = rule(issuer=GITLAB, project_ids=["20"], refs=["refs/heads/main"])
+    pushes_to_main = rule(issuer=GITLAB, project_ids=["20"], refs=["refs/heads/main"], event_names=["push"])
+    for rules in ([main_only], [pushes_to_main]):
+        assert "pipeline_source=merge_request_event" in refusal(gitlab_token(**FORK_MR), rules)
+
+
+def test_a_gitlab_rule_with_refs_wants_a_protected_ref() -> None:
+    rules = [rule(issuer=GITLAB, project_ids=["20"], refs=["refs/heads/main"])]
+    assert authorize(gitlab_token(), rules, "netdev/net-next")  # ref_protected "true"
+    for unprotected in ("false", True, "", None):
+        assert refusal(gitlab_token(ref_protected=unprotected), rules)
+    assert refusal(gitlab_token(ref_protected=DROP), rules)
+
+
+def test_the_refusal_names_ref_protected_for_gitlab() -> None:
+    message = refusal(gitlab_token(ref_protected="false"), [rule(issuer=GITLAB, project_ids=["20"], refs=["x"])])
+    assert "ref_protected=false" in message
+
+
+@pytest.mark.parametrize("event", ["merge_request_event", "external_pull_request_event"])
+def test_a_gitlab_event_running_another_branchs_code_matches_only_a_rule_naming_it(event: str) -> None:
+    token = gitlab_token(pipeline_source=event)
+    assert f"pipeline_source={event}" in refusal(token, [rule(issuer=GITLAB, project_ids=["20"])])
+    assert authorize(token, [rule(issuer=GITLAB, project_ids=["20"], event_names=[event])], "netdev/net-next")
+
+
+@pytest.mark.parametrize("event", ["pull_request", "pull_request_target", "pull_request_review",
+                                   "pull_request_review_comment", "workflow_run", "issue_comment"])  # fmt: skip
+def test_a_github_event_running_another_branchs_code_matches_only_a_rule_naming_it(event: str) -> None:
+    # A private repository that sends write tokens to fork pull requests' workflows: the base's repository_id.
+    token = github_token(event_name=event, ref="refs/pull/7/merge")
+    assert f"event_name={event}" in refusal(token, [rule(repository_ids=["588298808"])])
+    assert authorize(token, [rule(repository_ids=["588298808"], event_names=[event])], "netdev/net-next")
+
+
+def test_a_github_ref_rule_does_not_read_ref_protected() -> None:
+    # GitHub's token has no ref_protected claim: its refs rule stays as it was.
+    rules = [rule(repository_ids=["588298808"], refs=["refs/heads/main"])]
+    assert authorize(github_token(), rules, "netdev/net-next")
