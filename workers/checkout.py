@@ -103,6 +103,12 @@ def update_mirror(mirror: Path, url: str, credential_file: Path | None = None) -
 
 
 def resolve(mirror: Path, ref: str, what: str) -> str:
+    if what == "base" and not ref.startswith("refs/"):
+        # A base named like a branch is that branch: git's own order would take a tag of the same name
+        # first (refs/tags/main before refs/heads/main), one anybody who may push tags could make.
+        branch = git(["rev-parse", "--verify", "--quiet", f"refs/heads/{ref}^{{commit}}"], mirror, check=False)
+        if branch.returncode == 0:
+            return branch.stdout.strip()
     process = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], mirror, check=False)
     if process.returncode != 0:
         # "could not determine base": the words Patchwork's readers are told (a series' base-commit: trailer).

@@ -20,6 +20,7 @@ class Head:
     base_ref: str
     title: str
     closed: bool
+    draft: bool = False
 
 
 class ForgeDesk(Protocol):

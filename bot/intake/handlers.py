@@ -91,12 +91,21 @@ def on_push(runtime: Runtime, source: str, tree: Tree, event: PushEvent, once: O
     branch = event.ref.removeprefix("refs/heads/")
     if event.deleted or not event.ref.startswith("refs/heads/") or branch not in tree.staging_branches:
         return [f"ignored: push to {event.ref} is not to a staging branch"]
+    external = f"{event.repo.full_name}@{branch}"
+    # Compared with the head labgate last tested on the branch, not the delivery's `before`: what the
+    # comparison and the test selection start from is then labgate's own record, whatever a delivery says.
+    with runtime.store.session() as session:
+        previous = session.scalar(
+            select(Revision.head_sha).join(Change)
+            .where(Change.source == f"{source}-push", Change.external_id == external, Revision.head_sha.is_not(None))
+            .order_by(Revision.id.desc())
+        )  # fmt: skip
+    before = previous or (event.before if not event.created else event.after)
     pipeline_id = submit(
         runtime,
         Submission(
-            tree_name=tree.name, tree_url=tree.url, source=f"{source}-push",
-            external_id=f"{event.repo.full_name}@{branch}",
-            base_ref=event.before if not event.created else event.after, ref=event.after, head_sha=event.after,
+            tree_name=tree.name, tree_url=tree.url, source=f"{source}-push", external_id=external,
+            base_ref=before, ref=event.after, head_sha=event.after,
             title=f"push to {branch}", submitter=event.pusher.login, forge_repo=event.repo.full_name,
             installation_id=event.repo.installation_id, kind="post-merge",
         ),

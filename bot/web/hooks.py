@@ -147,6 +147,9 @@ class ForgeHook(NamedTuple):
     malformed: tuple[type[Exception], ...]
     max_body_bytes: int
     replay_setting: str  # the setting the replay window comes from, named when an old event is ignored
+    # What can be proven from the head alone (a token sent in clear), checked before a byte of the body
+    # is read: whoever lacks it never holds any of the body budget. Raises one of `refused`.
+    verify_head: Callable[[Mapping[str, str]], None] | None = None
 
 
 def open_github_hook(runtime: Runtime, intake: Intake) -> Callable[[Request], Awaitable[Response]]:
@@ -203,8 +206,11 @@ def gitlab_hook(intake: Intake, token: str, signing_token: str | None, *, budget
     def verify(headers: Mapping[str, str], body: bytes, now: datetime) -> None:
         gitlab_sansio.verify(headers, body, token, signing_token, now)
 
+    def verify_token(headers: Mapping[str, str]) -> None:
+        gitlab_sansio.verify(headers, b"", token, None, datetime.now(UTC))  # the token alone, no signature
+
     forge = ForgeHook("gitlab", verify, _read_gitlab, (gitlab_sansio.TokenError,), (gitlab_sansio.MalformedPayload,),
-                      MAX_BODY_BYTES, "GitLab's window: 30 days")  # fmt: skip
+                      MAX_BODY_BYTES, "GitLab's window: 30 days", verify_token)  # fmt: skip
     return hook_endpoint(intake, forge, replay_window=replay_window, budget=budget)
 
 
@@ -218,6 +224,8 @@ def hook_endpoint(intake: Intake, forge: ForgeHook, *, replay_window: timedelta,
         headers = dict(request.headers)
         now = datetime.now(UTC)
         try:
+            if forge.verify_head is not None:
+                forge.verify_head(headers)
             body = await read_capped(request, forge.max_body_bytes, held)
             # Verified before anything else looks at the body: only the forge's deliveries reach the digests.
             forge.verify(headers, body, now)

@@ -110,6 +110,8 @@ class _MergeRequest:
     draft: bool
     created_at: str
     updated_at: str
+    # Each head the merge request has had, with when GitLab made it (its diff versions), oldest first.
+    versions: list[tuple[int, str, str]] = field(default_factory=list)  # (version id, head sha, created_at)
 
 
 @dataclass
@@ -261,8 +263,11 @@ class FakeGitLab:
             self._mrs[(project, iid)] = _MergeRequest(
                 old.id if old else self._id("merge_request"), iid, project, source, source_branch, target_branch,
                 head_sha, self._user(author).id, title or f"Merge request {iid}", state, draft,
-                old.created_at if old else now, now,
+                old.created_at if old else now, now, list(old.versions) if old else [],
             )  # fmt: skip
+            versions = self._mrs[(project, iid)].versions
+            if not versions or versions[-1][1] != head_sha:  # a push makes a new diff version
+                versions.append((self._id("version"), head_sha, now))
             self.push_commit(source, head_sha, source_branch)
             self.push_commit(project, head_sha, f"refs/merge-requests/{iid}/head")
 
@@ -415,6 +420,16 @@ class FakeGitLab:
             if query.get("state", "all") != "all":
                 mrs = [mr for mr in mrs if mr.state == query["state"]]
             return self._page(request, query, [self._mr_json(mr, single=False) for mr in mrs])
+        if (m2 := re.fullmatch(r"/merge_requests/(\d+)/versions", sub)) and method == "GET":
+            # doc/api/merge_requests.md "Get merge request diff versions": newest first.
+            self._need_mr_access(project, user)
+            mr = self._mrs.get((project.id, int(m2[1])))
+            if mr is None:
+                raise _message(404, "404 Not found")
+            return self._page(request, query, [
+                {"id": vid, "head_commit_sha": sha, "base_commit_sha": "0" * 40, "start_commit_sha": "0" * 40,
+                 "created_at": at, "merge_request_id": mr.id, "state": "collected", "real_size": "1",
+                 "patch_id_sha": None} for vid, sha, at in reversed(mr.versions)])  # fmt: skip
         if m2 := re.fullmatch(r"/merge_requests/(\d+)(/notes(?:/(\d+))?)?", sub):
             self._need_mr_access(project, user)
             mr = self._mrs.get((project.id, int(m2[1])))

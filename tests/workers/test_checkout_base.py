@@ -83,6 +83,14 @@ def test_a_branch_base_is_not_checked_as_before(hello_repo: Path, tmp_path: Path
     assert checkout(hello_repo, tmp_path, "main", ()).base_sha == git(hello_repo, "rev-parse", "main")
 
 
+def test_attack_a_tag_named_like_the_branch_is_not_the_base(hello_repo: Path, tmp_path: Path) -> None:
+    """git's own order reads `main` as refs/tags/main before refs/heads/main: whoever may push a tag (not
+    the branch) could choose the base, and with it the plan, of every change into main."""
+    main = git(hello_repo, "rev-parse", "main")
+    git(hello_repo, "tag", "main", commit_on(hello_repo, "main", "the tag's own plan"))
+    assert checkout(hello_repo, tmp_path, "main", ()).base_sha == main
+
+
 @pytest.mark.parametrize("name", ["-x", "a..b", "a b", "main^", "a:b", "", "refs//x", "x.lock", "a@{1}"])
 def test_attack_a_branch_name_git_would_read_as_something_else_is_refused(name: str) -> None:
     with pytest.raises(ValidationError, match="branch"):

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -55,6 +56,7 @@ class NoteView:
     author: str  # author.username
     body: str
     system: bool  # written by GitLab itself ("added 1 commit", ...), under the name of whoever acted
+    created_at: datetime  # GitLab's clock, aware UTC
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,15 @@ class GitLabClient:
             if exc.response_code == 404:
                 return None
             raise
-        return NoteView(int(found["id"]), str(found["author"]["username"]), str(found["body"]), bool(found["system"]))
+        return NoteView(int(found["id"]), str(found["author"]["username"]), str(found["body"]), bool(found["system"]),
+                        _api_time(str(found["created_at"])))  # fmt: skip
+
+    def head_pushed_at(self, project_id: int, iid: int, head_sha: str) -> datetime | None:
+        """When GitLab first made `head_sha` a head of the merge request (its diff versions), None if never."""
+        mr = self._project(project_id).mergerequests.get(iid, lazy=True)
+        versions = mr.diffs.list(get_all=True, **_READ)
+        times = [_api_time(str(v.created_at)) for v in versions if str(v.head_commit_sha) == head_sha]
+        return min(times, default=None)
 
     def branch_head(self, project_id: int, branch: str) -> str | None:
         """The commit the project's branch points at now, None when there is no such branch."""
@@ -271,3 +281,8 @@ def _view(data: dict[str, Any]) -> MergeRequestView:
         target_project_id=int(data["target_project_id"]), author=str(author["username"]), author_id=int(author["id"]),
         draft=bool(data.get("draft", data.get("work_in_progress", False))),
     )  # fmt: skip
+
+
+def _api_time(text: str) -> datetime:
+    """A time as GitLab's API writes it ("2026-12-07T12:00:00.000Z"), aware UTC."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

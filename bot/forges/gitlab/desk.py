@@ -65,7 +65,8 @@ class MergeRequestDesk:
 
     def current_head(self) -> Head:
         view = self._merge_request
-        return Head(view.head_sha, self.actor(view.author), view.target_branch, view.title, view.state != "opened")
+        return Head(view.head_sha, self.actor(view.author), view.target_branch, view.title, view.state != "opened",
+                    view.draft)  # fmt: skip
 
     @cached_property
     def _merge_request(self) -> MergeRequestView:

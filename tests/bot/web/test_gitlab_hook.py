@@ -3,6 +3,7 @@ in GitLab's words (a clear-text token, optional Standard-Webhooks signing, GitLa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import select
@@ -196,3 +198,38 @@ def test_an_event_uuid_is_used_when_there_is_no_idempotency_key(hook: Hook) -> N
     event_uuid = str(uuid.uuid4())
     answer = hook.post("Merge Request Hook", opened(6), **{"X-Gitlab-Event-UUID": event_uuid})
     assert answer.json()["delivery"] == event_uuid
+
+
+def test_without_the_token_no_byte_of_the_body_is_held(tmp_path: Path, redis_db_url: str) -> None:
+    """Bodies declared huge and never sent, without the token, hold none of the body budget: a real
+    delivery still gets in (the token is checked from the head, before the body is read)."""
+    configure(redis_db_url, longest_job_s=60)
+    config = make_config(tmp_path)
+    config = config.model_copy(update={"web": config.web.model_copy(update={"limits": config.web.limits.model_copy(
+        update={"max_body_bytes_in_flight": 1 << 20})})})  # fmt: skip
+    runtime = open_runtime(config)
+
+    async def scenario() -> list[int]:
+        app = create_app(runtime)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://hook") as client:
+
+                async def stalled() -> httpx.Response:
+                    async def never() -> Any:
+                        yield b"x" * 100
+                        await asyncio.sleep(3600)
+
+                    return await client.post("/hooks/gitlab", content=never(), headers={
+                        "X-Gitlab-Event": "Push Hook", "Content-Length": str(900_000)})  # fmt: skip
+
+                stalls = [asyncio.ensure_future(stalled()) for _ in range(4)]
+                await asyncio.sleep(0.2)
+                real = await client.post("/hooks/gitlab", content=json.dumps(opened(7)).encode(), headers={
+                    "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": TOKEN})  # fmt: skip
+                refused = [await asyncio.wait_for(stall, 10) for stall in stalls]
+                return [real.status_code, *[r.status_code for r in refused]]
+
+    codes = asyncio.run(scenario())
+    assert codes == [202, 401, 401, 401, 401]
+    runtime.store.engine.dispose()

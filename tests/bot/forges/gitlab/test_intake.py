@@ -4,7 +4,7 @@ delivery holds it): labgate reads back from GitLab what a delivery claims, and a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,3 +126,65 @@ def test_a_push_naming_another_commit_than_the_branch_holds_is_ignored(world: Wo
     genuine = PushEvent(world.repo, "refs/heads/staging", "0" * 40, STAGING, True, False, False, Actor("maint"))
     assert handle_event(world.runtime, world.client, genuine, "d-10")[0].startswith("post-merge pipeline")
     assert world.pipelines() == 1
+
+
+EVIL = "e" * 40
+
+
+def checkout_specs(world: World) -> list[tuple[str, dict[str, object]]]:
+    with world.runtime.store.session() as session:
+        return [(p.revision.head_sha or "", dict(next(j for j in p.jobs if j.kind == "checkout").spec))
+                for p in session.scalars(select(models.Pipeline).order_by(models.Pipeline.id))]  # fmt: skip
+
+
+def test_an_old_approval_sent_again_naming_a_newer_head_approves_nothing(world: World) -> None:
+    note_id = world.fake.add_note(world.target, 2, "maint", "/ok-to-test")
+    handle_event(world.runtime, world.client, world.note(2, "/ok-to-test", "maint", FORK_HEAD, note_id), "d-11")
+    assert world.pipelines() == 1
+    fork = world.fake._mrs[(world.target, 2)].source_project_id  # eve pushes code nobody read
+    world.fake.add_merge_request(world.target, 2, head_sha=EVIL, author="eve", source_project=fork)
+    waits = handle_event(world.runtime, world.client, world.change(2, EVIL, author="eve"), "d-12")
+    assert waits[-1] == f"waiting for approval of {EVIL[:12]}"
+    # The maintainer's old note, its real id, author and text, with the new head as the one "seen".
+    replayed = world.note(2, "/ok-to-test", "maint", EVIL, note_id)
+    done = handle_event(world.runtime, world.client, replayed, "d-13 (a new Idempotency-Key)")
+    assert done == [f"ignored: note {note_id} was written before {EVIL[:12]} was pushed to !2; it cannot approve it"]
+    assert [head for head, _ in checkout_specs(world)] == [FORK_HEAD]
+    # A note written after the push does approve it.
+    fresh = world.fake.add_note(world.target, 2, "maint", "/ok-to-test")
+    handle_event(world.runtime, world.client, world.note(2, "/ok-to-test", "maint", EVIL, fresh), "d-14")
+    assert [head for head, _ in checkout_specs(world)] == [FORK_HEAD, EVIL]
+
+
+def test_the_same_note_sent_twice_does_its_work_once(world: World) -> None:
+    note_id = world.fake.add_note(world.target, 2, "maint", "/ok-to-test")
+    for delivery in ("d-15", "d-16"):
+        handle_event(world.runtime, world.client, world.note(2, "/ok-to-test", "maint", FORK_HEAD, note_id), delivery)
+    assert world.pipelines() == 1 and world.approvals() == 1
+
+
+def test_a_forged_retarget_cannot_choose_the_base(world: World) -> None:
+    note_id = world.fake.add_note(world.target, 2, "maint", "/ok-to-test")
+    handle_event(world.runtime, world.client, world.note(2, "/ok-to-test", "maint", FORK_HEAD, note_id), "d-17")
+    forged = replace(world.change(2, FORK_HEAD, "retargeted", author="eve"), base_ref="merge-requests/3/head",
+                     title="evil\ntitle", draft=False)  # fmt: skip
+    handle_event(world.runtime, world.client, forged, "d-18")
+    specs = checkout_specs(world)
+    # Whatever the delivery says, the base is the merge request's target branch as GitLab holds it.
+    assert {spec["base_ref"] for _, spec in specs} == {"main"}
+    with world.runtime.store.session() as session:
+        assert {c.title for c in session.scalars(select(models.Change))} == {"Merge request 2"}
+
+
+def test_a_forged_push_cannot_choose_what_it_is_compared_with_nor_run_twice(world: World) -> None:
+    for n in range(3):  # the same push under three delivery ids, naming a fork's head as `before`
+        forged = PushEvent(world.repo, "refs/heads/staging", FORK_HEAD, STAGING, False, False, False, Actor("maint"))
+        handle_event(world.runtime, world.client, forged, f"d-push-{n}")
+    specs = checkout_specs(world)
+    assert len(specs) == 1, "one pipeline per push, however many deliveries tell of it"
+    later = "4" * 40
+    world.fake.push_commit(world.target, later, "staging")
+    pushed = PushEvent(world.repo, "refs/heads/staging", FORK_HEAD, later, False, False, False, Actor("maint"))
+    handle_event(world.runtime, world.client, pushed, "d-push-4")
+    # Compared with the head labgate tested last on the branch, not with the delivery's `before`.
+    assert checkout_specs(world)[-1][1]["base_ref"] == STAGING
