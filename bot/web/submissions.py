@@ -1,7 +1,9 @@
 """POST /api/v1/submissions and GET /api/v1/submissions/{id}: CI jobs as submitters, proven by their OIDC id-token.
 
-POST checks, in this order: the size cap; a bearer token; the token itself (the verifier: 401 naming
-the check, 503 when the issuer's keys cannot be read); the body; the tree (404); the operator's rules
+POST checks, in this order: the declared size (413); a bearer token; the token itself (the verifier: 401
+naming the check, 503 when the issuer's keys cannot be read); only then the body is read (413 past the
+cap, 503 when the bodies in flight fill the budget: a request without a valid token never reads or holds a
+byte of it) and parsed (400, 422); the tree (404); the operator's rules
 (403); the base, which must be one of the tree's configured branches (422: labgate resolves it at
 checkout, never a submitter-chosen commit, which would also choose the plan that judges the change);
 a `sha` or `ref` against the token's own (403). Then one transaction stores the submission under the
@@ -194,23 +196,13 @@ class SubmissionApi:
             return answer(refused.status, {"error": str(refused)}, refused.headers)
 
     async def _post(self, request: Request) -> Response:
-        body = await self._read(request)
-        credential = bearer_of(request)
-        if credential is None:
-            raise Refused(401, "token: no bearer token (Authorization: Bearer <the CI job's id-token>)",
-                          {"WWW-Authenticate": "Bearer"})  # fmt: skip
-        try:
-            token = await self.verifier(credential)
-        except TokenRefused as exc:
-            raise Refused(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
-        except KeysUnavailable as exc:
-            log.warning("submission refused for now: %s", exc)
-            raise Refused(503, f"the issuer's keys cannot be read now: {exc}",
-                          {"Retry-After": str(RETRY_AFTER_S)}) from exc  # fmt: skip
-        if len(token.jti) > JTI_MAX:
-            # GitHub's and GitLab's are UUIDs; a longer one would not fit the key replays are told by.
-            raise Refused(401, f"token: its jti is over {JTI_MAX} characters")
-        wanted = read_body(body)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise Refused(413, f"body over {MAX_BODY_BYTES} bytes")  # said before a byte is read, as read_capped
+        token = await self._verified(request)
+        # Only now the body: a client without a valid token never makes labgate read or hold a byte of it,
+        # so the body budget is shared by proven CI jobs alone.
+        wanted = read_body(await self._read(request))
         config = self.runtime.config
         tree = config.tree(wanted.tree)
         if tree is None:
@@ -244,6 +236,25 @@ class SubmissionApi:
         if stored.fresh:
             log.info("submission %d: %s to %s (%s)", stored.id, grant.identity, tree.name, grant.tier)
         return answer(201 if stored.fresh else 200, content)
+
+    async def _verified(self, request: Request) -> VerifiedToken:
+        """The bearer's id-token, verified (the verifier needs no body): 401, or 503 when keys cannot be read."""
+        credential = bearer_of(request)
+        if credential is None:
+            raise Refused(401, "token: no bearer token (Authorization: Bearer <the CI job's id-token>)",
+                          {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        try:
+            token = await self.verifier(credential)
+        except TokenRefused as exc:
+            raise Refused(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+        except KeysUnavailable as exc:
+            log.warning("submission refused for now: %s", exc)
+            raise Refused(503, f"the issuer's keys cannot be read now: {exc}",
+                          {"Retry-After": str(RETRY_AFTER_S)}) from exc  # fmt: skip
+        if len(token.jti) > JTI_MAX:
+            # GitHub's and GitLab's are UUIDs; a longer one would not fit the key replays are told by.
+            raise Refused(401, f"token: its jti is over {JTI_MAX} characters")
+        return token
 
     async def _read(self, request: Request) -> bytes:
         held = HeldBody(self.budget)

@@ -11,7 +11,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from bot.oidc.types import TokenRefused, VerifiedToken
 from bot.store.models import CiSubmission, CiSubmissionReader, Pipeline
 from bot.web import submissions
 from bot.web.app import create_app
+from bot.web.hooks import BodyBudget
 from bot.web.submissions import open_submission_api
 from tests.bot.web.test_hooks import database_url
 from tests.fakes.oidc_issuer import DROP, FakeOidcIssuer, github_claims
@@ -323,11 +324,11 @@ def test_an_oversized_body_is_413_declared_or_streamed(api: Api, monkeypatch: py
     bearer = {"Authorization": f"Bearer {api.verifier.issue()}"}
     too_long = {"Content-Length": str(submissions.MAX_BODY_BYTES + 1)}
     declared = api.client.post(PATH, content=b"{}", headers=bearer | too_long)
-    assert declared.status_code == 413
+    assert declared.status_code == 413 and api.verifier.asked == []  # told before anything else
     monkeypatch.setattr(submissions, "MAX_BODY_BYTES", 1000)
     streamed = api.client.post(PATH, content=iter([b"x" * 600, b"x" * 600]), headers=bearer)
     assert streamed.status_code == 413 and streamed.json() == {"error": "body over 1000 bytes"}
-    assert api.verifier.asked == [] and api.submissions() == []
+    assert len(api.verifier.asked) == 1 and api.submissions() == []  # the token first, then the body
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", ".hidden.patch", "a/b.patch", "x\n.patch", ""])
@@ -598,4 +599,41 @@ def test_a_connection_postgresql_dropped_is_replaced_and_no_submission_is_lost(t
     assert asyncio.run(run()) == [201, 201]
     with runtime.store.session() as session:
         assert session.scalar(select(func.count()).select_from(CiSubmission)) == 2
+    runtime.store.engine.dispose()
+
+
+# ---- the body budget is for proven jobs (M6) -------------------------------------------------------------
+
+
+def test_stalled_bodies_without_a_valid_token_hold_nothing_an_authenticated_submission_needs(
+        tmp_path: Path, redis_db_url: str) -> None:  # fmt: skip
+    configure(redis_db_url, longest_job_s=60)
+    runtime = open_runtime(make_config(tmp_path))
+    verifier = FakeVerifier()
+    api = open_submission_api(runtime, verifier)
+    api.budget = BodyBudget(1800)  # room for two of the attackers' declared bodies, and nothing more
+    release = asyncio.Event()
+    pulled: list[int] = []
+
+    async def stalled(index: int) -> AsyncIterator[bytes]:
+        pulled.append(index)  # the app asked for the body's first bytes
+        await release.wait()
+        yield b" " * 900
+
+    async def run() -> tuple[list[int], int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=api.routes)),
+                                     base_url="http://t") as client:  # fmt: skip
+            attackers = [asyncio.ensure_future(client.post(PATH, content=stalled(n), headers={
+                "Content-Length": "900", **({"Authorization": "Bearer forged"} if n % 2 else {})}))
+                for n in range(6)]  # fmt: skip
+            await asyncio.sleep(0.3)
+            honest = await client.post(PATH, json=body(), headers={"Authorization": f"Bearer {verifier.issue()}"})
+            release.set()
+            codes = [(await attacker).status_code for attacker in attackers]
+        await api.close()
+        return codes, honest.status_code
+
+    codes, honest = asyncio.run(run())
+    assert honest == 201 and codes == [401] * 6
+    assert pulled == [] and api.budget.held == 0  # not a byte of theirs was read or held
     runtime.store.engine.dispose()
