@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.core.mail_text import one_line
+from bot.core.render import fenced, inline_text, link
 from bot.host.stores import Runtime
 from bot.reporting.job_reports import job_report
 from bot.reporting.page_links import job_page_url, pipeline_page_url
@@ -40,7 +41,7 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
         lines = [headline, ""] + [f"{job.label}: {job.title}" for job in jobs]
         return PipelineSummary(
             pipeline_id=pipeline.id, done=done, verdict=verdict, headline=headline, text="\n".join(lines),
-            markdown="\n".join(f"- {line}" for line in lines[2:]),
+            markdown="\n".join(f"- {inline_text(line)}" for line in lines[2:]),
             url=pipeline_page_url(runtime.config, runtime.data_dir, pipeline.id, tree), jobs=jobs,
             our_error=done and pipeline.error_code in OUR_ERRORS, notes=tuple(pipeline.notes or ()),
             reproduce=reproduce,
@@ -50,22 +51,25 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
 def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
     """The summary for a forge that renders markdown in one place (a merge request note, a commit
     comment): the headline, `lead` (a staging push's comparison: its new failures), what is broken with
-    its first error lines, the notes, every job, and how to reproduce it."""
-    lines = [f"**{summary.headline}**", ""]
+    its first error lines, the notes, every job, and how to reproduce it. What a change wrote (error
+    lines, test names in titles, job names from its plan) is text here, never markdown: it is fenced or
+    escaped by bot/core/render.py; `lead` is markdown we made."""
+    lines = [f"**{inline_text(summary.headline)}**", ""]
     if lead:
         lines += [lead, ""]
     broken = [job for job in summary.jobs if job.stage == "done" and job.verdict in ("fail", "timed-out")]
     if broken:
         lines.append("**Broken:**")
         for job in broken:
-            lines.append(f"- [{job.label}]({job.details_url}): {job.title}")
+            lines.append(f"- {link(job.label, job.details_url)}: {inline_text(job.title)}")
             if job.error_lines:
-                lines += ["", "  ```", *(f"  {line}" for line in job.error_lines.splitlines()), "  ```", ""]
+                # Indented under its list item, every line alike, so the block stays in the item.
+                lines += ["", *(f"  {line}" for line in fenced(job.error_lines).split("\n")), ""]
         lines.append("")
-    lines += [*summary.notes, ""] if summary.notes else []
+    lines += [*(inline_text(note) for note in summary.notes), ""] if summary.notes else []
     lines += ["| job | result |", "|---|---|"]
-    lines += [f"| [{job.label}]({job.details_url}) | {job.title.replace('|', '/')} |" for job in summary.jobs]
+    lines += [f"| {link(job.label, job.details_url)} | {inline_text(job.title)} |" for job in summary.jobs]
     if summary.reproduce:
-        lines += ["", "Reproduce:", "", "```", summary.reproduce, "```"]
-    lines += ["", f"[Pipeline {summary.pipeline_id}]({summary.url})"]
+        lines += ["", "Reproduce:", "", fenced(summary.reproduce)]
+    lines += ["", link(f"Pipeline {summary.pipeline_id}", summary.url)]
     return "\n".join(lines) + "\n"
