@@ -238,8 +238,9 @@ def test_a_new_push_supersedes_the_running_pipeline(world: World) -> None:
     world.wait(lambda: "labgate / checkout" in world.statuses(first), "the first pipeline to start")
     second = world.push_head(4, None, on=first)
     world.open_mr(4, second, action="update", oldrev=first)
-    found = world.wait_finished(first, set(world.statuses(first)))
-    assert any(s["status"] == "canceled" for s in found.values()), found
+    world.wait(lambda: any(s["status"] == "canceled" for s in world.statuses(first).values()),
+               "a status of the first pipeline to say it was cancelled", timeout_s=60)  # fmt: skip
+    world.wait_finished(first, set(world.statuses(first)))  # nothing of the first is left pending
     again = world.wait_finished(second, PIPELINE_STATUSES)
     assert {again[n]["status"] for n in PIPELINE_STATUSES} == {"success"}
     # One note for the merge request, showing the latest pipeline.
