@@ -11,10 +11,16 @@ from typing import Any
 import orjson
 
 from bot.core.events import as_utc
+from bot.core.mail_text import printable
 
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 repositories
 # What git check-ref-format refuses anywhere in a name, plus a leading '-' (read as an option by git).
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|/\.|^\.|\.lock$|/$|\.$")
+# A GitLab username, and each segment of a project's path: letters, digits, '_', '-' and '.', not
+# starting with '-' (GitLab's own rule; git and shells would read it as an option), at most 255.
+_GITLAB_NAME = r"(?!\.\.?(?:/|$))[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}"
+_USERNAME = re.compile(_GITLAB_NAME)
+_PROJECT_PATH = re.compile(rf"{_GITLAB_NAME}(?:/{_GITLAB_NAME})+")
 
 
 class MalformedPayload(Exception):
@@ -101,10 +107,30 @@ def commit_id(payload: dict[str, Any], path: str) -> str:
 
 
 def ref_name(payload: dict[str, Any], path: str) -> str:
-    """A branch or tag name that git accepts and cannot read as an option."""
+    """A branch or tag name that git accepts and cannot read as an option, that prints as it reads."""
     value = text(payload, path)
-    if not value or _BAD_REF.search(value):
+    # git takes any byte past ASCII's controls; a name also goes to logs and reports, where a C1 control,
+    # a Unicode line separator or a bidi override would start a line or hide what follows it.
+    if not value or _BAD_REF.search(value) or printable(value) != value:
         raise MalformedPayload(f"{path}: not a valid git ref name")
+    return value
+
+
+def username(payload: dict[str, Any], path: str) -> str:
+    """A GitLab username: it names someone in logs, records and trust decisions, so nothing GitLab
+    would not accept as one (no line break, no space, no control, no '/')."""
+    value = text(payload, path)
+    if not _USERNAME.fullmatch(value):
+        raise MalformedPayload(f"{path}: not a GitLab username")
+    return value
+
+
+def project_path(payload: dict[str, Any], path: str) -> str:
+    """A GitLab project's full path (`group/subgroup/project`): names as a username is, joined by '/',
+    with no '.' or '..' segment (it names trees in logs, records and directories)."""
+    value = text(payload, path)
+    if not _PROJECT_PATH.fullmatch(value):
+        raise MalformedPayload(f"{path}: not a GitLab project path")
     return value
 
 

@@ -34,10 +34,12 @@ from bot.forges.gitlab.fields import (
     load_object,
     optional_time,
     present,
+    project_path,
     quoted,
     read_time,
     ref_name,
     text,
+    username,
 )
 
 # The signing names and read_time are re-exported: imports of them from here keep working.
@@ -149,7 +151,7 @@ def _repo(payload: dict[str, Any]) -> RepoRef:
     # `project` is the project the hook belongs to: for a merge request or its notes, the target project.
     return RepoRef(
         forge="gitlab",
-        full_name=text(payload, "project.path_with_namespace"),
+        full_name=project_path(payload, "project.path_with_namespace"),
         clone_url=text(payload, "project.git_http_url"),
         default_branch=text(payload, "project.default_branch"),
         installation_id=integer(payload, "project.id"),
@@ -179,7 +181,7 @@ def _merge_request(payload: dict[str, Any]) -> ParseOutcome:
     repo = _repo(payload)
     _same_project(payload, repo, "object_attributes.target_project_id")
     number = integer(payload, "object_attributes.iid")
-    user = text(payload, "user.username")
+    user = username(payload, "user.username")
     # The hook names the author by id only; `user` is whoever acted. The intake looks the author up.
     author = user if integer(payload, "user.id") == integer(payload, "object_attributes.author_id") else ""
     event = ChangeEvent(
@@ -190,7 +192,7 @@ def _merge_request(payload: dict[str, Any]) -> ParseOutcome:
         head_ref=ref_name(payload, "object_attributes.source_branch"),
         # source is null once the source project is deleted; the head stays fetchable from the target.
         head_repo=(
-            text(payload, "object_attributes.source.path_with_namespace")
+            project_path(payload, "object_attributes.source.path_with_namespace")
             if present(payload, "object_attributes.source")
             else ""
         ),  # fmt: skip
@@ -255,7 +257,7 @@ def _note(payload: dict[str, Any]) -> ParseOutcome:
         number=number,
         comment_id=integer(payload, "object_attributes.id"),
         body=text(payload, "object_attributes.note"),
-        commenter=Actor(text(payload, "user.username")),
+        commenter=Actor(username(payload, "user.username")),
         created_at=optional_time(payload, "object_attributes.created_at"),
         # The head the commenter saw: /ok-to-test binds to it.
         seen_head_sha=commit_id(payload, "merge_request.last_commit.id"),
@@ -279,7 +281,7 @@ def _push(payload: dict[str, Any]) -> ParseOutcome:
         created=before == ZERO_SHA,
         deleted=after == ZERO_SHA,
         forced=False,  # GitLab does not say; the intake compares with the previous head
-        pusher=Actor(text(payload, "user_username")),
+        pusher=Actor(username(payload, "user_username")),
     )
     return ParseOutcome(event, f"push to {event.ref}")
 

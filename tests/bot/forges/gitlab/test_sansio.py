@@ -656,6 +656,73 @@ def test_nul_in_a_note_is_malformed_not_stored() -> None:
         parse_json("Note Hook", note_hook("/ok-to-test\x00"))
 
 
+# Names that go to logs and records: a delivery with the clear-text token (anyone who has seen it) must not
+# be able to write a line of its own into a log, or a path that climbs out of a directory named after it.
+USER_PATHS = [("Merge Request Hook", "user.username"), ("Note Hook", "user.username"), ("Push Hook", "user_username")]
+PROJECT_PATHS = [(hook, "project.path_with_namespace") for hook in HOOKS] + [
+    ("Merge Request Hook", "object_attributes.source.path_with_namespace")
+]
+BAD_USERNAMES = ["maint\n2026-03-02 12:00:00 INFO approved by root", "maint\r", "ma int", "maint\x1b[2K", "",
+                 "-maint", "maint/other", "ma\u202eint", "maint\u2028", "maint\x85", ".", "..", "m" * 256,
+                 "mäint"]  # fmt: skip
+BAD_PROJECT_PATHS = ["kernel/linux\nINFO forged", "kernel", "kernel//linux", "kernel/linux/", "/kernel/linux",
+                     "kernel/../linux", "kernel/./linux", "../kernel", "kernel/-linux", "kernel/lin ux",
+                     "kernel/" + "l" * 256, "kernel\\linux", "kernel/linux\u202e", ""]  # fmt: skip
+
+
+def _with(header: str, path: str, value: Any) -> dict[str, Any]:
+    payload = HOOKS[header]()
+    parent, key = parent_of(payload, path)
+    parent[key] = value
+    return payload
+
+
+BAD_NAMES = [
+    (header, path, value, "not a GitLab username") for header, path in USER_PATHS for value in BAD_USERNAMES
+] + [
+    (header, path, value, "not a GitLab project path") for header, path in PROJECT_PATHS for value in BAD_PROJECT_PATHS
+]
+
+
+@pytest.mark.parametrize(("header", "path", "value", "reason"), BAD_NAMES)
+def test_a_name_that_is_not_gitlabs_is_malformed(header: str, path: str, value: str, reason: str) -> None:
+    with pytest.raises(MalformedPayload) as info:
+        parse_json(header, _with(header, path, value))
+    assert str(info.value) == f"{path}: {reason}"
+
+
+@pytest.mark.parametrize(("header", "path"), USER_PATHS)
+@pytest.mark.parametrize("value", ["maint", "Maint.Ainer_2-x", "project_4242_bot_5f2a9c", "_x", "m" * 255])
+def test_gitlab_usernames_are_read(header: str, path: str, value: str) -> None:
+    event = parse_json(header, _with(header, path, value)).event
+    if isinstance(event, PushEvent):
+        assert event.pusher == Actor(value)
+    elif isinstance(event, CommentEvent):
+        assert event.commenter == Actor(value)
+    else:
+        assert isinstance(event, ChangeEvent) and event.sender == event.author == Actor(value)
+
+
+@pytest.mark.parametrize("value", ["kernel/linux", "Kernel.Org/net/net-next_2/linux", "a/" * 21 + "b",
+                                   "kernel/" + "l" * 255, "ns/.hidden", "ns/x.git.y"])  # fmt: skip
+def test_gitlab_project_paths_are_read(value: str) -> None:
+    payload = _with("Merge Request Hook", "project.path_with_namespace", value)
+    payload["object_attributes"]["source"]["path_with_namespace"] = value
+    event = parse_json("Merge Request Hook", payload).event
+    assert isinstance(event, ChangeEvent) and event.repo.full_name == value and event.head_repo == value
+
+
+@pytest.mark.parametrize("branch", ["fix\u2028INFO forged", "fix\x85", "fix\x9b2K", "fix\u202egnirts", "fix\u2066"])
+def test_a_branch_with_a_line_separator_or_a_bidi_control_is_malformed(branch: str) -> None:
+    with pytest.raises(MalformedPayload, match=r"^object_attributes\.source_branch: not a valid git ref name$"):
+        parse_json("Merge Request Hook", merge_request_hook("open", source_branch=branch))
+
+
+def test_a_branch_in_another_script_is_still_read() -> None:
+    payload = merge_request_hook("open", source_branch="fix-überlauf-修正")
+    assert parse_json("Merge Request Hook", payload).event == change("opened", head_ref="fix-überlauf-修正")
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
