@@ -2,7 +2,8 @@
 
 The unique (issuer, jti) makes a token sent twice, even twice at once, one submission: the insert that
 loses the race finds the winner's row instead of making a second (no check-then-insert). Each answer
-hands out a read token of its own, stored as its sha256 with the submission, in the same transaction."""
+hands out a read token of its own, stored as its sha256 with the submission, in the same transaction,
+up to MAX_READ_TOKENS a submission: a token replayed beyond stores nothing (the answer is 429)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 import psycopg
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
@@ -23,9 +24,12 @@ from bot.store.models import CiSubmission, CiSubmissionReader, utcnow
 from workers.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 5
-# Inserted, or found when the jti was stored before: the submission's id either way, with one more reader.
-# When another transaction inserts the same jti at the same moment, ON CONFLICT waits for it and skips,
-# but this statement's snapshot predates that row: no row comes back, and the statement runs again.
+# Inserted, or found when the jti was stored before: the submission's id either way, with one more reader
+# unless it has MAX_READ_TOKENS already. When another transaction inserts the same jti at the same moment,
+# ON CONFLICT waits for it and skips, but this statement's snapshot predates that row: no row comes back,
+# and the statement runs again. The count is the snapshot's: one process sends one statement at a time
+# (PostgresSubmissionLog's lock), so only other web processes' replays at the very same moment can pass
+# the cap, one each.
 _PG_STORE = """
 WITH new AS (
     INSERT INTO ci_submission (issuer, jti, identity, tree, tier, base_branch, request, claims, created_at,
@@ -38,13 +42,18 @@ WITH new AS (
     SELECT id, pipeline_id, true AS fresh FROM new
     UNION ALL
     SELECT id, pipeline_id, false FROM ci_submission WHERE issuer = %(issuer)s AND jti = %(jti)s
+), readers AS (
+    SELECT count(*) AS before FROM ci_submission_reader WHERE submission_id IN (SELECT id FROM found)
 ), reader AS (
     INSERT INTO ci_submission_reader (submission_id, token_sha256, created_at)
-    SELECT id, %(token_sha256)s, %(now)s FROM found
+    SELECT id, %(token_sha256)s, %(now)s FROM found, readers WHERE readers.before < %(max_read_tokens)s
 )
-SELECT id, pipeline_id, fresh FROM found
+SELECT id, pipeline_id, fresh, before FROM found, readers
 """
 RACE_ATTEMPTS = 3
+# Read tokens a submission hands out: the first answer's and a few replays' (an answer lost on the way).
+# Each is a row that every replay of the id-token would otherwise add, for as long as the token lives.
+MAX_READ_TOKENS = 16
 
 
 class NewSubmission(NamedTuple):
@@ -64,12 +73,18 @@ class Stored(NamedTuple):
     id: int
     fresh: bool  # False: the jti came before (a replay), and this is the first submission's id
     pipeline_id: int | None
+    read_tokens_before: int = 0  # the submission's read tokens before this answer's
+
+    @property
+    def read_token_stored(self) -> bool:
+        """False: the submission had MAX_READ_TOKENS already, and this answer's read token was not stored."""
+        return self.read_tokens_before < MAX_READ_TOKENS
 
 
 class SubmissionLog(Protocol):
     async def store(self, new: NewSubmission) -> Stored:
         """Store the submission and its reader in one committed transaction, or find the one stored
-        under the same (issuer, jti) and add the reader to it."""
+        under the same (issuer, jti) and add the reader to it, unless it has MAX_READ_TOKENS already."""
         ...
 
     async def close(self) -> None: ...
@@ -88,12 +103,13 @@ class PostgresSubmissionLog:
 
     async def store(self, new: NewSubmission) -> Stored:
         params = {**new._asdict(), "request": orjson.dumps(new.request).decode(),
-                  "claims": orjson.dumps(new.claims).decode(), "now": utcnow()}  # fmt: skip
+                  "claims": orjson.dumps(new.claims).decode(), "now": utcnow(),
+                  "max_read_tokens": MAX_READ_TOKENS}  # fmt: skip
         async with self._lock:
             for _ in range(RACE_ATTEMPTS):
                 row = await self._fetch_one(params)
                 if row is not None:
-                    return Stored(id=row[0], pipeline_id=row[1], fresh=row[2])
+                    return Stored(id=row[0], pipeline_id=row[1], fresh=row[2], read_tokens_before=row[3])
         raise RuntimeError(f"submission {new.issuer} {new.jti}: neither stored nor found")  # pragma: no cover
 
     async def _fetch_one(self, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -149,9 +165,12 @@ class SqliteSubmissionLog:
                     select(CiSubmission.id, CiSubmission.pipeline_id)
                     .where(CiSubmission.issuer == new.issuer, CiSubmission.jti == new.jti)
                 ).one()  # fmt: skip
-                stored = Stored(id=found.id, fresh=False, pipeline_id=found.pipeline_id)
-            reader = {"submission_id": stored.id, "token_sha256": new.token_sha256, "created_at": now}
-            connection.execute(insert(CiSubmissionReader), reader)
+                count = select(func.count()).where(CiSubmissionReader.submission_id == found.id)
+                readers = connection.execute(count).scalar_one()
+                stored = Stored(id=found.id, fresh=False, pipeline_id=found.pipeline_id, read_tokens_before=readers)
+            if stored.read_token_stored:
+                reader = {"submission_id": stored.id, "token_sha256": new.token_sha256, "created_at": now}
+                connection.execute(insert(CiSubmissionReader), reader)
         return stored
 
     async def store(self, new: NewSubmission) -> Stored:

@@ -12,7 +12,9 @@ scoped to this submission, because the CI job's id-token lives only minutes. The
 the same submission (200, a read token of its own), however many arrive at once.
 
 GET answers with that read token (or an operator token); a wrong token and an unknown id get the same
-404. `?wait=N&since=VERSION` long-polls: it answers when the status moves past VERSION, or after N s."""
+404. `?wait=N&since=VERSION` long-polls: it answers when the status moves past VERSION, or after N s; at
+most MAX_WAITERS_PER_SUBMISSION at once for one submission (more: 429, Retry-After) and MAX_WAITERS in all
+(more: 503). The same id-token used more than MAX_READ_TOKENS times answers 429 and stores nothing."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ from bot.oidc.settings import SubmitRule
 from bot.oidc.types import NotAuthorized, TokenRefused, VerifiedToken, Verifier
 from bot.oidc.verify import OidcVerifier
 from bot.reporting.page_links import public_base_url
-from bot.store.ci_submissions import NewSubmission, SubmissionLog, open_submission_log
+from bot.store.ci_submissions import MAX_READ_TOKENS, NewSubmission, SubmissionLog, open_submission_log
 from bot.store.models import CiSubmission
 from bot.web.access import MAX_ID, PRIVATE_HEADERS, not_found
 from bot.web.hooks import BodyBudget, BodyTooLarge, HeldBody, HookAnswer, OverCapacity, read_capped
@@ -62,6 +64,9 @@ MAX_BODY_BYTES = 4 << 20
 MAX_WAIT_S = 60
 POLL_S = 0.5  # one look at the store per waiting request this often
 MAX_WAITERS = 512  # long polls at once; more get 503 (each holds a connection, never a thread)
+# Long polls of one submission at once; more get 429 and Retry-After (a CI job polls with one at a time), so
+# the holders of one submission's read tokens cannot take every place of MAX_WAITERS from the others.
+MAX_WAITERS_PER_SUBMISSION = 4
 RETRY_AFTER_S = 5
 PATH = "/api/v1/submissions"
 _ID = re.compile(r"[0-9]{1,18}")
@@ -178,6 +183,7 @@ class SubmissionApi:
     max_waiters: int = MAX_WAITERS
     on_close: Callable[[], Awaitable[None]] | None = None
     waiting: int = 0
+    waiting_for: dict[int, int] = field(default_factory=dict)  # submission id -> its long polls now
 
     @property
     def routes(self) -> list[Route]:
@@ -277,6 +283,11 @@ class SubmissionApi:
             log.error("submission %s %s: not stored: %s: %s", new.issuer, new.jti, type(exc).__name__, exc)
             raise Refused(503, "the store is unavailable; retry with the same token",
                           {"Retry-After": str(RETRY_AFTER_S)}) from exc  # fmt: skip
+        if not stored.read_token_stored:
+            # Nothing stored, nothing enqueued: a pipeline still to come was enqueued by the earlier uses.
+            raise Refused(429, f"this token has been used {stored.read_tokens_before} times: a submission hands "
+                               f"out at most {MAX_READ_TOKENS} read tokens; read it with one an earlier answer "
+                               "gave")  # fmt: skip
         if stored.pipeline_id is None:
             # A replay of a submission still without a pipeline enqueues again: the first message may be
             # what was lost. The task makes one pipeline however many times it runs.
@@ -328,10 +339,14 @@ class SubmissionApi:
         return wait, since
 
     async def _wait_for_change(self, submission_id: int, since: str, wait: float) -> None:
+        if self.waiting_for.get(submission_id, 0) >= MAX_WAITERS_PER_SUBMISSION:
+            raise Refused(429, f"{MAX_WAITERS_PER_SUBMISSION} requests are waiting for this submission already; "
+                               "retry later", {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
         if self.waiting >= self.max_waiters:
             raise Refused(503, f"{self.max_waiters} requests are waiting already; retry later",
                           {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
         self.waiting += 1
+        self.waiting_for[submission_id] = self.waiting_for.get(submission_id, 0) + 1
         try:
             deadline = asyncio.get_running_loop().time() + wait
             while await run_in_threadpool(submission_version, self.runtime, submission_id) == since:
@@ -341,6 +356,9 @@ class SubmissionApi:
                 await asyncio.sleep(min(POLL_S, left))
         finally:
             self.waiting -= 1
+            self.waiting_for[submission_id] -= 1
+            if not self.waiting_for[submission_id]:
+                del self.waiting_for[submission_id]
 
 
 def open_submission_api(runtime: Runtime, verifier: Verifier | None = None) -> SubmissionApi:

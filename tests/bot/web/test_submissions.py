@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -30,6 +30,7 @@ from bot.intake.submissions import SUBMISSION_TASK, make_pipeline
 from bot.oidc.keys import KeysUnavailable
 from bot.oidc.settings import OidcIssuer, OidcSettings, SubmitRule
 from bot.oidc.types import TokenRefused, VerifiedToken
+from bot.store.ci_submissions import MAX_READ_TOKENS
 from bot.store.models import CiSubmission, CiSubmissionReader, Pipeline
 from bot.web import submissions
 from bot.web.app import create_app
@@ -636,4 +637,82 @@ def test_stalled_bodies_without_a_valid_token_hold_nothing_an_authenticated_subm
     codes, honest = asyncio.run(run())
     assert honest == 201 and codes == [401] * 6
     assert pulled == [] and api.budget.held == 0  # not a byte of theirs was read or held
+    runtime.store.engine.dispose()
+
+
+# ---- one submission cannot starve the others (M5) ----------------------------------------------------------
+
+
+def test_a_token_replayed_past_the_read_token_cap_is_429_and_stores_nothing(api: Api) -> None:
+    token = api.verifier.issue()
+    answers = [api.post(body(), token) for _ in range(MAX_READ_TOKENS)]
+    assert [a.status_code for a in answers] == [201] + [200] * (MAX_READ_TOKENS - 1)
+    queued = len(api.queued())
+    beyond = api.post(body(), token)
+    assert beyond.status_code == 429
+    assert beyond.json() == {
+        "error": f"this token has been used {MAX_READ_TOKENS} times: a submission hands out "
+        f"at most {MAX_READ_TOKENS} read tokens; read it with one an earlier answer gave"
+    }
+    with api.runtime.store.session() as session:
+        assert session.scalar(select(func.count()).select_from(CiSubmissionReader)) == MAX_READ_TOKENS
+    assert len(api.queued()) == queued and len(api.submissions()) == 1
+    for answer in answers:  # every read token handed out still opens it
+        assert api.get(answer.json()["id"], answer.json()["read_token"]).status_code == 200
+    assert api.post(body(), api.verifier.issue()).status_code == 201  # another job's token is another submission
+
+
+def test_a_read_token_is_looked_up_by_its_digest_not_compared_with_every_one(api: Api) -> None:
+    made = api.post(body(), api.verifier.issue()).json()
+    sent: list[Any] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(api.runtime.store.engine, "before_cursor_execute", record)
+    try:
+        assert api.get(made["id"], made["read_token"]).status_code == 200
+    finally:
+        event.remove(api.runtime.store.engine, "before_cursor_execute", record)
+    digest = hashlib.sha256(made["read_token"].encode()).hexdigest()
+    [(statement, parameters)] = [(s, p) for s, p in sent if "ci_submission_reader" in s]
+    assert digest in str(parameters) and "token_sha256" in statement.split("WHERE", 1)[1]
+
+
+def test_waiters_beyond_the_bound_of_one_submission_get_429_and_others_still_wait(
+    tmp_path: Path, redis_db_url: str
+) -> None:
+    configure(redis_db_url, longest_job_s=60)
+    runtime = open_runtime(make_config(tmp_path))
+    verifier = FakeVerifier()
+    api = open_submission_api(runtime, verifier)
+
+    async def run() -> tuple[list[int], httpx.Response, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=api.routes)),
+                                     base_url="http://t") as client:  # fmt: skip
+
+            async def made() -> tuple[str, dict[str, str]]:
+                answer = await client.post(PATH, json=body(), headers={"Authorization": f"Bearer {verifier.issue()}"})
+                read = {"Authorization": f"Bearer {answer.json()['read_token']}"}
+                version = (await client.get(f"{PATH}/{answer.json()['id']}", headers=read)).json()["version"]
+                return f"{PATH}/{answer.json()['id']}?wait=1.5&since={version}", read
+
+            (greedy, greedy_read), (other, other_read) = await made(), await made()
+            waiting = [asyncio.ensure_future(client.get(greedy, headers=greedy_read))
+                       for _ in range(submissions.MAX_WAITERS_PER_SUBMISSION)]  # fmt: skip
+            await asyncio.sleep(0.3)
+            beyond = await client.get(greedy, headers=greedy_read)
+            started = time.monotonic()
+            other_answer = await client.get(other, headers=other_read)
+            assert time.monotonic() - started >= 1.0  # it waited: the greedy submission's waiters left room
+            codes = [(await one).status_code for one in waiting]
+        await api.close()
+        return codes, beyond, other_answer.status_code
+
+    codes, beyond, other = asyncio.run(run())
+    assert codes == [200] * submissions.MAX_WAITERS_PER_SUBMISSION and other == 200
+    assert beyond.status_code == 429 and beyond.headers["retry-after"] == "5"
+    assert beyond.json()["error"].startswith(f"{submissions.MAX_WAITERS_PER_SUBMISSION} requests are waiting "
+                                             "for this submission already")  # fmt: skip
+    assert api.waiting == 0 and api.waiting_for == {}
     runtime.store.engine.dispose()
