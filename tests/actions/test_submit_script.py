@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from tests.conftest import REPO_ROOT
 from tests.fakes.oidc_issuer import FakeOidcIssuer
-from tests.fakes.served import RequestLog, ServedApp
+from tests.fakes.served import RequestLog, ServedFake
 
 SCRIPT = REPO_ROOT / "actions" / "labgate-submit"
 ACTION = REPO_ROOT / "actions" / "github" / "action.yml"
@@ -77,7 +77,7 @@ FAILED = status("v3", "done", [job("checkout", "checkout"), job("build", "x86_64
                 "fail", "labgate: fail: 1 failing (test qemu-x86_64 unit: fail: math.mul)")  # fmt: skip
 
 
-class FakeLabgate:
+class FakeLabgate(ServedFake):
     """POST answers `post_answers` in turn (then the last again); GET answers `statuses` in turn (then the last
     again) to the read token the POST gave, and 404 to any other token, as labgate does."""
 
@@ -87,21 +87,15 @@ class FakeLabgate:
         self.statuses: list[dict[str, Any]] = [RUNNING, PASSED]
         self.get_failures = 0  # the first GETs with the read token answer 502, as a restarting proxy would
         self._log: RequestLog[Asked] = RequestLog()
-        self._served = ServedApp(Starlette(routes=[Route(API, self._post, methods=["POST"]),
-                                                   Route(API + "/{id}", self._get, methods=["GET"])]),
-                                 "FakeLabgate")  # fmt: skip
-        self.url = ""
+        self.serve(Starlette(routes=[Route(API, self._post, methods=["POST"]),
+                                     Route(API + "/{id}", self._get, methods=["GET"])]), "FakeLabgate")  # fmt: skip
 
     def accepted(self) -> dict[str, Any]:
         return {"id": 7, "status_url": f"https://elsewhere.example{API}/7", "read_token": self.read_token}
 
-    def __enter__(self) -> FakeLabgate:
-        self._served.__enter__()
-        self.url = self._served.base_url
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._served.__exit__(*exc)
+    @property
+    def url(self) -> str:
+        return self.base_url
 
     def asked(self, method: str | None = None) -> list[Asked]:
         return [asked for asked in self._log.all() if method is None or asked.method == method]

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.fakes.served import RequestLog, ServedApp
+from tests.fakes.served import RequestLog, ServedFake
 
 GUEST, PLANNER, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 15, 20, 30, 40, 50
 STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
@@ -141,11 +141,10 @@ def _not_found(what: str) -> _Answer:
     return _message(404, f"404 {what} Not Found")
 
 
-class FakeGitLab:
+class FakeGitLab(ServedFake):
     """GitLab, in memory. `with FakeGitLab() as gl:` serves it at `gl.base_url` (the API at `gl.api_url`)."""
 
     def __init__(self) -> None:
-        self.base_url = ""
         self._lock = threading.RLock()
         self._clock = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
         self._next_ids: dict[str, int] = {}
@@ -162,17 +161,10 @@ class FakeGitLab:
         self._commit_comments: dict[tuple[int, str], list[dict[str, Any]]] = {}
         methods = ["GET", "POST", "PUT", "DELETE"]
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=methods)])
-        self._served = ServedApp(self.app, "FakeGitLab")
+        self.serve(self.app, "FakeGitLab")
 
     # ---- running -------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> FakeGitLab:
-        self._served.__enter__()
-        self.base_url = self._served.base_url
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._served.__exit__(*exc)
 
     @property
     def api_url(self) -> str:

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.served import RequestLog, ServedApp
+from tests.fakes.served import RequestLog, ServedFake
 
 Flavour = Literal["github", "gitlab"]
 DROP: Any = object()  # as a claim's or header's override: leave it out of the token
@@ -119,7 +119,7 @@ class RecordedRequest:
     status: int
 
 
-class FakeOidcIssuer:
+class FakeOidcIssuer(ServedFake):
     """`with FakeOidcIssuer("github") as issuer:` serves at `issuer.url`, which its tokens carry as `iss`."""
 
     def __init__(self, flavour: Flavour = "github", *, clock: Callable[[], float] = time.time,
@@ -128,7 +128,6 @@ class FakeOidcIssuer:
         self.clock = clock
         self.audience = audience  # minted tokens' default aud
         self.path = path  # e.g. "/octo-enterprise" for GHEC's enterprise issuer
-        self.base_url = ""
         self.signing_key = self._new_key()
         self.published = [self.signing_key, self._new_key()]  # GitHub publishes two keys at a time
         self.discovery_overrides: dict[str, Any] = {}
@@ -143,15 +142,8 @@ class FakeOidcIssuer:
             Route(f"{path}{_JWKS_PATH[flavour]}", self._jwks),
             Route("/token", self._token),
         ])  # fmt: skip
-        self._served = ServedApp(self.app, "FakeOidcIssuer")
+        self.serve(self.app, "FakeOidcIssuer")
 
-    def __enter__(self) -> FakeOidcIssuer:
-        self._served.__enter__()
-        self.base_url = self._served.base_url
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._served.__exit__(*exc)
 
     @property
     def url(self) -> str:

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.fakes.served import RequestLog, ServedApp
+from tests.fakes.served import RequestLog, ServedFake
 
 CHECK_STATES = ("pending", "success", "warning", "fail")
 EVENT_CATEGORIES = (
@@ -124,14 +124,13 @@ def _detail(status: int, message: str) -> _Answer:
     return _Answer(status, {"detail": message})
 
 
-class FakePatchwork:
+class FakePatchwork(ServedFake):
     """Patchwork, in memory. `with FakePatchwork() as pw:` serves it at `pw.base_url`."""
 
     def __init__(self, timezone: str = "Australia/Sydney", now: datetime | None = None, tick_s: float = 0.001) -> None:
         self.zone = ZoneInfo(timezone)
         self._utc = now or datetime(2026, 11, 22, 8, 45, tzinfo=UTC)
         self.tick = timedelta(seconds=tick_s)  # each recorded thing moves the clock this much: distinct dates
-        self.base_url = ""
         self._lock = threading.RLock()
         self._ids: dict[str, int] = {}
         self._requests: RequestLog[RecordedRequest] = RequestLog()
@@ -145,17 +144,10 @@ class FakePatchwork:
         self._checks: dict[int, list[dict[str, Any]]] = {}  # patch id -> checks, oldest first
         self._events: list[dict[str, Any]] = []  # stored with project id and actor id, rendered per request
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "DELETE"])])
-        self._served = ServedApp(self.app, "FakePatchwork")
+        self.serve(self.app, "FakePatchwork")
 
     # ---- running -------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> FakePatchwork:
-        self._served.__enter__()
-        self.base_url = self._served.base_url
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._served.__exit__(*exc)
 
     # ---- the server's clock --------------------------------------------------------------------------------
 

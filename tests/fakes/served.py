@@ -6,7 +6,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import uvicorn
 
@@ -45,6 +45,24 @@ class ServedApp:
         if self._server is not None and self._thread is not None:
             self._server.stop()
             self._thread.join(timeout=5)
+
+
+class ServedFake:
+    """A fake that answers at `base_url` inside its `with` block: a subclass makes its app and calls
+    `self.serve(app, "FakeX")` in __init__."""
+
+    base_url: str = ""
+
+    def serve(self, app: Any, name: str) -> None:
+        self._served = ServedApp(app, name)
+
+    def __enter__(self) -> Self:
+        self._served.__enter__()
+        self.base_url = self._served.base_url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._served.__exit__(*exc)
 
 
 class RequestLog(Generic[R]):
