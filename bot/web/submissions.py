@@ -74,6 +74,10 @@ _SINCE = re.compile(r"[0-9a-f]{1,64}")
 # A patch's name is only ever shown (the artifact store keys patches by digest), but it is the submitter's
 # word, so it stays a plain file name: no directory, no leading dot, nothing a terminal would act on.
 PATCH_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
+# A title is shown in reports, page titles and mail headers: one line, read as sent. No C0 or C1 control
+# (NEL, \x85, is one), no line or paragraph separator (Python's splitlines breaks on U+2028/9 and NEL too),
+# no bidirectional embedding, override or isolate (U+202A-E, U+2066-9), which make text read otherwise.
+TITLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
 NO_STORE = {"Cache-Control": "no-store"}
 JTI_MAX = cast(String, CiSubmission.__table__.c["jti"].type).length or 0
 
@@ -96,7 +100,7 @@ class SubmissionIn(_Body):
     ref: str | None = Field(None, pattern=r"^refs/[^\s\x00-\x1f]+$", max_length=250)
     patches: list[PatchIn] | None = Field(None, min_length=1, max_length=200)
     # Shown in reports and page titles, some of them mail headers: one line, no control characters.
-    title: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    title: str | None = Field(None, max_length=200, pattern=TITLE)
 
     @model_validator(mode="after")
     def _one_thing_to_test(self) -> SubmissionIn:
@@ -132,6 +136,9 @@ def read_body(body: bytes) -> SubmissionIn:
             raise Refused(400, f"body: not JSON: {error['msg']}") from exc
         if error["type"] == "extra_forbidden":
             raise Refused(422, f"{where}: unknown key") from exc
+        if error["type"] == "string_pattern_mismatch" and where == "title":
+            raise Refused(422, "title: one line of text: no control, line separator or bidirectional formatting "
+                               "character") from exc  # fmt: skip
         if error["type"] == "string_pattern_mismatch" and where.endswith(".name"):
             raise Refused(422, f"{where}: a patch name is a plain file name ({PATCH_NAME})") from exc
         raise Refused(422, f"{where}: {error['msg']}") from exc

@@ -50,6 +50,7 @@ OPERATOR = "operator-0123456789-abcdef"
 PUBLIC_URL = "https://ci.example.org"
 PATH = "/api/v1/submissions"
 __all__ = ["database_url"]  # the fixture: each test on SQLite and on PostgreSQL
+TITLE_REFUSED = "title: one line of text: no control, line separator or bidirectional formatting character"
 PATCH = (Path(__file__).resolve().parents[3] / "examples" / "hello" / "patches" / "pass.patch").read_text()
 
 
@@ -300,7 +301,7 @@ def test_a_token_without_a_commit_may_send_patches_only(api: Api) -> None:
      "'^[0-9a-f]{40}([0-9a-f]{24})?$'"),
     ({"tree": "hello", "base_branch": "main", "sha": 1}, "sha: Input should be a valid string"),
     ({"tree": "hello", "base_branch": "main", "sha": SHA, "title": "x\r\nBcc: all@example.org"},
-     "title: String should match pattern '^[^\\x00-\\x1f\\x7f]*$'"),
+     TITLE_REFUSED),
     ({"tree": "hello", "sha": SHA}, "base_branch: Field required"),
     ({"tree": "hello", "base_branch": "main", "patches": []}, "patches: List should have at least 1 item after "
      "validation, not 0"),
@@ -716,3 +717,21 @@ def test_waiters_beyond_the_bound_of_one_submission_get_429_and_others_still_wai
                                              "for this submission already")  # fmt: skip
     assert api.waiting == 0 and api.waiting_for == {}
     runtime.store.engine.dispose()
+
+
+# ---- a title is one line, read as sent (L4) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("character", ["\x85", "\x9b", "\u2028", "\u2029", "\u202a", "\u202b", "\u202c", "\u202d",
+                                       "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"])  # fmt: skip
+def test_a_title_with_a_line_break_python_sees_or_a_bidi_control_is_422(api: Api, character: str) -> None:
+    # splitlines() breaks on NEL and U+2028/9; bidi controls make "fix: rm -rf" read as something else.
+    answer = api.post(body(title=f"fix{character}Bcc: all@example.org"), api.verifier.issue())
+    assert answer.status_code == 422 and answer.json() == {"error": TITLE_REFUSED}
+    assert api.submissions() == []
+
+
+def test_a_title_in_any_script_is_accepted(api: Api) -> None:
+    title = "net: fix Überlauf in 日本語 driver — עברית (v2)"
+    assert api.post(body(title=title), api.verifier.issue()).status_code == 201
+    assert api.submissions()[0].request["title"] == title
