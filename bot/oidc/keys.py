@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,13 @@ FETCH_TIMEOUT_S = 5.0  # the whole fetch, however slowly its bytes trickle
 
 
 class KeysUnavailable(Exception):
-    """Our failure, not the token's: an issuer's keys could not be fetched or read (503, retry later).
-    The message names the issuer and what went wrong, for the operator and the submitter alike."""
+    """Our failure, not the token's: an issuer's keys could not be fetched or read, or may not be current
+    (503, retry later: after retry_after_s when the cache knows when it may fetch again). The message names
+    the issuer and what went wrong, for the operator and the submitter alike."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class _Cached:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     keys: PublishedKeys | None = None
     fetched_at: float = 0.0  # last fetch that brought keys
+    fetches: int = 0  # fetches that brought keys: a request that saw this change while it waited has fresh keys
     tried_at: float | None = None  # last fetch, whatever came of it: the rate limit counts every one
     refreshing: asyncio.Task[None] | None = None
 
@@ -60,21 +67,31 @@ class KeyCache:
     async def find(self, issuer_url: str, kid: str) -> PublishedKeys | None:
         """The issuer's current keys if they hold `kid`, else None. Keys not yet fetched are fetched; an unknown
         kid refetches once, unless the keys were fetched less than jwks_refresh_min_s ago; keys older than
-        jwks_max_age_s are refreshed in the background. KeysUnavailable when a fetch needed now fails."""
+        jwks_max_age_s are refreshed in the background. KeysUnavailable when a fetch needed now fails, and
+        when an unknown kid may not refetch yet: None only when keys fetched since the request came lack it."""
         cached = self._cached[issuer_url]
         now = self._clock()
         if cached.keys is not None and kid in cached.keys.kids:
             if now - cached.fetched_at >= cached.issuer.jwks_max_age_s:
                 self._refresh_in_background(cached)
             return cached.keys
+        fetches_before = cached.fetches
         async with cached.lock:  # concurrent misses wait for one fetch
             if cached.keys is not None and kid in cached.keys.kids:
                 return cached.keys
-            if cached.tried_at is not None and self._clock() - cached.tried_at < cached.issuer.jwks_refresh_min_s:
+            since_tried = self._clock() - cached.tried_at if cached.tried_at is not None else None
+            if since_tried is not None and since_tried < cached.issuer.jwks_refresh_min_s:
+                retry_after_s = max(1, math.ceil(cached.issuer.jwks_refresh_min_s - since_tried))
                 if cached.keys is None:
                     raise KeysUnavailable(f"{issuer_url}: no keys yet: the last fetch failed, the next is allowed "
-                                          f"{cached.issuer.jwks_refresh_min_s} s after it")  # fmt: skip
-                return None
+                                          f"{cached.issuer.jwks_refresh_min_s} s after it", retry_after_s)  # fmt: skip
+                if cached.fetches != fetches_before:
+                    return None  # fetched while this request waited for them: the kid is not the issuer's
+                # The kid may be a key the issuer has published since (a rotation), and anyone sending made-up
+                # kids can keep the refetch just used: labgate's keys are not current, the token may be fine.
+                raise KeysUnavailable(f"{issuer_url}: key {quoted(kid)} is not among the keys fetched "
+                                      f"{since_tried:.0f} s ago; they may be fetched again in {retry_after_s} s",
+                                      retry_after_s)  # fmt: skip
             await self._fetch(cached)
         keys = cached.keys
         return keys if keys is not None and kid in keys.kids else None
@@ -119,6 +136,7 @@ class KeyCache:
             raise KeysUnavailable(f"{issuer.url}: {jwks_uri} holds no signing key with a key id")
         cached.keys = PublishedKeys(KeySet(keys), supported, frozenset(str(key.kid) for key in keys))
         cached.fetched_at = self._clock()
+        cached.fetches += 1
         log.info("oidc: fetched %d keys of %s", len(keys), issuer.url)
 
     async def _fetch_json(self, url: str, issuer_url: str) -> dict[str, Any]:

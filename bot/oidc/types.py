@@ -46,5 +46,5 @@ class NotAuthorized(Exception):
 
 # The submission API's verifier: the real one (verify.py) or, in bench/submissions.py only, a constant.
 # It raises TokenRefused (401), or bot.oidc.keys.KeysUnavailable (503, Retry-After) when the issuer's keys
-# cannot be fetched: labgate's failure to check, not the token's.
+# cannot be fetched, or a kid is unknown while a refetch must wait: labgate's failure to check, not the token's.
 Verifier = Callable[[str], Awaitable[VerifiedToken]]

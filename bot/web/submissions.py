@@ -262,8 +262,9 @@ class SubmissionApi:
             raise Refused(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
         except KeysUnavailable as exc:
             log.warning("submission refused for now: %s", exc)
+            retry_after_s = exc.retry_after_s if exc.retry_after_s is not None else RETRY_AFTER_S
             raise Refused(503, f"the issuer's keys cannot be read now: {exc}",
-                          {"Retry-After": str(RETRY_AFTER_S)}) from exc  # fmt: skip
+                          {"Retry-After": str(retry_after_s)}) from exc  # fmt: skip
         if len(token.jti) > JTI_MAX:
             # GitHub's and GitLab's are UUIDs; a longer one would not fit the key replays are told by.
             raise Refused(401, f"token: its jti is over {JTI_MAX} characters")

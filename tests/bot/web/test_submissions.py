@@ -234,6 +234,14 @@ def test_unreachable_keys_are_503_to_retry(api: Api) -> None:
     assert api.submissions() == [] and api.queued() == []
 
 
+def test_keys_not_current_yet_are_503_with_the_caches_retry_after(api: Api) -> None:
+    # An unknown kid while the refetch is rate-limited: the key may be newer than labgate's (L1).
+    not_current = KeysUnavailable(f'{ISSUER}: key "k2" is not among the keys fetched 10 s ago', retry_after_s=50)
+    answer = api.post(body(), api.verifier.raising(not_current))
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "50"
+    assert api.submissions() == []
+
+
 def test_a_token_no_rule_allows_is_403_naming_its_claims_not_the_rules(api: Api) -> None:
     answer = api.post(body(), api.verifier.issue(repository_id="999"))
     assert answer.status_code == 403
