@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bot.core.render import inline_code
+
 FAILING = ("fail", "incomplete")
 
 
@@ -27,11 +29,11 @@ def render_comparison(comparison: Comparison, baseline_label: str) -> str:
     """Markdown, new failures first: what a maintainer must look at after a push."""
     lines = []
     if comparison.new:
-        lines += [f"**New failures since {baseline_label}:**", *[f"- `{p}`" for p in comparison.new], ""]
+        lines += [f"**New failures since {baseline_label}:**", *[f"- {inline_code(p)}" for p in comparison.new], ""]
     else:
         lines += [f"No new failures since {baseline_label}.", ""]
     if comparison.pre_existing:
-        lines += ["Failing before too:", *[f"- `{p}`" for p in comparison.pre_existing], ""]
+        lines += ["Failing before too:", *[f"- {inline_code(p)}" for p in comparison.pre_existing], ""]
     if comparison.fixed:
-        lines += ["Fixed:", *[f"- `{p}`" for p in comparison.fixed], ""]
+        lines += ["Fixed:", *[f"- {inline_code(p)}" for p in comparison.fixed], ""]
     return "\n".join(lines).strip()
