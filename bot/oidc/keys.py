@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from joserfc.errors import JoseError
@@ -125,7 +126,7 @@ class KeyCache:
             raise KeysUnavailable(f"{issuer.url}: its discovery document names another issuer: "
                                   f"{quoted(discovery.get('issuer'))}")  # fmt: skip
         jwks_uri = discovery.get("jwks_uri")
-        problem = url_problem(jwks_uri) if isinstance(jwks_uri, str) else "is missing"
+        problem = jwks_uri_problem(jwks_uri, issuer.url) if isinstance(jwks_uri, str) else "is missing"
         if problem or not isinstance(jwks_uri, str):
             raise KeysUnavailable(f"{issuer.url}: jwks_uri {quoted(jwks_uri)} {problem}")
         algorithms = discovery.get("id_token_signing_alg_values_supported")
@@ -167,6 +168,29 @@ class KeyCache:
         if not isinstance(document, dict):
             raise KeysUnavailable(f"{issuer_url}: {url} is not a JSON object")
         return document
+
+
+def jwks_uri_problem(jwks_uri: str, issuer_url: str) -> str | None:
+    """Why a discovery document's jwks_uri is not fetched (None: it is): a URL labgate would not fetch, or
+    one off the issuer's own scheme, host and port. GitHub (token.actions.githubusercontent.com, and
+    Enterprise Server's HOST/_services/token) and GitLab publish their keys beside their discovery document;
+    a jwks_uri elsewhere would make labgate fetch, and trust as signing keys, whatever another service
+    (http on this machine's loopback, say) answers."""
+    problem = url_problem(jwks_uri)
+    if problem:
+        return problem
+    if _origin(jwks_uri) != _origin(issuer_url):
+        return f"is not on the issuer's own scheme, host and port ({issuer_url})"
+    return None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None] | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        return None
+    return parts.scheme, parts.hostname, port
 
 
 def _signing_keys(jwks: dict[str, Any]) -> list[Key]:

@@ -5,6 +5,7 @@ told apart from the token's (KeysUnavailable)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bot.oidc.keys import FETCH_TIMEOUT_S, MAX_DOCUMENT_BYTES, KeysUnavailable
+from bot.oidc.keys import FETCH_TIMEOUT_S, MAX_DOCUMENT_BYTES, KeysUnavailable, jwks_uri_problem
 from bot.oidc.types import TokenRefused, VerifiedToken
 from bot.oidc.verify import OidcVerifier
 from tests.bot.oidc import AUDIENCE, refusal, run, settings
@@ -209,6 +210,42 @@ def test_a_discovery_document_naming_another_issuer_is_unavailable(github: FakeO
     assert str(failure) == (f"{github.url}: its discovery document names another issuer: "
                             '"https://token.actions.githubusercontent.com"')  # fmt: skip
     assert fetches(github) == (1, 0)
+
+
+def test_a_jwks_uri_on_another_service_of_this_machine_is_never_fetched(github: FakeOidcIssuer,
+                                                                        clock: SettableClock) -> None:  # fmt: skip
+    # The issuer's discovery document points at some other service on loopback (the same keys, so it would verify).
+    with FakeOidcIssuer("github", clock=clock, audience=AUDIENCE) as elsewhere:
+        elsewhere.published = github.published
+        github.discovery_overrides["jwks_uri"] = elsewhere.jwks_uri
+        failure = unavailable(github, clock, github.mint())
+        assert str(failure) == (f"{github.url}: jwks_uri {json.dumps(elsewhere.jwks_uri)} is not on the issuer's "
+                                f"own scheme, host and port ({github.url})")  # fmt: skip
+        assert fetches(github) == (1, 0) and fetches(elsewhere) == (0, 0)
+
+
+@pytest.mark.parametrize(("issuer", "jwks_uri"), [
+    ("https://gitlab.example.com", "http://127.0.0.1:8080/keys"),
+    ("https://gitlab.example.com", "http://localhost/oauth/discovery/keys"),
+    ("https://gitlab.example.com", "https://gitlab.example.com:8443/oauth/discovery/keys"),
+    ("https://gitlab.example.com", "https://evil.example/oauth/discovery/keys"),
+    ("https://gitlab.example.com", "https://gitlab.example.com.evil.example/keys"),
+    ("https://token.actions.githubusercontent.com", "https://keys.githubusercontent.com/.well-known/jwks"),
+    ("http://127.0.0.1:5000", "https://127.0.0.1:5000/keys"),
+])  # fmt: skip
+def test_a_jwks_uri_off_the_issuers_origin_is_refused(issuer: str, jwks_uri: str) -> None:
+    assert jwks_uri_problem(jwks_uri, issuer) == f"is not on the issuer's own scheme, host and port ({issuer})"
+
+
+@pytest.mark.parametrize(("issuer", "jwks_uri"), [
+    ("https://token.actions.githubusercontent.com", "https://token.actions.githubusercontent.com/.well-known/jwks"),
+    ("https://gitlab.com", "https://gitlab.com/oauth/discovery/keys"),
+    ("https://gitlab.com", "https://GitLab.com:443/oauth/discovery/keys"),
+    ("https://ghes.example.com/_services/token", "https://ghes.example.com/_services/token/.well-known/jwks"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/jwks"),
+])  # fmt: skip
+def test_a_jwks_uri_on_the_issuers_origin_is_fetched(issuer: str, jwks_uri: str) -> None:
+    assert jwks_uri_problem(jwks_uri, issuer) is None
 
 
 @pytest.mark.parametrize(("jwks_uri", "problem"), [
