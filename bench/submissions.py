@@ -22,15 +22,19 @@ fails the bench. The constant verifier's jti is a version-5 UUID of the bearer (
 
 One load generator (bench/webhook_ingest.py's raw-socket asyncio client, a process of its own per run):
 
+- open loop, after a warm-up: a fixed request rate, latency counted from each request's scheduled send
+  time, on each side in turn;
 - closed loop: --requests submissions over N keep-alive connections, each sending its next request
-  when the last answer arrives, for throughput; rounds alternate the sides and which goes first;
-- open loop: a fixed request rate, latency counted from each request's scheduled send time;
+  when the last answer arrives, for throughput; rounds alternate the sides and which goes first, and
+  the servers' own CPU time (/proc/PID/stat) is read around each run;
 - its own ceiling: the closed loop against a null server that answers a canned 202.
+
+The real verifier is also timed alone, in this process, on the same tokens (`verify_us_in_process`).
 
 Afterwards the ci_submission table must hold exactly the accepted submissions of each side, and the Redis
 `control` list exactly one bot.ci_submission message per stored submission.
 
-    .venv/bin/python bench/submissions.py [--rounds 7] [--requests 1000] [--connections 24] [--rate 100]
+    .venv/bin/python bench/submissions.py [--rounds 15] [--requests 600] [--connections 24] [--rate 100]
 
 Last line: {"bench": "submissions", "figures": {...}, "targets": {...}}
 """
@@ -240,11 +244,75 @@ def check_store_and_queue(runtime: Any, broker: Any, sent: dict[str, int]) -> tu
     return len(rows), len(queued)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has spent (all its threads), from /proc/PID/stat: less at the mercy of a
+    busy neighbour than a rate is, so it says what a submission costs the server when the rates are noisy."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def verify_cost_us(config_path: Path, tokens_path: Path, count: int) -> float:
+    """The real verifier alone, in this process, on `count` of the bench's tokens: microseconds a token (the
+    median of 5 passes), the CPU the verified side should add if verifying were all it adds."""
+    import httpx
+
+    from bot.host.config import load_config
+    from bot.oidc.verify import OidcVerifier
+
+    settings = load_config(config_path).oidc
+    assert settings is not None
+    tokens = tokens_path.read_text().split()[:count]
+
+    async def timed() -> float:
+        async with httpx.AsyncClient() as http:
+            verifier = OidcVerifier(settings, http)
+            await verifier.verify(tokens[0])  # fetches the keys
+            passes = []
+            for _ in range(5):
+                start = time.perf_counter()
+                for token in tokens:
+                    await verifier.verify(token)
+                passes.append((time.perf_counter() - start) / len(tokens))
+            await verifier.keys.settle()
+        return statistics.median(passes)
+
+    return round(asyncio.run(timed()) * 1e6, 1)
+
+
 def accepted(result: dict[str, Any], label: str) -> int:
     """The 201s of one run; any other answer (a replay's 200, a refusal, a 503) fails the bench."""
     if set(result["statuses"]) != {"201"}:
         raise SystemExit(f"{label}: answers other than 201: {result['statuses']}")
     return int(result["statuses"]["201"])
+
+
+Run = Callable[[str, str, tuple[int, int]], dict[str, Any]]  # side, mode, token slice -> the load's result
+
+
+def at_fixed_rate(run: Run, slice_: tuple[int, int], rate: float) -> dict[str, dict[str, Any]]:
+    at_rate = {side: run(side, "open", slice_) for side in ("verified", "constant")}
+    for side, result in at_rate.items():
+        print(f"{side} at {rate:.0f} req/s: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms "
+              f"({result['requests']} requests, send lag p99 {result['send_lag_p99_ms']:.2f} ms)",
+              flush=True)  # fmt: skip
+    return at_rate
+
+
+def alternating_rounds(run: Run, tokens: Tokens, rounds: int, requests: int) -> list[dict[str, dict[str, Any]]]:
+    """Closed-loop rounds, both sides sending the same tokens; the sides alternate which goes first, so a
+    neighbour's load (and the table growing) hits both alike."""
+    done = []
+    for number in range(rounds):
+        slice_ = tokens.take(requests)
+        order = ("constant", "verified") if number % 2 == 0 else ("verified", "constant")
+        results = {side: run(side, "closed", slice_) for side in order}
+        done.append(results)
+        shown = {side: f"{results[side]['rps']:7.1f} req/s (p99 {results[side]['p99_ms']:6.1f} ms, "
+                       f"{1000 * results[side]['server_cpu_s'] / requests:.3f} ms CPU)" for side in order}  # fmt: skip
+        ratio = results["verified"]["rps"] / results["constant"]["rps"]
+        print(f"round {number}: constant {shown['constant']}, verified {shown['verified']}, ratio {ratio:.3f}",
+              flush=True)  # fmt: skip
+    return done
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,6 +323,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     from bot.host.stores import open_runtime
     from tests.fakes.oidc_issuer import FakeOidcIssuer
 
+    load_before = os.getloadavg()[0]  # the machine is shared: how busy it was is part of the figures
     broker_url = f"{REDIS_URL}/{args.redis_db}"
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
@@ -293,41 +362,36 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(f"generator ceiling (null server): {ceiling['rps']:.0f} req/s", flush=True)
             stop(null)
             sent = {"verified": 0, "constant": 0}
-            ports = {"verified": verified_port, "constant": constant_port}
+            servers = {"verified": (verified_port, verified.pid), "constant": (constant_port, constant.pid)}
 
             def run(side: str, mode: str, slice_: tuple[int, int]) -> dict[str, Any]:
-                result = load(ports[side], mode, root, slice_, connections=args.connections, rate=args.rate)
+                port, pid = servers[side]
+                cpu = cpu_seconds(pid)
+                result = load(port, mode, root, slice_, connections=args.connections, rate=args.rate)
+                result["server_cpu_s"] = cpu_seconds(pid) - cpu
                 sent[side] += accepted(result, side)
                 return result
 
             warmup = tokens.take(args.warmup)  # the verified side's first token fetches the issuer's keys
             run("verified", "closed", warmup)
             run("constant", "closed", warmup)
-            rounds = []
-            for number in range(args.rounds):
-                # Rounds alternate the sides and which goes first, so a neighbour's load hits both alike.
-                slice_ = tokens.take(args.requests)
-                order = ("constant", "verified") if number % 2 == 0 else ("verified", "constant")
-                results = {side: run(side, "closed", slice_) for side in order}
-                rounds.append(results)
-                print(f"round {number}: constant {results['constant']['rps']:7.1f} req/s, verified "
-                      f"{results['verified']['rps']:7.1f} req/s (p99 {results['verified']['p99_ms']:.1f} ms), "
-                      f"ratio {results['verified']['rps'] / results['constant']['rps']:.3f}", flush=True)  # fmt: skip
-            open_slice = tokens.take(open_count)
-            at_rate = {side: run(side, "open", open_slice) for side in ("verified", "constant")}
-            for side, result in at_rate.items():
-                print(f"{side} at {args.rate:.0f} req/s: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms "
-                      f"({result['requests']} requests, send lag p99 {result['send_lag_p99_ms']:.2f} ms)",
-                      flush=True)  # fmt: skip
+            # At a fixed rate first: what a steady 100 req/s meets, not the aftermath of the rounds' saturation
+            # (tens of thousands of rows and their WAL just written).
+            at_rate = at_fixed_rate(run, tokens.take(open_count), args.rate)
+            rounds = alternating_rounds(run, tokens, args.rounds, args.requests)
             stored, queued = check_store_and_queue(runtime, broker, sent)
             runtime.store.engine.dispose()
-            keys = (issuer.discovery_fetches, issuer.jwks_fetches)
+            keys = (issuer.discovery_fetches, issuer.jwks_fetches)  # before verify_cost_us fetches them again
+            verify_us = verify_cost_us(config_path, root / "tokens", min(per_side, 500))
         finally:
             for process in processes:
                 stop(process)
             databases.drop_all()
             broker.flushdb()
     ratios = [result["verified"]["rps"] / result["constant"]["rps"] for result in rounds]
+    measured = args.rounds * args.requests
+    cpu_ms = {side: round(1000 * sum(result[side]["server_cpu_s"] for result in rounds) / measured, 3)
+              for side in ("verified", "constant")}  # fmt: skip
     return {
         "constant_rps": round(statistics.median(result["constant"]["rps"] for result in rounds), 1),
         "verified_rps": round(statistics.median(result["verified"]["rps"] for result in rounds), 1),
@@ -337,7 +401,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms_at_100rps": at_rate["verified"]["p99_ms"],
         "constant_p50_ms_at_100rps": at_rate["constant"]["p50_ms"],
         "constant_p99_ms_at_100rps": at_rate["constant"]["p99_ms"],
-        "verified_saturated_p99_ms": statistics.median(result["verified"]["p99_ms"] for result in rounds),
+        "server_cpu_ms_per_submission": cpu_ms,
+        # The ratio a server bound by its own CPU would reach: steadier than the rates when neighbours are busy.
+        "throughput_ratio_from_cpu": round(cpu_ms["constant"] / cpu_ms["verified"], 3) if cpu_ms["verified"] else None,
+        "verify_us_in_process": verify_us,
+        "verified_saturated_p99_ms": round(statistics.median(result["verified"]["p99_ms"] for result in rounds), 2),
         "generator_ceiling_rps": round(ceiling["rps"], 1),
         "generator_send_lag_p99_ms": max(result["send_lag_p99_ms"] for result in at_rate.values()),
         "accepted_verified": sent["verified"],
@@ -346,15 +414,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "queued": queued,
         "issuer_fetches": {"discovery": keys[0], "jwks": keys[1]},
         "rate": args.rate,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=1000, help="closed loop: submissions per side and round")
-    parser.add_argument("--rounds", type=int, default=7, help="closed loop: alternating rounds (median ratio)")
+    parser.add_argument("--requests", type=int, default=600, help="closed loop: submissions per side and round")
+    parser.add_argument("--rounds", type=int, default=15, help="closed loop: alternating rounds (median ratio)")
     parser.add_argument("--connections", type=int, default=24, help="closed loop: concurrent keep-alive connections")
-    parser.add_argument("--warmup", type=int, default=200, help="submissions per side before the rounds")
+    parser.add_argument("--warmup", type=int, default=300, help="submissions per side before the rounds")
     parser.add_argument("--rate", type=float, default=100, help="open loop: requests per second")
     parser.add_argument("--open-seconds", type=float, default=10, help="open loop: duration per side")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database number (flushed)")

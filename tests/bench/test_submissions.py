@@ -67,6 +67,10 @@ def test_tiny_runs_of_both_sides_are_all_accepted_stored_and_queued_and_end_with
     low, high = figures["throughput_ratio_range"]
     assert low <= figures["throughput_ratio_verified_vs_constant"] <= high
     assert figures["p50_ms_at_100rps"] <= figures["p99_ms_at_100rps"]
+    assert figures["verify_us_in_process"] > 0 and set(figures["server_cpu_ms_per_submission"]) == {
+        "verified",
+        "constant",
+    }
 
 
 def test_the_check_afterwards_holds_store_and_queue_to_what_each_side_had_accepted(
