@@ -15,7 +15,8 @@ Celery worker: the messages stay queued):
 Everything else is the endpoint's own on both sides: body cap, strict body, tree, rules, base branch,
 the sha against the token's, the row and its read token in one statement, the bot.ci_submission message.
 Every token is minted up front, GitHub-shaped (tests/fakes/oidc_issuer.py github_claims) with a jti of
-its own and valid for an hour; the body names the token's commit: {"tree", "base_branch": "main", "sha"}.
+its own and valid for an hour; the body names the token's commit: {"tree", "base_branch": "main", "sha"}
+(with --patch, examples/hello's pass.patch instead, which the endpoint reads for a diff before storing it).
 A jti seen before is a replay (the same submission, 200): only 201s are accepted, and any other answer
 fails the bench. The constant verifier's jti is a version-5 UUID of the bearer (the real ones are version
 4), so each side sends every token once and the two sides' rows can be told apart afterwards.
@@ -206,6 +207,16 @@ def write_setup(root: Path, database_url: str, broker_url: str, port: int, issue
     return config_path
 
 
+def submission_body(sha: str, patch: bool) -> bytes:
+    """What each request asks: the token's own commit, or (--patch) examples/hello's pass.patch to apply on main."""
+    if not patch:
+        return json.dumps({"tree": TREE, "base_branch": "main", "sha": sha}).encode()
+    mbox = (REPO / "examples" / "hello" / "patches" / "pass.patch").read_text()
+    return json.dumps(
+        {"tree": TREE, "base_branch": "main", "patches": [{"name": "0001-pass.patch", "mbox": mbox}]}
+    ).encode()
+
+
 def load(port: int, mode: str, root: Path, slice_: tuple[int, int], *, connections: int = 0,
          rate: float = 0) -> dict[str, Any]:  # fmt: skip
     first, count = slice_
@@ -340,7 +351,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             iat = int(time.time())
             claims = issuer.claims(exp=iat + TOKEN_LIFETIME_S)
             (root / "claims.json").write_text(json.dumps(claims))
-            body = json.dumps({"tree": TREE, "base_branch": "main", "sha": claims["sha"]}).encode()
+            body = submission_body(claims["sha"], args.patch)
             (root / "body.json").write_bytes(body)
             minting = time.monotonic()
             tokens = Tokens(root / "tokens", per_side, lambda: issuer.mint({"exp": iat + TOKEN_LIFETIME_S}))
@@ -414,6 +425,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "queued": queued,
         "issuer_fetches": {"discovery": keys[0], "jwks": keys[1]},
         "rate": args.rate,
+        "body": "patch" if args.patch else "sha",
+        "body_bytes": len(body),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -426,6 +439,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300, help="submissions per side before the rounds")
     parser.add_argument("--rate", type=float, default=100, help="open loop: requests per second")
     parser.add_argument("--open-seconds", type=float, default=10, help="open loop: duration per side")
+    parser.add_argument("--patch", action="store_true", help="submit examples/hello's pass.patch instead of the sha")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database number (flushed)")
     # Internal: the same file is the load generator and the constant server, each in its own process.
     parser.add_argument("--role", choices=["bench", "load", "constant"], default="bench", help=argparse.SUPPRESS)

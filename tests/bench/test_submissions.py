@@ -46,18 +46,20 @@ def test_the_constant_verifier_makes_each_bearer_a_submission_of_its_own_with_th
     assert uuid.UUID(claims["jti"]).version == 4 and claims["jti"][VERSION_AT] == "4"
 
 
+@pytest.mark.parametrize("body", ["sha", "patch"])
 def test_tiny_runs_of_both_sides_are_all_accepted_stored_and_queued_and_end_with_the_json_line(
-    redis_db_url: str,
+    redis_db_url: str, body: str
 ) -> None:
     argv = [sys.executable, str(REPO / "bench" / "submissions.py"), "--rounds", "2", "--requests", "40",
             "--warmup", "10", "--rate", "40", "--open-seconds", "1", "--connections", "4",
-            "--redis-db", redis_db_url.rsplit("/", 1)[1]]  # fmt: skip
+            "--redis-db", redis_db_url.rsplit("/", 1)[1], *(["--patch"] if body == "patch" else [])]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     last = json.loads(done.stdout.strip().splitlines()[-1])
     assert last["bench"] == "submissions"
     assert last["targets"] == {"throughput_ratio_verified_vs_constant": 0.7, "p99_ms_at_100rps": 50.0}
     figures = last["figures"]
+    assert figures["body"] == body
     per_side = 10 + 2 * 40 + 40  # warm-up, rounds, open loop: every one a 201 (the bench fails on anything else)
     assert (figures["accepted_verified"], figures["accepted_constant"]) == (per_side, per_side)
     assert figures["stored"] == figures["queued"] == 2 * per_side
