@@ -36,7 +36,7 @@ def authorize(token: VerifiedToken, rules: Sequence[SubmitRule], tree: str) -> G
         if rule.issuer == token.issuer and rule.tree == tree and _meets(token, rule):
             return Grant(tier=rule.tier, rule=index, identity=describe(token, rule.platform))
     compared = " ".join(f"{claim}={_shown(token.claims.get(claim))}" for claim in _compared_claims(token))
-    raise NotAuthorized(f"no rule lets this token submit to tree {tree}: {compared}")
+    raise NotAuthorized(f"no rule lets this token submit to tree {_shown(tree)}: {compared}")
 
 
 def describe(token: VerifiedToken, platform: Platform) -> str:

@@ -1,20 +1,21 @@
 """POST /api/v1/submissions and GET /api/v1/submissions/{id}: CI jobs as submitters, proven by their OIDC id-token.
 
 POST checks, in this order: the declared size (413); a bearer token; the token itself (the verifier: 401
-naming the check, 503 when the issuer's keys cannot be read); only then the body is read (413 past the
-cap, 503 when the bodies in flight fill the budget: a request without a valid token never reads or holds a
-byte of it) and parsed (400, 422); the tree (404); the operator's rules
-(403); the base, which must be one of the tree's configured branches (422: labgate resolves it at
-checkout, never a submitter-chosen commit, which would also choose the plan that judges the change);
-a `sha` or `ref` against the token's own (403). Then one transaction stores the submission under the
-token's (issuer, jti) and a control task makes its pipeline: the answer, 201, carries a read token
-scoped to this submission, because the CI job's id-token lives only minutes. The same token again is
-the same submission (200, a read token of its own), however many arrive at once.
+naming the check, 503 when the issuer's keys cannot be read or may not be current); only then the body is
+read (413 past the cap, 503 when the bodies in flight fill the budget: a request without a valid token
+never reads or holds a byte of it) and parsed (400, 422); the operator's rules (403; a tree labgate does
+not test is one no rule names, so it is 403 too: a 404 would list the trees to any token holder); the base,
+which must be one of the tree's configured branches (422: labgate resolves it at checkout, never a
+submitter-chosen commit, which would also choose the plan that judges the change); a `sha` or `ref`
+against the token's own (403). Then one transaction stores the submission under the token's (issuer, jti)
+and a control task makes its pipeline: the answer, 201, carries a read token scoped to this submission,
+because the CI job's id-token lives only minutes. The same token again is the same submission (200, a read
+token of its own), however many arrive at once, up to MAX_READ_TOKENS uses (then 429, nothing stored).
 
 GET answers with that read token (or an operator token); a wrong token and an unknown id get the same
 404. `?wait=N&since=VERSION` long-polls: it answers when the status moves past VERSION, or after N s; at
 most MAX_WAITERS_PER_SUBMISSION at once for one submission (more: 429, Retry-After) and MAX_WAITERS in all
-(more: 503). The same id-token used more than MAX_READ_TOKENS times answers 429 and stores nothing."""
+(more: 503)."""
 
 from __future__ import annotations
 
@@ -217,13 +218,15 @@ class SubmissionApi:
         # so the body budget is shared by proven CI jobs alone.
         wanted = read_body(await self._read(request))
         config = self.runtime.config
-        tree = config.tree(wanted.tree)
-        if tree is None:
-            raise Refused(404, f"tree {wanted.tree}: labgate tests no tree of that name")
         try:
-            grant = authorize(token, self.rules, tree.name)
+            # Before the tree is looked up: rules name trees, so a tree labgate does not test is one no rule
+            # names, and its 403 reads as any other's (a 404 would tell a token holder which trees exist).
+            grant = authorize(token, self.rules, wanted.tree)
         except NotAuthorized as exc:
             raise Refused(403, str(exc)) from exc
+        tree = config.tree(wanted.tree)
+        if tree is None:  # pragma: no cover - the config refuses a rule naming a tree it does not test
+            raise Refused(404, f"tree {wanted.tree}: labgate tests no tree of that name")
         if wanted.base_branch not in tree.branches:
             allowed = ", ".join(tree.branches)
             raise Refused(422, f"base_branch {wanted.base_branch}: not a branch labgate tests of {tree.name} "

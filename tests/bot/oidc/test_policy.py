@@ -205,3 +205,9 @@ def test_a_github_ref_rule_does_not_read_ref_protected() -> None:
     # GitHub's token has no ref_protected claim: its refs rule stays as it was.
     rules = [rule(repository_ids=["588298808"], refs=["refs/heads/main"])]
     assert authorize(github_token(), rules, "netdev/net-next")
+
+
+def test_a_tree_name_that_is_not_plain_is_quoted() -> None:
+    # The tree is the submitter's word, unchecked when no rule names it (an unknown tree is refused here too).
+    message = refusal(github_token(), [rule(repository_ids=["588298808"])], tree="x\nrule 0 matched")
+    assert message.startswith('no rule lets this token submit to tree "x\\nrule 0 matched": ') and "\n" not in message

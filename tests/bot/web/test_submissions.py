@@ -256,9 +256,19 @@ def test_a_tree_the_rule_does_not_name_is_403(api: Api) -> None:
     assert answer.status_code == 403 and "tree other" in answer.json()["error"]
 
 
-def test_an_unknown_tree_is_404_naming_it(api: Api) -> None:
-    answer = api.post(body(tree="nosuch"), api.verifier.issue())
-    assert answer.status_code == 404 and answer.json() == {"error": "tree nosuch: labgate tests no tree of that name"}
+def test_an_unknown_tree_is_403_as_a_tree_no_rule_names_so_token_holders_cannot_list_trees(api: Api) -> None:
+    token = api.verifier.issue()
+    unknown, unnamed = api.post(body(tree="nosuch"), token), api.post(body(tree="other"), token)
+    assert (unknown.status_code, unnamed.status_code) == (403, 403)
+    assert unknown.json()["error"] == unnamed.json()["error"].replace("tree other:", "tree nosuch:")
+    assert unknown.json()["error"].startswith("no rule lets this token submit to tree nosuch: repository_id=588298808")
+    assert api.submissions() == []
+
+
+def test_an_unknown_tree_name_is_quoted_in_the_refusal(api: Api) -> None:
+    answer = api.post(body(tree="x\nrule 0 matched"), api.verifier.issue())
+    assert answer.status_code == 403
+    assert answer.json()["error"].startswith('no rule lets this token submit to tree "x\\nrule 0 matched": ')
 
 
 # ---- refused: what -----------------------------------------------------------------------------------------
@@ -557,8 +567,13 @@ def test_a_real_signed_token_submits_and_an_expired_one_is_refused(tmp_path: Pat
             expired = issuer.mint({"iat": now - 900, "nbf": now - 900, "exp": now - 600})
             refused = client.post(PATH, json=sent, headers={"Authorization": f"Bearer {expired}"})
             assert refused.status_code == 401 and refused.json()["error"].startswith("expiry: token expired")
-            forged = issuer.mint(key=issuer.stranger_key())
+            # Signed by another key under the issuer's own kid: refused. Under a kid of its own, a moment after
+            # the keys were fetched: labgate cannot tell it from a key rotated in since, so it is 503 to retry.
+            stranger = issuer.stranger_key()
+            forged = issuer.mint(key=stranger, header={"kid": issuer.signing_key.kid})
             assert client.post(PATH, json=sent, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+            unknown = client.post(PATH, json=sent, headers={"Authorization": f"Bearer {issuer.mint(key=stranger)}"})
+            assert unknown.status_code == 503 and 0 < int(unknown.headers["retry-after"]) <= 60
         assert issuer.jwks_fetches == 1
         with runtime.store.session() as session:
             [row] = session.scalars(select(CiSubmission))
