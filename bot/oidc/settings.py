@@ -101,7 +101,9 @@ class SubmitRule(_Frozen):
                                    "pull_request_target, pull_request_review, pull_request_review_comment, "
                                    "workflow_run, issue_comment; GitLab: merge_request_event, "
                                    "external_pull_request_event: a fork's request run in the parent), match only "
-                                   "when listed here, even when this list is otherwise left out")  # fmt: skip
+                                   "when listed here, even when this list is otherwise left out: list one only if "
+                                   "whoever may open such a request (a fork's author too, where the platform gives "
+                                   "fork requests a token of this project) may run code on this tier")  # fmt: skip
     job_workflow_refs: list[str] = Field([], description="GitHub: `job_workflow_ref`, the workflow the job runs, "
                                          "exactly: owner/repo/.github/workflows/x.yml@refs/heads/main (a reusable "
                                          "workflow's, when the job calls one)")  # fmt: skip
