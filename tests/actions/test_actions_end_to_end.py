@@ -143,8 +143,12 @@ def _config(root: Path, port: int, tree: Path, github: FakeOidcIssuer, gitlab: F
         "caps": {"max_build_s": 120, "max_job_s": 120},
         "trees": [{"name": "hello", "url": str(tree), "branches": ["main"]}],
         "oidc": {"audience": AUDIENCE, "issuers": [{"url": github.url}, {"url": gitlab.url}], "rules": [
-            {"issuer": github.url, "tree": "hello", "tier": "qemu", "repository_ids": [GITHUB_REPOSITORY_ID]},
-            {"issuer": gitlab.url, "tree": "hello", "tier": "qemu", "project_ids": [GITLAB_PROJECT_ID]},
+            # Pull and merge request events run a branch's code someone else may have written: a rule
+            # matches them only when it names them (bot/oidc/policy.py).
+            {"issuer": github.url, "tree": "hello", "tier": "qemu", "repository_ids": [GITHUB_REPOSITORY_ID],
+             "event_names": ["pull_request", "push"]},
+            {"issuer": gitlab.url, "tree": "hello", "tier": "qemu", "project_ids": [GITLAB_PROJECT_ID],
+             "event_names": ["merge_request_event", "push"]},
         ]},
     }  # fmt: skip
     path = root / "labgate.yaml"
