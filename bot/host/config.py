@@ -85,13 +85,37 @@ class QemuTarget(_Strict):
     memory: str = "512M"
 
 
+class LabgridPlaces(_Strict):
+    """Where a board device class lives: places of a labgrid coordinator, picked by their tags, and the
+    labgrid environment that drives them (power, console, image staging)."""
+
+    coordinator: str = Field(pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$|^\[[0-9A-Fa-f:]+\]:[0-9]{1,5}$",
+                             description="the coordinator's gRPC address, host:port (labgrid >= 24)")
+    place_tags: dict[str, str] = Field(min_length=1, description="k=v tags a place must carry (labgrid-client "
+                                       "set-tags) to serve this class; reservations ask for exactly these")  # fmt: skip
+    environment: Path = Field(description="labgrid environment template (Jinja2) for these places; relative "
+                              "to this config file")  # fmt: skip
+
+
 class DeviceClass(_Strict):
-    """A set of interchangeable targets, matched to tests by k=v tags."""
+    """A set of interchangeable targets, matched to tests by k=v tags (and memory), and where they live:
+    local QEMU, or the places of a labgrid coordinator."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    tags: dict[str, str]
-    lab: Literal["qemu"] = "qemu"
+    tags: dict[str, str] = Field(description="k=v tags a test's requirements match by subset (arch, platform, "
+                                 "soc, features)")  # fmt: skip
+    memory_mb: int = Field(512, gt=0, description="memory of one target; a test asking for more does not match")
+    capacity: int = Field(1, gt=0, description="targets of this class that run jobs at once (places, QEMU slots)")
+    lab: Literal["qemu", "labgrid"] = "qemu"
     qemu: QemuTarget = QemuTarget()
+    labgrid: LabgridPlaces | None = Field(None, description="the places of a `lab: labgrid` class")
+
+    @model_validator(mode="after")
+    def _labgrid_has_places(self) -> DeviceClass:
+        if (self.lab == "labgrid") != (self.labgrid is not None):
+            raise ValueError("a `lab: labgrid` class needs a `labgrid:` section (coordinator, place_tags, "
+                             "environment), and only such a class may have one")  # fmt: skip
+        return self
 
 
 class TreeGitHub(_Strict):
@@ -490,8 +514,19 @@ def load_config(path: Path | None) -> Config:
     if not config.data_dir.is_absolute():
         # A relative data dir is relative to the config file, not to wherever labgate runs.
         config = config.model_copy(update={"data_dir": (path.parent / config.data_dir)})
-    return config.model_copy(update={"trees": [_with_plan_checked(tree, index, path)
-                                               for index, tree in enumerate(config.trees)]})  # fmt: skip
+    return config.model_copy(update={
+        "trees": [_with_plan_checked(tree, index, path) for index, tree in enumerate(config.trees)],
+        "device_classes": [_with_environment_path(dc, path) for dc in config.device_classes],
+    })  # fmt: skip
+
+
+def _with_environment_path(device_class: DeviceClass, config_path: Path) -> DeviceClass:
+    """A board class's labgrid environment, relative to the config file as written."""
+    places = device_class.labgrid
+    if places is None or places.environment.is_absolute():
+        return device_class
+    where = places.model_copy(update={"environment": config_path.parent / places.environment})
+    return device_class.model_copy(update={"labgrid": where})
 
 
 def _with_plan_checked(tree: Tree, index: int, config_path: Path) -> Tree:

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_example_config_loads() -> None:
     config = load_config(REPO / "config" / "labgate.example.yaml")
     assert config.database_url and config.database_url.startswith("postgresql")
-    assert [dc.name for dc in config.device_classes] == ["qemu-x86_64"]
+    assert [dc.name for dc in config.device_classes] == ["qemu-x86_64", "board-x86"]
+    board = config.device_classes[1].labgrid
+    assert board is not None and board.environment == REPO / "config" / "lab" / "board-env.yaml.j2"
     assert config.caps.max_build_s == 1800
 
 
@@ -104,3 +106,11 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_defaults_roundtrip_through_the_model() -> None:
     assert Config.model_validate(Config().model_dump()) == Config()
+
+
+def test_a_board_class_needs_its_places_and_a_qemu_class_has_none() -> None:
+    with pytest.raises(ConfigError, match="needs a `labgrid:` section"):
+        parse_config("device_classes: [{name: b, tags: {arch: x86_64}, lab: labgrid}]")
+    with pytest.raises(ConfigError, match="needs a `labgrid:` section"):
+        parse_config("device_classes: [{name: q, tags: {}, labgrid: {coordinator: 'h:1', place_tags: {a: b}, "
+                     "environment: e.yaml}}]")
