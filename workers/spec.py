@@ -144,6 +144,15 @@ class QemuSpec(_Frozen):
     memory: str = "512M"
 
 
+class LabgridTarget(_Frozen):
+    """Where a board test runs: a place of this coordinator carrying these tags, driven by this
+    labgrid environment (the template's text: workers hold no config file)."""
+
+    coordinator: str  # host:port of labgrid's gRPC coordinator
+    place_tags: dict[str, str]
+    environment: str  # Jinja2 labgrid environment; `place` is the reserved place's name
+
+
 class TestCommand(_Frozen):
     __test__ = False  # not a pytest class
     name: str
@@ -161,6 +170,7 @@ class TestSpec(_Frozen):
     artifacts: dict[RelativePath, ArtifactRef]
     timeout_s: int
     kunit: bool = False  # relay in-kernel KUnit results from debugfs after the commands
+    labgrid: LabgridTarget | None = None  # a board class's places; None: local QEMU
 
 
 class JobSpec(_Frozen):

@@ -23,13 +23,13 @@ from bot.core.progress import (
     pipeline_result,
     selection_notes,
 )
-from bot.host.config import config_plan
+from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from bot.store.once import once_done, record_once
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
-from workers.errors import UserError
+from workers.errors import ConfigError, UserError
 from workers.spec import (
     TASK_NAMES,
     ArtifactRef,
@@ -37,6 +37,7 @@ from workers.spec import (
     CheckoutSpec,
     JobResult,
     JobSpec,
+    LabgridTarget,
     PatchRef,
     QemuSpec,
     TestSpec,
@@ -207,7 +208,7 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
             name=job.spec["name"], device_class=dc.name, qemu=QemuSpec(**dc.qemu.model_dump()),
             kernel=job.spec["kernel"], commands=job.spec["commands"], timeout_s=job.spec["timeout_s"],
             artifacts={k: ArtifactRef(**v) for k, v in build_job.outputs.get("artifacts", {}).items()},
-            kunit=job.spec.get("kunit", False),
+            kunit=job.spec.get("kunit", False), labgrid=_labgrid_target(dc),
         )  # fmt: skip
     token = secrets.token_urlsafe(24)
     spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
@@ -218,6 +219,18 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     job.task_id = f"job-{job.id}-{uuid.uuid4().hex[:8]}"
     session.flush()
     outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, job.task_id)
+
+
+def _labgrid_target(dc: DeviceClass) -> LabgridTarget | None:
+    """A board class's places for its test jobs, the environment template read now (workers hold no config)."""
+    if dc.labgrid is None:
+        return None
+    try:
+        environment = dc.labgrid.environment.read_text()
+    except OSError as exc:
+        raise ConfigError(f"device class {dc.name}: labgrid environment {dc.labgrid.environment}: {exc}") from exc
+    return LabgridTarget(coordinator=dc.labgrid.coordinator, place_tags=dc.labgrid.place_tags,
+                         environment=environment)  # fmt: skip
 
 
 def _token_hash(token: str) -> str:
