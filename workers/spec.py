@@ -160,7 +160,17 @@ class TestCommand(_Frozen):
     root: bool = False  # runs as root on the DUT: its results are not forge-proof
 
 
+# The lab's caps on one test job when the config says nothing (bot/host/config.py Caps uses them too).
+DEFAULT_MAX_JOB_S = 900
+DEFAULT_MAX_BOOT_S = 300
+DEFAULT_MAX_SILENCE_S = 300
+DEFAULT_MAX_CONSOLE_BYTES = 16 * 1024 * 1024
+
+
 class TestSpec(_Frozen):
+    """One boot and its commands. The caps are the lab's (config `caps:` and the device class's own),
+    already clamped on the control side: a worker enforces them as given, the plan never set them."""
+
     __test__ = False  # not a pytest class
     name: str
     device_class: str
@@ -168,8 +178,12 @@ class TestSpec(_Frozen):
     kernel: str  # "debian" or the path of a build artifact
     commands: tuple[TestCommand, ...]
     artifacts: dict[RelativePath, ArtifactRef]
-    timeout_s: int
+    timeout_s: int  # the whole job: power-on to the runner's end marker
     kunit: bool = False  # relay in-kernel KUnit results from debugfs after the commands
+    boot_timeout_s: int = Field(DEFAULT_MAX_BOOT_S, gt=0)  # power-on to the runner's first byte (at most timeout_s)
+    silence_timeout_s: int = Field(DEFAULT_MAX_SILENCE_S, gt=0)  # no byte on the console nor the runner's port
+    max_console_bytes: int = Field(DEFAULT_MAX_CONSOLE_BYTES, gt=0)  # the kernel console kept; more stops the job
+    network: bool = False  # the DUT gets a network: the class allows it and the tree grants it to the tier
     labgrid: LabgridTarget | None = None  # a board class's places; None: local QEMU
 
 
