@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -122,8 +122,33 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Test jobs wait in the store (state `waiting`) until their device class's window has room
+    # (bot/pipelines/scheduler.py): highest priority first, then the lowest fair sequence, then the oldest.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    fair_key: Mapped[str] = mapped_column(String(420), default="")  # tree and submitter: who shares fairly
+    fair_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # start-time fair queueing's virtual start
+    quota_key: Mapped[str | None] = mapped_column(String(250))  # a submitter under quotas (approved, CI jobs)
     pipeline: Mapped[Pipeline] = relationship(back_populates="jobs")
     tests: Mapped[list[TestResult]] = relationship(back_populates="job", order_by="TestResult.id")
+
+
+# The scheduler's pick (the next waiting jobs of one queue) and in-flight count are one index range each.
+Index("ix_job_pick", Job.queue, Job.state, Job.priority.desc(), Job.fair_seq, Job.id)
+Index("ix_job_fair", Job.queue, Job.fair_key, Job.fair_seq)
+Index("ix_job_quota", Job.quota_key, Job.state)
+
+
+class QueueWindow(Base):
+    """One device class's queue as the scheduler keeps it: the row its fillers lock, the class's virtual
+    time (the fair sequence last dispatched), whether it is offline and why."""
+
+    __tablename__ = "queue_window"
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)
+    capacity: Mapped[int] = mapped_column(Integer, default=1)  # as configured at the last fill
+    virtual_time: Mapped[int] = mapped_column(BigInteger, default=0)
+    offline: Mapped[bool] = mapped_column(Boolean, default=False)
+    offline_reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TestResult(Base):
