@@ -50,6 +50,24 @@ class Caps(_Strict):
         )  # fmt: skip
 
 
+class Scheduling(_Strict):
+    """How test jobs wait for their device class (bot/pipelines/scheduler.py): a small window of messages
+    in the broker per class, the rest in the store; back-pressure and quotas per submitter."""
+
+    window_margin: int = Field(1, ge=0, le=64, description="messages a class holds in the broker beyond its "
+                               "capacity, so a worker finds its next job while the control side records a "
+                               "result; the window is capacity + this")  # fmt: skip
+    max_waiting_per_class: int = Field(5000, gt=0, description="jobs waiting for one class; more are not "
+                                       "taken (`skip` with the reason; /retest when it has drained)")  # fmt: skip
+    submitter_jobs_in_flight: int = Field(4, gt=0, description="test jobs of one approved or CI-job submitter "
+                                          "queued or running at once, over all classes")  # fmt: skip
+    submitter_device_minutes_per_day: int = Field(600, gt=0, description="device time one approved or "
+                                                  "CI-job submitter's test jobs may take in 24 hours; then "
+                                                  "they wait")  # fmt: skip
+    top_up_interval_s: int = Field(30, gt=0, description="how often `labgate up` refills every class's window "
+                                   "(a lost wake-up never strands waiting jobs)")  # fmt: skip
+
+
 class Retries(_Strict):
     """Forge events and reports are retried on forge and infrastructure errors (5xx, rate limits,
     the database or broker away), with exponential backoff and full jitter; other errors are not."""
@@ -415,6 +433,7 @@ class Config(_Strict):
                                       "id-token issuers labgate trusts and the rules saying which jobs may submit "
                                       "to which tree; unset: no submission API")  # fmt: skip
     caps: Caps = Caps()
+    scheduling: Scheduling = Scheduling()
     retries: Retries = Retries()
     sandbox: Sandbox = Sandbox()
     trees: list[Tree] = []
