@@ -80,13 +80,16 @@ class Test(_Strict):
     timeout: int = Field(120, gt=0)
     paths: tuple[str, ...] = ()
     kunit: bool = False  # relay the kernel's built-in KUnit results (debugfs) as tests
+    # Asks the lab answers, never lifts: a device class with less memory does not match; a network is
+    # given only where the device class allows it and the tree grants it to the change's tier.
+    memory_mb: int | None = Field(None, gt=0, description="least memory (MB) of the device; unset: any")
+    network: bool = Field(False, description="ask for a network on the DUT; off unless the lab grants it")
 
 
 class Plan(_Strict):
     version: int = Field(ge=1, le=1)
     builds: tuple[Build, ...] = Field(min_length=1)
     tests: tuple[Test, ...] = ()
-
 
 
 def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
@@ -207,8 +210,10 @@ def render_build_script(build: Build) -> str:
     if recipe.fragments:
         fragments = " ".join(f'"$LABGATE_SRC"/{shlex.quote(f)}' for f in recipe.fragments)
         # merge_config.sh leaves temp files in its cwd: run it in the build dir, not the tree.
-        steps.append(f'(cd "$LABGATE_BUILD" && "$LABGATE_SRC"/scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" '
-                     f'"$LABGATE_BUILD/.config" {fragments})')
+        steps.append(
+            f'(cd "$LABGATE_BUILD" && "$LABGATE_SRC"/scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" '
+            f'"$LABGATE_BUILD/.config" {fragments})'
+        )
         steps.append(f"{make} olddefconfig")
         # An option whose dependencies are unmet is dropped silently: say which, and stop.
         steps.append(
@@ -227,14 +232,6 @@ def select_tests(plan: Plan, changed_files: Sequence[str]) -> list[Test]:
         if not test.paths or any(f.startswith(p) for p in test.paths for f in changed_files):
             selected.append(test)
     return selected
-
-
-def match_device_class(wanted: dict[str, str], classes: Sequence[tuple[str, dict[str, str]]]) -> str | None:
-    """The first device class carrying every wanted k=v tag."""
-    for name, tags in classes:
-        if all(tags.get(k) == v for k, v in wanted.items()):
-            return name
-    return None
 
 
 PLAN_SCHEMA_TITLE = "labgate in-tree plan, version 1"

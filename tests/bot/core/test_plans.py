@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.caps import TestCaps
+from bot.core.inventory import ClassEntry, Inventory
 from bot.core.plans import (
     PlanError,
     parse_plan,
@@ -15,7 +17,7 @@ from bot.core.plans import (
     render_build_script,
     select_tests,
 )
-from bot.core.progress import Caps, classes_for_tier, draft_jobs, exit_code_for, pipeline_result
+from bot.core.progress import classes_for_tier, draft_jobs, exit_code_for, pipeline_result
 
 REPO = Path(__file__).resolve().parents[3]
 GOOD = """\
@@ -94,12 +96,14 @@ def test_tests_selected_by_changed_paths() -> None:
 
 def test_drafts_cap_timeouts_and_match_devices() -> None:
     plan = parse_plan(GOOD)
-    drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"],
-                        device_classes=[("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"})],
-                        caps=Caps(max_build_s=1800, max_job_s=60))  # fmt: skip
+    inventory = Inventory([ClassEntry("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"}, 512,
+                                      caps=TestCaps(max_job_s=60))])  # fmt: skip
+    drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"], inventory=inventory, tier="hardware",
+                        max_build_s=1800)  # fmt: skip
     build, unit, drivers = drafts
     assert build.spec["timeout_s"] == 1800  # the lab's cap beats the plan's 5000
     assert unit.device_class == "qemu-x86_64" and unit.spec["timeout_s"] == 60
+    # A plan that got past check_plan_devices against another lab still drafts: nothing can run the test.
     assert drivers.device_class is None and drivers.skip_reason == "no test ran: no device class carries arch=arm64"
     assert drivers.result == "incomplete"
 
@@ -117,12 +121,14 @@ def test_schema_file_is_in_sync() -> None:
 
 
 def test_qemu_tier_keeps_untrusted_changes_off_boards() -> None:
-    classes = [("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"}, "qemu"),
-               ("board-x86", {"arch": "x86_64", "platform": "board"}, "labgrid")]  # fmt: skip
+    qemu = ClassEntry("qemu-x86_64", {"arch": "x86_64", "platform": "qemu"}, 512, lab="qemu")
+    inventory = Inventory([qemu, ClassEntry("board-x86", {"arch": "x86_64", "platform": "board"}, 2048, lab="labgrid")])
+    assert classes_for_tier(inventory, "qemu") == {"qemu-x86_64"}
+    assert classes_for_tier(inventory, "hardware") == {"qemu-x86_64", "board-x86"}
     plan = parse_plan(GOOD.replace("device: {arch: arm64}", "device: {platform: board}"))
     for tier, expected in (("qemu", None), ("hardware", "board-x86")):
-        drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"],
-                            device_classes=classes_for_tier(classes, tier), caps=Caps(1800, 60))  # fmt: skip
+        drafts = draft_jobs(plan, head_sha="a" * 40, changed_files=["drivers/x"], inventory=inventory, tier=tier,
+                            max_build_s=1800)  # fmt: skip
         assert drafts[2].device_class == expected
         assert drafts[1].device_class == "qemu-x86_64"
 
