@@ -81,3 +81,41 @@ def test_a_tree_without_a_plan_runs_the_configs(services: Services, tmp_path: Pa
     view = wait(services, submit(services.runtime, submission))
     assert view.result == "pass", view
     assert [(j.kind, j.result) for j in view.jobs] == [("checkout", "pass"), ("build", "pass"), ("test", "pass")]
+
+
+def test_a_config_plan_with_a_test_no_device_class_can_run_stops_labgate_at_start(tmp_path: Path) -> None:
+    (tmp_path / "arm.yaml").write_text(HELLO_PLAN.read_text().replace("arch: x86_64", "arch: arm64"))
+    config_path = write_config(tmp_path, "arm.yaml")
+    expected = (rf"{config_path}: trees\[0\]\.plan_file: .*arm\.yaml: tests\.0\.device: test \S+: "
+                r"no device class carries arch=arm64 platform=qemu$")  # fmt: skip
+    with pytest.raises(ConfigError, match=expected):
+        load_config(config_path)
+
+
+def test_the_inventory_carries_each_class_with_the_global_caps_or_its_own(tmp_path: Path) -> None:
+    shutil.copy(HELLO_PLAN, tmp_path / "bare.yaml")
+    config_path = write_config(tmp_path, "bare.yaml")
+    config_path.write_text(config_path.read_text().replace(
+        "caps: {max_build_s: 120, max_job_s: 120}",
+        "caps: {max_build_s: 120, max_job_s: 120, max_boot_s: 60, max_console_bytes: 4096}\n"
+        "device_classes:\n"
+        "  - {name: q, tags: {arch: x86_64, platform: qemu}}\n"
+        "  - {name: big, tags: {arch: x86_64, platform: qemu, kvm: 'yes'}, memory_mb: 8192, network: true,\n"
+        "     caps: {max_job_s: 3600, max_console_silence_s: 30}}",
+    ) + "    lab_grants: {network: [hardware]}\n")  # fmt: skip
+    config = load_config(config_path)
+    inventory = config.inventory()
+    q, big = inventory["q"], inventory["big"]
+    assert (q.caps.max_job_s, q.caps.max_boot_s, q.caps.max_silence_s, q.caps.max_console_bytes) == (120, 60, 300, 4096)
+    assert (big.caps.max_job_s, big.caps.max_boot_s, big.caps.max_silence_s) == (3600, 60, 30)
+    assert (q.network, big.network, big.memory_mb, big.lab) == (False, True, 8192, "qemu")
+    assert config.trees[0].lab_grants.network == ["hardware"]
+
+
+@pytest.mark.parametrize("bad", ["lab_grants: {network: [everyone]}", "lab_grants: {disk: [hardware]}"])
+def test_a_grant_names_known_tiers_and_known_things(tmp_path: Path, bad: str) -> None:
+    shutil.copy(HELLO_PLAN, tmp_path / "bare.yaml")
+    config_path = write_config(tmp_path, "bare.yaml")
+    config_path.write_text(config_path.read_text() + f"    {bad}\n")
+    with pytest.raises(ConfigError, match=r"trees\.0\.lab_grants"):
+        load_config(config_path)

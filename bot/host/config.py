@@ -11,14 +11,25 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.core.caps import TestCaps
+from bot.core.inventory import ClassEntry, Inventory
 from bot.core.links import is_sha256_hex
 from bot.core.plans import PlanError, parse_plan
+from bot.core.progress import check_plan_devices
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from bot.oidc.settings import OidcSettings
 from workers.errors import ConfigError
 from workers.slots import DEFAULT_BUILD_UIDS, DEFAULT_QEMU_UIDS, UidRange
-from workers.spec import BuildLimits, RepositoryUrl, unsafe_path_reason
+from workers.spec import (
+    DEFAULT_MAX_BOOT_S,
+    DEFAULT_MAX_CONSOLE_BYTES,
+    DEFAULT_MAX_JOB_S,
+    DEFAULT_MAX_SILENCE_S,
+    BuildLimits,
+    RepositoryUrl,
+    unsafe_path_reason,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -32,7 +43,14 @@ class Caps(_Strict):
     """Limits the lab enforces whatever a plan asks for."""
 
     max_build_s: int = Field(1800, gt=0, description="wall-time cap of one build job")
-    max_job_s: int = Field(900, gt=0, description="wall-time cap of one test job (boot + suites)")
+    max_job_s: int = Field(DEFAULT_MAX_JOB_S, gt=0, description="wall-time cap of one test job (boot + suites); "
+                           "a plan's longer test timeout is cut to it, and the report says so")  # fmt: skip
+    max_boot_s: int = Field(DEFAULT_MAX_BOOT_S, gt=0, description="power-on to the DUT runner's first byte "
+                            "(at most max_job_s)")  # fmt: skip
+    max_console_silence_s: int = Field(DEFAULT_MAX_SILENCE_S, gt=0, description="a test job with no byte on the "
+                                       "console nor the runner's port for this long is stopped")  # fmt: skip
+    max_console_bytes: int = Field(DEFAULT_MAX_CONSOLE_BYTES, gt=0, description="kernel console kept per test "
+                                   "job; more output stops it")  # fmt: skip
     max_log_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest log kept per job; more output stops it")
     max_build_memory_bytes: int = Field(8 << 30, gt=0, description="memory of all a build's processes together")
     max_build_processes: int = Field(2048, gt=0, description="processes and threads of one build")
@@ -48,6 +66,24 @@ class Caps(_Strict):
             disk_bytes=self.max_build_disk_bytes, tmp_bytes=self.max_build_tmp_bytes,
             max_artifact_bytes=self.max_artifact_bytes, max_artifacts_bytes=self.max_artifacts_bytes,
         )  # fmt: skip
+
+    def test_caps(self, override: DeviceCaps | None = None) -> TestCaps:
+        """The caps on a test job, with a device class's own values in place of these where it sets them."""
+        mine = override or DeviceCaps()
+        return TestCaps(
+            max_job_s=mine.max_job_s or self.max_job_s, max_boot_s=mine.max_boot_s or self.max_boot_s,
+            max_silence_s=mine.max_console_silence_s or self.max_console_silence_s,
+            max_console_bytes=mine.max_console_bytes or self.max_console_bytes,
+        )  # fmt: skip
+
+
+class DeviceCaps(_Strict):
+    """A device class's own test-job caps, in place of the global `caps:` ones (a slow board boots longer)."""
+
+    max_job_s: int | None = Field(None, gt=0)
+    max_boot_s: int | None = Field(None, gt=0)
+    max_console_silence_s: int | None = Field(None, gt=0)
+    max_console_bytes: int | None = Field(None, gt=0)
 
 
 class Scheduling(_Strict):
@@ -127,6 +163,9 @@ class DeviceClass(_Strict):
     lab: Literal["qemu", "labgrid"] = "qemu"
     qemu: QemuTarget = QemuTarget()
     labgrid: LabgridPlaces | None = Field(None, description="the places of a `lab: labgrid` class")
+    network: bool = Field(False, description="its targets may be given a network, for tests that ask, where the "
+                          "tree grants it to the change's tier (trees[].lab_grants.network)")  # fmt: skip
+    caps: DeviceCaps = Field(DeviceCaps(), description="this class's own test-job caps, in place of `caps:`")
 
     @model_validator(mode="after")
     def _labgrid_has_places(self) -> DeviceClass:
@@ -202,6 +241,14 @@ class TreeMail(_Strict):
         return value
 
 
+class LabGrants(_Strict):
+    """What of the lab a tree grants, by tier: `hardware` is a trusted change's tier or one approved for
+    boards, `qemu` an approved untrusted change's. Nothing is granted unless named here."""
+
+    network: list[Literal["qemu", "hardware"]] = Field([], description="tiers whose tests get the DUT network "
+                                                       "they ask for, on a device class that allows it")  # fmt: skip
+
+
 class Tree(_Strict):
     """A repository labgate tests."""
 
@@ -224,6 +271,7 @@ class Tree(_Strict):
     github: TreeGitHub | None = None
     gitlab: TreeGitLab | None = None
     mail: TreeMail = TreeMail()
+    lab_grants: LabGrants = Field(LabGrants(), description="what of the lab this tree grants, by tier (DUT network)")
 
 
 class WebhookSecret(NamedTuple):
@@ -489,6 +537,12 @@ class Config(_Strict):
                 return tree
         return None
 
+    def inventory(self) -> Inventory:
+        """The device classes as the planner matches them, each with its caps."""
+        return Inventory(ClassEntry(name=dc.name, tags=dict(dc.tags), memory_mb=dc.memory_mb, capacity=dc.capacity,
+                                    lab=dc.lab, network=dc.network, caps=self.caps.test_caps(dc.caps))
+                         for dc in self.device_classes)  # fmt: skip
+
     def device_class(self, name: str) -> DeviceClass:
         for dc in self.device_classes:
             if dc.name == name:
@@ -533,8 +587,9 @@ def load_config(path: Path | None) -> Config:
     if not config.data_dir.is_absolute():
         # A relative data dir is relative to the config file, not to wherever labgate runs.
         config = config.model_copy(update={"data_dir": (path.parent / config.data_dir)})
+    inventory = config.inventory()
     return config.model_copy(update={
-        "trees": [_with_plan_checked(tree, index, path) for index, tree in enumerate(config.trees)],
+        "trees": [_with_plan_checked(tree, index, path, inventory) for index, tree in enumerate(config.trees)],
         "device_classes": [_with_environment_path(dc, path) for dc in config.device_classes],
     })  # fmt: skip
 
@@ -548,9 +603,10 @@ def _with_environment_path(device_class: DeviceClass, config_path: Path) -> Devi
     return device_class.model_copy(update={"labgrid": where})
 
 
-def _with_plan_checked(tree: Tree, index: int, config_path: Path) -> Tree:
-    """The tree with its plan_file made absolute and read once now: a broken plan is the operator's
-    error, said at start with the config file and key, not a failed pipeline later."""
+def _with_plan_checked(tree: Tree, index: int, config_path: Path, inventory: Inventory) -> Tree:
+    """The tree with its plan_file made absolute and read once now: a broken plan, or one with a test
+    no device class can run, is the operator's error, said at start with the config file and key, not
+    a failed pipeline later."""
     if tree.plan_file is None:
         return tree
     plan_file = tree.plan_file if tree.plan_file.is_absolute() else config_path.parent / tree.plan_file
@@ -560,7 +616,7 @@ def _with_plan_checked(tree: Tree, index: int, config_path: Path) -> Tree:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read {plan_file}: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
-        parse_plan(text, str(plan_file))
+        check_plan_devices(parse_plan(text, str(plan_file)), inventory, str(plan_file))
     except PlanError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return tree.model_copy(update={"plan_file": plan_file})
