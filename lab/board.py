@@ -1,0 +1,225 @@
+"""Boot on a board through labgrid: a place of a coordinator, driven only by labgrid drivers.
+
+The code path a real board takes: reserve a place by tags and lock it (lab/places.py), render
+the device class's environment for that place (a RemotePlace plus drivers), then power off,
+stage the kernel and initramfs with the place's provider driver (ssh to the exporter host, as
+labgrid's ManagedFile does), power on, read the console and the DUT runner's port through
+SerialDriver, power off, and release whatever happened. No QEMUDriver and no subprocess of
+ours: on the stand-in board (lab/standin/) the QEMU belongs to the PDU.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from labgrid import Environment
+from labgrid.resource.common import ResourceManager
+from labgrid.resource.remote import RemotePlaceManager
+from labgrid.util.ssh import sshmanager
+from pexpect import TIMEOUT
+from serial import SerialException
+
+from lab.errors import LabSetupError
+from lab.places import Coordinator, HeldPlace, Identity, holding_place, worker_identity
+from lab.runner import END_MARKER, BootOutcome, Ended
+
+log = logging.getLogger(__name__)
+
+SSH_CONFIG_ENV = "LABGATE_LAB_SSH_CONFIG"  # ssh config for staging to exporter hosts (holds the worker's key)
+KERNEL_NAME = "vmlinuz"  # the names images are staged under: the board's boot configuration names them
+INITRAMFS_NAME = "initramfs.cpio.gz"
+_STAGING_DRIVERS = ("TFTPProviderDriver", "HTTPProviderDriver")
+_END_LINE = re.compile(rb"\n" + re.escape(END_MARKER.encode()) + rb"\r?\n")
+_READ_SLICE_S = 0.02  # each port is read in turn for at most this long
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class BoardRequest:
+    coordinator: str
+    place_tags: dict[str, str]
+    environment: str  # the class's labgrid environment template (Jinja2; `place` is set)
+    kernel: Path
+    initramfs: Path
+    work_dir: Path
+    timeout_s: float  # from power-on to the runner's end marker
+    place_wait_s: float = 600.0  # how long a job waits for a place before it is incomplete
+    max_console_bytes: int = 16 * 1024 * 1024
+    max_runner_bytes: int = 16 * 1024 * 1024
+    identity: Identity | None = None  # the labgrid user to lock as; default: this host's lab worker
+
+
+@dataclass(frozen=True)
+class BoardOutcome:
+    boot: BootOutcome
+    place: str
+    waited_s: float
+    waited_for: str  # who held the places while the job waited ("" when one was free)
+
+
+def run_board_boot(req: BoardRequest, on_waiting: Callable[[str], None] | None = None) -> BoardOutcome:
+    """Hold a place for one boot and return what its ports said; the place is always released.
+
+    PlaceUnavailable when no place was granted within place_wait_s; LabSetupError when the
+    place's drivers fail (power, staging, console): the board's fault, never the change's.
+    """
+    for what, path in (("kernel", req.kernel), ("initramfs", req.initramfs)):
+        if not Path(path).is_file():
+            raise LabSetupError(f"{what} {path} is not a file; build or fetch it first")
+    work_dir = Path(req.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    coordinator = Coordinator(req.coordinator, req.identity or worker_identity())
+    try:
+        with holding_place(coordinator, req.place_tags, req.place_wait_s, on_waiting) as held:
+            boot = _boot_on(coordinator, held, req, work_dir)
+    finally:
+        coordinator.close()
+    return BoardOutcome(boot=boot, place=held.name, waited_s=held.waited_s, waited_for=held.waited_for)
+
+
+def render_board_env(template: str, place: str) -> str:
+    """The class's environment for one place; values through `yaml` (JSON strings are YAML scalars)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters["yaml"] = json.dumps
+    return env.from_string(template).render(place=place)
+
+
+def use_ssh_config(config: Path, bin_dir: Path) -> None:
+    """Make labgrid's ssh and rsync use this ssh config (host alias, port, user, the worker's key).
+
+    labgrid runs `ssh HOST` from PATH and reads nothing but the user's ~/.ssh/config; a lab
+    worker keeps its staging key in its own config, so an `ssh` first on PATH adds `-F`.
+    """
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "ssh"
+    system_ssh = shutil.which("ssh", path=os.defpath + ":/usr/bin") or "/usr/bin/ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {system_ssh} -F "{config}" "$@"\n')
+    wrapper.chmod(0o755)
+    path = os.environ.get("PATH", os.defpath).split(":")
+    if str(bin_dir) not in path:
+        os.environ["PATH"] = ":".join([str(bin_dir), *path])
+
+
+def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_dir: Path) -> BootOutcome:
+    started = time.monotonic()
+    ssh_config = os.environ.get(SSH_CONFIG_ENV)
+    if ssh_config:
+        use_ssh_config(Path(ssh_config), work_dir.parent / "ssh-bin")
+    env_file = work_dir / "board-env.yaml"
+    env_file.write_text(render_board_env(req.environment, held.name))
+    # labgrid's RemotePlace resolves through one manager per process; a fresh one per job, on our session.
+    ResourceManager.instances.pop(RemotePlaceManager, None)
+    manager = RemotePlaceManager.get()
+    manager.session, manager.loop = coordinator.session, coordinator.loop
+    target: Any = None
+    power: Any = None
+    try:
+        target = Environment(str(env_file)).get_target("main")
+        power = target.get_driver("PowerProtocol")
+        power.off()  # every job starts from power-off, whatever the last one left
+        _stage(target, req, work_dir)
+        setup_s = time.monotonic() - started
+        power.on()
+        on_at = time.monotonic()
+        console = target.get_driver("ConsoleProtocol", name="console")
+        runner = target.get_driver("ConsoleProtocol", name="runner")
+        raw, runner_raw, ended = read_board_ports(console, runner, on_at + req.timeout_s,
+                                                  req.max_console_bytes, req.max_runner_bytes)  # fmt: skip
+        boot_s = time.monotonic() - on_at
+        power.off()
+        power = None
+    except LabSetupError:
+        raise
+    except Exception as exc:
+        raise LabSetupError(f"place {held.name}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if power is not None:
+            with contextlib.suppress(Exception):
+                power.off()
+        _cleanup(target)
+    console_text = raw.decode("utf-8", errors="replace").replace("\r", "")
+    notes = {"timeout": f"# labgate: boot timed out after {req.timeout_s:g} s",
+             "console-limit": f"# labgate: console truncated at {req.max_console_bytes} bytes",
+             "runner-limit": f"# labgate: the runner's output passed its cap of {req.max_runner_bytes} bytes",
+             "qemu-exit": f"# labgate: the board's console hung up before the end marker ({held.name})"}  # fmt: skip
+    if ended in notes:
+        console_text += ("" if console_text.endswith("\n") or not console_text else "\n") + notes[ended] + "\n"
+    runner_text = runner_raw.decode("utf-8", errors="replace").replace("\r", "")
+    (work_dir / "console.log").write_text(console_text, encoding="utf-8")
+    (work_dir / "runner.log").write_text(runner_text, encoding="utf-8")
+    return BootOutcome(console=console_text, runner=runner_text, ended=ended, boot_s=boot_s,
+                       qemu_status=None, setup_s=setup_s)  # fmt: skip
+
+
+def _stage(target: Any, req: BoardRequest, work_dir: Path) -> None:
+    """Stage the images under the names the board boots, with the place's provider driver."""
+    staging = None
+    for name in _STAGING_DRIVERS:
+        with contextlib.suppress(Exception):
+            staging = target.get_driver(name)
+            break
+    if staging is None:
+        raise LabSetupError(f"the environment has no staging driver ({', '.join(_STAGING_DRIVERS)})")
+    images = work_dir / "board-images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir()
+    for source, name in ((req.kernel, KERNEL_NAME), (req.initramfs, INITRAMFS_NAME)):
+        shutil.copyfile(source, images / name)
+        (images / name).chmod(0o644)
+        staging.stage(str(images / name))
+
+
+def read_board_ports(console: Any, runner: Any, deadline: float, console_limit: int,
+                     runner_limit: int) -> tuple[bytes, bytes, Ended]:  # fmt: skip
+    """Read both UARTs (labgrid ConsoleProtocol drivers) until the runner's end marker, a cap, or hang-up."""
+    buffers = {"console": bytearray(), "runner": bytearray()}
+    ports = {"console": console, "runner": runner}
+    while True:
+        if time.monotonic() >= deadline:
+            return bytes(buffers["console"]), bytes(buffers["runner"]), "timeout"
+        if not ports:
+            return bytes(buffers["console"]), bytes(buffers["runner"]), "qemu-exit"
+        for name, port in list(ports.items()):
+            try:
+                chunk = port.read(size=_CHUNK, max_size=_CHUNK, timeout=_READ_SLICE_S)  # what came within the slice
+            except TIMEOUT:
+                continue
+            except (SerialException, OSError):  # the far end hung up: the board is off or gone
+                del ports[name]
+                continue
+            buffer = buffers[name]
+            if name == "console":
+                buffer += chunk
+                if len(buffer) > console_limit:
+                    return bytes(buffer[:console_limit]), bytes(buffers["runner"]), "console-limit"
+                continue
+            searched_to = max(0, len(buffer) - len(END_MARKER) - 2)
+            buffer += chunk
+            found = _END_LINE.search(buffer, searched_to)
+            if found and found.end() <= runner_limit:
+                return bytes(buffers["console"]), bytes(buffer[: found.end()]), "end-marker"
+            if len(buffer) > runner_limit:
+                return bytes(buffers["console"]), bytes(buffer[:runner_limit]), "runner-limit"
+
+
+def _cleanup(target: Any) -> None:
+    if target is not None:
+        try:
+            target.cleanup()
+        except Exception:
+            log.warning("labgrid target cleanup failed", exc_info=True)
+        atexit.unregister(target._atexit_cleanup)  # a long-lived worker would pile them up
+    ResourceManager.instances.pop(RemotePlaceManager, None)
+    sshmanager.close_all()  # no ssh master outlives the job

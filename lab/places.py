@@ -1,0 +1,277 @@
+"""labgrid places through a coordinator: reserve by tags, lock, release (cancel, then unlock), offline.
+
+All of it goes through labgrid's own client session (labgrid.remote.client.ClientSession and its
+gRPC stub), as one labgrid user `host/user`: that name is what a lock records, so a worker's
+start-up sweep can find the locks a killed predecessor left (locks outlive their holder; only
+reservations expire). The order of release matters: the coordinator reassigns a place only
+when both its reservation and its lock are gone, and it reschedules at once on an unlock but
+only on its 15 s tick after a cancel, so cancel first, then unlock (lab-notes, section 2).
+
+Offline is labgrid's own state too: an offline place is locked by `<host>/labgate-offline` and
+its comment says why, so `labgrid-client places` and every other labgrid user see it, no
+reservation is granted it, and no worker's sweep touches it (it is not the worker's lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from labgrid.remote.client import ClientSession
+from labgrid.remote.common import Reservation, ReservationState
+from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+
+from lab.errors import LabSetupError
+
+log = logging.getLogger(__name__)
+
+LAB_USER_ENV = "LABGATE_LAB_USER"  # the labgrid user name a lab worker locks places as
+OFFLINE_USER = "labgate-offline"
+OFFLINE_PREFIX = "offline: "
+_POLL_S = 1.0  # polling a reservation also keeps it from expiring (60 s without a poll)
+_CONNECT_CAP_S = 10.0
+
+
+class PlaceUnavailable(Exception):
+    """No place with the tags was granted within the cap; the message says who holds them."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A labgrid user: locks record `host/user`."""
+
+    host: str
+    user: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}/{self.user}"
+
+
+def worker_identity() -> Identity:
+    """This host's lab worker, as it locks places (one worker process tree per user name and host)."""
+    return Identity(socket.gethostname(), os.environ.get(LAB_USER_ENV, "labgate"))
+
+
+@dataclass(frozen=True)
+class PlaceState:
+    name: str
+    tags: dict[str, str]
+    acquired: str | None  # `host/user` holding the lock
+    reservation: str | None  # token of the reservation the place is allocated to
+    comment: str
+    matches: tuple[str, ...] = ()
+
+    @property
+    def offline_reason(self) -> str | None:
+        if self.acquired is not None and self.acquired.endswith(f"/{OFFLINE_USER}"):
+            return self.comment.removeprefix(OFFLINE_PREFIX) or "offline"
+        return None
+
+
+@dataclass(frozen=True)
+class HeldPlace:
+    name: str
+    token: str
+    waited_s: float  # from asking to holding the lock
+    waited_for: str = ""  # what held the places while we waited (empty: granted at once)
+
+
+class _Session(ClientSession):  # type: ignore[misc]
+    """labgrid's session, speaking as a given labgrid user instead of $LG_USERNAME or the login name."""
+
+    identity: Identity
+
+    def gethostname(self) -> str:
+        return self.identity.host
+
+    def getuser(self) -> str:
+        return self.identity.user
+
+
+@dataclass
+class Coordinator:
+    """One session with a labgrid coordinator, on an event loop of its own."""
+
+    address: str
+    identity: Identity = field(default_factory=worker_identity)
+
+    def __post_init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            # grpc.aio ties a channel to the loop running when it is made: make the session on ours.
+            self.session = self._run(self._open())
+        except Exception as exc:
+            self.loop.close()
+            raise LabSetupError(f"labgrid coordinator {self.address}: {type(exc).__name__}: {exc}") from exc
+
+    async def _open(self) -> _Session:
+        session = _Session(self.address, self.loop)
+        session.identity = self.identity
+        await asyncio.wait_for(session.start(), _CONNECT_CAP_S)
+        return session
+
+    def close(self) -> None:
+        try:
+            self._run(self.session.stop())
+            self._run(self.session.close())
+        except Exception:
+            log.debug("closing the coordinator session failed", exc_info=True)
+        self.loop.close()
+
+    def _run(self, awaitable: Any) -> Any:
+        return self.loop.run_until_complete(awaitable)
+
+    def _call(self, method: str, request: Any) -> Any:
+        """A coordinator RPC, then a sync so the session's view of places includes its effect."""
+        response = self._run(getattr(self.session.stub, method)(request))
+        self._run(self.session.sync_with_coordinator())
+        return response
+
+    # -- places ---------------------------------------------------------------------------
+
+    def places(self) -> dict[str, PlaceState]:
+        self._run(self.session.sync_with_coordinator())
+        return {name: PlaceState(name=name, tags=dict(p.tags), acquired=p.acquired, reservation=p.reservation,
+                                 comment=p.comment, matches=tuple(str(m) for m in p.matches))
+                for name, p in sorted(self.session.places.items())}  # fmt: skip
+
+    def create_place(self, name: str, matches: list[str], tags: dict[str, str]) -> None:
+        """A place matching these exporter resources (`exporter/group/cls/name` patterns), with tags."""
+        if name not in self.session.places:
+            self._call("AddPlace", pb.AddPlaceRequest(name=name))
+        for pattern in matches:
+            self._call("AddPlaceMatch", pb.AddPlaceMatchRequest(placename=name, pattern=pattern))
+        self._call("SetPlaceTags", pb.SetPlaceTagsRequest(placename=name, tags=tags))
+
+    def lock(self, place: str) -> None:
+        self._call("AcquirePlace", pb.AcquirePlaceRequest(placename=place))
+
+    def unlock(self, place: str, holder: str | None = None) -> None:
+        """Release the lock; with `holder`, only if that `host/user` holds it (no one else's lock is kicked)."""
+        request = pb.ReleasePlaceRequest(placename=place)
+        if holder is not None:
+            request.fromuser = holder
+        self._call("ReleasePlace", request)
+
+    def set_comment(self, place: str, comment: str) -> None:
+        self._call("SetPlaceComment", pb.SetPlaceCommentRequest(placename=place, comment=comment))
+
+    # -- reservations ---------------------------------------------------------------------
+
+    def reserve(self, tags: dict[str, str]) -> str:
+        request = pb.CreateReservationRequest(filters={"main": pb.Reservation.Filter(filter=tags)}, prio=0.0)
+        response = self._run(self.session.stub.CreateReservation(request))
+        return str(Reservation.from_pb2(response.reservation).token)
+
+    def poll(self, token: str) -> Reservation:
+        response = self._run(self.session.stub.PollReservation(pb.PollReservationRequest(token=token)))
+        return Reservation.from_pb2(response.reservation)
+
+    def cancel(self, token: str) -> None:
+        self._run(self.session.stub.CancelReservation(pb.CancelReservationRequest(token=token)))
+
+    def reserve_and_lock(self, tags: dict[str, str], wait_s: float,
+                         on_waiting: Callable[[str], None] | None = None) -> HeldPlace:  # fmt: skip
+        """Wait (up to wait_s) for the coordinator to grant a place with these tags, and lock it at once.
+
+        A reservation not locked right away would keep the place from others until it expires, so
+        the lock follows the grant; a wait past the cap cancels the reservation and raises
+        PlaceUnavailable naming who holds the places. `on_waiting` hears once why we wait.
+        """
+        started = time.monotonic()
+        token = self.reserve(tags)
+        waited_for = ""
+        try:
+            while True:
+                reservation = self.poll(token)
+                if reservation.state in (ReservationState.allocated, ReservationState.acquired):
+                    place = reservation.allocations["main"][0]
+                    self.lock(place)
+                    return HeldPlace(place, token, time.monotonic() - started, waited_for)
+                if reservation.state is not ReservationState.waiting:
+                    raise PlaceUnavailable(f"reservation for {_tags(tags)} ended as {reservation.state.name}")
+                if not waited_for:
+                    waited_for = self.describe_holders(tags)
+                    if on_waiting is not None:
+                        on_waiting(waited_for)
+                if time.monotonic() - started > wait_s:
+                    raise PlaceUnavailable(f"no place with {_tags(tags)} within {wait_s:g} s: "
+                                           f"{self.describe_holders(tags)}")  # fmt: skip
+                time.sleep(_POLL_S)
+        except BaseException:
+            self.cancel(token)
+            raise
+
+    def release(self, held: HeldPlace) -> None:
+        """Cancel the reservation, then unlock: the order that frees the place for the next waiter at once."""
+        try:
+            self.cancel(held.token)
+        finally:
+            self.unlock(held.name, holder=self.identity.name)
+
+    def describe_holders(self, tags: dict[str, str]) -> str:
+        """Why places with these tags are not free: who locks each, or why it is offline."""
+        words = []
+        for place in self.places().values():
+            if not tags.items() <= place.tags.items():
+                continue
+            if place.offline_reason is not None:
+                words.append(f"{place.name} offline ({place.offline_reason})")
+            elif place.acquired:
+                words.append(f"{place.name} locked by {place.acquired}")
+            elif place.reservation:
+                words.append(f"{place.name} reserved")
+            else:
+                words.append(f"{place.name} free")
+        return ", ".join(words) or f"no place has {_tags(tags)}"
+
+
+@contextmanager
+def holding_place(coordinator: Coordinator, tags: dict[str, str], wait_s: float,
+                  on_waiting: Callable[[str], None] | None = None) -> Iterator[HeldPlace]:  # fmt: skip
+    """A place reserved and locked for the block, always released (cancel, then unlock) after it."""
+    held = coordinator.reserve_and_lock(tags, wait_s, on_waiting)
+    try:
+        yield held
+    finally:
+        coordinator.release(held)
+
+
+def take_offline(address: str, place: str, why: str) -> None:
+    """Lock the place as `<host>/labgate-offline` with the reason in its comment (it must be idle)."""
+    coordinator = Coordinator(address, Identity(socket.gethostname(), OFFLINE_USER))
+    try:
+        current = coordinator.places().get(place)
+        if current is None:
+            raise LabSetupError(f"no place {place}")
+        if current.offline_reason is None:
+            if current.acquired:
+                raise LabSetupError(f"place {place} is locked by {current.acquired}; take it offline when it is free")
+            coordinator.lock(place)
+        coordinator.set_comment(place, OFFLINE_PREFIX + why)
+    finally:
+        coordinator.close()
+
+
+def bring_online(coordinator: Coordinator, place: str) -> None:
+    """Unlock an offline place (only the offline lock: a job's lock is never kicked) and clear its comment."""
+    current = coordinator.places().get(place)
+    if current is None:
+        raise LabSetupError(f"no place {place}")
+    if current.offline_reason is None:
+        return
+    assert current.acquired is not None
+    coordinator.unlock(place, holder=current.acquired)
+    coordinator.set_comment(place, "")
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(tags.items()))
