@@ -27,10 +27,11 @@ from bot.forges.mail.smtp import classify_error as classify_smtp_error
 from bot.forges.patchwork.client import classify_error as classify_patchwork_error
 from bot.host.retrying import describe, is_transient, retry_delay
 from bot.host.stores import Runtime, runtime_from_env
-from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK, PATCHWORK_POLL_TASK
+from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK, PATCHWORK_POLL_TASK, QUEUE_TOP_UP_TASK
 from bot.intake.base_maintainers import SERIES_REGRADE_TASK
 from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_series, report_series
 from bot.pipelines import lifecycle as pipeline
+from bot.pipelines import scheduler
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.reporting.push_mail import is_staging_poll_pipeline, report_staging_push
 from bot.reporting.sync import pipeline_source
@@ -160,3 +161,9 @@ def series_regrade(self: Task, server: str, series_id: int) -> None:
 def patchwork_poll(self: Task) -> None:
     """Each configured Patchwork project's new events, carried out (bot/intake/mailing_list.py)."""
     _run_logged(self, "patchwork poll", lambda runtime: poll_patchwork(runtime) if runtime.config.patchwork else [])
+
+
+@app.task(name=QUEUE_TOP_UP_TASK, bind=True)
+def queue_top_up(self: Task) -> None:
+    """Every device class's window filled from the jobs waiting in the store (bot/pipelines/scheduler.py)."""
+    _run_logged(self, "queue top-up", scheduler.top_up)

@@ -62,7 +62,7 @@ def render_problems(jobs: Sequence[JobView], indent: str = "  ") -> str:
     out: list[str] = []
     for job in jobs:
         word = outcome_word(job)
-        if word in ("pass", "skip", "queued", "running", "pending"):
+        if word in ("pass", "skip", "waiting", "queued", "running", "pending"):
             continue
         out.append(f"{word.upper()}: {job.kind} {job.name}")
         if job.error_message:

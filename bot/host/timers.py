@@ -7,12 +7,13 @@ from bot.host.config import Config
 GITHUB_RESYNC_TASK = "bot.github_resync"  # open pull requests whose delivery was lost
 GIT_REMOTE_POLL_TASK = "bot.git_remote_poll"  # staging branches of trees without webhooks
 PATCHWORK_POLL_TASK = "bot.patchwork_poll"  # Patchwork projects' events
+QUEUE_TOP_UP_TASK = "bot.queue_top_up"  # device classes' windows, should a wake-up have been lost
 
 
 def periodic_tasks(config: Config) -> list[tuple[str, int]]:
     """(task name, interval in seconds) of every timer the config asks for. Each runs at start too:
     what happened while labgate was down is caught up at once."""
-    timers = []
+    timers = [(QUEUE_TOP_UP_TASK, config.scheduling.top_up_interval_s)] if config.device_classes else []
     if config.github is not None and config.github.resync_interval_s:
         timers.append((GITHUB_RESYNC_TASK, config.github.resync_interval_s))
     polled = [tree.poll_interval_s for tree in config.trees if tree.poll_staging and tree.staging_branches]

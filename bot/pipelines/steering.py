@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.host.stores import Runtime
+from bot.pipelines import scheduler
 from bot.pipelines.lifecycle import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
 from bot.store.models import Job, Pipeline, TestResult, utcnow
 from bot.store.once import once_done, record_once
@@ -16,6 +17,7 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
     die with the worker process), every unfinished job recorded `cancelled` with the reason."""
     outbox = Outbox()
     revoke: list[str] = []
+    freed: set[str] = set()  # queues of test jobs that held a window's slot
     with runtime.store.session() as session:
         for pipeline_id in pipeline_ids:
             pipeline = lock_pipeline(session, pipeline_id)
@@ -26,11 +28,14 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
                     continue
                 if job.task_id:
                     revoke.append(job.task_id)
+                if job.kind == "test" and job.state in scheduler.IN_FLIGHT:
+                    freed.add(job.queue)
                 job.state, job.error_code, job.error_message = "done", "cancelled", reason
                 job.finished_at = utcnow()
             pipeline.state, pipeline.result, pipeline.error_message = "done", "cancelled", reason
             pipeline.finished_at = utcnow()
             report_after(pipeline, outbox)
+        scheduler.fill_windows(runtime, session, freed, outbox)
     if revoke:
         app.control.revoke(revoke, terminate=True, signal="SIGTERM")
     outbox.send()
@@ -80,7 +85,12 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
         for job in new.jobs:
             parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
             if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
-                dispatch(runtime, session, job, outbox)
+                if job.kind == "test":
+                    scheduler.hand_over(runtime, session, [job])  # it waits in the store for its class
+                else:
+                    dispatch(runtime, session, job, outbox)
+        scheduler.fill_windows(runtime, session, {job.queue for job in new.jobs if job.state == scheduler.WAITING},
+                               outbox)  # fmt: skip
         finish_if_done(session, new)
         report_after(new, outbox)
         new_id = new.id

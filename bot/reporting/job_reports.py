@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from bot.core.mail_text import error_lines_of
 from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
+from bot.pipelines.scheduler import waiting_report_title
 from bot.reporting.sinks import JobReport, Verdict
 from bot.store.models import Job, Pipeline, Revision
 
@@ -29,7 +30,7 @@ def job_label(kind: str, name: str) -> str:
 
 def verdict_for(view: JobView) -> Verdict:
     """How a finished job should look; our infrastructure's failures never blame the change."""
-    if view.state in ("pending", "queued", "running"):
+    if view.state in ("pending", "waiting", "queued", "running"):
         return "pending"
     if view.error_code == "cancelled":
         return "cancelled"
@@ -62,6 +63,10 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
     base = JobReport(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, name=job.name, label=label,
                      stage="queued", verdict="pending", title="queued", summary="Waiting for a worker.",
                      details_url=details_url)  # fmt: skip
+    if view.state == "waiting":
+        # In the store for its device class's window: how far back it is, and why if it is held.
+        title = waiting_report_title(job)
+        return replace(base, title=title[:MAX_TITLE], summary=title[0].upper() + title[1:] + ".")
     if view.state in ("pending", "queued"):
         return base
     if view.state == "running":

@@ -1,0 +1,258 @@
+"""The test queue in the store: test jobs wait here, and each device class gets only a window of messages.
+
+A test job whose build passed is handed over (state `waiting`, with its priority and fair sequence,
+bot/core/schedule.py). A class's window is its capacity plus a margin: `fill_windows` dispatches its
+next waiting jobs through the Outbox (bot/pipelines/lifecycle.py) until that many are queued or
+running. It runs in the transaction that records a result or hands jobs over, and on a timer (the
+`bot.queue_top_up` control task), so a lost wake-up never strands a job. 100,000 waiting jobs are rows,
+not broker messages.
+
+Two control workers never over-fill a window: each fill first locks the class's `queue_window` row
+(SELECT ... FOR UPDATE on PostgreSQL; SQLite has one writer at a time) and only then counts what is in
+flight. Windows are locked in name order, always after any pipeline row, so fillers cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, object_session
+
+from bot.core.schedule import (
+    PRIORITY_HEALTH_CHECK,
+    QuotaUse,
+    estimate_wait_min,
+    fair_key,
+    job_priority,
+    next_fair_seq,
+    over_limit_reason,
+    quota_key,
+    quota_refusal,
+    waiting_title,
+    window_size,
+)
+from bot.host.config import DeviceClass
+from bot.host.stores import Runtime
+
+# Imported as a module: lifecycle imports this module too, and each uses the other only at call time.
+from bot.pipelines import lifecycle
+from bot.store.models import Job, QueueWindow, utcnow
+from workers.app import lab_queue
+
+if TYPE_CHECKING:
+    from bot.pipelines.lifecycle import Outbox
+
+WAITING = "waiting"
+IN_FLIGHT = ("queued", "running")
+RECENT_JOBS = 20  # finished jobs of a class its wait estimate goes by
+SCAN_ROWS = 256  # waiting jobs one fill looks past for jobs whose submitter is over quota
+
+
+def hand_over(runtime: Runtime, session: Session, jobs: Sequence[Job]) -> set[str]:
+    """Test jobs ready to run wait in the store for their class; the queues to fill. A class over its
+    waiting limit takes none but health checks: those jobs end `skip` with the reason (back-pressure)."""
+    limits = runtime.config.scheduling
+    waiting: dict[str, int] = {}
+    queues: set[str] = set()
+    for job in jobs:
+        pipeline = job.pipeline
+        change = pipeline.revision.change
+        window = _window(session, job.queue)
+        job.priority = job_priority(pipeline.kind, change.author_trusted)
+        if job.queue not in waiting:
+            # Those the window has room for now are not going to wait: they do not count.
+            room = window_size(_capacity(runtime, job.queue), limits.window_margin)
+            room -= _count(session, job.queue, IN_FLIGHT)
+            waiting[job.queue] = _count(session, job.queue, (WAITING,)) - max(0, room)
+        if waiting[job.queue] >= limits.max_waiting_per_class and job.priority < PRIORITY_HEALTH_CHECK:
+            job.state, job.result, job.error_code = "done", "skip", "back-pressure"
+            job.error_message = over_limit_reason(_class_name(job), waiting[job.queue], limits.max_waiting_per_class)
+            job.finished_at = utcnow()
+            continue
+        job.fair_key = fair_key(change.tree.name, change.submitter)
+        newest = session.scalar(
+            select(func.max(Job.fair_seq)).where(Job.queue == job.queue, Job.fair_key == job.fair_key,
+                                                 Job.state == WAITING)
+        )  # fmt: skip
+        job.fair_seq = next_fair_seq(window.virtual_time, newest)
+        job.quota_key = quota_key(change.source, change.submitter, change.author_trusted)
+        job.state = WAITING
+        session.flush()  # the next job of the same submitter sees this one's sequence
+        waiting[job.queue] += 1
+        queues.add(job.queue)
+    return queues
+
+
+def fill_windows(runtime: Runtime, session: Session, queues: Iterable[str], outbox: Outbox, *,
+                 skip_locked: bool = False) -> int:  # fmt: skip
+    """Dispatch each queue's next waiting jobs until its window is full; how many were dispatched.
+    With `skip_locked`, a queue another transaction is filling right now is left to it."""
+    sent = 0
+    for queue in sorted(set(queues)):
+        device_class = _device_class(runtime, queue)
+        if device_class is None:
+            continue  # a class gone from the config: its jobs wait, and their reports say for what
+        _window(session, queue)
+        window = session.scalar(
+            select(QueueWindow).where(QueueWindow.queue == queue).with_for_update(skip_locked=skip_locked)
+            .execution_options(populate_existing=True)  # as the lock's previous holder left it
+        )  # fmt: skip
+        if window is None:
+            continue
+        window.capacity = device_class.capacity
+        window.updated_at = utcnow()
+        free = window_size(device_class.capacity, runtime.config.scheduling.window_margin)
+        free -= _count(session, queue, IN_FLIGHT)
+        if free > 0:
+            sent += _dispatch_next(runtime, session, window, free, outbox)
+    return sent
+
+
+def _dispatch_next(runtime: Runtime, session: Session, window: QueueWindow, free: int, outbox: Outbox) -> int:
+    limits = runtime.config.scheduling
+    pick = (
+        select(Job).where(Job.queue == window.queue, Job.state == WAITING)
+        .order_by(Job.priority.desc(), Job.fair_seq, Job.id)
+        .limit(free + SCAN_ROWS)
+        # A job another transaction holds (a cancel) is not ours to send.
+        .with_for_update(skip_locked=True)
+    )  # fmt: skip
+    if window.offline:
+        pick = pick.where(Job.priority >= PRIORITY_HEALTH_CHECK)  # health checks bring a class back
+    uses: dict[str, QuotaUse] = {}
+    sent = 0
+    for job in session.scalars(pick):
+        if sent >= free:
+            break
+        if job.quota_key is not None:
+            use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
+            refusal = quota_refusal(use, limits.submitter_jobs_in_flight, limits.submitter_device_minutes_per_day)
+            if refusal is not None:
+                uses[job.quota_key] = use
+                job.error_message = refusal  # said in its report while it waits
+                continue
+            uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
+        job.error_message = None
+        lifecycle.dispatch(runtime, session, job, outbox)
+        window.virtual_time = max(window.virtual_time, job.fair_seq)
+        sent += 1
+    return sent
+
+
+def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
+    """A job's result was recorded: a test job freed a slot of its class; a build may have handed over tests."""
+    queues = {other.queue for other in job.pipeline.jobs if other.state == WAITING}
+    if job.kind == "test":
+        queues.add(job.queue)
+    if queues:
+        fill_windows(runtime, session, queues, outbox)
+
+
+def top_up(runtime: Runtime) -> list[str]:
+    """Fill every configured class's window (the timer's task): what a lost wake-up left waiting goes now."""
+    outbox = lifecycle.Outbox()
+    queues = [lab_queue(dc.name) for dc in runtime.config.device_classes]
+    with runtime.store.writing() as session:
+        sent = {queue: fill_windows(runtime, session, [queue], outbox, skip_locked=True) for queue in queues}
+    outbox.send()
+    return [f"{queue}: {count} dispatched" for queue, count in sent.items() if count]
+
+
+def set_offline(runtime: Runtime, device_class: str, reason: str | None) -> None:
+    """Take a class out (its waiting jobs stay, health checks still go), or bring it back (reason None)."""
+    queue = lab_queue(device_class)
+    outbox = lifecycle.Outbox()
+    with runtime.store.writing() as session:
+        _window(session, queue)
+        window = session.scalar(select(QueueWindow).where(QueueWindow.queue == queue).with_for_update())
+        assert window is not None
+        window.offline, window.offline_reason = reason is not None, reason or ""
+        session.flush()
+        if reason is None:
+            fill_windows(runtime, session, [queue], outbox)
+    outbox.send()
+
+
+def waiting_report_title(job: Job) -> str:
+    """`waiting for <class>: N ahead, about M min`, with why when the class is offline or the quota is used."""
+    session = object_session(job)
+    assert session is not None
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.queue == job.queue, Job.state == WAITING,
+            or_(Job.priority > job.priority,
+                and_(Job.priority == job.priority,
+                     or_(Job.fair_seq < job.fair_seq, and_(Job.fair_seq == job.fair_seq, Job.id < job.id)))))
+    ) or 0  # fmt: skip
+    window = session.get(QueueWindow, job.queue)
+    capacity = window.capacity if window is not None else 1
+    recent = session.execute(
+        select(Job.started_at, Job.finished_at)
+        .where(Job.queue == job.queue, Job.state == "done", Job.started_at.is_not(None),
+               Job.finished_at.is_not(None), Job.result.is_not(None))
+        .order_by(Job.id.desc()).limit(RECENT_JOBS)
+    ).all()  # fmt: skip
+    durations = [(_aware(finished) - _aware(started)).total_seconds() for started, finished in recent
+                 if started is not None and finished is not None]  # fmt: skip
+    reason = f"offline: {window.offline_reason}" if window is not None and window.offline else ""
+    reason = reason or (job.error_message or "")
+    return waiting_title(_class_name(job), ahead, estimate_wait_min(ahead, capacity, durations), reason)
+
+
+def _window(session: Session, queue: str) -> QueueWindow:
+    """The queue's window row, made on first use (two makers at once: the second finds the first's)."""
+    window = session.get(QueueWindow, queue)
+    if window is not None:
+        return window
+    try:
+        with session.begin_nested():
+            window = QueueWindow(queue=queue, capacity=1, virtual_time=0, offline=False, offline_reason="")
+            session.add(window)
+    except IntegrityError:
+        window = session.get(QueueWindow, queue)
+    assert window is not None
+    return window
+
+
+def _count(session: Session, queue: str, states: Sequence[str]) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(Job.queue == queue, Job.state.in_(states))) or 0
+
+
+def _quota_use(session: Session, key: str) -> QuotaUse:
+    in_flight = session.scalar(
+        select(func.count()).select_from(Job).where(Job.quota_key == key, Job.state.in_(IN_FLIGHT))
+    ) or 0  # fmt: skip
+    now = utcnow()
+    since = now - timedelta(hours=24)
+    rows = session.execute(
+        select(Job.started_at, Job.finished_at).where(Job.quota_key == key, Job.started_at.is_not(None),
+                                                      or_(Job.finished_at.is_(None), Job.finished_at > since))
+    ).all()  # fmt: skip
+    seconds = sum((_aware(finished or now) - max(_aware(started), since)).total_seconds()
+                  for started, finished in rows if started is not None)  # fmt: skip
+    return QuotaUse(key.split(":", 1)[1], in_flight, max(0.0, seconds) / 60)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back the UTC times it was given without their zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _device_class(runtime: Runtime, queue: str) -> DeviceClass | None:
+    for device_class in runtime.config.device_classes:
+        if lab_queue(device_class.name) == queue:
+            return device_class
+    return None
+
+
+def _capacity(runtime: Runtime, queue: str) -> int:
+    device_class = _device_class(runtime, queue)
+    return device_class.capacity if device_class is not None else 0
+
+
+def _class_name(job: Job) -> str:
+    return str(job.spec.get("device_class") or job.queue.removeprefix("lab."))
