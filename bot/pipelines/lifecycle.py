@@ -25,6 +25,7 @@ from bot.core.progress import (
 )
 from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
+from bot.pipelines import scheduler  # a module: it imports this one too; each uses the other at call time
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from bot.store.once import once_done, record_once
@@ -293,6 +294,7 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
             _after_checkout(runtime, session, pipeline, job, outbox)
         elif job.kind == "build":
             _after_build(runtime, session, pipeline, job, outbox)
+        scheduler.after_result(runtime, session, job, outbox)  # a freed slot, or tests handed over: fill
         finish_if_done(session, pipeline)
         report_after(pipeline, outbox)
     outbox.send()
@@ -363,7 +365,7 @@ def _after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: 
         if job.depends_on_id != build.id or job.state != "pending":
             continue
         if build.result == "pass":
-            dispatch(runtime, session, job, outbox)
+            scheduler.hand_over(runtime, session, [job])  # it waits in the store for its class's window
         else:
             job.state, job.result = "done", "skip"
             job.error_message = f"not run: build {build.name} did not pass"
