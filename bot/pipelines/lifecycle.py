@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session
 
 from bot.core.plans import PlanError, parse_plan
 from bot.core.progress import (
-    Caps,
-    classes_for_tier,
+    check_plan_devices,
     draft_jobs,
     job_outcome,
     no_test_ran,
@@ -327,24 +326,26 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     if from_config is not None:
         # The tree carries no plan (at the head, or at the base for an untrusted change): the operator's.
         plan_text, plan_path = from_config
+    inventory = runtime.config.inventory()
     try:
         plan = parse_plan(plan_text if isinstance(plan_text, str) else None, plan_path)  # type: ignore[arg-type]
+        check_plan_devices(plan, inventory, plan_path)
     except PlanError as exc:
         job.result = None
         job.error_code = "user-error"
         job.error_message = str(exc)
         return
-    pipeline.notes = selection_notes(plan, list(job.outputs.get("changed_files", [])))  # type: ignore[call-overload]
-    caps = runtime.config.caps
     drafts = draft_jobs(
         plan,
         head_sha=tested_sha,
         changed_files=list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
-        device_classes=classes_for_tier(
-            [(dc.name, dc.tags, dc.lab) for dc in runtime.config.device_classes], pipeline.tier
-        ),
-        caps=Caps(max_build_s=caps.max_build_s, max_job_s=caps.max_job_s),
+        inventory=inventory,
+        tier=pipeline.tier,
+        max_build_s=runtime.config.caps.max_build_s,
+        network_tiers=tree.lab_grants.network if tree is not None else (),
     )
+    pipeline.notes = [*selection_notes(plan, list(job.outputs.get("changed_files", []))),  # type: ignore[call-overload]
+                      *(note for draft in drafts for note in draft.notes)]  # fmt: skip
     builds: dict[str, Job] = {}
     for draft in drafts:
         queue = BUILD_QUEUE if draft.kind == "build" else lab_queue(draft.device_class or "none")
