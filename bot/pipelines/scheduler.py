@@ -50,39 +50,44 @@ WAITING = "waiting"
 IN_FLIGHT = ("queued", "running")
 RECENT_JOBS = 20  # finished jobs of a class its wait estimate goes by
 SCAN_ROWS = 256  # waiting jobs one fill looks past for jobs whose submitter is over quota
+_HAND_OVER_INFO = "labgate.scheduler.hand_over"  # session.info key: what this transaction's hand-overs read
 
 
 def hand_over(runtime: Runtime, session: Session, jobs: Sequence[Job]) -> set[str]:
     """Test jobs ready to run wait in the store for their class; the queues to fill. A class over its
     waiting limit takes none but health checks: those jobs end `skip` with the reason (back-pressure)."""
     limits = runtime.config.scheduling
-    waiting: dict[str, int] = {}
+    # Hand-overs of one transaction (a build's tests, one by one) share what they read: one count per
+    # queue and one newest sequence per (queue, submitter), not a query per job.
+    seen: dict[tuple[str, ...], int | None] = session.info.setdefault(_HAND_OVER_INFO, {})
     queues: set[str] = set()
     for job in jobs:
         pipeline = job.pipeline
         change = pipeline.revision.change
         window = _window(session, job.queue)
         job.priority = job_priority(pipeline.kind, change.author_trusted)
-        if job.queue not in waiting:
+        if ("waiting", job.queue) not in seen:
             # Those the window has room for now are not going to wait: they do not count.
             room = window_size(_capacity(runtime, job.queue), limits.window_margin)
             room -= _count(session, job.queue, IN_FLIGHT)
-            waiting[job.queue] = _count(session, job.queue, (WAITING,)) - max(0, room)
-        if waiting[job.queue] >= limits.max_waiting_per_class and job.priority < PRIORITY_HEALTH_CHECK:
+            seen["waiting", job.queue] = _count(session, job.queue, (WAITING,)) - max(0, room)
+        waiting = seen["waiting", job.queue] or 0
+        if waiting >= limits.max_waiting_per_class and job.priority < PRIORITY_HEALTH_CHECK:
             job.state, job.result, job.error_code = "done", "skip", "back-pressure"
-            job.error_message = over_limit_reason(_class_name(job), waiting[job.queue], limits.max_waiting_per_class)
+            job.error_message = over_limit_reason(_class_name(job), waiting, limits.max_waiting_per_class)
             job.finished_at = utcnow()
             continue
         job.fair_key = fair_key(change.tree.name, change.submitter)
-        newest = session.scalar(
-            select(func.max(Job.fair_seq)).where(Job.queue == job.queue, Job.fair_key == job.fair_key,
-                                                 Job.state == WAITING)
-        )  # fmt: skip
-        job.fair_seq = next_fair_seq(window.virtual_time, newest)
+        if ("newest", job.queue, job.fair_key) not in seen:
+            seen["newest", job.queue, job.fair_key] = session.scalar(
+                select(func.max(Job.fair_seq)).where(Job.queue == job.queue, Job.fair_key == job.fair_key,
+                                                     Job.state == WAITING)
+            )  # fmt: skip
+        job.fair_seq = next_fair_seq(window.virtual_time, seen["newest", job.queue, job.fair_key])
+        seen["newest", job.queue, job.fair_key] = job.fair_seq
         job.quota_key = quota_key(change.source, change.submitter, change.author_trusted)
         job.state = WAITING
-        session.flush()  # the next job of the same submitter sees this one's sequence
-        waiting[job.queue] += 1
+        seen["waiting", job.queue] = waiting + 1
         queues.add(job.queue)
     return queues
 
