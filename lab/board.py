@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from labgrid import Environment
+from labgrid import Environment, Target
+from labgrid.driver import NetworkPowerDriver
 from labgrid.resource.common import ResourceManager
-from labgrid.resource.remote import RemotePlaceManager
+from labgrid.resource.remote import RemotePlace, RemotePlaceManager
 from labgrid.util.ssh import sshmanager
 from pexpect import TIMEOUT
 from serial import SerialException
@@ -87,6 +88,48 @@ def run_board_boot(req: BoardRequest, on_waiting: Callable[[str], None] | None =
     finally:
         coordinator.close()
     return BoardOutcome(boot=boot, place=held.name, waited_s=held.waited_s, waited_for=held.waited_for)
+
+
+def sweep_stale_locks(address: str, identity: Identity | None = None) -> list[str]:
+    """At a lab worker's start: power off and release every place still locked as this worker's labgrid user.
+
+    Locks outlive a killed worker (only reservations expire), so what its predecessor held stays
+    held until this runs. Each place is powered off with its own power port (a RemotePlace target
+    and NetworkPowerDriver, as `labgrid-client power off` does), then released: cancel, then unlock.
+    Returns the places released. Locks of other users, and offline places, are not touched.
+    """
+    coordinator = Coordinator(address, identity or worker_identity())
+    released = []
+    try:
+        for place in coordinator.places().values():
+            if place.acquired != coordinator.identity.name:
+                continue
+            try:
+                _power_off_place(coordinator, place.name)
+            except Exception:  # the lock still goes: a place that cannot be powered off is the operator's to see
+                log.warning("place %s: power off failed during the sweep", place.name, exc_info=True)
+            if place.reservation:
+                coordinator.cancel(place.reservation)
+            coordinator.unlock(place.name, holder=coordinator.identity.name)
+            released.append(place.name)
+            log.info("place %s: stale lock of %s released", place.name, coordinator.identity.name)
+    finally:
+        coordinator.close()
+    return released
+
+
+def _power_off_place(coordinator: Coordinator, place: str) -> None:
+    ResourceManager.instances.pop(RemotePlaceManager, None)
+    manager = RemotePlaceManager.get()
+    manager.session, manager.loop = coordinator.session, coordinator.loop
+    target = Target(place)
+    try:
+        RemotePlace(target, name=place)
+        power = NetworkPowerDriver(target, name=None)
+        target.activate(power)
+        power.off()
+    finally:
+        _cleanup(target)
 
 
 def render_board_env(template: str, place: str) -> str:

@@ -18,15 +18,18 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from labgrid.remote.client import ClientSession
 from labgrid.remote.common import Reservation, ReservationState
 from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+from labgrid.remote.generated import labgrid_coordinator_pb2_grpc
 
 from lab.errors import LabSetupError
 
@@ -53,6 +56,20 @@ class Identity:
     @property
     def name(self) -> str:
         return f"{self.host}/{self.user}"
+
+
+_threads = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per thread for every session it opens: grpc.aio breaks ("Internal error from
+    Core") when channels of one process live on several loops at once. labgrid's RemotePlace looks
+    the thread's current loop up, so it is set as that too."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_threads, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _threads.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop
 
 
 def worker_identity() -> Identity:
@@ -104,17 +121,25 @@ class Coordinator:
     identity: Identity = field(default_factory=worker_identity)
 
     def __post_init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _thread_loop()
         try:
             # grpc.aio ties a channel to the loop running when it is made: make the session on ours.
             self.session = self._run(self._open())
-        except Exception as exc:
-            self.loop.close()
+        except Exception as exc:  # refused, timed out, a coordinator of another labgrid version
             raise LabSetupError(f"labgrid coordinator {self.address}: {type(exc).__name__}: {exc}") from exc
 
     async def _open(self) -> _Session:
         session = _Session(self.address, self.loop)
         session.identity = self.identity
+        # The coordinator knows a client by its connection's peer address, and gRPC shares one
+        # connection among a process's channels to the same target: a second session (the sweep
+        # beside a job, the CLI's offline user) would be refused. Same options, a connection of its own.
+        await session.channel.close()
+        session.channel = grpc.aio.insecure_channel(target=self.address, options=[
+            ("grpc.keepalive_time_ms", 7500), ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.http2.ping_timeout_ms", 10000), ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.use_local_subchannel_pool", 1)])  # fmt: skip
+        session.stub = labgrid_coordinator_pb2_grpc.CoordinatorStub(session.channel)
         await asyncio.wait_for(session.start(), _CONNECT_CAP_S)
         return session
 
@@ -124,7 +149,6 @@ class Coordinator:
             self._run(self.session.close())
         except Exception:
             log.debug("closing the coordinator session failed", exc_info=True)
-        self.loop.close()
 
     def _run(self, awaitable: Any) -> Any:
         return self.loop.run_until_complete(awaitable)

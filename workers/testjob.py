@@ -9,11 +9,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from lab.board import BoardRequest, run_board_boot
 from lab.errors import LabSetupError
 from lab.framing import RunnerDocument, ran_as_root_only, read_runner_document
 from lab.initramfs import Command, StoredFile, build_initramfs
 from lab.kernel import fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
+from lab.places import PlaceUnavailable
 from lab.runner import SECCOMP_FD, BootOutcome, BootRequest, run_boot
 from workers import seccomp
 from workers.artifacts import ArtifactStore
@@ -29,6 +31,8 @@ ROOT_CAVEAT = "ran as root: not forge-proof"
 QEMU_OVERHEAD_BYTES = 768 << 20  # QEMU's own memory beyond the guest's (TCG code buffer, devices)
 QEMU_MAX_PROCESSES = 256  # QEMU's threads (vCPU, I/O workers)
 QEMU_TMP_BYTES = 16 << 20
+PLACE_WAIT_ENV = "LABGATE_LAB_PLACE_WAIT_S"  # how long a board job waits for a place (the lab worker's env)
+DEFAULT_PLACE_WAIT_S = 900.0
 
 
 def test_cases(doc: KtapDocument, caveat: str = "") -> tuple[TestCase, ...]:
@@ -86,6 +90,8 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, own_k
 def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
     test = spec.test
     assert test is not None
+    if test.labgrid is not None:
+        return run_board_job(spec, delivery, work_root, store)
     uids = UidRange.from_env(QEMU_UIDS_ENV, DEFAULT_QEMU_UIDS)
     with hold_slot("qemu", uids) as slot:
         started = time.monotonic()
@@ -106,6 +112,42 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
                 cgroup.remove()
             confinement_s += time.monotonic() - ending
             shutil.rmtree(work, ignore_errors=True)
+    return _job_result(spec, delivery, outcome, store, {"confinement": _describe(slot, cgroup),
+                                                        "confinement_s": round(confinement_s, 3)})  # fmt: skip
+
+
+def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
+    """A test on a place of the class's coordinator, through lab/board.py: the board owns its QEMU (or
+    is real hardware), so the worker confines nothing here; it holds the place, never a QEMU."""
+    test = spec.test
+    assert test is not None and test.labgrid is not None
+    work = work_root / "work" / f"job-{spec.job_id}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        kernel, initramfs = _images(test, work, store)
+        board = run_board_boot(BoardRequest(
+            coordinator=test.labgrid.coordinator, place_tags=test.labgrid.place_tags,
+            environment=test.labgrid.environment, kernel=kernel, initramfs=initramfs, work_dir=work / "board",
+            timeout_s=test.timeout_s, place_wait_s=float(os.environ.get(PLACE_WAIT_ENV, DEFAULT_PLACE_WAIT_S)),
+            max_console_bytes=spec.max_log_bytes, max_runner_bytes=spec.max_log_bytes,
+        ), on_waiting=lambda why: log.info("job %s: waiting for a place: %s", spec.job_id, why))  # fmt: skip
+    except PlaceUnavailable as exc:
+        return JobResult(job_id=spec.job_id, delivery=delivery, result="incomplete", error_code="place-unavailable",
+                         error_message=str(exc))  # fmt: skip
+    except LabSetupError as exc:
+        raise InfraError(f"lab: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    held = {"place": board.place, "place_wait_s": round(board.waited_s, 3), "waited_for": board.waited_for}
+    return _job_result(spec, delivery, board.boot, store, held)
+
+
+def _job_result(spec: JobSpec, delivery: int, outcome: BootOutcome, store: ArtifactStore,
+                outputs: dict[str, object]) -> JobResult:  # fmt: skip
+    """Judge one boot's ports into the job's result."""
+    test = spec.test
+    assert test is not None
     names = [c.name for c in test.commands]
     runner = read_runner_document(outcome.runner, names, kunit=test.kunit)
     try:
@@ -124,25 +166,13 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
         error_message=message, log_digest=store.put_bytes(record.encode()),
         command_s=outcome.boot_s, tests=() if framing else test_cases(doc, caveat),
         outputs={"ended": outcome.ended, "boot_s": round(outcome.boot_s, 3),
-                 "setup_s": round(outcome.setup_s, 3), "confinement": _describe(slot, cgroup),
-                 "confinement_s": round(confinement_s, 3)},
+                 "setup_s": round(outcome.setup_s, 3), **outputs},
     )  # fmt: skip
 
 
 def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot: Slot,
           cgroup: JobCgroup | None) -> BootOutcome:  # fmt: skip
-    # Artifacts go straight from the store into the image: the lab side writes no file a
-    # worker-sent name could place (only the kernel, under its base name).
-    files: dict[str, Path | bytes | StoredFile] = {
-        f"{ARTIFACTS_ON_TARGET}/{relative}": StoredFile(store.path_of(ref.digest), bool(ref.mode & 0o111))
-        for relative, ref in test.artifacts.items() if relative != test.kernel
-    }  # fmt: skip
-    kernel = _kernel(test.kernel, test.artifacts, store, work)
-    commands = [Command(c.name, c.run, root=c.root) for c in test.commands]
-    try:
-        initramfs = build_initramfs(work / "initramfs.cpio.gz", files, commands=commands, kunit=test.kunit)
-    except ValueError as exc:
-        raise UserError(f"test {test.name}: {exc}") from exc
+    kernel, initramfs = _images(test, work, store)
     runtime = Path(tempfile.mkdtemp(prefix="labgate-qemu-"))
     etc = write_synthetic_etc(work / "etc", slot.uid, "qemu")
     filtered = seccomp.is_supported()
@@ -163,6 +193,23 @@ def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot:
         ))  # fmt: skip
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _images(test: TestSpec, work: Path, store: ArtifactStore) -> tuple[Path, Path]:
+    """The kernel and the initramfs (the runner, the commands and the build's artifacts) a test boots."""
+    # Artifacts go straight from the store into the image: the lab side writes no file a
+    # worker-sent name could place (only the kernel, under its base name).
+    files: dict[str, Path | bytes | StoredFile] = {
+        f"{ARTIFACTS_ON_TARGET}/{relative}": StoredFile(store.path_of(ref.digest), bool(ref.mode & 0o111))
+        for relative, ref in test.artifacts.items() if relative != test.kernel
+    }  # fmt: skip
+    kernel = _kernel(test.kernel, test.artifacts, store, work)
+    commands = [Command(c.name, c.run, root=c.root) for c in test.commands]
+    try:
+        initramfs = build_initramfs(work / "initramfs.cpio.gz", files, commands=commands, kunit=test.kunit)
+    except ValueError as exc:
+        raise UserError(f"test {test.name}: {exc}") from exc
+    return kernel, initramfs
 
 
 def _describe(slot: Slot, cgroup: JobCgroup | None) -> dict[str, str]:

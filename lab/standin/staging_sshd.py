@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class StagingSshd:
     port: int
     host_alias: str  # what the exporter calls its host (`--hostname`), mapped to 127.0.0.1:port
     ssh_config: Path  # for the lab worker: LABGATE_LAB_SSH_CONFIG
+    keys_dir: Path  # the authorized key, where the staging user can read it
 
     def stop(self) -> None:
         self.process.terminate()
@@ -41,6 +43,7 @@ class StagingSshd:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self.keys_dir, ignore_errors=True)
 
 
 def ensure_stage_user() -> pwd.struct_passwd:
@@ -74,7 +77,11 @@ def start_staging_sshd(directory: Path, host_alias: str = "labgate-standin") -> 
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "labgate-standin", "-f", str(key)],
                            check=True, capture_output=True)  # fmt: skip
-    authorized = directory / "authorized_keys"
+    # sshd reads the authorized keys as the user logging in: out of `directory`, which may sit below
+    # a directory only root can walk (a test's tmp_path).
+    keys_dir = Path(tempfile.mkdtemp(prefix="labgate-stage-keys-"))
+    keys_dir.chmod(0o755)
+    authorized = keys_dir / "authorized_keys"
     authorized.write_text(Path(f"{client_key}.pub").read_text())
     authorized.chmod(0o644)
     port = free_port()
@@ -97,7 +104,7 @@ def start_staging_sshd(directory: Path, host_alias: str = "labgate-standin") -> 
         f"  IdentityFile {client_key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {directory / 'known_hosts'}\n"
         f"  HostKeyAlias {host_alias}\n  BatchMode yes\n"
     )
-    return StagingSshd(process=process, port=port, host_alias=host_alias, ssh_config=client_config)
+    return StagingSshd(process=process, port=port, host_alias=host_alias, ssh_config=client_config, keys_dir=keys_dir)
 
 
 def free_port() -> int:

@@ -1,0 +1,180 @@
+"""Places through a real labgrid coordinator: never two holders at once, waiting with a cap and saying for whom,
+offline by hand, and a release (cancel, then unlock) that hands the place on at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.places import (
+    Coordinator,
+    Identity,
+    PlaceUnavailable,
+    bring_online,
+    take_offline,
+)
+from lab.standin.lab import StandinLab
+from tests.lab.standin_lab import standin
+
+__all__ = ["standin"]  # the fixture, imported for this module's tests
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _session(lab: StandinLab, user: str) -> Coordinator:
+    return Coordinator(lab.coordinator, Identity("testhost", user))
+
+
+def _all_free(lab: StandinLab) -> None:
+    observer = _session(lab, "observer")
+    try:
+        states = observer.places()
+        assert all(p.acquired is None and p.reservation is None for p in states.values()), states
+    finally:
+        observer.close()
+
+
+# Each job is a process of its own, as lab workers are (one labgrid session per process).
+_JOB = """
+import json, sys, time
+from lab.places import Coordinator, Identity, holding_place
+coordinator = Coordinator(sys.argv[1], Identity("testhost", sys.argv[2]))
+with holding_place(coordinator, json.loads(sys.argv[3]), wait_s=120) as held:
+    start = time.monotonic()
+    time.sleep(0.5)
+    end = time.monotonic()
+coordinator.close()
+print(json.dumps([held.name, start, end]))
+"""
+
+# Someone else (a developer with labgrid-client) holds places for a while.
+_LOCKER = """
+import sys, time
+from lab.places import Coordinator, Identity
+coordinator = Coordinator(sys.argv[1], Identity("testhost", "someone-else"))
+places = sys.argv[3:]
+for place in places:
+    coordinator.lock(place)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+for place in places:
+    coordinator.unlock(place)
+coordinator.close()
+"""
+
+
+def _python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
+def test_six_jobs_on_two_places_never_share_one(standin: StandinLab) -> None:
+    jobs = [_python(_JOB, standin.coordinator, f"worker-{i}", json.dumps(standin.tags)) for i in range(6)]
+    holds = []
+    for job in jobs:
+        out, _ = job.communicate(timeout=180)
+        assert job.returncode == 0
+        holds.append(json.loads(out.strip().splitlines()[-1]))
+    assert {name for name, _, _ in holds} == set(standin.places), "both places served jobs"
+    for place in standin.places:
+        intervals = sorted((start, end) for name, start, end in holds if name == place)
+        for (_, first_end), (second_start, _) in zip(intervals, intervals[1:], strict=False):
+            assert second_start >= first_end, f"{place} held by two jobs at once: {intervals}"
+    _all_free(standin)
+
+
+def test_places_locked_by_someone_else_are_waited_on_with_a_cap_and_named(standin: StandinLab) -> None:
+    locker = _python(_LOCKER, standin.coordinator, "4", *standin.places)
+    worker = _session(standin, "lab-worker")
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        heard: list[str] = []
+        started = time.monotonic()
+        with pytest.raises(PlaceUnavailable) as refused:
+            worker.reserve_and_lock(standin.tags, wait_s=2.0, on_waiting=heard.append)
+        assert 2.0 <= time.monotonic() - started < 10
+        assert "standin-0 locked by testhost/someone-else" in str(refused.value)
+        assert heard and "locked by testhost/someone-else" in heard[0]
+        # The cap cancelled the reservation: nothing of the worker's is left at the coordinator.
+        assert all(p.reservation is None for p in worker.places().values())
+
+        # Freed while the worker waits: it gets a place and says how long and for whom it waited.
+        held = worker.reserve_and_lock(standin.tags, wait_s=30)
+        assert held.waited_s >= 0.5
+        assert "locked by testhost/someone-else" in held.waited_for
+        worker.release(held)
+    finally:
+        worker.close()
+        locker.wait(timeout=30)
+    _all_free(standin)
+
+
+def test_release_cancels_then_unlocks_so_a_waiter_gets_the_place_at_once(standin: StandinLab) -> None:
+    other = _session(standin, "someone-else")
+    first = _session(standin, "worker-a")
+    second = _session(standin, "worker-b")
+    try:
+        other.lock("standin-1")
+        held = first.reserve_and_lock(standin.tags, wait_s=30)
+        assert held.name == "standin-0"
+        state = first.places()["standin-0"]
+        assert state.acquired == "testhost/worker-a" and state.reservation == held.token
+        token = second.reserve(standin.tags)
+        assert second.poll(token).state.name == "waiting"
+        first.release(held)
+        released_at = time.monotonic()
+        state = first.places()["standin-0"]
+        assert state.acquired is None and state.reservation != held.token
+        # Unlock-then-cancel would leave the waiter to the coordinator's 15 s tick.
+        while second.poll(token).state.name == "waiting":
+            assert time.monotonic() - released_at < 5, "the waiter was not allocated the freed place at once"
+            time.sleep(0.1)
+        assert second.poll(token).allocations["main"] == ["standin-0"]
+        second.cancel(token)
+    finally:
+        other.unlock("standin-1")
+        for session in (other, first, second):
+            session.close()
+    _all_free(standin)
+
+
+def test_an_offline_place_is_waited_on_with_its_reason_and_comes_back_online(standin: StandinLab) -> None:
+    admin = _session(standin, "admin")
+    worker = _session(standin, "lab-worker")
+    try:
+        take_offline(standin.coordinator, "standin-0", "fan broken")
+        admin.lock("standin-1")
+        state = admin.places()["standin-0"]
+        assert state.offline_reason == "fan broken"
+        assert state.acquired is not None and state.acquired.endswith("/labgate-offline")
+        with pytest.raises(PlaceUnavailable, match=r"standin-0 offline \(fan broken\)"):
+            worker.reserve_and_lock(standin.tags, wait_s=1.0)
+        bring_online(admin, "standin-0")
+        state = admin.places()["standin-0"]
+        assert state.offline_reason is None and state.acquired is None and state.comment == ""
+        held = worker.reserve_and_lock(standin.tags, wait_s=10)
+        assert held.name == "standin-0"
+        worker.release(held)
+    finally:
+        admin.unlock("standin-1")
+        admin.close()
+        worker.close()
+    _all_free(standin)
+
+
+def test_a_busy_place_is_not_taken_offline_from_under_its_job(standin: StandinLab) -> None:
+    worker = _session(standin, "lab-worker")
+    try:
+        held = worker.reserve_and_lock({**standin.tags}, wait_s=10)
+        with pytest.raises(Exception, match="locked by testhost/lab-worker"):
+            take_offline(standin.coordinator, held.name, "maintenance")
+        assert worker.places()[held.name].acquired == "testhost/lab-worker"
+        worker.release(held)
+    finally:
+        worker.close()
+    _all_free(standin)
