@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 # After this many deliveries of one job (worker killed, InfraError retries) we
 # stop and say so, rather than loop on a change that kills its worker.
 MAX_DELIVERIES = 3
+# A lab worker's coordinators (space-separated host:port), swept for its stale locks at start-up.
+LAB_COORDINATORS_ENV = "LABGATE_LAB_COORDINATORS"
 # Task names of bot/result_tasks.py (the bot sends by name, workers never import bot).
 RECORD_RESULT_TASK = "bot.record_result"
 JOB_STARTED_TASK = "bot.job_started"
@@ -192,6 +197,25 @@ def release_killed_jobs(**_: object) -> None:
         sweep_orphans(work_dir_from_env())
     except Exception:  # never keep a worker from starting or stopping: the next sweep tries again
         log.exception("releasing what killed jobs left failed")
+
+
+@worker_ready.connect
+def release_stale_places(**_: object) -> None:
+    """A lab worker's start: places still locked as its labgrid user (lab/places.worker_identity) were
+    its killed predecessor's; locks never expire, so they are powered off and released now. Only
+    the parent does it, once: its pool processes hold places of their own while they run."""
+    addresses = os.environ.get(LAB_COORDINATORS_ENV, "").split()
+    if not configured_role().startswith("lab.") or not addresses:
+        return
+    try:
+        done = subprocess.run([sys.executable, "-m", "lab.sweep", *addresses], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        for line in done.stdout.splitlines():
+            log.warning("start-up sweep: %s", line)
+        if done.returncode != 0:
+            log.error("start-up sweep of %s failed: %s", addresses, done.stderr[-2000:])
+    except Exception:  # never keep a worker from starting: an operator can release by hand (labgate lab)
+        log.exception("start-up sweep of %s failed", addresses)
 
 
 def _execute(task: Task, spec: JobSpec, delivery: int,

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot.cli.lab import add_lab_parser, run_lab
 from bot.host.config import Config, load_config, render_config_json_schema
 from workers.errors import ConfigError, LabgateError, UserError
 
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--hardware", action="store_true", help="also allow real boards")
     approve.add_argument("--as", dest="approver", required=True, help="who approves (kept with the approval)")
     _config_arg(approve)
+    for lab_command in add_lab_parser(sub):
+        _config_arg(lab_command)
     return parser
 
 
@@ -110,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.cli.steer import run_operator
 
             return run_operator(config, args)
+        if args.command == "lab":
+            return run_lab(config, args)
     except (ConfigError, UserError) as exc:
         print(f"labgate: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bot.cli.main import main
 from lab.places import (
     Coordinator,
     Identity,
@@ -20,7 +23,7 @@ from lab.places import (
     take_offline,
 )
 from lab.standin.lab import StandinLab
-from tests.lab.standin_lab import standin
+from tests.lab.standin_lab import ENVIRONMENT, standin
 
 __all__ = ["standin"]  # the fixture, imported for this module's tests
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,4 +180,25 @@ def test_a_busy_place_is_not_taken_offline_from_under_its_job(standin: StandinLa
         worker.release(held)
     finally:
         worker.close()
+    _all_free(standin)
+
+
+def test_labgate_lab_takes_a_place_offline_and_back_and_shows_it(
+    standin: StandinLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "labgate.yaml"
+    config.write_text(yaml.safe_dump({"device_classes": [{
+        "name": "board-x86", "tags": {"arch": "x86_64", "platform": "board"}, "lab": "labgrid",
+        "labgrid": {"coordinator": standin.coordinator, "place_tags": standin.tags, "environment": str(ENVIRONMENT)},
+    }]}))  # fmt: skip
+    assert main(["lab", "offline", "standin-1", "--why", "flaky UART", "--config", str(config)]) == 0
+    assert main(["lab", "status", "--config", str(config)]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"standin-1 +offline: flaky UART +classes: board-x86", status), status
+    assert re.search(r"standin-0 +free", status), status
+    assert main(["lab", "online", "standin-1", "--config", str(config)]) == 0
+    assert main(["lab", "offline", "no-such-place", "--why", "x", "--config", str(config)]) != 0
+    capsys.readouterr()
+    assert main(["lab", "status", "--config", str(config)]) == 0
+    assert re.search(r"standin-1 +free", capsys.readouterr().out)
     _all_free(standin)

@@ -17,7 +17,6 @@ import pytest
 import requests
 import yaml
 
-from lab.board import sweep_stale_locks
 from lab.places import Coordinator, Identity
 from lab.standin.board import BoardSettings, StandinBoard
 from lab.standin.lab import StandinLab
@@ -172,11 +171,19 @@ _KILLED_WORKER = """
 import sys
 from pathlib import Path
 from lab.board import BoardRequest, run_board_boot
-from lab.places import Identity
 run_board_boot(BoardRequest(coordinator=sys.argv[1], place_tags={"board": "standin-x86"},
                environment=Path(sys.argv[2]).read_text(), kernel=Path(sys.argv[3]), initramfs=Path(sys.argv[4]),
-               work_dir=Path(sys.argv[5]), timeout_s=300, identity=Identity("killed-host", "lab-worker")))
+               work_dir=Path(sys.argv[5]), timeout_s=300))
 """
+
+
+def _start_up_sweep(coordinator: str, lab_user: str) -> str:
+    """What a lab worker runs at start-up (workers/tasks.release_stale_places), as labgrid user `lab_user`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LABGATE_LAB_USER": lab_user}
+    done = subprocess.run([sys.executable, "-m", "lab.sweep", coordinator], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_a_worker_killed_mid_boot_leaves_a_lock_the_start_up_sweep_releases_and_no_qemu(
@@ -185,9 +192,9 @@ def test_a_worker_killed_mid_boot_leaves_a_lock_the_start_up_sweep_releases_and_
     image = ktap_initramfs(tmp_path / "initramfs.cpio.gz", command="sleep 600")
     events_url = standin.pdu_url.split("/power")[0] + "/events"
     before = len(requests.get(events_url, timeout=5).json())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LABGATE_LAB_USER": "lab-worker"}
     worker = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, standin.coordinator, str(ENVIRONMENT),
-                               str(debian_kernel), str(image), str(tmp_path / "job")], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                               str(debian_kernel), str(image), str(tmp_path / "job")], cwd=ROOT, env=env)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not any(e["request"] == "on" for e in requests.get(events_url, timeout=5).json()[before:]):
@@ -202,14 +209,15 @@ def test_a_worker_killed_mid_boot_leaves_a_lock_the_start_up_sweep_releases_and_
         worker.wait()
     marker = f"/boards/{board['name']}/boot"
     assert _qemu_processes(marker), "the board's QEMU belongs to the PDU and outlives the worker"
-    owner = Identity("killed-host", "lab-worker")
+    owner = f"{socket.gethostname()}/lab-worker"
     observer = Coordinator(standin.coordinator, Identity("test", "observer"))
     try:
-        assert observer.places()[place].acquired == owner.name, "the lock outlives its holder"
-        # Another worker's sweep leaves the lock alone; its own successor's releases it.
-        assert sweep_stale_locks(standin.coordinator, Identity("killed-host", "another-worker")) == []
-        assert observer.places()[place].acquired == owner.name
-        assert sweep_stale_locks(standin.coordinator, owner) == [place]
+        assert observer.places()[place].acquired == owner, "the lock outlives its holder"
+        # Another worker's start-up sweep leaves the lock alone; its own successor's releases it.
+        assert _start_up_sweep(standin.coordinator, "another-worker") == ""
+        assert observer.places()[place].acquired == owner
+        assert _qemu_processes(marker), "another worker's sweep powered the board off"
+        assert _start_up_sweep(standin.coordinator, "lab-worker") == f"{standin.coordinator}: released {place}\n"
         state = observer.places()[place]
         assert state.acquired is None and state.reservation is None
     finally:
