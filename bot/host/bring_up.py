@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,18 @@ class Services:
             "LABGATE_LONGEST_JOB_S": str(max(config.caps.max_build_s, config.caps.max_job_s)),
             "LABGATE_BUILD_UIDS": config.sandbox.build_uids,
             "LABGATE_QEMU_UIDS": config.sandbox.qemu_uids,
+            **self.board_env(role),
         }
+
+    def board_env(self, role: str) -> dict[str, str]:
+        """A board class's lab worker: its coordinator (swept for the worker's stale locks at start-up),
+        and, from labgate's own environment, its staging ssh config and labgrid user name."""
+        places = [dc.labgrid for dc in self.runtime.config.device_classes if lab_queue(dc.name) == role and dc.labgrid]
+        if not places:
+            return {}
+        passed = ("LABGATE_LAB_SSH_CONFIG", "LABGATE_LAB_USER", "LABGATE_LAB_PLACE_WAIT_S")
+        return {"LABGATE_LAB_COORDINATORS": places[0].coordinator,
+                **{name: os.environ[name] for name in passed if name in os.environ}}  # fmt: skip
 
     def start_worker(self, queues: list[str], concurrency: int = 1) -> None:
         name = "+".join(queues)

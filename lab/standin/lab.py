@@ -2,8 +2,8 @@
 
 What an operator runs on real hosts (their own coordinator, an exporter next to the boards,
 places made with labgrid-client), brought up on one machine for CI and demos:
-`python -m lab.standin.lab DIR [BOARDS]` runs it until interrupted and prints the settings a
-lab worker and a `lab: labgrid` device class need.
+`python -m lab.standin.lab DIR [BOARDS [COORDINATOR_PORT]]` runs it until interrupted and prints
+the settings a lab worker and a `lab: labgrid` device class need (README, "Labs").
 """
 
 from __future__ import annotations
@@ -65,21 +65,22 @@ class StandinLab:
             shutil.rmtree(self.tftp_root, ignore_errors=True)
 
 
-def start_standin_lab(directory: Path, boards: int = 2, tags: dict[str, str] | None = None) -> StandinLab:
-    """Bring up the stand-in lab in `directory`; stop() takes it all down."""
+def start_standin_lab(directory: Path, boards: int = 2, tags: dict[str, str] | None = None,
+                      coordinator_port: int = 0) -> StandinLab:  # fmt: skip
+    """Bring up the stand-in lab in `directory` (the coordinator on a free port unless given); stop() ends it."""
     tags = dict(tags or DEFAULT_TAGS)
     directory.mkdir(parents=True, exist_ok=True)
     lab = StandinLab(directory=directory, coordinator="", places=[], tags=tags, pdu_url="",
                      ssh_config=directory / "ssh" / "ssh_config", boards=[])  # fmt: skip
     try:
-        _start(lab, boards)
+        _start(lab, boards, coordinator_port)
     except BaseException:
         lab.stop()
         raise
     return lab
 
 
-def _start(lab: StandinLab, count: int) -> None:
+def _start(lab: StandinLab, count: int, coordinator_port: int) -> None:
     directory = lab.directory
     lab.sshd = start_staging_sshd(directory / "ssh")
     lab.ssh_config = lab.sshd.ssh_config
@@ -103,7 +104,7 @@ def _start(lab: StandinLab, count: int) -> None:
     ports = json.loads(_wait_file(ports_file, lab.processes["pdu"]).read_text())
     lab.pdu_url, lab.boards = ports["pdu_url"], ports["boards"]
 
-    port = free_port()
+    port = coordinator_port or free_port()
     lab.coordinator = f"127.0.0.1:{port}"
     (directory / "coordinator").mkdir(exist_ok=True)
     lab.processes["coordinator"] = _spawn([_labgrid_tool("labgrid-coordinator"), "-l", lab.coordinator],
@@ -189,7 +190,8 @@ def _wait_resources(admin: Coordinator, count: int, exporter: subprocess.Popen[b
 
 def main(argv: list[str]) -> int:
     directory = Path(argv[0]) if argv else Path("standin-lab")
-    lab = start_standin_lab(directory.resolve(), int(argv[1]) if len(argv) > 1 else 2)
+    lab = start_standin_lab(directory.resolve(), int(argv[1]) if len(argv) > 1 else 2,
+                            coordinator_port=int(argv[2]) if len(argv) > 2 else 0)  # fmt: skip
     print(json.dumps({"coordinator": lab.coordinator, "places": lab.places, "place_tags": lab.tags,
                       "environment": str(Path(__file__).resolve().parents[1] / "envs" / "board.yaml.j2"),
                       "worker_env": lab.worker_env(), "stage_user": STAGE_USER}, indent=2), flush=True)  # fmt: skip
