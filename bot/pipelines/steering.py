@@ -64,6 +64,8 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
             depends = copies.get(job.depends_on_id) if job.depends_on_id else None
             if depends is not None and depends.state != "done":
                 again = True  # what it needs runs again, so it does too
+            if job.kind == "test" and not job.spec.get("device_class"):
+                again = False  # drafted as a skip (no class of the lab may run it at this tier): it stays one
             copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=job.spec,
                        depends_on_id=depends.id if depends else None)  # fmt: skip
             if not again:

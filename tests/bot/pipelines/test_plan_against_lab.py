@@ -14,6 +14,7 @@ from sqlalchemy import select
 from bot.host.config import Caps, Config, DeviceCaps, DeviceClass, LabGrants, LabgridPlaces, Tree
 from bot.host.stores import Runtime, open_runtime
 from bot.pipelines.lifecycle import record_result
+from bot.pipelines.steering import retest_failed
 from bot.store.models import Change, Job, Pipeline, Revision
 from bot.store.models import Tree as TreeRow
 from workers.app import CHECKOUT_QUEUE, configure
@@ -119,3 +120,22 @@ def test_at_tier_hardware_the_board_gets_its_own_caps_and_the_granted_network(ru
         "timeout_s": 1800, "boot_timeout_s": 600, "silence_timeout_s": 120, "network": True}  # fmt: skip
     assert "test hw on board-x86: timeout 5000 s asked, capped at 1800 s (the lab's max_job_s)" in pipeline.notes
     assert not any("hw" in note and "network" in note for note in pipeline.notes)
+
+
+def test_a_retest_keeps_a_test_drafted_as_a_skip_a_skip(runtime: Runtime) -> None:
+    """A re-run repeats a test whose build runs again; a test no class of its tier may run has no class
+    to go to, and stays the skip it was (never a job sent to no queue)."""
+    pipeline_id = checked_out(runtime, PLAN, "qemu")
+    with runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        assert pipeline is not None
+        for job in pipeline.jobs:
+            if job.state != "done":
+                job.state, job.result = "done", "fail" if job.kind == "build" else "skip"
+        pipeline.state, pipeline.result = "done", "fail"
+    again = retest_failed(runtime, pipeline_id)
+    assert again is not None
+    _, jobs = jobs_of(runtime, again)
+    hw = jobs["board-x86 hw"]
+    assert (hw.state, hw.result, hw.reused_from_id is not None) == ("done", "skip", True)
+    assert jobs["x86_64"].state != "done"  # the failed build runs again
