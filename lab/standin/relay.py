@@ -15,11 +15,13 @@ import os
 import selectors
 import socket
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.1
+_HANG_UP_DELAY_S = 1.0
 _CHUNK = 65536
 
 
@@ -37,9 +39,10 @@ class SerialRelay:
         self._board: socket.socket | None = None
         self._client: socket.socket | None = None
         self._pending = bytearray()  # board output no client has read yet
-        # Once the board's QEMU is gone and its last output delivered, the client is hung up on:
-        # a stand-in board's console ends like a USB UART that was unplugged, so a reader learns it now.
-        self._hang_up = False
+        # Once the board's QEMU is gone and its last output delivered, the client is hung up on (a
+        # stand-in board's console ends like a USB UART that was unplugged, so a reader learns it
+        # now), but only a moment later: pyserial drops what one read() got when EOF ends that read.
+        self._hang_up_at: float | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"relay-{name}", daemon=True)
         self._thread.start()
@@ -57,7 +60,7 @@ class SerialRelay:
             self._drop_board()
             self._unix = listener
             self._pending.clear()
-            self._hang_up = False
+            self._hang_up_at = None
 
     def is_connected(self) -> bool:
         with self._lock:
@@ -118,7 +121,7 @@ class SerialRelay:
             if not chunk:  # QEMU went away (the guest powered off or QEMU crashed)
                 self._board.close()
                 self._board = None
-                self._hang_up = True
+                self._hang_up_at = time.monotonic() + _HANG_UP_DELAY_S
             elif len(self._pending) + len(chunk) <= self.max_buffered:
                 self._pending += chunk
         elif sock is self._client:
@@ -133,7 +136,7 @@ class SerialRelay:
         if self._client is None:
             return
         if not self._pending:
-            if self._hang_up:
+            if self._hang_up_at is not None and time.monotonic() >= self._hang_up_at:
                 self._client.close()
                 self._client = None
             return

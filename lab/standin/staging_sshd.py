@@ -10,9 +10,11 @@ holds it); builds never see it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +39,11 @@ class StagingSshd:
     keys_dir: Path  # the authorized key, where the staging user can read it
 
     def stop(self) -> None:
+        # Connections are served by children that outlive the listener; ending them also ends a
+        # killed worker's ssh master (labgrid's ControlPersist would keep it 300 s).
+        for child in _children_of(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
@@ -44,6 +51,16 @@ class StagingSshd:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.keys_dir, ignore_errors=True)
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 def ensure_stage_user() -> pwd.struct_passwd:
