@@ -1,0 +1,659 @@
+"""Kernel crash detection on a console: the first crash, its syzbot-style title and its report (pure, streaming).
+
+A console arrives in chunks of any size; :class:`ConsoleWatcher` keeps only the line in
+progress (at most ``MAX_LINE`` characters of it) and, once a crash report starts, that
+report (at most ``MAX_REPORT_LINES`` lines). The first crash wins: after its report ends,
+the rest of the console is not read.
+
+Titles follow syzbot's rules (google/syzkaller, pkg/report/linux.go: its oops table, the
+frame skipping and the title clean-up), so that a labgate crash title is the dedup key
+syzbot would give: ``KASAN: slab-out-of-bounds Read in foo``, ``WARNING in bar``,
+``kernel BUG in baz``, ``general protection fault in f``, ``BUG: unable to handle kernel
+paging request in g``, ``INFO: task hung in h``, ``INFO: rcu detected stall in i``,
+``BUG: soft lockup in j``, ``UBSAN: shift-out-of-bounds in k``, ``kernel panic: msg``.
+Where we differ, on purpose: a report starts only where its header starts a kernel message
+(after the timestamp, the caller field and at most one ``subsystem: `` prefix), never in
+the middle of a line; and an ``INFO:`` or ``WARNING:`` line starts a report only when it
+has the shape of a kernel report, not when a program printed "INFO: starting".
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["MAX_LINE", "MAX_REPORT_LINES", "NEEDLES", "ConsoleWatcher", "Crash", "first_crash"]
+
+MAX_LINE = 1024  # characters kept of one line: headers are at a line's start, a 1 MB line is cut
+MAX_REPORT_LINES = 500  # a report longer than this is cut (all CPUs' backtraces, a flood)
+MAX_REPORT_CHARS = 128 * 1024
+MAX_TITLE = 120  # syzbot's cap: intermixed lines can make very long titles
+
+# Every report header contains one of these: the only text searched in a console with no
+# crash yet, at str.find speed. bench/console_watch.py greps for the same strings.
+NEEDLES = ("BUG", "WARNING:", "INFO:", "Kernel panic", "UBSAN:", " [#", "Unable to handle kernel",
+           "PANIC: double fault")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The first crash on a console."""
+
+    title: str  # syzbot-style: "WARNING in lkdtm_WARNING", "kernel panic: dumptest"
+    kind: str  # panic, oops, bug, warning, kasan, ubsan, hung-task, rcu-stall, soft-lockup, lockdep
+    excerpt: str  # the report's lines as printed (timestamps kept, "\r" dropped), first line to its end
+
+
+def first_crash(text: str) -> Crash | None:
+    """The first crash in a whole console, or None."""
+    watcher = ConsoleWatcher()
+    watcher.feed(text)
+    return watcher.crash()
+
+
+# --- reading one line ---------------------------------------------------------------------
+
+# What precedes a kernel message: a dropped-messages note, a syslog level, the timestamp and
+# the caller field of CONFIG_PRINTK_CALLER ("[    T1]" a task, "[    C0]" a CPU in interrupt).
+_PREFIX = re.compile(r"(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:<[0-9]+>)?(?:\[ *[0-9]+\.[0-9]+\])?"
+                     r"(?:\[ *([CT][0-9]+)\])?[ \t]*")  # fmt: skip
+# A report header at a message's start. The x86 and arm die() headers ("invalid opcode: 0000
+# [#1]") are told from other text by their " [#N]" oops counter.
+_START = re.compile(
+    r"(?:[A-Za-z0-9_.-]{1,24}: )?"  # a subsystem's pr_fmt: "watchdog: BUG: soft lockup", "rcu: INFO: ..."
+    r"(BUG:|kernel BUG|Kernel BUG|WARNING:|INFO:|Kernel panic|UBSAN:|Unable to handle kernel|PANIC: double fault"
+    r"|(?:general protection fault|invalid opcode|divide error|stack segment|Oops|Internal error)(?=.* \[#))"
+)
+
+
+def _message(line: str) -> tuple[str, str]:
+    """(message without its prefix, caller field or "")."""
+    if not line or line[0] not in "[<* \t":
+        return line, ""  # no prefix to strip: most lines of a console without timestamps
+    match = _PREFIX.match(line)
+    assert match is not None  # every part of it is optional
+    return line[match.end() :], match.group(1) or ""
+
+
+# --- syzbot's title rules -----------------------------------------------------------------
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    """A regex with syzbot's shorthands: {FUNC} a function name in a frame, {PC} an address, {SRC} file:line."""
+    pattern = pattern.replace("{FUNC}", r"([a-zA-Z0-9_]+)(?:\.|\+)")
+    pattern = pattern.replace("{PC}", r"\[<?(?:0x)?[0-9a-f]+>?\]")
+    pattern = pattern.replace("{SRC}", r"([a-zA-Z0-9_/.-]+\.[a-z]+:[0-9]+)")
+    return re.compile(pattern)
+
+
+_STACK_START = re.compile(r"Call (?:T|t)race|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:"
+                          r"|[^k] backtrace:|Backtrace:|Uninit was stored to memory at")  # fmt: skip
+_STACK_START_WORDS = ("race", "Allocated", "Freed", "acktrace", "Uninit")  # cheap test before the regex
+
+
+def _is_stack_start(line: str) -> bool:
+    return any(word in line for word in _STACK_START_WORDS) and _STACK_START.search(line) is not None
+
+
+_FRAME = _re(r"^ *(?:{PC} ){0,2}{FUNC}")
+_RIP = _re(r"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{PC} +){0,2}{FUNC}|(?:[0-9]+:)?0x[0-9a-f]+"
+           r"|(?:[0-9]+:)?{PC} +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))")  # fmt: skip
+_CALL_TRACE = re.compile(r"Call (?:T|t)race:|Backtrace:")
+PARSE = None  # a stack part that reads the stack trace from here on
+
+# Frames that are never the culprit: sanitizers and report printing, allocators, locks,
+# atomics, string and copy helpers, generic waiting and device-core plumbing.
+_GENERIC_FRAMES = (
+    "__sanitizer", "__asan", "kasan", "__msan", "kmsan", "kcsan_setup_watchpoint", "check_memory_region",
+    "check_heap_object", "check_object", "read_word_at_a_time", "(read|write)_once_.*nocheck",
+    "print_address_description", "panic", "invalid_op", "report_bug", "fixup_bug", "print_report",
+    "print_usage_bug", "do_error", "_trap$|do_trap", "show_stack", "dump_stack", "walk_stack", "dump_backtrace",
+    "warn_slowpath", "warn_alloc", "warn_bogus", "__warn", "print_tainted", "stack_trace_consume_entry",
+    "arch_stack_walk", "stack_trace_save",
+    "alloc_page", "k?v?(?:m|z|c)alloc", "krealloc", "kmem_cache", "allocate_slab", "slab_", "^kv?free$",
+    "kfree_skb", "folio_alloc", "debug_object", "timer_is_static_object", "work_is_static_object",
+    "lockdep", "lock_acquire", "lock_release", "lock_class", "mark_lock", "(reacquire|mark)_held_locks",
+    "raw_spin_rq", "spin_lock", "spin_trylock", "spin_unlock", "read_lock", "read_trylock", "write_lock",
+    "write_trylock", "read_unlock", "write_unlock", "^down$", "down_read", "down_write", "down_trylock",
+    "up_read", "up_write", "^mutex_", "^__mutex_", "^rt_mutex_", "owner_on_cpu", "osq_lock", "osq_unlock",
+    "bh_enable", "bh_disable", "(trace|lockdep)_(hard|soft)irq", "print_unlock", "imbalance_bug",
+    "atomic(64)?_(dec|inc|read|set|or|xor|and|add|sub|fetch|xchg|cmpxchg|try)", "(set|clear|change|test)_bit",
+    "__wake_up", "^refcount_", "^kref_", "ref_tracker", "list_add", "list_del", "list_replace", "list_move",
+    "list_splice", "^rb_", "^__rb_",
+    "memcpy", "memcmp", "memset", "memchr", "memmove", "memdup", "strcmp", "strncmp", "strcpy", "strlcpy",
+    "strncpy", "strscpy", "strlen", "strstr", "strnstr", "strnlen", "strchr", "strdup", "strndup",
+    "copy_to_user", "copy_from_user", "copy_to_iter", "copy_from_iter", "put_user", "get_user", "might_fault",
+    "might_sleep", "__might_resched", "_indirect_thunk_", "string", "pointer", "snprintf", "scnprintf",
+    "kasprintf", "kvasprintf", "printk", "va_format", "dev_info", "dev_notice", "dev_warn", "dev_err",
+    "dev_alert", "dev_crit", "dev_emerg",
+    "del_timer", "flush_work", "__cancel_work_timer", "cancel_work_sync", "try_to_grab_pending",
+    "flush_workqueue", "drain_workqueue", "destroy_workqueue", "queue_work", "insert_work", "finish_wait",
+    "kthread_stop", "^complete$", "wait_for_completion", "kobject_", "add_uevent_var", "get_device_parent",
+    "device_add", "device_del", "device_unregister", "device_destroy", "device_release", "devres_release_all",
+    "device_for_each_child", "sysfs_remove", "device_remove_file",
+)  # fmt: skip
+# Syscall wrappers differ by arch and version: "__x64_sys_write" and "ksys_write" are "write".
+_SYSCALL_PREFIXES = ("SYSC_", "SyS_", "sys_", "__x64_", "__ia32_", "__arm64_", "____sys_", "___sys_", "__sys_",
+                     "__se_", "__do_sys_", "compat_SYSC_", "compat_SyS_", "ksys_")  # fmt: skip
+
+Pick = Callable[[list[str]], str]
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """How to find the culprit frame: parts matched in turn (PARSE reads a trace), frames to skip, a picker."""
+
+    parts: tuple[re.Pattern[str] | None, ...]
+    parts2: tuple[re.Pattern[str] | None, ...] = ()  # tried when parts find no frame
+    skip: tuple[str, ...] = ()
+    pick: Pick | None = None  # default: the first frame
+
+
+@dataclass(frozen=True)
+class _Format:
+    kind: str
+    title: re.Pattern[str]  # where this report's title starts (searched in the report)
+    fmt: str  # str.format with the title's (or report's) groups, then the culprit frame
+    report: re.Pattern[str] | None = None  # when given, must match too; its groups are used
+    stack: _Stack | None = None
+
+
+# In a soft lockup or an RCU stall the trace points anywhere in a loop; the frame just above
+# the entry point (a syscall, a work item, a timer) names the loop better.
+_STALL_ANCHORS = re.compile(
+    r"process_one_work|do_syscall_|do_fast_syscall_|sysenter_dispatch|tracesys_phase2|el0_svc_handler"
+    r"|invoke_syscall|ret_fast_syscall|netif_receive_skb|do_softirq|call_timer_fn|_run_timers|run_timer_softirq"
+    r"|hrtimer_run|run_ksoftirqd|smpboot_thread_fn|^kthread$|start_secondary|cpu_startup_entry|ret_from_fork"
+    r"|vfs_write|vfs_read|vfs_iter_read|vfs_iter_write|do_iter_read|do_iter_write|call_read_iter|call_write_iter"
+    r"|new_sync_read|new_sync_write|vfs_ioctl|ksys_ioctl|compat_ioctl|compat_sys_ioctl|blkdev_driver_ioctl"
+    r"|blkdev_ioctl|do_iter_readv_writev|^call_mmap|mmap_region|do_mmap|do_dentry_open|vfs_open|^sock_sendmsg"
+    r"|^sock_recvmsg|^sock_release|^__sock_release|^setsockopt$|kernel_setsockopt|sock_common_setsockopt"
+    r"|^listen$|kernel_listen|sk_common_release|^sock_mmap|^accept$|kernel_accept|^sock_do_ioctl|^sock_ioctl"
+    r"|^compat_sock_ioctl|^nfnetlink_rcv_msg|^rtnetlink_rcv_msg|^netlink_dump|^(sys_)?(socketpair|connect|ioctl)"
+    r"|__do_fault|do_page_fault|^page_fault$|__fput|task_work_run|exit_to_usermode|smp_call_function"
+    r"|tasklet_action|tasklet_hi_action"
+)
+
+
+def _pick_stall(frames: list[str]) -> str:
+    previous = frames[0]
+    for frame in frames:
+        if _STALL_ANCHORS.search(frame):
+            return "smp_call_function" if "smp_call_function" in frame else previous
+        previous = frame
+    return ""
+
+
+_HANG_ANCHORS = {"rtnl_lock": "rtnl_lock", "synchronize_rcu": "synchronize_rcu", "synchronize_srcu": "synchronize_rcu",
+                 "synchronize_net": "synchronize_rcu", "synchronize_sched": "synchronize_rcu"}  # fmt: skip
+_HANG_SKIP = ("sched", "_lock", "_slowlock", "down", "rwsem", "completion", "kthread", "wait", "synchronize",
+              "context_switch", "__switch_to", "cancel_delayed_work", "rcu_barrier")  # fmt: skip
+
+
+def _pick_hang(frames: list[str]) -> str:
+    # A hung task is a victim: hangs in synchronize_rcu() or on rtnl_lock are one bug each,
+    # whoever waited; otherwise the first frame that is not waiting machinery.
+    for frame in frames:
+        for anchor, name in _HANG_ANCHORS.items():
+            if anchor in frame:
+                return name if name == "synchronize_rcu" else frame
+    return next((f for f in frames if not any(word in f for word in _HANG_SKIP)), "")
+
+
+def _warning(skip: tuple[str, ...] = ()) -> _Stack:
+    # x86 WARN()s trap: the culprit is on the RIP line before the trace.
+    return _Stack((_re(rf"(?:{_RIP.pattern}|--- interrupt: [0-9]+ at {{FUNC}})"), PARSE),
+                  (_CALL_TRACE, PARSE), skip)  # fmt: skip
+
+
+_AT_RIP = _Stack((_RIP, _CALL_TRACE, PARSE))
+_AT_TRACE = _Stack((_CALL_TRACE, PARSE))
+_KASAN_SKIP = ("kernel_fault", "tag_check", "mem_abort", "^el1_", "^el1h_")
+_UBSAN_SKIP = ("ubsan", "overflow")
+
+# One entry per header: its kind when no format matches, and its formats, most specific first.
+_GROUPS: dict[str, tuple[str, tuple[_Format, ...]]] = {
+    "BUG:": ("bug", (
+        _Format("kasan", _re(r"BUG: KASAN:"), "KASAN: {0} {2} in {3}",
+                _re(r"BUG: KASAN: ([a-z\-]+) in {FUNC}(?:.*\n)+?.*(Read|Write) (?:of size|at addr) (?:[0-9a-f]+)"),
+                _Stack((_re(r"BUG: KASAN: (?:[a-z\-]+) in {FUNC}"), _CALL_TRACE, PARSE), skip=_KASAN_SKIP)),
+        _Format("kasan", _re(r"BUG: KASAN:"), "KASAN: invalid-free in {1}",
+                _re(r"BUG: KASAN: (?:double-free or invalid-free|double-free|invalid-free) in {FUNC}"),
+                _Stack((_re(r"BUG: KASAN: (?:double-free or invalid-free|double-free|invalid-free) in {FUNC}"),
+                        _CALL_TRACE, PARSE), skip=("slab_", "kfree", "vunmap", "vfree"))),
+        _Format("kasan", _re(r"BUG: KASAN: ([a-z\-]+) on address(?:.*\n)+?.*(Read|Write) of size ([0-9]+)"),
+                "KASAN: {0} {1}"),
+        _Format("kasan", _re(r"BUG: KASAN: (.*)"), "KASAN: {0}"),
+        _Format("oops", _re(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address"
+                            r"|Unable to handle kernel data access)"),
+                "BUG: unable to handle kernel paging request in {0}", stack=_AT_RIP),
+        _Format("oops", _re(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
+                            r"|Kernel NULL pointer dereference)"),
+                "BUG: unable to handle kernel NULL pointer dereference in {0}", stack=_AT_RIP),
+        _Format("oops", _re(r"BUG: (?:unable to handle kernel|Unable to handle kernel)"),
+                "BUG: unable to handle kernel"),
+        _Format("bug", _re(r"BUG: (spinlock|rwlock) (lockup suspected|already unlocked|recursion|cpu recursion"
+                           r"|bad magic|wrong owner|wrong CPU|trylock failure on UP)"),
+                "BUG: {0} {1} in {2}", stack=_Stack((_CALL_TRACE, PARSE), skip=("spin_", "_lock", "_unlock"))),
+        _Format("soft-lockup", _re(r"BUG: soft lockup"), "BUG: soft lockup in {0}",
+                stack=_Stack((_RIP, _CALL_TRACE, PARSE), pick=_pick_stall)),
+        _Format("bug", _re(r"BUG: scheduling while atomic"), "BUG: scheduling while atomic in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), skip=("schedule",))),
+        _Format("bug", _re(r"BUG: sleeping function called from invalid context at (.*)"),
+                "BUG: sleeping function called from invalid context in {1}", stack=_AT_TRACE),
+        _Format("bug", _re(r"BUG: Bad page state"), "BUG: Bad page state"),
+        _Format("bug", _re(r"BUG: Bad page map"), "BUG: Bad page map"),
+        _Format("bug", _re(r"BUG: workqueue lockup"), "BUG: workqueue lockup"),
+        _Format("bug", _re(r"BUG: .*stack guard page was hit at"), "BUG: stack guard page was hit in {0}",
+                stack=_Stack((_RIP, _CALL_TRACE, PARSE), pick=_pick_stall)),
+        _Format("bug", _re(r"BUG:[ \t]*(?:\n|$)"), "BUG: corrupted"),
+    )),
+    "WARNING:": ("warning", (
+        _Format("warning", _re(r"WARNING: .*lib/refcount\.c.* refcount_"), "WARNING: refcount bug in {0}",
+                stack=_warning(("refcount", "kobject_"))),
+        _Format("lockdep", _re(r"WARNING: .*kernel/locking/lockdep\.c.*lock_"), "WARNING: locking bug in {0}",
+                stack=_warning(("lock_sock", "release_sock"))),
+        _Format("warning", _re(r"WARNING: .* at {SRC} {FUNC}"), "WARNING in {2}", stack=_warning()),
+        _Format("lockdep", _re(r"WARNING: possible circular locking dependency detected"), "possible deadlock in {0}",
+                _re(r"WARNING: possible circular locking dependency detected(?:.*\n)+?.*is trying to acquire lock"),
+                _Stack((_re(r"at: (?:{PC} +)?{FUNC}"), _re(r"at: (?:{PC} +)?{FUNC}"), PARSE),
+                       skip=("process_one_work", "flush_workqueue", "drain_workqueue", "destroy_workqueue"))),
+        _Format("lockdep", _re(r"WARNING: possible recursive locking detected"), "possible deadlock in {0}",
+                _re(r"WARNING: possible recursive locking detected(?:.*\n)+?.*is trying to acquire lock"
+                    r"(?:.*\n)+?.*at: (?:{PC} +)?{FUNC}")),
+        _Format("lockdep", _re(r"WARNING: inconsistent lock state"), "inconsistent lock state in {1}",
+                _re(r"WARNING: inconsistent lock state(?:.*\n)+?.*takes(?:.*\n)+?.*at: (?:{PC} +)?{FUNC}"),
+                _AT_TRACE),
+        _Format("lockdep", _re(r"WARNING: suspicious RCU usage"), "WARNING: suspicious RCU usage in {1}",
+                _re(r"WARNING: suspicious RCU usage(?:.*\n)+?.*?{SRC}"),
+                _Stack((_CALL_TRACE, PARSE), skip=("rcu", "kmem", "slab"))),
+        _Format("warning", _re(r"WARNING:[ \t]*(?:\n|$)"), "WARNING: corrupted"),
+    )),
+    "INFO:": ("hung-task", (
+        _Format("rcu-stall", _re(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stall"),
+                "INFO: rcu detected stall in {0}",
+                stack=_Stack((re.compile("apic_timer_interrupt"), _RIP, PARSE),
+                             (re.compile("(?:apic_timer_interrupt|Exception stack|el1h_64_irq)"), PARSE),
+                             skip=("apic_timer_interrupt", "rcu"), pick=_pick_stall)),
+        _Format("hung-task", _re(r"INFO: task .* blocked for more than [0-9]+ seconds"), "INFO: task hung in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), pick=_pick_hang)),
+        _Format("hung-task", _re(r"INFO: task .* can't die for more than .* seconds"), "INFO: task can't die in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), skip=("schedule",))),
+    )),
+    "Kernel panic": ("panic", (
+        _Format("panic", _re(r"Kernel panic - not syncing: stack-protector:"),
+                "kernel panic: stack is corrupted in {0}",
+                _re(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: {FUNC}")),
+        _Format("panic", _re(r"Kernel panic - not syncing: stack-protector:"),
+                "kernel panic: stack is corrupted in {0}",
+                _re(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: [a-f0-9]+"),
+                _Stack((_CALL_TRACE, PARSE), skip=("stack_chk",))),
+        _Format("panic", _re(r"Kernel panic - not syncing: corrupted stack end"),
+                "kernel panic: corrupted stack end in {0}",
+                _re(r"Kernel panic - not syncing: corrupted stack end detected inside scheduler"),
+                _Stack((_CALL_TRACE, PARSE), skip=("schedule", "retint_kernel"), pick=_pick_stall)),
+        _Format("panic", _re(r"Kernel panic - not syncing: kernel stack overflow"), "kernel stack overflow in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), skip=("bad_stack",), pick=_pick_stall)),
+        _Format("panic", _re(r"Kernel panic - not syncing: Attempted to kill init!"),
+                "kernel panic: Attempted to kill init!"),
+        _Format("panic", _re(r"Kernel panic - not syncing: Couldn't open N_TTY ldisc for [^ ]+ --- error -[0-9]+"),
+                "kernel panic: Couldn't open N_TTY ldisc"),
+        # These follow another report whose header was lost: the console was cut.
+        _Format("panic", _re(r"Kernel panic - not syncing: Fatal exception"), "kernel panic: Fatal exception"),
+        _Format("panic", _re(r"Kernel panic - not syncing: panic_on_warn set"), "kernel panic: panic_on_warn set"),
+        _Format("panic", _re(r"Kernel panic - not syncing: hung_task: blocked tasks"),
+                "kernel panic: hung_task: blocked tasks"),
+        _Format("panic", _re(r"Kernel panic - not syncing: (.*)"), "kernel panic: {0}"),
+    )),
+    "PANIC: double fault": ("oops", (
+        _Format("oops", _re(r"PANIC: double fault"), "PANIC: double fault in {0}", stack=_Stack((_RIP,))),
+    )),
+    "general protection fault": ("oops", (
+        _Format("oops", _re(r"general protection fault.*:"), "general protection fault in {0}", stack=_AT_RIP),
+    )),
+    "stack segment": ("oops", (
+        _Format("oops", _re(r"stack segment: "), "stack segment fault in {0}", stack=_AT_RIP),
+    )),
+    "kernel BUG": ("bug", (
+        _Format("bug", _re(r"kernel BUG at mm/usercopy.c"), "BUG: bad usercopy in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), skip=("usercopy", "__check"))),
+        _Format("bug", _re(r"kernel BUG at lib/list_debug.c"), "BUG: corrupted list in {0}", stack=_AT_TRACE),
+        _Format("bug", _re(r"kernel BUG at (.*)"), "kernel BUG in {1}",
+                stack=_Stack((_RIP, _CALL_TRACE, PARSE), skip=("^skb_",))),
+    )),
+    "Kernel BUG": ("bug", (_Format("bug", _re(r"Kernel BUG (.*)"), "kernel BUG {0}"),)),
+    "divide error": ("oops", (
+        _Format("oops", _re(r"divide error: "), "divide error in {0}", stack=_Stack((_RIP,))),
+    )),
+    "invalid opcode": ("oops", (
+        _Format("oops", _re(r"invalid opcode: "), "invalid opcode in {0}", stack=_Stack((_RIP,))),
+    )),
+    "UBSAN:": ("ubsan", (
+        _Format("ubsan", _re(r"UBSAN:"), "UBSAN: undefined-behaviour in {0}", _re(r"UBSAN: Undefined behaviour in"),
+                _Stack((_CALL_TRACE, PARSE), skip=_UBSAN_SKIP)),
+        _Format("ubsan", _re(r"UBSAN: array-index-out-of-bounds in"), "UBSAN: array-index-out-of-bounds in {0}",
+                stack=_Stack((_CALL_TRACE, PARSE), skip=_UBSAN_SKIP)),
+        _Format("ubsan", _re(r"UBSAN:"), "UBSAN: {0} in {1}", _re(r"UBSAN: (.*?) in"),
+                _Stack((_CALL_TRACE, PARSE), skip=_UBSAN_SKIP)),
+    )),
+    "Unable to handle kernel": ("oops", (
+        _Format("oops", _re(r"Unable to handle kernel (paging request|NULL pointer dereference|access to user memory)"),
+                "BUG: unable to handle kernel {0} in {1}", stack=_AT_RIP),
+    )),
+    "Internal error": ("oops", (
+        _Format("oops", _re(r"Internal error:"), "Internal error in {0}", stack=_AT_RIP),
+    )),
+    # x86 prints "BUG: unable to handle ..." before "Oops:"; this is for consoles that lost that line.
+    "Oops": ("oops", (_Format("oops", _re(r"Oops: "), "Oops in {0}", stack=_AT_RIP),)),
+}  # fmt: skip
+
+# Lines that carry an INFO: or WARNING: header but are not kernel reports.
+_SUPPRESSED = re.compile(
+    r"WARNING: /etc/ssh/moduli does not exist|WARNING: workqueue cpumask: online intersect > possible intersect"
+    r"|WARNING: [Tt]he mand mount option (?:is being|has been) deprecated|WARNING: Unsupported flag value"
+    r"|WARNING: Unprivileged eBPF is enabled with eIBRS|WARNING: fbcon: Driver '|WARNING: See https.* for mitigation"
+    r"|WARNING: kernel not compiled with CPU_SRSO"
+)
+# Headers that belong inside the report before them: they never start a second one.
+_INSIDE = re.compile(r"invalid opcode: 0000|Kernel panic - not syncing|PANIC: double fault|Internal error:|Oops: ")
+
+
+def _header(message: str) -> str | None:
+    """The group key when this message starts a crash report, else None."""
+    match = _START.match(message)
+    if match is None:
+        return None
+    key = match.group(1)
+    if key in ("WARNING:", "INFO:"):
+        if _SUPPRESSED.search(message):
+            return None
+        rest = message[match.start(1) :]
+        kinds = _GROUPS[key][1]
+        if not any(f.title.match(rest) for f in kinds):
+            return None
+    return key
+
+
+def _frames(lines: Sequence[str], parts: tuple[re.Pattern[str] | None, ...], skip: re.Pattern[str]) -> list[str]:
+    """Frames found by matching parts in turn over the report's lines (syzbot's stack walk)."""
+    frames: list[str] = []
+    index = 0
+    for part in parts:
+        if part is PARSE:
+            while index < len(lines):
+                line = lines[index]
+                index += 1
+                if _is_stack_start(line):
+                    break
+                match = _FRAME.match(line)
+                if match and not _skipped(skip, match.group(1)):
+                    frames.append(match.group(1))
+        else:
+            while index < len(lines):
+                line = lines[index]
+                index += 1
+                match = part.search(line)
+                if match is None:
+                    continue
+                name = next((group for group in match.groups() if group), None)
+                if name is not None and not _skipped(skip, name):
+                    frames.append(name)
+                break
+    return frames
+
+
+@functools.lru_cache(maxsize=8192)
+def _skipped(skip: re.Pattern[str], name: str) -> bool:
+    # A long alternation searched at every position of the name: worth remembering, since the
+    # same generic frames (dump_stack, kmalloc...) come back in every report.
+    return skip.search(name) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _skip_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join((*_GENERIC_FRAMES, *extra)))
+
+
+def _strip_syscall(frame: str) -> str:
+    return min((frame.removeprefix(prefix) for prefix in _SYSCALL_PREFIXES), key=len)
+
+
+def _culprit(stack: _Stack, lines: Sequence[str]) -> str:
+    skip = _skip_pattern(stack.skip)
+    for parts in (stack.parts, stack.parts2):
+        if not parts:
+            continue
+        frames = [_strip_syscall(frame) for frame in _frames(lines, parts, skip)]
+        if frames:
+            frame = stack.pick(frames) if stack.pick else frames[0]
+            if frame:
+                return frame
+    return "corrupted"
+
+
+def _describe(key: str, text: str) -> tuple[str, str]:
+    """(title, kind) of a report: the format whose title starts earliest wins, as in syzbot."""
+    default_kind, formats = _GROUPS[key]
+    best, title, kind = len(text) + 1, "", default_kind
+    for fmt in formats:
+        match = fmt.title.search(text)
+        if match is None or match.start() > best or (match.start() == best and title):
+            continue
+        if match.start() < best:
+            best, title = match.start(), ""
+        if fmt.report is not None:
+            match = fmt.report.search(text)
+            if match is None:
+                continue
+        args = [group or "" for group in match.groups()]
+        if fmt.stack is not None:
+            args.append(_culprit(fmt.stack, text[match.start() :].split("\n")))
+        title, kind = fmt.fmt.format(*args), fmt.kind
+    if not title:  # no format knows it: the header line is the title
+        start = text.find(key)
+        end = text.find("\n", start)
+        title = text[start:] if end < 0 else text[start:end]
+    return _clean_title(title), kind
+
+
+# syzbot's title clean-up: what changes from run to run (addresses, numbers, line numbers,
+# offsets, CPU numbers) is replaced, so that the same bug has the same title.
+_VOLATILE = (
+    (re.compile(r"([^a-zA-Z0-9])(?:0x)?[0-9a-f]{6,}", re.ASCII), r"\1ADDR"),
+    (re.compile(r"([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})", re.ASCII), "IP"),
+    (re.compile(r"(\.\w+)(:[0-9]+)+", re.ASCII), r"\1:LINE"),
+    (re.compile(r"([a-zA-Z][a-zA-Z0-9_.]+)\+0x[0-9a-z]+/0x[0-9a-z]+", re.ASCII), r"\1"),
+    (re.compile(r"CPU#[0-9]+", re.ASCII), "CPU"),
+    (re.compile(r"(\W)(\d+)(\W|$)", re.ASCII), r"\1NUM\3"),
+    (re.compile(r"(\d+){7,}", re.ASCII), "NUM"),
+)
+
+
+def _clean_title(title: str) -> str:
+    for pattern, replacement in _VOLATILE:
+        while True:
+            replaced = pattern.sub(replacement, title)
+            if replaced == title:
+                break
+            title = replaced
+    kept: list[str] = []
+    for char in title[:MAX_TITLE].replace("\t", " "):
+        if " " <= char < "\x7f" and not (char == " " and kept and kept[-1] == " "):
+            kept.append(char)
+    return "".join(kept).strip()
+
+
+# --- where a report ends ----------------------------------------------------------------
+
+_END_MARKER = re.compile(r"---\[ end (?:trace|Kernel panic)")  # matched at a message's start
+_RULE = re.compile(r"={20,}$")  # KASAN's and UBSAN's reports end with a line of "="
+_TRACE_LINE = re.compile(
+    r"(?:\? )?(?:\[<?(?:0x)?[0-9a-f]+>?\] ?){0,2}\s*(?:\? )?[A-Za-z0-9_.]+"
+    r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+| \S+\.[ch]:[0-9]+)"
+    r"|</?(?:TASK|IRQ|NMI|SOFTIRQ|EOI)>"
+    r"|(?:RIP|RSP|RAX|RBX|RCX|RDX|RSI|RDI|RBP|R[0-9]{1,2}|FS|GS|CS|DS|ES|CR[0-9]|DR[0-9]|EFLAGS|ORIG_RAX|Code|PKRU"
+    r"|pc|lr|sp|x[0-9]{1,2}|pstate):"
+    r"|Exception stack|---\[ |\.\.\."
+)
+_TAIL = re.compile(r"Modules linked in:|CR2: |Kernel Offset:|Rebooting in|Dumping ftrace buffer"
+                   r"|\(ftrace buffer empty\)|irq event stamp|hardirqs last|softirqs last")  # fmt: skip
+
+
+@dataclass
+class _Report:
+    key: str
+    context: str
+    raw: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    chars: int = 0
+    sanitizer: bool = False  # KASAN, UBSAN, KMSAN: several stacks and prose, ended only by their rule
+    in_trace: bool = False
+    saw_frame: bool = False
+    any_cpu: bool = False  # after "Sending NMI from CPU": every CPU's backtrace belongs to it
+
+    def add(self, raw: str, message: str) -> None:
+        if not self.raw:
+            self.sanitizer = "KASAN:" in message or "UBSAN:" in message or "KMSAN:" in message
+        self.raw.append(raw)
+        self.messages.append(message)
+        self.chars += len(raw) + 1
+
+    def take(self, raw: str, message: str, context: str) -> bool:
+        """Add the line if it belongs; False when the report ended (with this line, or before it)."""
+        if self.context and context and context != self.context and not (self.any_cpu and context[0] == "C"):
+            return True  # another task's or CPU's interleaved output
+        if _FRAME.match(message):  # the commonest line of a report, and never a header or an end
+            self.add(raw, message)
+            self.saw_frame = self.saw_frame or self.in_trace
+            return len(self.raw) < MAX_REPORT_LINES and self.chars < MAX_REPORT_CHARS
+        if _header(message) is not None and not _INSIDE.search(message):
+            return False  # the next report
+        self.add(raw, message)
+        if "Sending NMI from CPU" in message:
+            self.any_cpu = True
+        if self.sanitizer:
+            if message.startswith("=") and _RULE.match(message):
+                return False
+        elif message.startswith("---[ end ") and _END_MARKER.match(message):
+            return False
+        elif _is_stack_start(message):
+            self.in_trace = True
+        elif self.saw_frame and not _TRACE_LINE.match(message) and not _TAIL.match(message):
+            self.chars -= len(self.raw.pop()) + 1  # the trace is over: this line is not the report's
+            self.messages.pop()
+            return False
+        return len(self.raw) < MAX_REPORT_LINES and self.chars < MAX_REPORT_CHARS
+
+    def describe(self, extra: tuple[str, str] | None = None) -> Crash:
+        raw, messages = self.raw, self.messages
+        if extra is not None:
+            raw, messages = [*raw, extra[0]], [*messages, extra[1]]
+        title, kind = _describe(self.key, "\n".join(messages))
+        return Crash(title=title, kind=kind, excerpt="\n".join(raw))
+
+
+class ConsoleWatcher:
+    """Feed a console in chunks of any size; :meth:`crash` says the first crash so far.
+
+    Memory stays bounded whatever arrives: the unfinished line is cut at MAX_LINE
+    characters, a report at MAX_REPORT_LINES lines, and nothing else is kept.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[str] = []  # pieces of the unfinished line, MAX_LINE characters at most
+        self._held_len = 0
+        self._report: _Report | None = None
+        self._ended: Crash | None = None
+
+    def feed(self, chunk: str) -> None:
+        """Read the next piece of console text; it may end, or start, in the middle of a line."""
+        if self._ended is not None or not chunk:
+            return
+        last = chunk.rfind("\n")
+        if last < 0:
+            self._hold(chunk[:MAX_LINE])
+            return
+        start = 0
+        if self._held:
+            first = chunk.find("\n")
+            self._hold(chunk[: min(first, MAX_LINE)])
+            line = "".join(self._held)
+            self._held, self._held_len = [], 0
+            self._line(line)
+            start = first + 1
+        if self._ended is None and start <= last:
+            if self._report is None:
+                self._scan(chunk, start, last)
+            else:
+                self._lines(chunk, start, last)
+        if self._ended is None and last + 1 < len(chunk):
+            self._hold(chunk[last + 1 : last + 1 + MAX_LINE])
+
+    def crash(self) -> Crash | None:
+        """The first crash: settled once its report ended; until then, its report as far as it arrived."""
+        if self._ended is not None:
+            return self._ended
+        held = "".join(self._held).replace("\r", "")
+        if self._report is None:
+            if held:  # a console may end without a newline, right after a one-line report
+                message, context = _message(held)
+                key = _header(message)
+                if key is not None:
+                    return _Report(key, context, [held], [message]).describe()
+            return None
+        if held:
+            message, context = _message(held)
+            other = self._report.context and context and context != self._report.context
+            if not other and (_header(message) is None or _INSIDE.search(message)):
+                return self._report.describe((held, message))
+        return self._report.describe()
+
+    def _hold(self, piece: str) -> None:
+        room = MAX_LINE - self._held_len
+        if room > 0 and piece:
+            piece = piece[:room]
+            self._held.append(piece)
+            self._held_len += len(piece)
+
+    def _scan(self, chunk: str, start: int, end: int) -> None:
+        """Find the first report header among the whole lines chunk[start:end+1]; read on from there."""
+        found = {needle: chunk.find(needle, start, end) for needle in NEEDLES}
+        while True:
+            hits = [position for position in found.values() if position >= 0]
+            if not hits:
+                return
+            position = min(hits)
+            before = chunk.rfind("\n", start, position)
+            line_start = start if before < 0 else before + 1
+            line_end = chunk.find("\n", position, end + 1)
+            self._line(chunk[line_start : min(line_end, line_start + MAX_LINE)])
+            if self._report is not None:
+                if self._ended is None:
+                    self._lines(chunk, line_end + 1, end)
+                return
+            start = line_end + 1
+            for needle, position in found.items():
+                if 0 <= position < start:
+                    found[needle] = chunk.find(needle, start, end)
+
+    def _lines(self, chunk: str, start: int, end: int) -> None:
+        """Feed the whole lines chunk[start:end+1] to the open report, one by one, until it ends."""
+        while start <= end and self._ended is None:
+            line_end = chunk.find("\n", start, end + 1)
+            self._line(chunk[start : min(line_end, start + MAX_LINE)])
+            start = line_end + 1
+
+    def _line(self, line: str) -> None:
+        if "\r" in line:
+            line = line.replace("\r", "")
+        message, context = _message(line)
+        if self._report is None:
+            key = _header(message)
+            if key is not None:
+                self._report = _Report(key, context)
+                self._report.add(line, message)
+            return
+        if not self._report.take(line, message, context):
+            self._ended = self._report.describe()
