@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, joinedload, object_session
 
 from bot.core.schedule import (
     PRIORITY_HEALTH_CHECK,
@@ -40,7 +40,7 @@ from bot.host.stores import Runtime
 
 # Imported as a module: lifecycle imports this module too, and each uses the other only at call time.
 from bot.pipelines import lifecycle
-from bot.store.models import Job, QueueWindow, utcnow
+from bot.store.models import Change, Job, Pipeline, QueueWindow, Revision, utcnow
 from workers.app import lab_queue
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ IN_FLIGHT = ("queued", "running")
 RECENT_JOBS = 20  # finished jobs of a class its wait estimate goes by
 SCAN_ROWS = 256  # waiting jobs one fill looks past for jobs whose submitter is over quota
 _HAND_OVER_INFO = "labgate.scheduler.hand_over"  # session.info key: what this transaction's hand-overs read
+_TO_FILL_INFO = "labgate.scheduler.to_fill"  # session.info key: queues this transaction handed jobs to
 
 
 def hand_over(runtime: Runtime, session: Session, jobs: Sequence[Job]) -> set[str]:
@@ -89,6 +90,7 @@ def hand_over(runtime: Runtime, session: Session, jobs: Sequence[Job]) -> set[st
         job.state = WAITING
         seen["waiting", job.queue] = waiting + 1
         queues.add(job.queue)
+    session.info.setdefault(_TO_FILL_INFO, set()).update(queues)
     return queues
 
 
@@ -101,15 +103,16 @@ def fill_windows(runtime: Runtime, session: Session, queues: Iterable[str], outb
         device_class = _device_class(runtime, queue)
         if device_class is None:
             continue  # a class gone from the config: its jobs wait, and their reports say for what
-        _window(session, queue)
-        window = session.scalar(
-            select(QueueWindow).where(QueueWindow.queue == queue).with_for_update(skip_locked=skip_locked)
-            .execution_options(populate_existing=True)  # as the lock's previous holder left it
-        )  # fmt: skip
+        lock = (select(QueueWindow).where(QueueWindow.queue == queue).with_for_update(skip_locked=skip_locked)
+                .execution_options(populate_existing=True))  # as the lock's previous holder left it  # fmt: skip
+        window = session.scalar(lock)
+        if window is None and session.get(QueueWindow, queue) is None:
+            _window(session, queue)  # its first fill: made, then locked
+            window = session.scalar(lock)
         if window is None:
-            continue
-        window.capacity = device_class.capacity
-        window.updated_at = utcnow()
+            continue  # another transaction fills it now (skip_locked)
+        if window.capacity != device_class.capacity:
+            window.capacity, window.updated_at = device_class.capacity, utcnow()
         free = window_size(device_class.capacity, runtime.config.scheduling.window_margin)
         free -= _count(session, queue, IN_FLIGHT)
         if free > 0:
@@ -119,40 +122,51 @@ def fill_windows(runtime: Runtime, session: Session, queues: Iterable[str], outb
 
 def _dispatch_next(runtime: Runtime, session: Session, window: QueueWindow, free: int, outbox: Outbox) -> int:
     limits = runtime.config.scheduling
-    pick = (
-        select(Job).where(Job.queue == window.queue, Job.state == WAITING)
-        .order_by(Job.priority.desc(), Job.fair_seq, Job.id)
-        .limit(free + SCAN_ROWS)
-        # A job another transaction holds (a cancel) is not ours to send.
-        .with_for_update(skip_locked=True)
-    )  # fmt: skip
-    if window.offline:
-        pick = pick.where(Job.priority >= PRIORITY_HEALTH_CHECK)  # health checks bring a class back
     uses: dict[str, QuotaUse] = {}
+    passed: list[int] = []  # jobs held by their submitter's quota: looked past, up to SCAN_ROWS of them
     sent = 0
-    for job in session.scalars(pick):
-        if sent >= free:
+    while sent < free and len(passed) <= SCAN_ROWS:
+        pick = (
+            select(Job).where(Job.queue == window.queue, Job.state == WAITING, Job.id.not_in(passed))
+            .order_by(Job.priority.desc(), Job.fair_seq, Job.id)
+            .limit(free - sent)
+            # What dispatch reads of the job's change, in this one query rather than four lazy loads.
+            .options(joinedload(Job.pipeline, innerjoin=True).joinedload(Pipeline.revision, innerjoin=True)
+                     .joinedload(Revision.change, innerjoin=True).joinedload(Change.tree, innerjoin=True))
+            # A job another transaction holds (a cancel) is not ours to send; the rows joined are not locked.
+            .with_for_update(skip_locked=True, of=Job)
+        )  # fmt: skip
+        if window.offline:
+            pick = pick.where(Job.priority >= PRIORITY_HEALTH_CHECK)  # health checks bring a class back
+        jobs = session.scalars(pick).all()
+        if not jobs:
             break
-        if job.quota_key is not None:
-            use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
-            refusal = quota_refusal(use, limits.submitter_jobs_in_flight, limits.submitter_device_minutes_per_day)
-            if refusal is not None:
+        for job in jobs:
+            if job.quota_key is not None:
+                use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
+                refusal = quota_refusal(use, limits.submitter_jobs_in_flight, limits.submitter_device_minutes_per_day)
                 uses[job.quota_key] = use
-                job.error_message = refusal  # said in its report while it waits
-                continue
-            uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
-        job.error_message = None
-        lifecycle.dispatch(runtime, session, job, outbox)
-        window.virtual_time = max(window.virtual_time, job.fair_seq)
-        sent += 1
+                if refusal is not None:
+                    job.error_message = refusal  # said in its report while it waits
+                    passed.append(job.id)
+                    continue
+                uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
+            job.error_message = None
+            lifecycle.dispatch(runtime, session, job, outbox)
+            window.virtual_time = max(window.virtual_time, job.fair_seq)
+            sent += 1
     return sent
 
 
 def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
-    """A job's result was recorded: a test job freed a slot of its class; a build may have handed over tests."""
-    queues = {other.queue for other in job.pipeline.jobs if other.state == WAITING}
+    """A job's result was recorded: a test job freed a slot of its class; a build handed its tests over."""
+    queues = set(session.info.pop(_TO_FILL_INFO, set()))
     if job.kind == "test":
         queues.add(job.queue)
+    if job.quota_key is not None:
+        # Its submitter's quota has room again: wherever its jobs wait, they may go now.
+        queues.update(session.scalars(select(Job.queue).distinct().where(Job.quota_key == job.quota_key,
+                                                                         Job.state == WAITING)))  # fmt: skip
     if queues:
         fill_windows(runtime, session, queues, outbox)
 
