@@ -28,8 +28,12 @@ VISIBILITY_MARGIN_S = 600
 # A process's role picks its broker user's keys; job workers' environment names theirs.
 CONTROL_ROLE = CONTROL_QUEUE
 WORKER_ROLE_ENV = "LABGATE_WORKER_ROLE"
-# Device class names as the config allows them: no glob, '@' or ':' to blur key patterns.
-_LAB_ROLE = re.compile(r"lab\.[a-z0-9][a-z0-9._-]*")
+# Device class names as the config allows them: no glob, '@' or ':' to blur key patterns. A lab worker
+# may serve several classes (boards of a rack, one host): its role names their queues joined by '+',
+# which no class name holds.
+_LAB_QUEUE = r"lab\.[a-z0-9][a-z0-9._-]*"
+_LAB_ROLE = re.compile(rf"{_LAB_QUEUE}(\+{_LAB_QUEUE})*")
+LAB_ROLE_SEPARATOR = "+"
 
 app = Celery("labgate", set_as_current=False)
 
@@ -39,8 +43,13 @@ def lab_queue(device_class: str) -> str:
 
 
 def is_job_role(role: str) -> bool:
-    """checkout, build or lab.<device class>: the roles whose workers run strangers' code."""
+    """checkout, build or lab.<device class>[+lab.<device class>...]: the roles whose workers run strangers' code."""
     return role in (CHECKOUT_QUEUE, BUILD_QUEUE) or _LAB_ROLE.fullmatch(role) is not None
+
+
+def role_queues(role: str) -> list[str]:
+    """The queues a job role's workers consume: its own name, or each class of a lab role serving several."""
+    return role.split(LAB_ROLE_SEPARATOR)
 
 
 def unacked_keys(role: str) -> dict[str, str]:
@@ -76,7 +85,7 @@ def _job_role_conf(role: str) -> dict[str, Any]:
     # A job worker's ACL user may write no queue binding but its pidbox node's: Celery would
     # SADD `_kombu.binding.<queue>` when it consumes its queue or sends to `results` (no reader
     # needs them: Celery sends to direct queues through the default exchange).
-    queues = [Queue(name, Exchange(name), name, no_declare=True) for name in (role, RESULTS_QUEUE)]
+    queues = [Queue(name, Exchange(name), name, no_declare=True) for name in (*role_queues(role), RESULTS_QUEUE)]
     # Without x-expires the pidbox node queue is bound by a plain SADD, not by kombu's binding
     # scripts (EVALSHA, SCRIPT LOAD) that also sweep other exchanges' binding tables.
     return {"task_queues": queues, "control_queue_expires": None}

@@ -19,6 +19,7 @@ from workers.app import (
     broker_socket_kwargs,
     delivery_key_prefix,
     is_job_role,
+    role_queues,
     unacked_keys,
 )
 from workers.errors import ConfigError
@@ -134,7 +135,7 @@ def _require_selectors(admin: redis.Redis) -> None:
 def install_role_users(admin_url: str, roles: Iterable[str], *, instance: str,
                        results_queue: str = RESULTS_QUEUE) -> dict[str, str]:  # fmt: skip
     """Create (or reset, with a new password) each job role's broker user; each role's broker URL.
-    A role consumes the queue of its name. Run again after the broker restarts: users and the
+    A role consumes the queues of its name (role_queues). Run again after the broker restarts: users and the
     preloaded script live in its memory."""
     admin = broker_redis(admin_url)
     try:
@@ -148,7 +149,7 @@ def install_role_users(admin_url: str, roles: Iterable[str], *, instance: str,
             password = secrets.token_hex(32)
             # The password's SHA-256, so the password itself is never on the wire or in MONITOR.
             digest = hashlib.sha256(password.encode()).hexdigest()
-            rules = role_acl_rules(role, [role], results_queue, db=db)
+            rules = role_acl_rules(role, role_queues(role), results_queue, db=db)
             admin.execute_command("ACL", "SETUSER", user, "reset", "on", f"#{digest}", *rules)
             urls[role] = role_broker_url(admin_url, user, password)
         return urls
