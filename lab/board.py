@@ -10,6 +10,7 @@ ours: on the stand-in board (lab/standin/) the QEMU belongs to the PDU.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import attr
 import jinja2
 from labgrid import Environment, Target
 from labgrid.driver import NetworkPowerDriver
@@ -119,9 +121,7 @@ def sweep_stale_locks(address: str, identity: Identity | None = None) -> list[st
 
 
 def _power_off_place(coordinator: Coordinator, place: str) -> None:
-    ResourceManager.instances.pop(RemotePlaceManager, None)
-    manager = RemotePlaceManager.get()
-    manager.session, manager.loop = coordinator.session, coordinator.loop
+    _use_session(coordinator)
     target = Target(place)
     try:
         RemotePlace(target, name=place)
@@ -162,10 +162,7 @@ def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_
         use_ssh_config(Path(ssh_config), work_dir.parent / "ssh-bin")
     env_file = work_dir / "board-env.yaml"
     env_file.write_text(render_board_env(req.environment, held.name))
-    # labgrid's RemotePlace resolves through one manager per process; a fresh one per job, on our session.
-    ResourceManager.instances.pop(RemotePlaceManager, None)
-    manager = RemotePlaceManager.get()
-    manager.session, manager.loop = coordinator.session, coordinator.loop
+    _use_session(coordinator)
     target: Any = None
     power: Any = None
     try:
@@ -255,6 +252,31 @@ def read_board_ports(console: Any, runner: Any, deadline: float, console_limit: 
                 return bytes(buffers["console"]), bytes(buffer[: found.end()]), "end-marker"
             if len(buffer) > runner_limit:
                 return bytes(buffers["console"]), bytes(buffer[:runner_limit]), "runner-limit"
+
+
+class _PromptRemotePlaceManager(RemotePlaceManager):  # type: ignore[misc]
+    """labgrid's RemotePlace manager, but a poll runs what the session's loop has ready instead of
+    running it for 0.1 s: a driver's activation polls every resource of the place twice, 1 s per
+    driver for the stand-in's five resources, 4 s of every job. The place's resources were synced
+    when it was locked and do not change while we hold it."""
+
+    def poll(self) -> None:
+        if not self.loop.is_running():
+            self.loop.run_until_complete(asyncio.sleep(0))
+        for resource in self.resources + self.unmanaged_resources:
+            if isinstance(resource, RemotePlace):
+                continue
+            fields = attr.fields(resource.__class__)
+            for key, value in {**resource._remote_entry.args, "avail": resource._remote_entry.avail}.items():
+                converter = getattr(fields, key).converter
+                setattr(resource, key, converter(value) if converter else value)
+
+
+def _use_session(coordinator: Coordinator) -> None:
+    """labgrid's RemotePlace resolves through one manager per process: a fresh one per job, on our session."""
+    manager = _PromptRemotePlaceManager()
+    manager.session, manager.loop = coordinator.session, coordinator.loop
+    ResourceManager.instances[RemotePlaceManager] = manager
 
 
 def _cleanup(target: Any) -> None:
