@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from lab.board import INITRAMFS_NAME, KERNEL_NAME  # what the board boots from i
 from lab.errors import LabSetupError
 from lab.runner import QEMU_SANDBOX
 from lab.standin.relay import SerialRelay
+from lab.standin.staging_sshd import STAGE_USER
 from workers import seccomp
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
@@ -52,6 +54,7 @@ class BoardSettings:
     memory_mb: int = 512
     boot_args: str = "console=ttyS0 panic=-1"
     qemu: str = "qemu-system-x86_64"
+    reader: str | None = STAGE_USER  # who staged images are read as (None: the PDU's own user)
 
 
 class StandinBoard:
@@ -112,8 +115,7 @@ class StandinBoard:
             if not staged.is_file():
                 raise BoardError(f"{self.settings.name}: nothing staged as {staged}")
             copy = boot_dir / name
-            shutil.copyfile(staged.resolve(), copy)  # later staging cannot change a running boot
-            copy.chmod(0o644)
+            self._load(staged, copy)  # a copy: later staging cannot change a running boot
             images.append(copy)
         kernel, initramfs = images
         self._runtime = runtime = Path(tempfile.mkdtemp(prefix="labgate-standin-"))
@@ -131,6 +133,22 @@ class StandinBoard:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise BoardError(f"{self.settings.name}: QEMU did not come up; its log ends:\n{self._log_tail()}")
             time.sleep(0.005)
+
+    def _load(self, staged: Path, copy: Path) -> None:
+        """Read a staged image as the staging user, as a TFTP server reads its root as its own user: the
+        staging user makes the links, and a link to a file only root may read must not get it into a boot."""
+        command = ["cat", "--", str(staged)]
+        if self.settings.reader is not None:
+            setpriv = shutil.which("setpriv") or "setpriv"
+            user = pwd.getpwnam(self.settings.reader)
+            command = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *command]
+        with open(copy, "wb") as out:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, timeout=120)
+        copy.chmod(0o644)
+        if done.returncode != 0:
+            copy.unlink()
+            why = done.stderr.decode(errors="replace").strip()[-300:]
+            raise BoardError(f"{self.settings.name}: cannot read {staged} as {self.settings.reader}: {why}")
 
     def _start_qemu(self, slot: Slot, kernel: Path, initramfs: Path, runtime: Path) -> subprocess.Popen[bytes]:
         setpriv = shutil.which("setpriv")

@@ -4,10 +4,12 @@ real coordinator and exporter returns KTAP; a worker killed mid-boot leaves noth
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from lab.places import Coordinator, Identity
 from lab.standin.board import BoardSettings, StandinBoard
 from lab.standin.lab import StandinLab
 from lab.standin.pdu import StandinPdu
+from lab.standin.staging_sshd import ensure_stage_user
 from tests.lab.standin_lab import ENVIRONMENT, ktap_initramfs, need_standin, standin
 from workers.artifacts import ArtifactStore
 from workers.spec import ArtifactRef, JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec
@@ -59,17 +62,25 @@ def _qemu_processes(marker: str) -> list[int]:
 @pytest.fixture
 def pdu(tmp_path: Path, debian_kernel: Path) -> Iterator[StandinPdu]:
     need_standin()
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "vmlinuz").symlink_to(debian_kernel)
+    ensure_stage_user()
+    # A board's TFTP root as the staging user sees it: readable, out of root's own directories.
+    tftp = Path(tempfile.mkdtemp(prefix="labgate-test-tftp-"))
+    tftp.chmod(0o755)
+    images, empty, hostile = tftp / "b0", tftp / "b1", tftp / "b2"
+    for directory in (images, empty, hostile):
+        directory.mkdir(mode=0o755)
+    shutil.copyfile(debian_kernel, images / "vmlinuz")
     ktap_initramfs(images / "initramfs.cpio.gz")
-    board = StandinBoard(BoardSettings(name="b0", images=images, state_dir=tmp_path / "state"))
-    (tmp_path / "state").mkdir()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    bare = StandinBoard(BoardSettings(name="b1", images=empty, state_dir=tmp_path / "state1"))
-    (tmp_path / "state1").mkdir()
-    server = StandinPdu([board, bare])
+    secret = tmp_path / "root-only"
+    secret.write_text("not for the board\n")
+    secret.chmod(0o600)
+    (hostile / "vmlinuz").symlink_to(secret)  # what a staging user (or its stolen key) could link
+    (hostile / "initramfs.cpio.gz").symlink_to(images / "initramfs.cpio.gz")
+    boards = []
+    for name, directory in (("b0", images), ("b1", empty), ("b2", hostile)):
+        (tmp_path / name).mkdir()
+        boards.append(StandinBoard(BoardSettings(name=name, images=directory, state_dir=tmp_path / name)))
+    server = StandinPdu(boards)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -77,6 +88,7 @@ def pdu(tmp_path: Path, debian_kernel: Path) -> Iterator[StandinPdu]:
     finally:
         server.shutdown()
         server.close_boards()
+        shutil.rmtree(tftp)
 
 
 def test_the_pdu_switches_its_board_as_simplerest_asks_and_repeats_change_nothing(pdu: StandinPdu) -> None:
@@ -117,7 +129,18 @@ def test_a_board_with_nothing_staged_does_not_power_on(pdu: StandinPdu) -> None:
     assert answer.status_code == 500
     assert "nothing staged" in answer.text
     assert requests.get(pdu.url_template().format(index=1, value="").rstrip("/"), timeout=5).text == "0"
-    assert requests.get(pdu.url_template().format(index=7, value=1), timeout=5).status_code == 404
+    base = pdu.url_template().split("/power")[0]
+    for path in ("/power/7/1", "/power/0/2", "/power/-1/1", "/power/00000001/1", "/x"):
+        assert requests.get(base + path, timeout=5).status_code == 404, path
+    assert not pdu.boards[0].is_on()
+
+
+def test_a_staged_link_to_a_file_the_staging_user_cannot_read_never_reaches_the_board(pdu: StandinPdu) -> None:
+    answer = requests.get(pdu.url_template().format(index=2, value=1), timeout=30)
+    assert answer.status_code == 500
+    assert "cannot read" in answer.text and "labgate-stage" in answer.text
+    assert not pdu.boards[2].is_on()
+    assert not (pdu.boards[2].settings.state_dir / "boot" / "vmlinuz").exists()
 
 
 @pytest.fixture(scope="module")
