@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -201,4 +202,30 @@ def test_labgate_lab_takes_a_place_offline_and_back_and_shows_it(
     capsys.readouterr()
     assert main(["lab", "status", "--config", str(config)]) == 0
     assert re.search(r"standin-1 +free", capsys.readouterr().out)
+    _all_free(standin)
+
+
+def test_a_lab_worker_at_start_up_releases_the_locks_its_labgrid_user_left(
+    standin: StandinLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.app import app
+    from workers.tasks import LAB_COORDINATORS_ENV, release_stale_places
+
+    left = Coordinator(standin.coordinator, Identity(socket.gethostname(), "lab-board-x86"))
+    try:
+        left.lock("standin-0")  # what a worker killed while it held the place leaves
+    finally:
+        left.close()
+    monkeypatch.setenv(LAB_COORDINATORS_ENV, standin.coordinator)
+    monkeypatch.setenv("LABGATE_LAB_USER", "lab-board-x86")
+    monkeypatch.setitem(app.conf, "labgate_worker_role", "checkout")
+    release_stale_places()  # not a lab worker: nothing happens
+    observer = _session(standin, "observer")
+    try:
+        assert observer.places()["standin-0"].acquired == f"{socket.gethostname()}/lab-board-x86"
+        monkeypatch.setitem(app.conf, "labgate_worker_role", "lab.board-x86")
+        release_stale_places()
+        assert observer.places()["standin-0"].acquired is None
+    finally:
+        observer.close()
     _all_free(standin)
