@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_LINE", "MAX_REPORT_LINES", "NEEDLES", "ConsoleWatcher", "Crash", "first_crash"]
@@ -90,14 +90,22 @@ def _re(pattern: str) -> re.Pattern[str]:
 
 _STACK_START = re.compile(r"Call (?:T|t)race|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:"
                           r"|[^k] backtrace:|Backtrace:|Uninit was stored to memory at")  # fmt: skip
-_STACK_START_WORDS = ("race", "Allocated", "Freed", "acktrace", "Uninit")  # cheap test before the regex
 
 
 def _is_stack_start(line: str) -> bool:
-    return any(word in line for word in _STACK_START_WORDS) and _STACK_START.search(line) is not None
+    # Plain substring tests first: the regex is a long alternation, and most lines are frames.
+    if "race" in line or "Allocated" in line or "Freed" in line or "acktrace" in line or "Uninit" in line:
+        return _STACK_START.search(line) is not None
+    return False
 
 
 _FRAME = _re(r"^ *(?:{PC} ){0,2}{FUNC}")
+_FRAMES = _re(r"(?m)^ *(?:{PC} ){0,2}{FUNC}")
+# The same, searched in a whole report: a line's first character is never a newline's neighbour.
+_STACK_START_TEXT = re.compile(_STACK_START.pattern.replace("[^k]", "[^k\\n]"))
+# A frame line with its prefix, matched on the raw line: most lines of a report are frames, and
+# this takes them in one step (group 1 is the caller field).
+_RAW_FRAME = _re(_PREFIX.pattern + r"(?:{PC} ){0,2}{FUNC}")
 _RIP = _re(r"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{PC} +){0,2}{FUNC}|(?:[0-9]+:)?0x[0-9a-f]+"
            r"|(?:[0-9]+:)?{PC} +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))")  # fmt: skip
 _CALL_TRACE = re.compile(r"Call (?:T|t)race:|Backtrace:")
@@ -376,32 +384,36 @@ def _header(message: str) -> str | None:
     return key
 
 
-def _frames(lines: Sequence[str], parts: tuple[re.Pattern[str] | None, ...], skip: re.Pattern[str]) -> list[str]:
-    """Frames found by matching parts in turn over the report's lines (syzbot's stack walk)."""
+def _frames(text: str, parts: tuple[re.Pattern[str] | None, ...], skip: re.Pattern[str]) -> list[str]:
+    """Frames found by matching parts in turn down the report's lines (syzbot's stack walk).
+
+    A part matches on the first line from here that has it; PARSE takes a frame from each line
+    until a line that starts another stack. Done on the whole text at regex speed: none of the
+    patterns reaches across a newline.
+    """
     frames: list[str] = []
-    index = 0
+    position = 0
     for part in parts:
         if part is PARSE:
-            while index < len(lines):
-                line = lines[index]
-                index += 1
-                if _is_stack_start(line):
-                    break
-                match = _FRAME.match(line)
-                if match and not _skipped(skip, match.group(1)):
-                    frames.append(match.group(1))
+            stop = _STACK_START_TEXT.search(text, position)
+            end = (text.rfind("\n", position, stop.start()) + 1 or position) if stop else len(text)
+            frames += [name for name in _FRAMES.findall(text, position, end) if not _skipped(skip, name)]
+            position = _next_line(text, stop.end()) if stop else len(text)
         else:
-            while index < len(lines):
-                line = lines[index]
-                index += 1
-                match = part.search(line)
-                if match is None:
-                    continue
-                name = next((group for group in match.groups() if group), None)
-                if name is not None and not _skipped(skip, name):
-                    frames.append(name)
-                break
+            match = part.search(text, position)
+            if match is None:
+                position = len(text)
+                continue
+            name = next((group for group in match.groups() if group), None)
+            if name is not None and not _skipped(skip, name):
+                frames.append(name)
+            position = _next_line(text, match.end())
     return frames
+
+
+def _next_line(text: str, position: int) -> int:
+    newline = text.find("\n", position)
+    return len(text) if newline < 0 else newline + 1
 
 
 @functools.lru_cache(maxsize=8192)
@@ -417,15 +429,17 @@ def _skip_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def _strip_syscall(frame: str) -> str:
+    if "sys" not in frame and "SyS" not in frame and "SYSC" not in frame:
+        return frame
     return min((frame.removeprefix(prefix) for prefix in _SYSCALL_PREFIXES), key=len)
 
 
-def _culprit(stack: _Stack, lines: Sequence[str]) -> str:
+def _culprit(stack: _Stack, text: str) -> str:
     skip = _skip_pattern(stack.skip)
     for parts in (stack.parts, stack.parts2):
         if not parts:
             continue
-        frames = [_strip_syscall(frame) for frame in _frames(lines, parts, skip)]
+        frames = [_strip_syscall(frame) for frame in _frames(text, parts, skip)]
         if frames:
             frame = stack.pick(frames) if stack.pick else frames[0]
             if frame:
@@ -449,7 +463,7 @@ def _describe(key: str, text: str) -> tuple[str, str]:
                 continue
         args = [group or "" for group in match.groups()]
         if fmt.stack is not None:
-            args.append(_culprit(fmt.stack, text[match.start() :].split("\n")))
+            args.append(_culprit(fmt.stack, text[match.start() :]))
         title, kind = fmt.fmt.format(*args), fmt.kind
     if not title:  # no format knows it: the header line is the title
         start = text.find(key)
@@ -489,14 +503,25 @@ def _clean_title(title: str) -> str:
 
 _END_MARKER = re.compile(r"---\[ end (?:trace|Kernel panic)")  # matched at a message's start
 _RULE = re.compile(r"={20,}$")  # KASAN's and UBSAN's reports end with a line of "="
-_TRACE_LINE = re.compile(
-    r"(?:\? )?(?:\[<?(?:0x)?[0-9a-f]+>?\] ?){0,2}\s*(?:\? )?[A-Za-z0-9_.]+"
+# A line of a call trace: a frame (reliable, "? " unreliable, or an inlined one with its file),
+# a context tag, a register dump line. Never a header, an end marker or a stack's first line.
+_TRACE_BODY = (
+    r"(?:\? )?(?:\[<?(?:0x)?[0-9a-f]+>?\] ?){0,2}[ \t]*(?:\? )?[A-Za-z0-9_.]+"
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+| \S+\.[ch]:[0-9]+)"
     r"|</?(?:TASK|IRQ|NMI|SOFTIRQ|EOI)>"
     r"|(?:RIP|RSP|RAX|RBX|RCX|RDX|RSI|RDI|RBP|R[0-9]{1,2}|FS|GS|CS|DS|ES|CR[0-9]|DR[0-9]|EFLAGS|ORIG_RAX|Code|PKRU"
     r"|pc|lr|sp|x[0-9]{1,2}|pstate):"
-    r"|Exception stack|---\[ |\.\.\."
+    r"|Exception stack|\.\.\."
 )
+_TRACE_LINE = re.compile(_TRACE_BODY + r"|---\[ ")
+# Runs of whole lines read at regex speed (prefix included); see ConsoleWatcher._lines.
+_ANY_PREFIX = _PREFIX.pattern.replace("(?:\\[ *([CT][0-9]+)\\])", "(?:\\[ *[CT][0-9]+\\])")
+_TRACE_RUN = re.compile(rf"(?:{_ANY_PREFIX}(?:{_TRACE_BODY})[^\n]*\n)*")
+_RUN_FRAME = _re(rf"(?m)^{_ANY_PREFIX}(?:\?|(?:{{PC}} ){{0,2}}{{FUNC}})")
+# What can change a report's course on a line outside a trace: a header, an end marker, a
+# stack's first line, a sanitizer's closing rule. A line with none of these is simply added.
+_EVENTS = (*NEEDLES, "---[ end ", "race", "Allocated", "Freed", "acktrace", "Uninit", "=====")
+_WINDOW = 8192  # how far one bulk step looks ahead: a report is a few KiB, a chunk may be 1 MiB
 _TAIL = re.compile(r"Modules linked in:|CR2: |Kernel Offset:|Rebooting in|Dumping ftrace buffer"
                    r"|\(ftrace buffer empty\)|irq event stamp|hardirqs last|softirqs last")  # fmt: skip
 
@@ -506,7 +531,7 @@ class _Report:
     key: str
     context: str
     raw: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
+    messages: list[str | None] = field(default_factory=list)  # None: a frame, stripped when described
     chars: int = 0
     sanitizer: bool = False  # KASAN, UBSAN, KMSAN: several stacks and prose, ended only by their rule
     in_trace: bool = False
@@ -519,6 +544,14 @@ class _Report:
         self.raw.append(raw)
         self.messages.append(message)
         self.chars += len(raw) + 1
+
+    def take_frame(self, raw: str) -> bool:
+        """Add a frame line (never a header or an end); False when the report reached its cap."""
+        self.raw.append(raw)
+        self.messages.append(None)
+        self.chars += len(raw) + 1
+        self.saw_frame = self.saw_frame or self.in_trace
+        return len(self.raw) < MAX_REPORT_LINES and self.chars < MAX_REPORT_CHARS
 
     def take(self, raw: str, message: str, context: str) -> bool:
         """Add the line if it belongs; False when the report ended (with this line, or before it)."""
@@ -540,14 +573,20 @@ class _Report:
             return False
         elif _is_stack_start(message):
             self.in_trace = True
-        elif self.saw_frame and not _TRACE_LINE.match(message) and not _TAIL.match(message):
-            self.chars -= len(self.raw.pop()) + 1  # the trace is over: this line is not the report's
-            self.messages.pop()
-            return False
+        elif self.in_trace:
+            if _TRACE_LINE.match(message):
+                # "? frame": unreliable (the "guess" unwinder prints nothing else), but a frame of the trace.
+                self.saw_frame = self.saw_frame or message.startswith("?")
+            elif self.saw_frame and not _TAIL.match(message):
+                self.chars -= len(self.raw.pop()) + 1  # the trace is over: this line is not the report's
+                self.messages.pop()
+                return False
         return len(self.raw) < MAX_REPORT_LINES and self.chars < MAX_REPORT_CHARS
 
     def describe(self, extra: tuple[str, str] | None = None) -> Crash:
-        raw, messages = self.raw, self.messages
+        raw = self.raw
+        messages = [_message(line)[0] if message is None else message
+                    for line, message in zip(raw, self.messages, strict=True)]  # fmt: skip
         if extra is not None:
             raw, messages = [*raw, extra[0]], [*messages, extra[1]]
         title, kind = _describe(self.key, "\n".join(messages))
@@ -639,21 +678,74 @@ class ConsoleWatcher:
                     found[needle] = chunk.find(needle, start, end)
 
     def _lines(self, chunk: str, start: int, end: int) -> None:
-        """Feed the whole lines chunk[start:end+1] to the open report, one by one, until it ends."""
+        """Feed the whole lines chunk[start:end+1] to the open report until it ends.
+
+        Lines that cannot change the report's course are added in runs found at regex and
+        str.find speed (a report is mostly frames and registers); the others go one by one
+        through _line. Both ways give the same report, line for line.
+        """
+        report = self._report
+        assert report is not None
         while start <= end and self._ended is None:
+            stop = start if report.context else self._run_end(report, chunk, start, end)
+            if stop > start and self._add_run(report, chunk[start:stop]):
+                start = stop
+                continue
             line_end = chunk.find("\n", start, end + 1)
             self._line(chunk[start : min(line_end, start + MAX_LINE)])
             start = line_end + 1
 
+    @staticmethod
+    def _run_end(report: _Report, chunk: str, start: int, end: int) -> int:
+        """Where the lines from ``start`` that need no look of their own end (a line start)."""
+        if report.in_trace and not report.sanitizer:
+            match = _TRACE_RUN.match(chunk, start, end + 1)
+            return match.end() if match else start
+        limit = min(end + 1, start + _WINDOW)
+        first = limit
+        for word in _EVENTS:
+            position = chunk.find(word, start, first)
+            if position >= 0:
+                first = position
+        if first == limit:
+            return chunk.rfind("\n", start, limit) + 1 or start
+        return chunk.rfind("\n", start, first) + 1 or start
+
+    @staticmethod
+    def _add_run(report: _Report, run: str) -> bool:
+        """Add whole lines as _line would; False (nothing added) when a cap or a long line needs it to look."""
+        lines = run.split("\n")
+        lines.pop()  # the run ends with a newline
+        if max(map(len, lines)) > MAX_LINE:  # _line cuts such a line (before dropping "\r")
+            return False
+        if "\r" in run:
+            run = run.replace("\r", "")
+            lines = [line.replace("\r", "") for line in lines]
+        if len(report.raw) + len(lines) >= MAX_REPORT_LINES or report.chars + len(run) >= MAX_REPORT_CHARS:
+            return False
+        report.raw += lines
+        report.messages += [None] * len(lines)
+        report.chars += len(run)
+        if report.in_trace and not report.saw_frame and _RUN_FRAME.search(run):
+            report.saw_frame = True
+        return True
+
     def _line(self, line: str) -> None:
         if "\r" in line:
             line = line.replace("\r", "")
+        report = self._report
+        if report is not None:
+            frame = _RAW_FRAME.match(line)
+            if frame is not None and (not report.context or frame.group(1) in (None, report.context)):
+                if not report.take_frame(line):
+                    self._ended = report.describe()
+                return
         message, context = _message(line)
-        if self._report is None:
+        if report is None:
             key = _header(message)
             if key is not None:
                 self._report = _Report(key, context)
                 self._report.add(line, message)
             return
-        if not self._report.take(line, message, context):
-            self._ended = self._report.describe()
+        if not report.take(line, message, context):
+            self._ended = report.describe()
