@@ -54,13 +54,15 @@ class Services:
         }
 
     def board_env(self, role: str) -> dict[str, str]:
-        """A board class's lab worker: its coordinator (swept for the worker's stale locks at start-up),
-        and, from labgate's own environment, its staging ssh config and labgrid user name."""
-        places = [dc.labgrid for dc in self.runtime.config.device_classes if lab_queue(dc.name) == role and dc.labgrid]
-        if not places:
+        """A lab worker serving board classes: their coordinators (swept for the worker's stale locks at
+        start-up), and, from labgate's own environment, its staging ssh config and labgrid user name."""
+        queues = role.split("+")
+        coordinators = sorted({dc.labgrid.coordinator for dc in self.runtime.config.device_classes
+                               if dc.labgrid is not None and lab_queue(dc.name) in queues})  # fmt: skip
+        if not coordinators:
             return {}
         passed = ("LABGATE_LAB_SSH_CONFIG", "LABGATE_LAB_USER", "LABGATE_LAB_PLACE_WAIT_S")
-        return {"LABGATE_LAB_COORDINATORS": places[0].coordinator,
+        return {"LABGATE_LAB_COORDINATORS": " ".join(coordinators),
                 **{name: os.environ[name] for name in passed if name in os.environ}}  # fmt: skip
 
     def start_worker(self, queues: list[str], concurrency: int = 1) -> None:
