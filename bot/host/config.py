@@ -90,9 +90,10 @@ class Scheduling(_Strict):
     """How test jobs wait for their device class (bot/pipelines/scheduler.py): a small window of messages
     in the broker per class, the rest in the store; back-pressure and quotas per submitter."""
 
-    window_margin: int = Field(1, ge=0, le=64, description="messages a class holds in the broker beyond its "
-                               "capacity, so a worker finds its next job while the control side records a "
-                               "result; the window is capacity + this")  # fmt: skip
+    window_margin: int = Field(0, ge=0, le=64, description="messages a class holds in the broker beyond its "
+                               "capacity (the jobs its workers run): each is a job that waits there, behind "
+                               "nothing newer, not in the store's fair order; raise it only for classes whose "
+                               "jobs take seconds, where a worker idles while its result is recorded")  # fmt: skip
     max_waiting_per_class: int = Field(5000, gt=0, description="jobs waiting for one class; more are not "
                                        "taken (`skip` with the reason; /retest when it has drained)")  # fmt: skip
     submitter_jobs_in_flight: int = Field(4, gt=0, description="test jobs of one approved or CI-job submitter "
