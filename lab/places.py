@@ -151,7 +151,11 @@ class Coordinator:
             log.debug("closing the coordinator session failed", exc_info=True)
 
     def _run(self, awaitable: Any) -> Any:
-        return self.loop.run_until_complete(awaitable)
+        """Run one coordinator call; its refusals (place gone, not ours to lock) are LabSetupError."""
+        try:
+            return self.loop.run_until_complete(awaitable)
+        except grpc.aio.AioRpcError as exc:
+            raise LabSetupError(f"labgrid coordinator {self.address}: {exc.code().name}: {exc.details()}") from exc
 
     def _call(self, method: str, request: Any) -> Any:
         """A coordinator RPC, then a sync so the session's view of places includes its effect."""

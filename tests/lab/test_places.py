@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from bot.cli.main import main
+from lab.errors import LabSetupError
 from lab.places import (
     Coordinator,
     Identity,
@@ -175,8 +176,14 @@ def test_a_busy_place_is_not_taken_offline_from_under_its_job(standin: StandinLa
     worker = _session(standin, "lab-worker")
     try:
         held = worker.reserve_and_lock({**standin.tags}, wait_s=10)
-        with pytest.raises(Exception, match="locked by testhost/lab-worker"):
+        with pytest.raises(LabSetupError, match="locked by testhost/lab-worker"):
             take_offline(standin.coordinator, held.name, "maintenance")
+        intruder = _session(standin, "intruder")
+        try:  # the coordinator's refusal comes back as the lab's error, never as a gRPC exception
+            with pytest.raises(LabSetupError, match="FAILED_PRECONDITION: Place .* is already acquired"):
+                intruder.lock(held.name)
+        finally:
+            intruder.close()
         assert worker.places()[held.name].acquired == "testhost/lab-worker"
         worker.release(held)
     finally:
