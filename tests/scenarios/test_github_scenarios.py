@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,22 +16,18 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bot.host.bring_up import Services, open_services, start_all_workers
-from bot.host.config import load_config
+from bot.host.bring_up import Services
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.github_api import FakeGitHub
 from tests.samples import github_payload, sent_now
+from tests.scenarios.running import git, running_labgate, wait_for
 
 REPO = "octo-org/hello"
 INSTALLATION = 77
 SECRET = "It's a Secret to Everybody"
 PATCHES = EXAMPLES / "hello" / "patches"
 
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.org", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
 @dataclass
@@ -99,10 +94,7 @@ class World:
         return runs
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
+        wait_for(predicate, what, timeout_s, poll_s=0.2)
 
     def wait_completed(self, sha: str, names: set[str], timeout_s: float = 150) -> dict[str, dict[str, Any]]:
         def done() -> bool:
@@ -135,15 +127,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"trees:\n  - name: hello\n    url: {origin}\n"
             f"    staging_branches: [staging]\n    github: {{repo: {REPO}}}\n"
         )
-        config = load_config(root / "labgate.yaml")
-        services = open_services(config, root / "labgate.yaml")
-        try:
-            start_all_workers(services)
+        with running_labgate(root / "labgate.yaml") as services:
             yield World(
                 fake, services, TestClient(create_app(services.runtime)), origin, git(origin, "rev-parse", "HEAD")
             )
-        finally:
-            services.stop()
 
 
 def test_forged_signature_is_rejected_and_nothing_is_stored(world: World) -> None:

@@ -4,7 +4,6 @@ FakeGitLab (driven through python-gitlab) recording what labgate asked of it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,12 +14,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bot.host.bring_up import Services, open_services, start_all_workers
-from bot.host.config import load_config
+from bot.host.bring_up import Services
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.gitlab_api import FakeGitLab
 from tests.samples.gitlab import Project, User, merge_request_hook, note_hook, push_hook
+from tests.scenarios.running import git, running_labgate, wait_for
 
 HOOK_TOKEN = "glwt-scenario-0d9c8b7a"
 PATCHES = EXAMPLES / "hello" / "patches"
@@ -28,10 +27,6 @@ PIPELINE_STATUSES = {"labgate / checkout", "labgate / build x86_64", "labgate / 
 APPROVAL = "labgate / approval"
 DEVELOPER, MAINTAINER, REPORTER = 30, 40, 20
 
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.org", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
 @dataclass
@@ -91,10 +86,7 @@ class World:
         return [n for n in self.fake.notes_of(self.target.id, iid) if n["author"]["username"] == "labgate"]
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
+        wait_for(predicate, what, timeout_s, poll_s=0.2)
 
     def wait_finished(self, sha: str, names: set[str], timeout_s: float = 150) -> dict[str, dict[str, Any]]:
         def done() -> bool:
@@ -132,15 +124,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"trees:\n  - name: hello\n    url: {origin}\n"
             f"    staging_branches: [staging]\n    gitlab: {{project_id: {target_id}, project: octo-group/hello}}\n"
         )
-        config = load_config(root / "labgate.yaml")
-        services = open_services(config, root / "labgate.yaml")
-        try:
-            start_all_workers(services)
+        with running_labgate(root / "labgate.yaml") as services:
             yield World(fake, services, TestClient(create_app(services.runtime)), origin,
                         git(origin, "rev-parse", "HEAD"), Project(target_id, "octo-group/hello"),
                         Project(fork_id, "eve/hello"), {n: User(i, n) for n, i in ids.items()})  # fmt: skip
-        finally:
-            services.stop()
 
 
 def test_a_forged_token_gets_401_and_nothing_is_stored(world: World) -> None:

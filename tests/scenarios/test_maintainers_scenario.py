@@ -19,7 +19,7 @@ from bot.store.models import Pipeline
 from bot.store.once import once_done
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.patchwork_api import FakePatchwork
-from tests.scenarios.test_github_scenarios import git
+from tests.scenarios.running import git
 from tests.scenarios.test_patchwork_scenarios import PIPELINE_CONTEXTS, PROJECT, World
 
 MAINTAINERS = """MATHX LIBRARY

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.store.models import Pipeline
-from tests.scenarios.test_github_scenarios import git
+from tests.scenarios.running import git
 from tests.scenarios.test_patchwork_scenarios import PROJECT, World, running_world
 from tests.shared_fixtures import shared_fixture
 

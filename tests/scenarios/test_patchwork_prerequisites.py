@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from bot.store.models import Pipeline
 from tests.bot.forges.patchwork.test_prerequisites import GCD_CHANGE_ID, gcd_series, lcm_v2_on_gcd
-from tests.scenarios.test_patchwork_scenarios import PIPELINE_CONTEXTS, PROJECT, SAMPLE_CHANGE_ID, World, git
+from tests.scenarios.running import git
+from tests.scenarios.test_patchwork_scenarios import PIPELINE_CONTEXTS, PROJECT, SAMPLE_CHANGE_ID, World
 from tests.scenarios.test_patchwork_scenarios import world as world  # the fixture, one world for this module
 
 

@@ -16,14 +16,13 @@ import pytest
 
 from bot.cli.main import main
 from bot.forges.patchwork.client import PatchworkClient
-from bot.host.bring_up import Services, open_services, start_all_workers
-from bot.host.config import load_config
+from bot.host.bring_up import Services
 from bot.intake.mailing_list import poll_patchwork
 from bot.store.models import Pipeline
 from tests.bot.forges.mail.conftest import LocalController, RecordingHandler
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.patchwork_api import FakePatchwork
-from tests.scenarios.test_github_scenarios import git
+from tests.scenarios.running import git, running_labgate, wait_for
 
 PROJECT = "hello"
 SAMPLES = Path(__file__).parent.parent / "samples" / "mbox"
@@ -71,10 +70,7 @@ class World:
         return shown
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.3)
+        wait_for(predicate, what, timeout_s, poll_s=0.3)
 
     def wait_final(self, series_id: int) -> dict[int, dict[str, dict[str, Any]]]:
         def final() -> bool:
@@ -121,12 +117,10 @@ def running_world(root: Path, origin: Path, base_sha: str, *, tree: str, plan_fi
             f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'labgate CI <ci@example.org>'}}\n"
             f"trees:\n  - name: {tree}\n    url: {origin}\n    plan_file: {plan_file}\n    mail: {mail}\n"
         )
-        services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
         try:
-            start_all_workers(services)
-            yield World(pw, services, root / "labgate.yaml", base_sha, handler, origin)
+            with running_labgate(root / "labgate.yaml") as services:
+                yield World(pw, services, root / "labgate.yaml", base_sha, handler, origin)
         finally:
-            services.stop()
             smtp.stop()
 
 

@@ -14,14 +14,14 @@ import redis
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from bot.host.bring_up import open_services, start_all_workers
 from bot.host.config import load_config
 from bot.reporting.page_links import page_url
 from bot.store.models import Job
 from bot.web.app import create_app
 from tests.conftest import EXAMPLES, REPO_ROOT, make_git_repo
 from tests.fakes.github_api import FakeGitHub
-from tests.scenarios.test_github_scenarios import INSTALLATION, PATCHES, PIPELINE_CHECKS, REPO, SECRET, World, git
+from tests.scenarios.running import git, running_labgate
+from tests.scenarios.test_github_scenarios import INSTALLATION, PATCHES, PIPELINE_CHECKS, REPO, SECRET, World
 from workers.app import broker_redis
 from workers.checkout import git as worker_git
 from workers.errors import ConfigError
@@ -46,13 +46,9 @@ def private_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"trees:\n  - name: hello\n    url: {clone_url}\n    private: true\n"
             f"    github: {{repo: {REPO}}}\n"
         )
-        services = open_services(load_config(root / "labgate.yaml"), root / "labgate.yaml")
-        try:
-            start_all_workers(services)
+        with running_labgate(root / "labgate.yaml") as services:
             yield World(fake, services, TestClient(create_app(services.runtime)), origin,
                         git(origin, "rev-parse", "HEAD"))  # fmt: skip
-        finally:
-            services.stop()
 
 
 def _everything_published(world: World) -> bytes:
