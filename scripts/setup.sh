@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 busybox-static bubblewrap git cpio xz-utils gzip util-linux e2fsprogs
-  redis-server build-essential bc bison flex libelf-dev libssl-dev kmod linux-source-6.1 python3-venv chromium)
+  redis-server build-essential bc bison flex libelf-dev libssl-dev kmod linux-source-6.1 python3-venv chromium
+  openssh-server openssh-client rsync)  # ssh + rsync: images staged to a labgrid exporter host, as labgrid does
 
 # PostgreSQL for the tests, unless a server already answers (as on this project's CI machines).
 pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || APT_PACKAGES+=(postgresql)

@@ -22,7 +22,8 @@ def test_example_config_loads() -> None:
     assert config.database_url and config.database_url.startswith("postgresql")
     assert [dc.name for dc in config.device_classes] == ["qemu-x86_64", "board-x86"]
     board = config.device_classes[1].labgrid
-    assert board is not None and board.environment == REPO / "config" / "lab" / "board-env.yaml.j2"
+    assert board is not None and board.environment == REPO / "config" / ".." / "lab" / "envs" / "board.yaml.j2"
+    assert board.environment.is_file()
     assert config.caps.max_build_s == 1800
 
 
