@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 from lab.initramfs import Command, build_initramfs  # noqa: E402
 from lab.kernel import fetch_debian_kernel  # noqa: E402
 from lab.runner import END_MARKER  # noqa: E402
-from lab.standin.lab import start_standin_lab  # noqa: E402
 from workers.artifacts import ArtifactStore  # noqa: E402
 from workers.spec import JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec  # noqa: E402
+from workers.standin.lab import start_standin_lab  # noqa: E402
 from workers.testjob import run_board_job, run_test_job  # noqa: E402
 
 TARGETS = {"labgate_over_raw": 1.2, "board_over_raw": 1.5}

@@ -5,7 +5,7 @@ the device class's environment for that place (a RemotePlace plus drivers), then
 stage the kernel and initramfs with the place's provider driver (ssh to the exporter host, as
 labgrid's ManagedFile does), power on, read the console and the DUT runner's port through
 SerialDriver, power off, and release whatever happened. No QEMUDriver and no subprocess of
-ours: on the stand-in board (lab/standin/) the QEMU belongs to the PDU.
+ours: on the stand-in board (workers/standin/) the QEMU belongs to the PDU.
 """
 
 from __future__ import annotations

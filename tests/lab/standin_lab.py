@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lab.initramfs import Command, build_initramfs
-from lab.standin.lab import StandinLab, start_standin_lab
 from tests.requirements import missing, need
+from workers.standin.lab import StandinLab, start_standin_lab
 
 ENVIRONMENT = Path(__file__).resolve().parents[2] / "lab" / "envs" / "board.yaml.j2"
 

@@ -24,8 +24,8 @@ from lab.places import (
     bring_online,
     take_offline,
 )
-from lab.standin.lab import StandinLab
 from tests.lab.standin_lab import ENVIRONMENT, standin
+from workers.standin.lab import StandinLab
 
 __all__ = ["standin"]  # the fixture, imported for this module's tests
 ROOT = Path(__file__).resolve().parents[2]

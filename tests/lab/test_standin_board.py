@@ -20,13 +20,13 @@ import requests
 import yaml
 
 from lab.places import Coordinator, Identity
-from lab.standin.board import BoardSettings, StandinBoard
-from lab.standin.lab import StandinLab
-from lab.standin.pdu import StandinPdu
-from lab.standin.staging_sshd import ensure_stage_user
 from tests.lab.standin_lab import ENVIRONMENT, ktap_initramfs, need_standin, standin
 from workers.artifacts import ArtifactStore
 from workers.spec import ArtifactRef, JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec
+from workers.standin.board import BoardSettings, StandinBoard
+from workers.standin.lab import StandinLab
+from workers.standin.pdu import StandinPdu
+from workers.standin.staging_sshd import ensure_stage_user
 from workers.testjob import run_board_job
 
 __all__ = ["standin"]  # the fixture, imported for this module's tests

@@ -2,7 +2,7 @@
 
 What an operator runs on real hosts (their own coordinator, an exporter next to the boards,
 places made with labgrid-client), brought up on one machine for CI and demos:
-`python -m lab.standin.lab DIR [BOARDS [COORDINATOR_PORT]]` runs it until interrupted and prints
+`python -m workers.standin.lab DIR [BOARDS [COORDINATOR_PORT]]` runs it until interrupted and prints
 the settings a lab worker and a `lab: labgrid` device class need (README, "Labs").
 """
 
@@ -24,7 +24,7 @@ import yaml
 
 from lab.errors import LabSetupError
 from lab.places import Coordinator, Identity
-from lab.standin.staging_sshd import STAGE_USER, StagingSshd, ensure_stage_user, free_port, start_staging_sshd
+from workers.standin.staging_sshd import STAGE_USER, StagingSshd, ensure_stage_user, free_port, start_staging_sshd
 
 EXPORTER_NAME = "standin"
 DEFAULT_TAGS = {"board": "standin-x86"}
@@ -100,7 +100,7 @@ def _start(lab: StandinLab, count: int, coordinator_port: int) -> None:
     ports_file.unlink(missing_ok=True)
     spec.write_text(json.dumps({"state_dir": str(directory / "boards"), "ports_file": str(ports_file),
                                 "boards": boards}))  # fmt: skip
-    lab.processes["pdu"] = _spawn([sys.executable, "-m", "lab.standin", str(spec)], directory / "pdu.log")
+    lab.processes["pdu"] = _spawn([sys.executable, "-m", "workers.standin", str(spec)], directory / "pdu.log")
     ports = json.loads(_wait_file(ports_file, lab.processes["pdu"]).read_text())
     lab.pdu_url, lab.boards = ports["pdu_url"], ports["boards"]
 

@@ -6,7 +6,7 @@ staged kernel and initramfs (as a board loads them over TFTP) and starts QEMU co
 way lab/runner.py confines it: an unprivileged slot uid under bubblewrap and setpriv (no
 capabilities, no_new_privs, seccomp), no network namespace of the host's, `-sandbox on`,
 cgroup caps, dying with the PDU. QEMU's two UARTs are unix sockets in its runtime directory
-that lab/standin/relay.py serves on TCP: ttyS0 is the console, ttyS1 the DUT runner's port.
+that workers/standin/relay.py serves on TCP: ttyS0 is the console, ttyS1 the DUT runner's port.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 from lab.board import INITRAMFS_NAME, KERNEL_NAME  # what the board boots from its image directory
 from lab.errors import LabSetupError
 from lab.runner import QEMU_SANDBOX
-from lab.standin.relay import SerialRelay
-from lab.standin.staging_sshd import STAGE_USER
 from workers import seccomp
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
 from workers.slots import DEFAULT_QEMU_UIDS, QEMU_UIDS_ENV, Slot, UidRange, hold_slot
+from workers.standin.relay import SerialRelay
+from workers.standin.staging_sshd import STAGE_USER
 from workers.testjob import QEMU_MAX_PROCESSES, QEMU_OVERHEAD_BYTES, QEMU_TMP_BYTES
 
 log = logging.getLogger(__name__)

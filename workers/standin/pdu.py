@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lab.errors import LabSetupError
-from lab.standin.board import BoardError, StandinBoard
+from workers.standin.board import BoardError, StandinBoard
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m lab.standin SPEC.json`: run the stand-in boards and their PDU until SIGTERM.
+"""`python -m workers.standin SPEC.json`: run the stand-in boards and their PDU until SIGTERM.
 
 SPEC: {"state_dir": DIR, "ports_file": FILE, "boards": [{"name", "images", "memory_mb"?}, ...]}.
 When the PDU answers, FILE gets {"pdu_url": ..., "boards": [{"name", "console", "runner",
@@ -14,8 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from lab.standin.board import BoardSettings, StandinBoard
-from lab.standin.pdu import StandinPdu
+from workers.standin.board import BoardSettings, StandinBoard
+from workers.standin.pdu import StandinPdu
 
 
 def main(argv: list[str]) -> int:
