@@ -384,7 +384,7 @@ def _header(message: str) -> str | None:
     return key
 
 
-def _frames(text: str, parts: tuple[re.Pattern[str] | None, ...], skip: re.Pattern[str]) -> list[str]:
+def _frames(text: str, parts: tuple[re.Pattern[str] | None, ...], skip: tuple[str, ...]) -> list[str]:
     """Frames found by matching parts in turn down the report's lines (syzbot's stack walk).
 
     A part matches on the first line from here that has it; PARSE takes a frame from each line
@@ -417,10 +417,11 @@ def _next_line(text: str, position: int) -> int:
 
 
 @functools.lru_cache(maxsize=8192)
-def _skipped(skip: re.Pattern[str], name: str) -> bool:
+def _skipped(skip: tuple[str, ...], name: str) -> bool:
+    """Whether a frame is never the culprit (generic, or in the format's own skip list)."""
     # A long alternation searched at every position of the name: worth remembering, since the
     # same generic frames (dump_stack, kmalloc...) come back in every report.
-    return skip.search(name) is not None
+    return _skip_pattern(skip).search(name) is not None
 
 
 @functools.lru_cache(maxsize=64)
@@ -435,7 +436,7 @@ def _strip_syscall(frame: str) -> str:
 
 
 def _culprit(stack: _Stack, text: str) -> str:
-    skip = _skip_pattern(stack.skip)
+    skip = stack.skip
     for parts in (stack.parts, stack.parts2):
         if not parts:
             continue
@@ -485,6 +486,7 @@ _VOLATILE = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _clean_title(title: str) -> str:
     for pattern, replacement in _VOLATILE:
         while True:
@@ -516,6 +518,7 @@ _TRACE_BODY = (
 _TRACE_LINE = re.compile(_TRACE_BODY + r"|---\[ ")
 # Runs of whole lines read at regex speed (prefix included); see ConsoleWatcher._lines.
 _ANY_PREFIX = _PREFIX.pattern.replace("(?:\\[ *([CT][0-9]+)\\])", "(?:\\[ *[CT][0-9]+\\])")
+_LINE_PREFIXES = re.compile(rf"(?m)^{_ANY_PREFIX}")
 _TRACE_RUN = re.compile(rf"(?:{_ANY_PREFIX}(?:{_TRACE_BODY})[^\n]*\n)*")
 _RUN_FRAME = _re(rf"(?m)^{_ANY_PREFIX}(?:\?|(?:{{PC}} ){{0,2}}{{FUNC}})")
 # What can change a report's course on a line outside a trace: a header, an end marker, a
@@ -584,13 +587,10 @@ class _Report:
         return len(self.raw) < MAX_REPORT_LINES and self.chars < MAX_REPORT_CHARS
 
     def describe(self, extra: tuple[str, str] | None = None) -> Crash:
-        raw = self.raw
-        messages = [_message(line)[0] if message is None else message
-                    for line, message in zip(raw, self.messages, strict=True)]  # fmt: skip
-        if extra is not None:
-            raw, messages = [*raw, extra[0]], [*messages, extra[1]]
-        title, kind = _describe(self.key, "\n".join(messages))
-        return Crash(title=title, kind=kind, excerpt="\n".join(raw))
+        excerpt = "\n".join(self.raw if extra is None else [*self.raw, extra[0]])
+        # Every line's prefix stripped in one pass: the same messages _message gives, line by line.
+        title, kind = _describe(self.key, _LINE_PREFIXES.sub("", excerpt))
+        return Crash(title=title, kind=kind, excerpt=excerpt)
 
 
 class ConsoleWatcher:
