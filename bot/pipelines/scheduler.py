@@ -199,7 +199,8 @@ def set_offline(runtime: Runtime, device_class: str, reason: str | None) -> None
 def waiting_report_title(job: Job) -> str:
     """`waiting for <class>: N ahead, about M min`, with why when the class is offline or the quota is used."""
     session = object_session(job)
-    assert session is not None
+    if session is None:  # a job read and let go: where it stands is not known here
+        return f"waiting for {_class_name(job)}"
     ahead = session.scalar(
         select(func.count()).select_from(Job).where(
             Job.queue == job.queue, Job.state == WAITING,
