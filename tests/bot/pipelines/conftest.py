@@ -99,13 +99,6 @@ def lab_config(tmp_path: Path, **scheduling: int) -> Config:
     )  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labgate.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def open_lab(tmp_path: Path, database_url: str, redis_db_url: str) -> Iterator[object]:
     """Make a Lab with scheduling settings of the test's choosing."""

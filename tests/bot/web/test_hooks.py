@@ -72,13 +72,6 @@ def make_config(root: Path, secret: str | None = SECRET) -> Config:
     return Config(data_dir=root / "data", github=github, trees=[tree])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labgate.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def hook(tmp_path: Path, database_url: str, redis_db_url: str) -> Iterator[Hook]:
     configure(redis_db_url, longest_job_s=60)

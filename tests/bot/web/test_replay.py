@@ -93,13 +93,6 @@ def make_config(root: Path, **github: Any) -> Config:
     return webhook_config(root, SECRET, **github)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labgate.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def open_hook(tmp_path: Path, database_url: str, redis_db_url: str) -> Iterator[Any]:
     """Start the app with a config of the test's choosing; everything is closed afterwards."""
