@@ -68,7 +68,9 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     loop: asyncio.AbstractEventLoop | None = getattr(_threads, "loop", None)
     if loop is None or loop.is_closed():
         loop = _threads.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+    # Set every time: code between two sessions (an asyncio.run() in the same thread) leaves the thread
+    # with no current loop, and grpc.aio then finds none ("There is no current event loop").
+    asyncio.set_event_loop(loop)
     return loop
 
 

@@ -3,6 +3,7 @@ offline by hand, and a release (cancel, then unlock) that hands the place on at 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from lab.places import (
     Coordinator,
     Identity,
     PlaceUnavailable,
+    _thread_loop,
     bring_online,
     take_offline,
 )
@@ -236,3 +238,12 @@ def test_a_lab_worker_at_start_up_releases_the_locks_its_labgrid_user_left(
     finally:
         observer.close()
     _all_free(standin)
+
+
+def test_the_thread_loop_is_current_again_after_an_asyncio_run() -> None:
+    """grpc.aio looks the thread's current loop up; an asyncio.run() in between (another test, a tool)
+    leaves none, and the next coordinator session must not fail for it."""
+    first = _thread_loop()
+    asyncio.run(asyncio.sleep(0))
+    assert _thread_loop() is first
+    assert asyncio.get_event_loop_policy().get_event_loop() is first

@@ -33,13 +33,11 @@ from bot.intake.submissions import (
 from bot.pipelines.lifecycle import START_PIPELINE_TASK, record_result, start_pipeline
 from bot.store.ci_submissions import NewSubmission, open_submission_log
 from bot.store.models import Change, CiSubmission, Job, Pipeline
-from tests.bot.web.test_hooks import database_url
 from tests.conftest import EXAMPLES, make_git_repo
 from workers.app import CHECKOUT_QUEUE, CONTROL_QUEUE, configure
 from workers.checkout import mirror_path, prepare_checkout
 from workers.spec import CheckoutSpec, JobResult, JobSpec
 
-__all__ = ["database_url"]  # the fixture: each test on SQLite and on PostgreSQL
 ISSUER = "https://token.actions.githubusercontent.com"
 SHA = "a501fa6b" + "0" * 32
 PATCH = (Path(__file__).resolve().parents[3] / "examples" / "hello" / "patches" / "pass.patch").read_text()

@@ -36,7 +36,6 @@ from bot.web import submissions
 from bot.web.app import create_app
 from bot.web.hooks import BodyBudget
 from bot.web.submissions import open_submission_api
-from tests.bot.web.test_hooks import database_url
 from tests.fakes.oidc_issuer import DROP, FakeOidcIssuer, github_claims
 from workers.app import CONTROL_QUEUE, configure
 from workers.errors import UserError
@@ -49,7 +48,6 @@ SHA = "a501fa6b" + "0" * 32  # github_claims' sha
 OPERATOR = "operator-0123456789-abcdef"
 PUBLIC_URL = "https://ci.example.org"
 PATH = "/api/v1/submissions"
-__all__ = ["database_url"]  # the fixture: each test on SQLite and on PostgreSQL
 TITLE_REFUSED = "title: one line of text: no control, line separator or bidirectional formatting character"
 PATCH = (Path(__file__).resolve().parents[3] / "examples" / "hello" / "patches" / "pass.patch").read_text()
 

@@ -11,6 +11,7 @@ import pytest
 from bot.host.config import load_config
 from bot.host.stores import Runtime, open_runtime
 from tests.fakes.patchwork_api import FakePatchwork
+from workers.app import configure
 
 PROJECT = "netdev"
 
@@ -25,9 +26,11 @@ def pw() -> Iterator[FakePatchwork]:
         yield fake
 
 
-def open_patchwork_runtime(pw: FakePatchwork, tmp_path: Path, trees: dict[str, str]) -> Runtime:
+def open_patchwork_runtime(pw: FakePatchwork, tmp_path: Path, trees: dict[str, str], broker_url: str) -> Runtime:
     """labgate on `pw` with its data under tmp_path, polling the projects `trees` maps (project -> tree);
-    each tree a URL nobody serves (no workers run here)."""
+    each tree a URL nobody serves (no workers run here). The Celery app is pointed at `broker_url`: it is
+    the process's, and an earlier test may have left it on a broker that is gone."""
+    configure(broker_url, longest_job_s=60)
     (tmp_path / "token").write_text(pw.add_token("labgate-bot"))
     config = {
         "data_dir": str(tmp_path / "data"),

@@ -21,8 +21,8 @@ MBOX = Path(__file__).parents[3] / "samples" / "mbox" / "b4-mathx-lcm-v1.mbox"
 
 
 @pytest.fixture
-def runtime(pw: FakePatchwork, tmp_path: Path) -> Runtime:
-    return open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello"})
+def runtime(pw: FakePatchwork, tmp_path: Path, redis_db_url: str) -> Runtime:
+    return open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello"}, redis_db_url)
 
 
 def send(pw: FakePatchwork) -> int:

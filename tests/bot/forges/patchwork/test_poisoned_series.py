@@ -26,9 +26,9 @@ def nested_parts(depth: int) -> bytes:
 
 
 def test_attack_a_series_nested_past_the_parsers_limit_ends_with_a_reason_and_the_next_series_runs(
-    pw: FakePatchwork, tmp_path: Path
+    pw: FakePatchwork, tmp_path: Path, redis_db_url: str
 ) -> None:
-    runtime = open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello"})
+    runtime = open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello"}, redis_db_url)
     pw.add_series(PROJECT, "mathx: deep", ["mathx: deep"], cover=False, mbox=nested_parts(5000))
     later = pw.add_series(PROJECT, "mathx: add an lcm helper", ["mathx: add mathx_lcm()", "README: list"],
                           mbox=MBOX.read_bytes())  # fmt: skip

@@ -82,10 +82,10 @@ def lcm_v2_on_gcd(base: str = SAMPLE_BASE) -> bytes:
 
 
 @pytest.fixture
-def runtime(pw: FakePatchwork, tmp_path: Path) -> Runtime:
+def runtime(pw: FakePatchwork, tmp_path: Path, redis_db_url: str) -> Runtime:
     """Project `netdev` and project `other`, both tested on tree hello."""
     pw.add_project("other")
-    return open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello", "other": "hello"})
+    return open_patchwork_runtime(pw, tmp_path, {PROJECT: "hello", "other": "hello"}, redis_db_url)
 
 
 def send(pw: FakePatchwork, mbox: bytes, project: str = PROJECT, version: int = 2) -> int:
