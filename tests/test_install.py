@@ -85,7 +85,7 @@ def test_pip_installed_labgate_tries_examples_hello(tmp_path: Path, hello_repo: 
     assert found["migrations"] == shipped
     assert found["dut"] == {"init": True, "labgate-run": True} and found["askpass"] is True
     assert found["templates"] == sorted(p.name for p in (REPO_ROOT / "bot" / "web" / "templates").glob("*.html"))
-    assert found["envs"] == ["qemu.yaml.j2"]
+    assert found["envs"] == sorted(p.name for p in (REPO_ROOT / "lab" / "envs").glob("*.j2"))  # QEMU and boards
 
     config = tmp_path / "labgate.yaml"
     config.write_text(f"data_dir: {tmp_path / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n")
