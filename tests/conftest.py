@@ -29,8 +29,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Tests that assert on host-wide state (every process of the sandbox uids, cgroups, slot uids) or take
 # the whole machine (a kernel build): scripts/test.sh runs them alone, after the others ran in parallel.
+# test_worker_processes.py watches every QEMU on the host: a root QEMU another test runs at the same time
+# (a baseline boot, a labgrid QEMUDriver) would be taken for the lab's.
 EXCLUSIVE_PATHS = ("tests/security/test_build_escape.py", "tests/workers/test_sandbox.py",
-                   "tests/workers/test_slots.py", "tests/workers/test_cgroups.py")  # fmt: skip
+                   "tests/workers/test_slots.py", "tests/workers/test_cgroups.py",
+                   "tests/security/test_worker_processes.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
