@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from bot.host.config import load_config
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.org", *args], cwd=repo,
                           check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+def push_change_head(origin: Path, ref: str, patch: Path | None, *, on: str) -> str:
+    """A change's head in the stand-in repository under `ref` (a forge's refs/pull/N/head,
+    refs/merge-requests/N/head): `patch` applied on `on`, or an empty commit; its SHA."""
+    git(origin, "checkout", "-q", "--detach", on)
+    if patch is not None:
+        git(origin, "am", "-q", str(patch))
+    else:
+        git(origin, "commit", "-q", "--allow-empty", "-m", f"empty {uuid.uuid4().hex[:6]}")
+    sha = git(origin, "rev-parse", "HEAD")
+    git(origin, "update-ref", ref, sha)
+    git(origin, "checkout", "-q", "main")
+    return sha
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.github_api import FakeGitHub
 from tests.samples import github_payload, sent_now
-from tests.scenarios.running import git, running_labgate, wait_for
+from tests.scenarios.running import git, push_change_head, running_labgate, wait_for
 
 REPO = "octo-org/hello"
 INSTALLATION = 77
@@ -40,15 +40,7 @@ class World:
 
     def push_pull(self, number: int, patch: Path | None, *, on: str | None = None) -> str:
         """Make refs/pull/N/head in the origin (GitHub keeps one per pull request); its SHA."""
-        git(self.origin, "checkout", "-q", "--detach", on or self.base_sha)
-        if patch is not None:
-            git(self.origin, "am", "-q", str(patch))
-        else:
-            git(self.origin, "commit", "-q", "--allow-empty", "-m", f"empty {uuid.uuid4().hex[:6]}")
-        sha = git(self.origin, "rev-parse", "HEAD")
-        git(self.origin, "update-ref", f"refs/pull/{number}/head", sha)
-        git(self.origin, "checkout", "-q", "main")
-        return sha
+        return push_change_head(self.origin, f"refs/pull/{number}/head", patch, on=on or self.base_sha)
 
     def post(self, event: str, payload: dict[str, Any], *, delivery: str | None = None,
              secret: str = SECRET) -> Any:  # fmt: skip

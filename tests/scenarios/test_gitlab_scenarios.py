@@ -19,7 +19,7 @@ from bot.web.app import create_app
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.gitlab_api import FakeGitLab
 from tests.samples.gitlab import Project, User, merge_request_hook, note_hook, push_hook
-from tests.scenarios.running import git, running_labgate, wait_for
+from tests.scenarios.running import git, push_change_head, running_labgate, wait_for
 
 HOOK_TOKEN = "glwt-scenario-0d9c8b7a"
 PATCHES = EXAMPLES / "hello" / "patches"
@@ -43,15 +43,7 @@ class World:
     def push_head(self, iid: int, patch: Path | None, *, on: str | None = None) -> str:
         """Make refs/merge-requests/IID/head in the origin (GitLab keeps one per merge request, forks'
         too, in the target project); its SHA."""
-        git(self.origin, "checkout", "-q", "--detach", on or self.base_sha)
-        if patch is not None:
-            git(self.origin, "am", "-q", str(patch))
-        else:
-            git(self.origin, "commit", "-q", "--allow-empty", "-m", f"empty {uuid.uuid4().hex[:6]}")
-        sha = git(self.origin, "rev-parse", "HEAD")
-        git(self.origin, "update-ref", f"refs/merge-requests/{iid}/head", sha)
-        git(self.origin, "checkout", "-q", "main")
-        return sha
+        return push_change_head(self.origin, f"refs/merge-requests/{iid}/head", patch, on=on or self.base_sha)
 
     def open_mr(self, iid: int, sha: str, *, author: str = "alice", from_fork: bool = False,
                 action: str = "open", oldrev: str | None = None, **hook: Any) -> Any:  # fmt: skip
