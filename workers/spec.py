@@ -185,6 +185,16 @@ class TestSpec(_Frozen):
     max_console_bytes: int = Field(DEFAULT_MAX_CONSOLE_BYTES, gt=0)  # the kernel console kept; more stops the job
     network: bool = False  # the DUT gets a network: the class allows it and the tree grants it to the tier
     labgrid: LabgridTarget | None = None  # a board class's places; None: local QEMU
+    # Places where earlier attempts of this job ended `incomplete` through the place's fault: the job
+    # runs on another place of the class when one can take it within the wait cap.
+    avoid_places: tuple[str, ...] = ()
+    # A health check of exactly this place, which labgate holds offline (locked as OFFLINE_USER, lab/places.py):
+    # it boots there without a reservation; a pass hands the place back to service, a failure keeps it out.
+    health_check_place: str | None = None
+    # Non-empty when the control side has seen this device class boot a kernel to the runner (its
+    # evidence, said in the report): a change's kernel that then never reaches the runner broke boot
+    # (`fail` "boot failed"); with no evidence the boot is `incomplete` ("boot-unproven").
+    boot_evidence: str = ""
 
 
 class JobSpec(_Frozen):
@@ -209,6 +219,21 @@ class TestCase(_Frozen):
     reason: str = ""
     diagnostics: str = ""
     caveat: str = ""  # e.g. "ran as root: not forge-proof"
+
+
+# Why a test job is `incomplete` (JobResult.error_code): the lab's side failed, never the change.
+INCOMPLETE_NO_CONSOLE = "no-console-output"  # the target printed nothing at all
+INCOMPLETE_PLACE_UNAVAILABLE = "place-unavailable"  # no place was granted within the wait cap
+INCOMPLETE_QEMU_CRASHED = "qemu-crashed"  # QEMU exited on its own, not by the guest's power-off
+INCOMPLETE_POWER = "power-driver-error"  # the place's power, staging or console driver failed
+INCOMPLETE_FRAMING = "ktap-framing"  # the runner's own framing broke (its port, not a command's output)
+INCOMPLETE_BOOT_UNPROVEN = "boot-unproven"  # never reached the runner on a class not yet seen booting
+INCOMPLETE_LAB_KERNEL = "boot-failed"  # the lab's own kernel never reached the runner
+INCOMPLETE_CODES = (INCOMPLETE_NO_CONSOLE, INCOMPLETE_PLACE_UNAVAILABLE, INCOMPLETE_QEMU_CRASHED, INCOMPLETE_POWER,
+                    INCOMPLETE_FRAMING, INCOMPLETE_BOOT_UNPROVEN, INCOMPLETE_LAB_KERNEL)  # fmt: skip
+# Codes that count against the place (or QEMU slot) that ran the job: 3 in a row take a place offline.
+# A place nobody could get is not a fault of any one place.
+PLACE_FAULT_CODES = tuple(code for code in INCOMPLETE_CODES if code != INCOMPLETE_PLACE_UNAVAILABLE)
 
 
 class JobResult(_Frozen):

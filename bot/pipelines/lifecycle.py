@@ -189,7 +189,10 @@ def start_pipeline(runtime: Runtime, pipeline_id: int) -> None:
     outbox.send()
 
 
+# TestSpec fields the control side decided when it drafted or handed over the job (bot/core/caps.py, retries,
+# health checks), carried in Job.spec.
 CAPPED_TEST_FIELDS = ("boot_timeout_s", "silence_timeout_s", "max_console_bytes", "network")
+DECIDED_TEST_FIELDS = (*CAPPED_TEST_FIELDS, "avoid_places", "health_check_place", "boot_evidence")
 
 
 def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
@@ -203,18 +206,18 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
         # The lab's caps as configured now: nothing the plan says can lift them.
         fields["build"] = BuildSpec.model_validate({**job.spec, "limits": runtime.config.caps.build_limits()})
     else:
-        assert job.depends_on_id is not None
-        build_job = session.get(Job, job.depends_on_id)
-        assert build_job is not None
+        # A health check boots the lab's own kernel and builds nothing: it depends on no build.
+        build_job = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
+        built = build_job.outputs.get("artifacts", {}) if build_job is not None else {}
         dc = runtime.config.device_class(job.spec["device_class"])
         fields["test"] = TestSpec(
             name=job.spec["name"], device_class=dc.name, qemu=QemuSpec(**dc.qemu.model_dump()),
             kernel=job.spec["kernel"], commands=job.spec["commands"], timeout_s=job.spec["timeout_s"],
-            artifacts={k: ArtifactRef(**v) for k, v in build_job.outputs.get("artifacts", {}).items()},
+            artifacts={k: ArtifactRef(**v) for k, v in built.items()},
             kunit=job.spec.get("kunit", False), labgrid=_labgrid_target(dc),
             # The lab's caps drafted for this test (bot/core/caps.py); a job drafted before they existed
             # keeps the spec's defaults.
-            **{key: job.spec[key] for key in CAPPED_TEST_FIELDS if key in job.spec},
+            **{key: job.spec[key] for key in DECIDED_TEST_FIELDS if key in job.spec},
         )  # fmt: skip
     token = secrets.token_urlsafe(24)
     spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
