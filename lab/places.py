@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,10 @@ OFFLINE_USER = "labgate-offline"
 OFFLINE_PREFIX = "offline: "
 _POLL_S = 1.0  # polling a reservation also keeps it from expiring (60 s without a poll)
 _CONNECT_CAP_S = 10.0
+# After waiting the whole cap for a place it did not have to avoid, a job takes an avoided one only if it
+# is granted within this long: the cap was spent already.
+_AVOID_FALLBACK_S = 3.0
+HEALTH_CHECK_PRIO = 10.0  # a health check's reservation goes before every job's (prio 0) for its place
 
 
 class PlaceUnavailable(Exception):
@@ -74,6 +78,11 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def offline_identity() -> Identity:
+    """The labgrid user an offline place is locked as (by hand, or by labgate for a health check)."""
+    return Identity(socket.gethostname(), OFFLINE_USER)
+
+
 def worker_identity() -> Identity:
     """This host's lab worker, as it locks places (one worker process tree per user name and host)."""
     return Identity(socket.gethostname(), os.environ.get(LAB_USER_ENV, "labgate"))
@@ -101,6 +110,7 @@ class HeldPlace:
     token: str
     waited_s: float  # from asking to holding the lock
     waited_for: str = ""  # what held the places while we waited (empty: granted at once)
+    avoided: str = ""  # how the places the job had to avoid were kept from it, or why they were not
 
 
 class _Session(ClientSession):  # type: ignore[misc]
@@ -196,8 +206,9 @@ class Coordinator:
 
     # -- reservations ---------------------------------------------------------------------
 
-    def reserve(self, tags: dict[str, str]) -> str:
-        request = pb.CreateReservationRequest(filters={"main": pb.Reservation.Filter(filter=tags)}, prio=0.0)
+    def reserve(self, tags: dict[str, str], prio: float = 0.0) -> str:
+        """A reservation for one place with these tags (`name` matches a place's name, as in labgrid)."""
+        request = pb.CreateReservationRequest(filters={"main": pb.Reservation.Filter(filter=tags)}, prio=prio)
         response = self._run(self.session.stub.CreateReservation(request))
         return str(Reservation.from_pb2(response.reservation).token)
 
@@ -209,36 +220,98 @@ class Coordinator:
         self._run(self.session.stub.CancelReservation(pb.CancelReservationRequest(token=token)))
 
     def reserve_and_lock(self, tags: dict[str, str], wait_s: float,
-                         on_waiting: Callable[[str], None] | None = None) -> HeldPlace:  # fmt: skip
+                         on_waiting: Callable[[str], None] | None = None,
+                         avoid: Collection[str] = ()) -> HeldPlace:  # fmt: skip
         """Wait (up to wait_s) for the coordinator to grant a place with these tags, and lock it at once.
 
         A reservation not locked right away would keep the place from others until it expires, so
         the lock follows the grant; a wait past the cap cancels the reservation and raises
         PlaceUnavailable naming who holds the places. `on_waiting` hears once why we wait.
+
+        `avoid`: places where this job already failed through the place's fault. While another place
+        with the tags is in service (not offline), the job waits (within the cap) for one of those
+        only, by reserving each by name, so the coordinator never grants it an avoided one. When the
+        cap runs out, or no other place is in service, it takes what it is granted and says so.
         """
         started = time.monotonic()
-        token = self.reserve(tags)
+        others = self._in_service(tags, avoid) if avoid else []
+        if not others:
+            held = self._grant([tags], started, started + wait_s, on_waiting)
+            if held is None:
+                why = self.describe_holders(tags)
+                raise PlaceUnavailable(f"no place with {_tags(tags)} within {wait_s:g} s: {why}")
+            if avoid:
+                note = (f"could not avoid {', '.join(sorted(avoid))}: no other place with {_tags(tags)} is in service"
+                        if held.name in avoid else f"avoided {', '.join(sorted(avoid))}")  # fmt: skip
+                held = _with_note(held, note)
+            return held
+        by_name = [{**tags, "name": name} for name in others]
+        held = self._grant(by_name, started, started + wait_s, on_waiting, still_wanted=lambda: bool(
+            self._in_service(tags, avoid)))  # fmt: skip
+        if held is not None:
+            return _with_note(held, f"avoided {', '.join(sorted(avoid))}")
+        why = self.describe_holders(tags)
+        # The cap is spent (or every other place went offline): an avoided place, if it is free now.
+        held = self._grant([tags], started, time.monotonic() + _AVOID_FALLBACK_S, None)
+        if held is None:
+            raise PlaceUnavailable(f"no place with {_tags(tags)} within {wait_s:g} s: {why}")
+        return _with_note(held, f"could not avoid {held.name}: no other place within {wait_s:g} s ({why})")
+
+    def _in_service(self, tags: dict[str, str], avoid: Collection[str]) -> list[str]:
+        """Places with the tags that are not offline and not to be avoided."""
+        return [p.name for p in self.places().values()
+                if tags.items() <= p.tags.items() and p.offline_reason is None and p.name not in avoid]  # fmt: skip
+
+    def _grant(self, filters: list[dict[str, str]], started: float, deadline: float,
+               on_waiting: Callable[[str], None] | None,
+               still_wanted: Callable[[], bool] | None = None, prio: float = 0.0) -> HeldPlace | None:  # fmt: skip
+        """One reservation per filter; the first granted is locked and the others cancelled. None when
+        the deadline passes (or `still_wanted` says no) first: every reservation is cancelled then."""
+        tokens = [self.reserve(f, prio) for f in filters]
         waited_for = ""
         try:
             while True:
-                reservation = self.poll(token)
-                if reservation.state in (ReservationState.allocated, ReservationState.acquired):
-                    place = reservation.allocations["main"][0]
-                    self.lock(place)
-                    return HeldPlace(place, token, time.monotonic() - started, waited_for)
-                if reservation.state is not ReservationState.waiting:
-                    raise PlaceUnavailable(f"reservation for {_tags(tags)} ended as {reservation.state.name}")
+                for token in list(tokens):
+                    reservation = self.poll(token)
+                    if reservation.state in (ReservationState.allocated, ReservationState.acquired):
+                        place = reservation.allocations["main"][0]
+                        self.lock(place)
+                        tokens.remove(token)
+                        return HeldPlace(place, token, time.monotonic() - started, waited_for)
+                    if reservation.state is not ReservationState.waiting:
+                        raise PlaceUnavailable(f"reservation for {_tags(filters[0])} ended as {reservation.state.name}")
                 if not waited_for:
-                    waited_for = self.describe_holders(tags)
+                    # One filter: its places; several (each place but the avoided by name): all with the tags.
+                    shared = filters[0] if len(filters) == 1 else {k: v for k, v in filters[0].items() if k != "name"}
+                    waited_for = self.describe_holders(shared)
                     if on_waiting is not None:
                         on_waiting(waited_for)
-                if time.monotonic() - started > wait_s:
-                    raise PlaceUnavailable(f"no place with {_tags(tags)} within {wait_s:g} s: "
-                                           f"{self.describe_holders(tags)}")  # fmt: skip
+                if time.monotonic() > deadline or (still_wanted is not None and not still_wanted()):
+                    return None
                 time.sleep(_POLL_S)
-        except BaseException:
-            self.cancel(token)
-            raise
+        finally:
+            for token in tokens:
+                self.cancel(token)
+
+    def hold_offline(self, place: str, why: str, wait_s: float,
+                     on_waiting: Callable[[str], None] | None = None) -> HeldPlace:  # fmt: skip
+        """Take one place offline for a health check and hold it so (this session must speak as the
+        offline user): a place offline already stays as it is; a place a job holds is waited for
+        (within the cap) by a reservation of that place by name that goes before every job's, then
+        locked and the reservation dropped, as an offline place has none. The comment says `why`."""
+        started = time.monotonic()
+        state = self.places().get(place)
+        if state is None:
+            raise LabSetupError(f"no place {place}")
+        if state.offline_reason is not None:
+            return HeldPlace(place, "", 0.0)
+        held = self._grant([{"name": place}], started, started + wait_s, on_waiting, prio=HEALTH_CHECK_PRIO)
+        if held is None:
+            raise PlaceUnavailable(f"place {place} was not free to take offline within {wait_s:g} s: "
+                                   f"{self.describe_holders({'name': place})}")  # fmt: skip
+        self.cancel(held.token)
+        self.set_comment(place, OFFLINE_PREFIX + why)
+        return HeldPlace(place, "", held.waited_s, held.waited_for)
 
     def release(self, held: HeldPlace) -> None:
         """Cancel the reservation, then unlock: the order that frees the place for the next waiter at once."""
@@ -251,7 +324,7 @@ class Coordinator:
         """Why places with these tags are not free: who locks each, or why it is offline."""
         words = []
         for place in self.places().values():
-            if not tags.items() <= place.tags.items():
+            if not tags.items() <= {**place.tags, "name": place.name}.items():
                 continue
             if place.offline_reason is not None:
                 words.append(f"{place.name} offline ({place.offline_reason})")
@@ -266,9 +339,10 @@ class Coordinator:
 
 @contextmanager
 def holding_place(coordinator: Coordinator, tags: dict[str, str], wait_s: float,
-                  on_waiting: Callable[[str], None] | None = None) -> Iterator[HeldPlace]:  # fmt: skip
+                  on_waiting: Callable[[str], None] | None = None,
+                  avoid: Collection[str] = ()) -> Iterator[HeldPlace]:  # fmt: skip
     """A place reserved and locked for the block, always released (cancel, then unlock) after it."""
-    held = coordinator.reserve_and_lock(tags, wait_s, on_waiting)
+    held = coordinator.reserve_and_lock(tags, wait_s, on_waiting, avoid)
     try:
         yield held
     finally:
@@ -277,7 +351,7 @@ def holding_place(coordinator: Coordinator, tags: dict[str, str], wait_s: float,
 
 def take_offline(address: str, place: str, why: str) -> None:
     """Lock the place as `<host>/labgate-offline` with the reason in its comment (it must be idle)."""
-    coordinator = Coordinator(address, Identity(socket.gethostname(), OFFLINE_USER))
+    coordinator = Coordinator(address, offline_identity())
     try:
         current = coordinator.places().get(place)
         if current is None:
@@ -301,6 +375,35 @@ def bring_online(coordinator: Coordinator, place: str) -> None:
     assert current.acquired is not None
     coordinator.unlock(place, holder=current.acquired)
     coordinator.set_comment(place, "")
+
+
+def end_health_check(address: str, place: str, passed: bool, reason: str) -> bool:
+    """After a health check that held the place offline: a pass puts it back in service, anything else
+    keeps it offline with the failure in its comment. Returns whether the place is in service now."""
+    coordinator = Coordinator(address, offline_identity())
+    try:
+        if passed:
+            bring_online(coordinator, place)
+        else:
+            coordinator.set_comment(place, OFFLINE_PREFIX + f"health check failed: {reason}")
+        state = coordinator.places().get(place)
+        return state is not None and state.offline_reason is None
+    finally:
+        coordinator.close()
+
+
+def place_in_service(address: str, place: str) -> bool:
+    """Whether the place exists and is not offline (a job may hold it)."""
+    coordinator = Coordinator(address, Identity(socket.gethostname(), "labgate-observer"))
+    try:
+        state = coordinator.places().get(place)
+        return state is not None and state.offline_reason is None
+    finally:
+        coordinator.close()
+
+
+def _with_note(held: HeldPlace, avoided: str) -> HeldPlace:
+    return HeldPlace(held.name, held.token, held.waited_s, held.waited_for, avoided)
 
 
 def _tags(tags: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from lab.places import (
     PlaceUnavailable,
     _thread_loop,
     bring_online,
+    end_health_check,
+    offline_identity,
     take_offline,
 )
 from tests.lab.standin_lab import ENVIRONMENT, standin
@@ -44,6 +47,16 @@ def _all_free(lab: StandinLab) -> None:
         assert all(p.acquired is None and p.reservation is None for p in states.values()), states
     finally:
         observer.close()
+
+
+def _granted_within(session: Coordinator, token: str, seconds: float) -> str | None:
+    """The place the reservation is allocated within `seconds`, or None."""
+    deadline = time.monotonic() + seconds
+    while session.poll(token).state.name == "waiting":
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    return str(session.poll(token).allocations["main"][0])
 
 
 # Each job is a process of its own, as lab workers are (one labgrid session per process).
@@ -134,14 +147,10 @@ def test_release_cancels_then_unlocks_so_a_waiter_gets_the_place_at_once(standin
         token = second.reserve(standin.tags)
         assert second.poll(token).state.name == "waiting"
         first.release(held)
-        released_at = time.monotonic()
         state = first.places()["standin-0"]
         assert state.acquired is None and state.reservation != held.token
         # Unlock-then-cancel would leave the waiter to the coordinator's 15 s tick.
-        while second.poll(token).state.name == "waiting":
-            assert time.monotonic() - released_at < 5, "the waiter was not allocated the freed place at once"
-            time.sleep(0.1)
-        assert second.poll(token).allocations["main"] == ["standin-0"]
+        assert _granted_within(second, token, 5) == "standin-0", "the waiter was not allocated the freed place"
         second.cancel(token)
     finally:
         other.unlock("standin-1")
@@ -247,3 +256,92 @@ def test_the_thread_loop_is_current_again_after_an_asyncio_run() -> None:
     asyncio.run(asyncio.sleep(0))
     assert _thread_loop() is first
     assert asyncio.get_event_loop_policy().get_event_loop() is first
+
+
+def test_a_job_that_avoids_a_place_gets_another_waits_for_it_within_the_cap_and_says_when_it_could_not(
+    standin: StandinLab,
+) -> None:
+    worker = _session(standin, "lab-worker")
+    other = _session(standin, "someone-else")
+    avoid = ("standin-0",)
+    try:
+        held = worker.reserve_and_lock(standin.tags, wait_s=10, avoid=avoid)
+        assert (held.name, held.avoided) == ("standin-1", "avoided standin-0")
+        worker.release(held)
+
+        # The other place busy for a while: the job waits for it, though the avoided one is free all along.
+        locker = _python(_LOCKER, standin.coordinator, "3", "standin-1")
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        held = worker.reserve_and_lock(standin.tags, wait_s=30, avoid=avoid)
+        locker.wait(timeout=30)
+        assert held.name == "standin-1" and held.waited_s >= 1.0
+        assert "standin-1 locked by testhost/someone-else" in held.waited_for
+        worker.release(held)
+
+        # Busy past the cap: the avoided place after all, and the job says so.
+        other.lock("standin-1")
+        held = worker.reserve_and_lock(standin.tags, wait_s=2.0, avoid=avoid)
+        assert held.name == "standin-0"
+        assert held.avoided.startswith("could not avoid standin-0: no other place within 2 s")
+        assert "standin-1 locked by testhost/someone-else" in held.avoided
+        worker.release(held)
+        other.unlock("standin-1")
+
+        # The other place offline: no waiting for it at all.
+        take_offline(standin.coordinator, "standin-1", "fan broken")
+        started = time.monotonic()
+        held = worker.reserve_and_lock(standin.tags, wait_s=30, avoid=avoid)
+        assert held.name == "standin-0" and time.monotonic() - started < 5
+        assert held.avoided == "could not avoid standin-0: no other place with board=standin-x86 is in service"
+        worker.release(held)
+        bring_online(other, "standin-1")
+    finally:
+        worker.close()
+        other.close()
+    _all_free(standin)
+
+
+def _hold_offline_in_thread(address: str, place: str, why: str, out: list[object]) -> None:
+    coordinator = Coordinator(address, offline_identity())  # a session on this thread's own loop
+    try:
+        out.append(coordinator.hold_offline(place, why, wait_s=30))
+    except Exception as exc:
+        out.append(exc)
+    finally:
+        coordinator.close()
+
+
+def test_a_health_check_takes_its_place_offline_when_the_job_on_it_ends_before_any_waiting_job_gets_it(
+    standin: StandinLab,
+) -> None:
+    job = _session(standin, "lab-worker")
+    other = _session(standin, "someone-else")
+    waiter = _session(standin, "waiting-job")
+    try:
+        held = job.reserve_and_lock({**standin.tags, "name": "standin-0"}, wait_s=10)
+        other.lock("standin-1")
+        waiting = waiter.reserve(standin.tags)  # a job queued before the health check, for any place
+        out: list[object] = []
+        thread = threading.Thread(target=_hold_offline_in_thread,
+                                  args=(standin.coordinator, "standin-0", "health check (job 5)", out))  # fmt: skip
+        thread.start()
+        time.sleep(1.5)
+        assert thread.is_alive(), "the health check took the place from under its job"
+        job.release(held)
+        thread.join(30)
+        assert len(out) == 1 and not isinstance(out[0], Exception), out
+        state = job.places()["standin-0"]
+        assert state.offline_reason == "health check (job 5)" and state.reservation is None
+        assert state.acquired == f"{socket.gethostname()}/labgate-offline"
+        assert waiter.poll(waiting).state.name == "waiting", "the waiting job got the place before the check"
+
+        assert end_health_check(standin.coordinator, "standin-0", passed=False, reason="fail: boot failed") is False
+        assert job.places()["standin-0"].offline_reason == "health check failed: fail: boot failed"
+        assert end_health_check(standin.coordinator, "standin-0", passed=True, reason="pass") is True
+        assert _granted_within(waiter, waiting, 5) == "standin-0", "the place back in service was not granted"
+        waiter.cancel(waiting)
+    finally:
+        other.unlock("standin-1")
+        for session in (job, other, waiter):
+            session.close()
+    _all_free(standin)
