@@ -7,9 +7,39 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+class BlobRefused(ValueError):
+    """Bytes that arrived for a digest do not hash to it, or are more than allowed: nothing was stored."""
+
+
+class BlobTooLarge(BlobRefused):
+    """More bytes arrived than the receiver allows."""
+
+
+class Receiving:
+    """Bytes arriving for one expected digest, written under a temporary name: visible under the digest
+    only once they all hashed to it (ArtifactStore.receive)."""
+
+    def __init__(self, handle: BinaryIO, digest: str, limit: int) -> None:
+        self._handle, self._digest, self._limit = handle, digest, limit
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, block: bytes) -> None:
+        self.size += len(block)
+        if self.size > self._limit:
+            raise BlobTooLarge(f"more than {self._limit} bytes for {self._digest[:12]}")
+        self._sha.update(block)
+        self._handle.write(block)
+
+    def check(self) -> None:
+        if self._sha.hexdigest() != self._digest:
+            raise BlobRefused(f"the bytes received hash to {self._sha.hexdigest()[:12]}, not {self._digest[:12]}")
 
 
 class ArtifactStore:
@@ -95,6 +125,24 @@ class ArtifactStore:
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, final)
             return digest
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @contextmanager
+    def receive(self, digest: str, *, limit: int) -> Iterator[Receiving]:
+        """Take bytes that must hash to `digest` (at most `limit` of them): they become visible under it
+        when the block ends, only if they do; otherwise BlobRefused and nothing is left behind."""
+        final = self.path_of(digest)  # refuses anything but a digest before a file is made
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".in-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                receiving = Receiving(handle, digest, limit)
+                yield receiving
+            receiving.check()
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -326,3 +326,40 @@ def parse_changed_lines(diff: str) -> dict[str, list[tuple[int, int]]]:
             if count:
                 changed.setdefault(current, []).append((start, start + count - 1))
     return changed
+
+
+def make_bundle(mirror: Path, keep_ref: str, base_sha: str, dest: Path) -> bool:
+    """The commits of keep_ref that the base lacks, as a git bundle at dest (for a build host with its own
+    mirror, which has the base from the tree). False when there are none (the tested commit is the
+    base's own history): the tree's mirror has all there is."""
+    with locked(mirror):
+        if not git(["rev-list", "--max-count=1", keep_ref, f"^{base_sha}"], mirror).stdout.strip():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        git(["bundle", "create", "--quiet", str(dest), keep_ref, f"^{base_sha}"], mirror)
+    return True
+
+
+def has_commit(mirror: Path, sha: str) -> bool:
+    if not (mirror / "HEAD").exists():
+        return False
+    return git(["cat-file", "-e", f"{sha}^{{commit}}"], mirror, check=False).returncode == 0
+
+
+def fetch_tested_commit(mirror: Path, url: str, sha: str, bundle: Path | None) -> None:
+    """Make the tested commit present in this host's own mirror: fetched from the tree, then from the
+    checkout's bundle. Git checks every object it takes from the bundle (transfer.fsckObjects) and the
+    commit is looked up by its id afterwards: a bundle that lacks it fails the job as ours."""
+    with locked(mirror):
+        if has_commit(mirror, sha):
+            return
+        update_mirror(mirror, url)
+        if has_commit(mirror, sha):
+            return
+        if bundle is None:
+            raise InfraError(f"the tested commit {sha[:12]} is neither in the tree nor in a bundle")
+        git(["bundle", "verify", "--quiet", str(bundle)], mirror)
+        git(["-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", str(bundle),
+             "+refs/labgate/*:refs/labgate/*"], mirror)  # fmt: skip
+        if not has_commit(mirror, sha):
+            raise InfraError(f"the checkout's bundle does not hold the tested commit {sha[:12]}")

@@ -136,6 +136,9 @@ class BuildSpec(_Frozen):
     artifacts: tuple[RelativePath, ...]
     timeout_s: int
     limits: BuildLimits = BuildLimits()
+    # Workers on other hosts: the tested commits as a git bundle (relative to the base) the checkout
+    # worker uploaded; the build worker fetches it into its own mirror. None: the mirror is shared.
+    bundle_digest: str | None = None
 
 
 class QemuSpec(_Frozen):
@@ -197,6 +200,16 @@ class TestSpec(_Frozen):
     boot_evidence: str = ""
 
 
+class Exchange(_Frozen):
+    """How a worker on another host moves this one job's blobs (bot/core/signed_urls.py): short-lived
+    grants the control side signed for this job only, never a key. URL: f"{base_url}/{digest}?{query}"."""
+
+    base_url: str  # the control side's exchange route, e.g. http://control:8080/exchange
+    downloads: dict[str, str]  # digest -> the query that lets this job GET it (and nothing else)
+    upload_query: str  # lets this job PUT blobs of at most upload_max_bytes each, stored by their sha256
+    upload_max_bytes: int = Field(gt=0)
+
+
 class JobSpec(_Frozen):
     job_id: int
     pipeline_id: int
@@ -209,6 +222,9 @@ class JobSpec(_Frozen):
     checkout: CheckoutSpec | None = None
     build: BuildSpec | None = None
     test: TestSpec | None = None
+    # Set when the control side serves blobs over HTTP: the worker fetches its inputs and uploads
+    # its log and outputs through it. None: workers share the control side's artifact store.
+    exchange: Exchange | None = None
 
 
 class TestCase(_Frozen):

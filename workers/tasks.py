@@ -25,9 +25,10 @@ from workers.app import (
 from workers.artifacts import ArtifactStore
 from workers.base_file import answer_request
 from workers.build import run_build
-from workers.checkout import CheckoutOutcome, mirror_path, prepare_checkout
+from workers.checkout import CheckoutOutcome, fetch_tested_commit, make_bundle, mirror_path, prepare_checkout
 from workers.errors import InfraError, UserError
 from workers.leftovers import holding_job, sweep_orphans
+from workers.remote_store import fetch_inputs, publish_outputs
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
 from workers.spec import (
     BASE_FILE_READ_TASK,
@@ -80,6 +81,7 @@ def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None
         outcome = _checkout(spec, patches, credential if credential.exists() else None)
     finally:
         credential.unlink(missing_ok=True)  # used once; the token also expires on its own
+    bundle = _bundle(spec, outcome, store) if spec.exchange is not None else None
     return JobResult(
         job_id=spec.job_id,
         delivery=delivery,
@@ -92,8 +94,20 @@ def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None
             "changed_files": list(outcome.changed_files),
             "changed_lines": outcome.changed_lines,
             "base_is_ancestor": outcome.base_is_ancestor,
+            **({"bundle_digest": bundle} if bundle else {}),
         },
     )
+
+
+def _bundle(spec: JobSpec, outcome: CheckoutOutcome, store: ArtifactStore) -> str | None:
+    """The tested commits as a git bundle in the store, for build hosts with their own mirror."""
+    path = job_dir(spec) / "tested.bundle"
+    try:
+        made = make_bundle(mirror_path(work_dir_from_env(), spec.tree_name),
+                           f"refs/labgate/pipelines/{spec.pipeline_id}", outcome.base_sha, path)  # fmt: skip
+        return store.put_file(path) if made else None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path | None) -> CheckoutOutcome:
@@ -117,12 +131,17 @@ def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path 
 def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     assert spec.build is not None
     work_dir = work_dir_from_env()
+    store = ArtifactStore(artifacts_dir_from_env())
+    if spec.exchange is not None:  # a build host of its own: the tree from its URL, the change from the bundle
+        bundle = spec.build.bundle_digest
+        fetch_tested_commit(mirror_path(work_dir, spec.tree_name), spec.tree_url, spec.build.head_sha,
+                            store.path_of(bundle) if bundle else None)  # fmt: skip
     outcome = run_build(
         spec.build,
         mirror=mirror_path(work_dir, spec.tree_name),
         job_dir=job_dir(spec),
         uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS),
-        store=ArtifactStore(artifacts_dir_from_env()),
+        store=store,
         max_log_bytes=spec.max_log_bytes,
         later=later.append,
     )
@@ -223,7 +242,14 @@ def _execute(task: Task, spec: JobSpec, delivery: int,
              later: list[Callable[[], None]]) -> JobResult:  # fmt: skip
     """The job's result, with our own failures turned into results (InfraError retried first)."""
     try:
-        return execute(spec, delivery, later)
+        if spec.exchange is None:
+            return execute(spec, delivery, later)
+        # A worker on another host: its inputs fetched first, its outputs uploaded before the result is sent.
+        store = ArtifactStore(artifacts_dir_from_env())
+        fetch_inputs(spec, store)
+        result = execute(spec, delivery, later)
+        publish_outputs(spec, result, store)
+        return result
     except UserError as exc:
         return JobResult(job_id=spec.job_id, delivery=delivery, result=None,
                          error_code="user-error", error_message=str(exc))  # fmt: skip

@@ -13,6 +13,8 @@ from starlette.routing import Route
 
 from bot.host.stores import Runtime
 from bot.oidc.types import Verifier
+from bot.pipelines.exchange_grants import exchange_url
+from bot.web.artifact_exchange import exchange_routes
 from bot.web.hooks import open_github_hook, open_gitlab_hook
 from bot.web.intake import open_intake
 from bot.web.pages import page_routes
@@ -44,6 +46,8 @@ def create_app(runtime: Runtime, *, submission_verifier: Verifier | None = None)
     # the pipeline access check (bot/web/access.py), which serves pages.
     submissions = open_submission_api(runtime, submission_verifier) if runtime.config.oidc is not None else None
     routes += submissions.routes if submissions is not None else []
+    # Workers on other hosts fetch and upload a job's blobs here, with the job's signed grants only.
+    routes += exchange_routes(runtime) if exchange_url() is not None else []
     routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)
 
     @asynccontextmanager

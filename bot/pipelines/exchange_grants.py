@@ -1,0 +1,81 @@
+"""Grants for workers on other hosts: the control side's exchange URL and key, and one job's grants.
+
+Configured by LABGATE_EXCHANGE_URL (the web's exchange route as the workers reach it, e.g.
+http://control.lab:8080/exchange). Unset: workers share the control side's artifact store, as on one host.
+The key lives in the data dir, made on first use and readable by its owner only: the web (which checks
+grants) and the control worker (which issues them) share that dir; no job worker is ever given it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from bot.core.signed_urls import ANY_DIGEST, DOWNLOAD, UPLOAD, Grant, sign
+from bot.host.config import Config
+from workers.app import VISIBILITY_MARGIN_S
+from workers.spec import Exchange
+
+EXCHANGE_URL_ENV = "LABGATE_EXCHANGE_URL"
+KEY_FILE = "exchange.key"
+# A grant must outlive the job's wait in its queue and one redelivery of the same message (a
+# redelivery keeps the spec, and so its grants): an hour of queueing on top of the longest job and
+# the broker's visibility timeout. Past that a job fails as ours and is dispatched anew with fresh grants.
+QUEUE_ALLOWANCE_S = 3600
+
+
+def exchange_url() -> str | None:
+    return os.environ.get(EXCHANGE_URL_ENV) or None
+
+
+def exchange_key(data_dir: Path) -> bytes:
+    """The control side's signing key (32 random bytes), made once, atomically, mode 0600."""
+    path = data_dir / KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{KEY_FILE}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    try:
+        os.link(tmp, path)  # the first writer wins; a racing one reads the winner's key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+def grant_lifetime_s(config: Config) -> int:
+    return max(config.caps.max_build_s, config.caps.max_job_s) + VISIBILITY_MARGIN_S + QUEUE_ALLOWANCE_S
+
+
+def upload_cap_bytes(config: Config) -> int:
+    """The most one upload may hold: an artifact, or a test's log (its console and runner port, each
+    capped at max_log_bytes), with room for labgate's own lines."""
+    caps = config.caps
+    return max(caps.max_artifact_bytes, 2 * caps.max_log_bytes + (64 << 10))
+
+
+def job_exchange(config: Config, data_dir: Path, job_id: int, downloads: Iterable[str],
+                 now: float | None = None) -> Exchange | None:  # fmt: skip
+    """This job's grants: a download grant per input digest, an upload grant capped in bytes; None when
+    no exchange is configured."""
+    base_url = exchange_url()
+    if base_url is None:
+        return None
+    key = exchange_key(data_dir)
+    expires = int(now if now is not None else time.time()) + grant_lifetime_s(config)
+    cap = upload_cap_bytes(config)
+    return Exchange(
+        base_url=base_url,
+        downloads={digest: sign(key, Grant(DOWNLOAD, digest, job_id, expires)) for digest in dict.fromkeys(downloads)},
+        upload_query=sign(key, Grant(UPLOAD, ANY_DIGEST, job_id, expires, cap)),
+        upload_max_bytes=cap,
+    )

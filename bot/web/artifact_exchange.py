@@ -1,0 +1,58 @@
+"""The exchange route: workers on other hosts fetch and upload one job's blobs by digest with the grants
+in their JobSpec (bot/core/signed_urls.py, bot/pipelines/exchange_grants.py).
+
+GET streams a stored blob the grant names. PUT streams the body into the store under a temporary name
+and makes it visible under the URL's digest only if every byte hashed to it and the grant's byte cap
+held: nothing a worker sends can name a blob it did not make, or replace one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot.core.signed_urls import DOWNLOAD, UPLOAD, RefusedGrant, check
+from bot.host.stores import Runtime
+from bot.pipelines.exchange_grants import exchange_key
+from workers.artifacts import BlobRefused, BlobTooLarge
+
+ROUTE = "/exchange/{digest}"
+
+
+def exchange_routes(runtime: Runtime) -> list[Route]:
+    key = exchange_key(runtime.data_dir)
+    store = runtime.artifacts
+
+    async def download(request: Request) -> Response:
+        digest = request.path_params["digest"]
+        try:
+            check(key, DOWNLOAD, digest, request.url.query, time.time())
+        except RefusedGrant as exc:
+            return PlainTextResponse(f"refused: {exc}", status_code=403)
+        if not store.has(digest):
+            return PlainTextResponse("no such blob", status_code=404)
+        return FileResponse(store.path_of(digest), media_type="application/octet-stream")
+
+    async def upload(request: Request) -> Response:
+        digest = request.path_params["digest"]
+        try:
+            grant = check(key, UPLOAD, digest, request.url.query, time.time())
+        except RefusedGrant as exc:
+            return PlainTextResponse(f"refused: {exc}", status_code=403)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > grant.max_bytes:  # before a byte is read
+            return PlainTextResponse(f"more than {grant.max_bytes} bytes", status_code=413)
+        try:
+            with store.receive(digest, limit=grant.max_bytes) as receiving:
+                async for block in request.stream():
+                    receiving.write(block)
+        except BlobTooLarge as exc:
+            return PlainTextResponse(str(exc), status_code=413)
+        except BlobRefused as exc:
+            return PlainTextResponse(str(exc), status_code=422)
+        return PlainTextResponse("stored", status_code=201)
+
+    return [Route(ROUTE, download, methods=["GET"]), Route(ROUTE, upload, methods=["PUT"])]
