@@ -27,11 +27,17 @@ from bot.forges.mail.smtp import classify_error as classify_smtp_error
 from bot.forges.patchwork.client import classify_error as classify_patchwork_error
 from bot.host.retrying import describe, is_transient, retry_delay
 from bot.host.stores import Runtime, runtime_from_env
-from bot.host.timers import GIT_REMOTE_POLL_TASK, GITHUB_RESYNC_TASK, PATCHWORK_POLL_TASK, QUEUE_TOP_UP_TASK
+from bot.host.timers import (
+    GIT_REMOTE_POLL_TASK,
+    GITHUB_RESYNC_TASK,
+    PATCHWORK_POLL_TASK,
+    PLACE_RECHECK_TASK,
+    QUEUE_TOP_UP_TASK,
+)
 from bot.intake.base_maintainers import SERIES_REGRADE_TASK
 from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_series, report_series
 from bot.pipelines import lifecycle as pipeline
-from bot.pipelines import scheduler
+from bot.pipelines import place_health, scheduler
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.reporting.push_mail import is_staging_poll_pipeline, report_staging_push
 from bot.reporting.sync import pipeline_source
@@ -167,3 +173,9 @@ def patchwork_poll(self: Task) -> None:
 def queue_top_up(self: Task) -> None:
     """Every device class's window filled from the jobs waiting in the store (bot/pipelines/scheduler.py)."""
     _run_logged(self, "queue top-up", scheduler.top_up)
+
+
+@app.task(name=PLACE_RECHECK_TASK, bind=True)
+def place_health_recheck(self: Task) -> None:
+    """A health check again for each offline place whose last one failed long enough ago (place_health.py)."""
+    _run_logged(self, "place health recheck", place_health.recheck_due)

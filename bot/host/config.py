@@ -103,6 +103,9 @@ class Scheduling(_Strict):
                                                   "they wait")  # fmt: skip
     top_up_interval_s: int = Field(30, gt=0, description="how often `labgate up` refills every class's window "
                                    "(a lost wake-up never strands waiting jobs)")  # fmt: skip
+    health_recheck_interval_s: int = Field(1800, gt=0, description="a place whose health check failed stays "
+                                           "offline and is checked again after this long (a fixed board comes "
+                                           "back without an operator)")  # fmt: skip
 
 
 class Retries(_Strict):

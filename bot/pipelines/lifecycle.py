@@ -24,7 +24,9 @@ from bot.core.progress import (
 )
 from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
-from bot.pipelines import scheduler  # a module: it imports this one too; each uses the other at call time
+
+# Modules: they import this one too, and each uses the other only at call time.
+from bot.pipelines import handover, place_health, retries, scheduler
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from bot.store.once import once_done, record_once
@@ -302,6 +304,9 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
             _after_checkout(runtime, session, pipeline, job, outbox)
         elif job.kind == "build":
             _after_build(runtime, session, pipeline, job, outbox)
+        else:
+            place_health.after_test_result(runtime, session, job)  # counts, before a retry clears the outputs
+            retries.after_test_result(runtime, session, job, outbox)
         scheduler.after_result(runtime, session, job, outbox)  # a freed slot, or tests handed over: fill
         finish_if_done(session, pipeline)
         report_after(pipeline, outbox)
@@ -371,15 +376,18 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
 
 
 def _after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: Job, outbox: Outbox) -> None:
+    ready = []
     for job in pipeline.jobs:
         if job.depends_on_id != build.id or job.state != "pending":
             continue
         if build.result == "pass":
-            scheduler.hand_over(runtime, session, [job])  # it waits in the store for its class's window
+            ready.append(job)
         else:
             job.state, job.result = "done", "skip"
             job.error_message = f"not run: build {build.name} did not pass"
             job.finished_at = utcnow()
+    if ready:
+        handover.hand_over_tests(runtime, session, ready)  # they wait in the store for their class's window
 
 
 def finish_if_done(session: Session, pipeline: Pipeline) -> None:

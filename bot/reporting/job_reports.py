@@ -6,14 +6,15 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from bot.core.mail_text import error_lines_of
 from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
+from bot.pipelines.retries import attempts_of
 from bot.pipelines.scheduler import waiting_report_title
 from bot.reporting.sinks import JobReport, Verdict
-from bot.store.models import Job, Pipeline, Revision
+from bot.store.models import Job, JobAttempt, Pipeline, Revision
 
 MAX_TITLE = 250
 MAX_SUMMARY = 65000
@@ -56,6 +57,23 @@ def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
     return tuple(found)
 
 
+def attempt_line(attempt: JobAttempt) -> str:
+    """One earlier attempt of a retried job: where it ran and why it failed."""
+    where = f" on {attempt.place}" if attempt.place else ""
+    why = (attempt.error_message or "").strip().splitlines()
+    return f"attempt {attempt.number}: {attempt.result} ({attempt.error_code}{where})" + (f": {why[0]}" if why else "")
+
+
+def earlier_attempts(job: Job) -> str:
+    """The failed attempts of a job the lab retried, as a paragraph of its report; empty if none."""
+    session = object_session(job)
+    attempts = attempts_of(session, job.id) if session is not None and job.kind == "test" else []
+    if not attempts:
+        return ""
+    lines = "\n".join(f"- {attempt_line(attempt)}" for attempt in attempts)
+    return f"Retried after incomplete attempts (the lab's side failed, not the change):\n{lines}"
+
+
 def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: str = "",
                compared: str = "") -> JobReport:  # fmt: skip
     """The report of one job now: queued, running, or done with its outcome, failures first."""
@@ -67,10 +85,15 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
         # In the store for its device class's window: how far back it is, and why if it is held.
         title = waiting_report_title(job)
         return replace(base, title=title[:MAX_TITLE], summary=title[0].upper() + title[1:] + ".")
+    if view.state == "pending" and job.kind == "test" and job.error_message and job.attempts > 1:
+        # A retry held back until a health check of its class has run (bot/pipelines/retries.py).
+        return replace(base, title=job.error_message[:MAX_TITLE], summary=job.error_message + ".")
     if view.state in ("pending", "queued"):
         return base
+    retried = earlier_attempts(job)
     if view.state == "running":
-        return replace(base, stage="running", title="running", summary=f"Attempt {max(1, view.attempts)} is running.")
+        running = f"Attempt {max(1, view.attempts)} is running."
+        return replace(base, stage="running", title="running", summary=running + (f"\n\n{retried}" if retried else ""))
     word = outcome_word(view)
     counts = render_counts(view.test_counts)
     first = view.failed_tests[0].path if view.failed_tests else None
@@ -79,6 +102,8 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
     summary = render_job_markdown(view, tests=tests, earlier_failure=earlier_failure)
     if compared and job.kind == "test":
         summary = compared + "\n\n" + summary
+    if retried:
+        summary = summary + "\n\n" + retried
     return replace(base, stage="done", verdict=verdict_for(view), title=title[:MAX_TITLE],
                    summary=summary[:MAX_SUMMARY], diagnostics=changed_line_diagnostics(job),
                    error_lines=error_lines_of(view) if verdict_for(view) != "pass" else "")  # fmt: skip

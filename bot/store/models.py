@@ -278,3 +278,41 @@ class CiSubmissionReader(Base):
     submission_id: Mapped[int] = mapped_column(ForeignKey("ci_submission.id"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobAttempt(Base):
+    """An earlier attempt of a test job that ended `incomplete` and was run again (bot/pipelines/retries.py):
+    where it ran and why it failed, kept for the job page and `labgate lab status`."""
+
+    __tablename__ = "job_attempt"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1 for the first attempt
+    place: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    log_digest: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class PlaceHealth(Base):
+    """One place of one device class as labgate's results see it (bot/pipelines/place_health.py): its run
+    of consecutive infrastructure failures, whether labgate took it offline and why, and its health checks."""
+
+    __tablename__ = "place_health"
+    __table_args__ = (UniqueConstraint("device_class", "place"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(100))
+    place: Mapped[str] = mapped_column(String(200))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_fault: Mapped[str] = mapped_column(Text, default="")  # "power-driver-error: ..." (job N)
+    offline: Mapped[bool] = mapped_column(Boolean, default=False)
+    offline_reason: Mapped[str] = mapped_column(Text, default="")
+    check_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # the newest health check queued
+    last_check_result: Mapped[str | None] = mapped_column(String(20))  # passed, failed
+    last_check_at: Mapped[datetime | None]
+    recheck_at: Mapped[datetime | None]  # offline after a failed check: the next one is queued then
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from bot.core.render import outcome_word, render_counts
 from bot.host.stores import Runtime
+from bot.pipelines.retries import attempts_of
 from bot.reporting.page_links import read_link_key
 from bot.reporting.pipeline_views import job_view, read_log
 from bot.store.models import Change, Job, Pipeline, Revision, Tree
@@ -61,6 +62,7 @@ def page_routes(runtime: Runtime) -> list[Route]:
                 "job": job_view(runtime, job), "db_job": job, "pipeline": job.pipeline, "revision": revision,
                 "tree": revision.change.tree, "tests": list(job.tests),
                 "log": read_log(runtime, job.log_digest, PAGE_LOG_BYTES), "link": grant.link,
+                "attempts": attempts_of(session, job.id),  # earlier attempts the lab retried: where, and why
             }  # fmt: skip
             body = TEMPLATES.get_template("job.html").render(**context)
         return HTMLResponse(body)
