@@ -24,6 +24,7 @@ import yaml
 
 from lab.errors import LabSetupError
 from lab.places import Coordinator, Identity
+from workers.standin.pdu import POWER_FAULT_FILE
 from workers.standin.staging_sshd import STAGE_USER, StagingSshd, ensure_stage_user, free_port, start_staging_sshd
 
 EXPORTER_NAME = "standin"
@@ -47,6 +48,17 @@ class StandinLab:
 
     def worker_env(self) -> dict[str, str]:
         return {"LABGATE_LAB_SSH_CONFIG": str(self.ssh_config)}
+
+    def inject_power_fault(self, place: str, why: str = "test") -> None:
+        """A test aid: the place's outlet answers 500 until clear_power_fault (workers/standin/pdu.py)."""
+        self._fault_file(place).write_text(why + "\n")
+
+    def clear_power_fault(self, place: str) -> None:
+        self._fault_file(place).unlink(missing_ok=True)
+
+    def _fault_file(self, place: str) -> Path:
+        board = self.boards[self.places.index(place)]
+        return self.directory / "boards" / str(board["name"]) / POWER_FAULT_FILE
 
     def stop(self) -> None:
         # The PDU first: it powers every board off, so no QEMU outlives the lab.

@@ -5,6 +5,10 @@ labgrid's simplerest backend (labgrid/driver/power/simplerest.py) formats the ex
 an empty value (the trailing slash stripped) asks its state, answered `1` or `0`. Switching an
 outlet to the state it is in changes nothing, as on a real PDU. Every request is recorded
 (GET /events) so tests can see what labgrid asked.
+
+A test aid, not a PDU feature: while a board's state directory holds a file named POWER_FAULT_FILE,
+its outlet answers every request with 500 and the file's text, as a dead outlet or relay would
+(StandinLab.inject_power_fault writes it; only whoever can write the PDU's state directory can).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from workers.standin.board import BoardError, StandinBoard
 
 log = logging.getLogger(__name__)
 
+POWER_FAULT_FILE = "power-fault"
 _POWER_PATH = re.compile(r"/power/(?P<outlet>[0-9]{1,3})(?:/(?P<value>[01]))?/?")
 
 
@@ -69,7 +74,10 @@ class _PduHandler(BaseHTTPRequestHandler):
         board = self.server.boards[outlet]
         value = match["value"]
         request = {None: "get", "1": "on", "0": "off"}[value]
+        fault = board.settings.state_dir / POWER_FAULT_FILE
         try:
+            if fault.exists():
+                raise BoardError(f"outlet {outlet} is dead (injected: {fault.read_text().strip()})")
             if value == "1":
                 board.power_on()
             elif value == "0":

@@ -1,0 +1,181 @@
+"""Point 8 of the labs issue, with a real Celery lab worker on the stand-in lab: its pool process killed while a
+board boots leaves no QEMU of ours; Celery hands the job back and it runs again, on the other place, since the
+killed one's lock outlives it; the next worker's start-up sweep powers that place off and releases it.
+(A local QEMU's death with its worker is tests/lab/test_runner.py::test_killed_worker_takes_qemu_with_it.)"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.host.private_broker import start_private_redis
+from lab.places import Coordinator, Identity
+from tests.lab.conftest import KERNEL_CACHE
+from tests.lab.standin_lab import ENVIRONMENT, standin
+from tests.processes import children_of
+from workers.app import RESULTS_QUEUE, app, broker_redis, configure
+from workers.spec import TASK_NAMES, JobResult, JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec
+from workers.standin.lab import StandinLab
+
+__all__ = ["standin"]  # the fixture, imported for this module's tests
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASS = "board-x86"
+LAB_USER = "lab-recovery"
+StartWorker = Callable[[], subprocess.Popen[bytes]]
+KTAP = "echo 'KTAP version 1'; echo 1..1; echo 'ok 1 board-alive'"
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        children = children_of(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _qemus() -> set[int]:
+    return {int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and "qemu-system" in _cmdline(int(e.name))}
+
+
+def _messages(url: str, task: str) -> list[list[object]]:
+    """The args of the `task` messages the worker sent to the results queue (kombu's JSON envelope)."""
+    found = []
+    for raw in broker_redis(url).lrange(RESULTS_QUEUE, 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == task:
+            found.append(json.loads(base64.b64decode(message["body"]))[0])
+    return found
+
+
+def _wait(what: str, seconds: float, check: Callable[[], object]) -> object:
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """A Redis of the test's own: the shared server's numbered databases are shared with other test processes."""
+    directory = Path(tempfile.mkdtemp(prefix="lg-broker-"))  # short: it holds a unix socket
+    url, process = start_private_redis(directory)
+    assert process is not None
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def lab_worker(standin: StandinLab, broker_url: str, tmp_path: Path) -> Iterator[StartWorker]:
+    env = {**os.environ, **standin.worker_env(), "PYTHONPATH": str(ROOT), "LABGATE_WORK_DIR": str(tmp_path / "work"),
+           "LABGATE_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "LABGATE_BROKER_URL": broker_url,
+           "LABGATE_WORKER_ROLE": f"lab.{CLASS}", "LABGATE_LONGEST_JOB_S": "120",
+           "LABGATE_LAB_COORDINATORS": standin.coordinator, "LABGATE_LAB_USER": LAB_USER,
+           "LABGATE_CACHE_DIR": str(KERNEL_CACHE.expanduser().parent)}  # fmt: skip
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 (the worker's, closed with it)
+        worker = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--queues", f"lab.{CLASS}"], env=env,
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        log.close()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_lab_worker_killed_mid_boot_leaves_no_qemu_its_job_runs_again_elsewhere_and_the_sweep_frees_the_place(
+    standin: StandinLab, lab_worker: StartWorker, broker_url: str, debian_kernel: Path
+) -> None:
+    events_url = standin.pdu_url.split("/power")[0] + "/events"
+    before = len(requests.get(events_url, timeout=5).json())
+    pdu_qemus = lambda: {pid for pid in _qemus() if pid in _descendants(standin.processes["pdu"].pid)}  # noqa: E731
+    worker = lab_worker()
+    spec = JobSpec(
+        job_id=41, pipeline_id=1, kind="test", result_token="recovery-token", tree_name="t",
+        tree_url="https://example.org/t.git", max_log_bytes=1 << 20,
+        test=TestSpec(name="alive", device_class=CLASS, qemu=QemuSpec(), kernel="debian", artifacts={},
+                      commands=(TestCommand(name="ktap", run=KTAP),), timeout_s=120,
+                      labgrid=LabgridTarget(coordinator=standin.coordinator, place_tags=standin.tags,
+                                            environment=ENVIRONMENT.read_text())),
+    )  # fmt: skip
+    configure(broker_url, longest_job_s=120)
+    app.send_task(TASK_NAMES["test"], args=[spec.model_dump_json()], queue=f"lab.{CLASS}")
+
+    def powered_on() -> dict[str, object] | None:
+        ons = [e for e in requests.get(events_url, timeout=5).json()[before:] if e["request"] == "on"]
+        return ons[0] if ons else None
+
+    on = _wait("the first delivery to power a board on", 120, powered_on)
+    assert isinstance(on, dict)
+    killed_place = f"standin-{on['outlet']}"
+    pool = [pid for pid in children_of(worker.pid) if "bot.cli" in _cmdline(pid) or "celery" in _cmdline(pid)]
+    assert len(pool) == 1, pool
+    # No QEMU is the worker's: the board's belongs to the PDU.
+    assert not _qemus() & set(_descendants(worker.pid))
+    os.kill(pool[0], signal.SIGKILL)  # as the OOM killer would, mid-boot
+
+    results = _wait("the job's result after Celery handed it back", 180,
+                    lambda: _messages(broker_url, "bot.record_result"))  # fmt: skip
+    assert isinstance(results, list) and len(results) == 1
+    result = JobResult.model_validate_json(str(results[0][0]))
+    assert (result.result, result.delivery) == ("pass", 2), result
+    assert result.outputs["place"] != killed_place and result.outputs["place"] in standin.places
+    started = _messages(broker_url, "bot.job_started")
+    assert sorted(args[:2] for args in started) == [[41, 1], [41, 2]]  # type: ignore[type-var]
+    assert worker.poll() is None, "the worker itself lives on; only its pool process was killed"
+    assert not _qemus() & set(_descendants(worker.pid))
+
+    # The killed place: still locked as the worker's labgrid user (its board may have ended its boot by itself).
+    observer = Coordinator(standin.coordinator, Identity("test", "observer"))
+    try:
+        assert observer.places()[killed_place].acquired == f"{socket.gethostname()}/{LAB_USER}"
+        worker.terminate()
+        worker.wait(timeout=60)
+        restarted = len(requests.get(events_url, timeout=5).json())
+        # The next worker's start-up sweep powers it off and releases it.
+        lab_worker()
+        _wait("the start-up sweep to release the place", 90,
+              lambda: observer.places()[killed_place].acquired is None)  # fmt: skip
+        assert observer.places()[killed_place].reservation is None
+    finally:
+        observer.close()
+    swept = requests.get(events_url, timeout=5).json()[restarted:]
+    assert [(e["outlet"], e["request"], e["status"]) for e in swept] == [(on["outlet"], "off", 200)]
+    assert not pdu_qemus(), "a board's QEMU survived the sweep"
