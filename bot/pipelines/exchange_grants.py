@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from bot.core.signed_urls import ANY_DIGEST, DOWNLOAD, UPLOAD, Grant, sign
+from bot.core.signed_urls import ANY_DIGEST, DOWNLOAD, UPLOAD, Grant, is_digest, sign
 from bot.host.config import Config
 from workers.app import VISIBILITY_MARGIN_S
 from workers.spec import Exchange
 
 EXCHANGE_URL_ENV = "LABGATE_EXCHANGE_URL"
 KEY_FILE = "exchange.key"
+UPLOADS_DIR = "exchange-uploads"  # job-<id>/<digest>: what each job uploaded
 # A grant must outlive the job's wait in its queue and one redelivery of the same message (a
 # redelivery keeps the spec, and so its grants): an hour of queueing on top of the longest job and
 # the broker's visibility timeout. Past that a job fails as ours and is dispatched anew with fresh grants.
@@ -63,13 +64,30 @@ def upload_cap_bytes(config: Config) -> int:
     return max(caps.max_artifact_bytes, 2 * caps.max_log_bytes + (64 << 10))
 
 
-def job_exchange(config: Config, data_dir: Path, job_id: int, downloads: Iterable[str],
-                 now: float | None = None) -> Exchange | None:  # fmt: skip
+def record_upload(data_dir: Path, job_id: int, digest: str) -> None:
+    """Note that this job uploaded this blob (the exchange route calls it once the blob is stored)."""
+    mark = data_dir / UPLOADS_DIR / f"job-{job_id}" / digest
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+
+
+def uploaded_by(data_dir: Path, job_id: int, digests: Iterable[str]) -> list[str]:
+    """Those of the digests that this job uploaded. A result names digests in the worker's words: a hostile
+    build worker could name another pipeline's blob as its artifact, and have a lab host fetch it."""
+    made = data_dir / UPLOADS_DIR / f"job-{job_id}"
+    return [digest for digest in digests if is_digest(digest) and (made / digest).is_file()]
+
+
+def job_exchange(config: Config, data_dir: Path, job_id: int, downloads: Iterable[str], *,
+                 made_by: int | None = None, now: float | None = None) -> Exchange | None:  # fmt: skip
     """This job's grants: a download grant per input digest, an upload grant capped in bytes; None when
-    no exchange is configured."""
+    no exchange is configured. With `made_by`, only inputs that job uploaded are granted: the others are
+    not fetched, and the job fails as ours."""
     base_url = exchange_url()
     if base_url is None:
         return None
+    if made_by is not None:
+        downloads = uploaded_by(data_dir, made_by, downloads)
     key = exchange_key(data_dir)
     expires = int(now if now is not None else time.time()) + grant_lifetime_s(config)
     cap = upload_cap_bytes(config)

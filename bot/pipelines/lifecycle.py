@@ -22,12 +22,14 @@ from bot.core.progress import (
     pipeline_result,
     selection_notes,
 )
+from bot.core.signed_urls import is_digest
 from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
 
 # Modules: they import this one too, and each uses the other only at call time.
 from bot.pipelines import handover, place_health, retries, scheduler
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
+from bot.pipelines.exchange_grants import exchange_url, job_exchange
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
 from bot.store.once import once_done, record_once
 from workers.app import BUILD_QUEUE, CHECKOUT_QUEUE, CONTROL_QUEUE, app, lab_queue
@@ -201,12 +203,21 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     """Mark a job queued and send it to its queue with everything it needs (never a secret)."""
     tree = job.pipeline.revision.change.tree
     fields: dict[str, object] = {}
+    # Digests the job reads: a worker on another host is granted these only, and those a worker made only
+    # if that job uploaded them (made_by).
+    inputs: list[str] = []
+    made_by: int | None = None
     if job.kind == "checkout":
-        fields["checkout"] = CheckoutSpec.model_validate(job.spec)
+        fields["checkout"] = checkout = CheckoutSpec.model_validate(job.spec)
+        inputs = [patch.digest for patch in checkout.patches]
         write_checkout_credential(runtime, job)
     elif job.kind == "build":
+        # A build host of its own gets the tested commits as the checkout's bundle (none when it made none).
+        checkout_job, bundle = _source_bundle(session, job) if exchange_url() is not None else (None, None)
+        inputs, made_by = ([bundle], _maker(session, checkout_job)) if bundle else ([], None)
         # The lab's caps as configured now: nothing the plan says can lift them.
-        fields["build"] = BuildSpec.model_validate({**job.spec, "limits": runtime.config.caps.build_limits()})
+        fields["build"] = BuildSpec.model_validate({**job.spec, "limits": runtime.config.caps.build_limits(),
+                                                    "bundle_digest": bundle})  # fmt: skip
     else:
         # A health check boots the lab's own kernel and builds nothing: it depends on no build.
         build_job = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
@@ -221,6 +232,8 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
             # keeps the spec's defaults.
             **{key: job.spec[key] for key in DECIDED_TEST_FIELDS if key in job.spec},
         )  # fmt: skip
+        inputs, made_by = [ref["digest"] for ref in built.values()], _maker(session, job.depends_on_id)
+    fields["exchange"] = job_exchange(runtime.config, runtime.data_dir, job.id, inputs, made_by=made_by)
     token = secrets.token_urlsafe(24)
     spec = JobSpec(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, tree_name=tree.name,  # type: ignore[arg-type]
                    tree_url=tree.url, max_log_bytes=runtime.config.caps.max_log_bytes, result_token=token,
@@ -230,6 +243,23 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     job.task_id = f"job-{job.id}-{uuid.uuid4().hex[:8]}"
     session.flush()
     outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, job.task_id)
+
+
+def _maker(session: Session, job_id: int | None) -> int | None:
+    """The job that ran and uploaded a job's outputs: itself, or the one a re-run kept its result from."""
+    job = session.get(Job, job_id) if job_id is not None else None
+    while job is not None and job.reused_from_id is not None:
+        job = session.get(Job, job.reused_from_id)
+    return job.id if job is not None else None
+
+
+def _source_bundle(session: Session, job: Job) -> tuple[int | None, str | None]:
+    """The pipeline's checkout job and the digest of the bundle it made of the tested commits, if any."""
+    checkout = session.scalars(select(Job).where(Job.pipeline_id == job.pipeline_id, Job.kind == "checkout")).first()
+    bundle = checkout.outputs.get("bundle_digest") if checkout is not None else None
+    if checkout is None or not isinstance(bundle, str) or not is_digest(bundle):  # a worker's word
+        return None, None
+    return checkout.id, bundle
 
 
 def _labgrid_target(dc: DeviceClass) -> LabgridTarget | None:

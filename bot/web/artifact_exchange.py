@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from bot.core.signed_urls import DOWNLOAD, UPLOAD, RefusedGrant, check
 from bot.host.stores import Runtime
-from bot.pipelines.exchange_grants import exchange_key
+from bot.pipelines.exchange_grants import exchange_key, record_upload
 from workers.artifacts import BlobRefused, BlobTooLarge
 
 ROUTE = "/exchange/{digest}"
@@ -53,6 +53,7 @@ def exchange_routes(runtime: Runtime) -> list[Route]:
             return PlainTextResponse(str(exc), status_code=413)
         except BlobRefused as exc:
             return PlainTextResponse(str(exc), status_code=422)
+        record_upload(runtime.data_dir, grant.job_id, digest)  # what a later job may be granted from this one
         return PlainTextResponse("stored", status_code=201)
 
     return [Route(ROUTE, download, methods=["GET"]), Route(ROUTE, upload, methods=["PUT"])]

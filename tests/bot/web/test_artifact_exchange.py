@@ -123,3 +123,17 @@ def test_the_web_app_serves_the_exchange_only_when_configured(tmp_path: Path, mo
     with TestClient(create_app(runtime)) as client:
         assert client.get(f"/exchange/{digest}?{grants.downloads[digest]}").content == b"patch"
         assert client.get(f"/exchange/{digest}?{grants.upload_query}").status_code == 403
+
+
+def test_a_later_job_is_granted_only_blobs_the_job_it_depends_on_uploaded(
+        exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A hostile build worker names another pipeline's blob as its artifact: the lab host is not granted it."""
+    monkeypatch.setenv(EXCHANGE_URL_ENV, "http://127.0.0.1/exchange")
+    private = exchange.runtime.artifacts.put_bytes(b"another pipeline's private log")
+    built = hashlib.sha256(b"a kernel").hexdigest()
+    assert exchange.put(built, b"a kernel", Grant(UPLOAD, ANY_DIGEST, 5, _later(), CAP)) == 201
+    config, data_dir = exchange.runtime.config, exchange.runtime.data_dir
+    granted = job_exchange(config, data_dir, 6, [built, private, "../../exchange.key"], made_by=5)
+    assert granted is not None and list(granted.downloads) == [built]
+    by_another = job_exchange(config, data_dir, 6, [built], made_by=4)
+    assert by_another is not None and by_another.downloads == {}
