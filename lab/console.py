@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, MatchKind
+
 from lab.crash_titles import FRAME, describe_report, is_stack_start, known_shape, syzbot_regex
 
 __all__ = ["MAX_LINE", "MAX_REPORT_LINES", "NEEDLES", "ConsoleWatcher", "Crash", "first_crash"]
@@ -30,9 +32,44 @@ MAX_REPORT_LINES = 500  # a report longer than this is cut (all CPUs' backtraces
 MAX_REPORT_CHARS = 128 * 1024
 
 # Every report header contains one of these: the only text searched in a console with no
-# crash yet, at str.find speed. bench/console_watch.py greps for the same strings.
+# crash yet, all at once in one pass (_Finder). bench/console_watch.py greps for the same strings.
 NEEDLES = ("BUG", "WARNING:", "INFO:", "Kernel panic", "UBSAN:", " [#", "Unable to handle kernel",
            "PANIC: double fault")  # fmt: skip
+
+
+class _Finder:
+    """Where some strings occur in a text, all of them searched in one pass (Aho-Corasick, in C).
+
+    One pass instead of one str.find per string. An ASCII text is searched as its bytes, where
+    a byte offset is a character offset (the byte automaton runs at several GB/s; the str one
+    converts offsets and is ~10x slower, so it serves only texts with other characters).
+    """
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self._text = AhoCorasick(words, matchkind=MatchKind.LeftmostFirst)
+        self._bytes = BytesAhoCorasick([word.encode() for word in words], matchkind=MatchKind.LeftmostFirst)
+        self.longest = max(map(len, words))
+
+    def starts(self, text: str, encoded: bytes | None, start: int, end: int) -> list[int]:
+        """Starts of the leftmost non-overlapping occurrences within text[start:end] (encoded: text's ASCII bytes).
+
+        Every line of the range that holds one of the words has at least one start in the list:
+        an occurrence hidden by an overlapping one is on the same line (no word has a newline).
+        """
+        if encoded is not None:
+            matches = self._bytes.find_matches_as_indexes(memoryview(encoded)[start:end])
+        else:
+            matches = self._text.find_matches_as_indexes(text[start:end])
+        return [start + match[1] for match in matches]
+
+
+def _ascii_bytes(text: str) -> bytes | None:
+    """The text's bytes when it is ASCII (str.isascii is a flag lookup), for _Finder's byte search."""
+    return text.encode("ascii") if text.isascii() else None
+
+
+_NEEDLE_FINDER = _Finder(NEEDLES)
+_SCAN_WINDOW = 16384  # how much text one needle search covers: bounds the list of hits of a flood of needles
 
 
 @dataclass(frozen=True)
@@ -55,8 +92,8 @@ def first_crash(text: str) -> Crash | None:
 
 # What precedes a kernel message: a dropped-messages note, a syslog level, the timestamp and
 # the caller field of CONFIG_PRINTK_CALLER ("[    T1]" a task, "[    C0]" a CPU in interrupt).
-_PREFIX = re.compile(r"(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:<[0-9]+>)?(?:\[ *[0-9]+\.[0-9]+\])?"
-                     r"(?:\[ *([CT][0-9]+)\])?[ \t]*")  # fmt: skip
+_BEFORE_CALLER = r"(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:<[0-9]+>)?(?:\[ *[0-9]+\.[0-9]+\])?"
+_PREFIX = re.compile(_BEFORE_CALLER + r"(?:\[ *([CT][0-9]+)\])?[ \t]*")
 # A report header at a message's start. The x86 and arm die() headers ("invalid opcode: 0000
 # [#1]") are told from other text by their " [#N]" oops counter.
 _START = re.compile(
@@ -121,14 +158,20 @@ _TRACE_BODY = (
 )
 _TRACE_LINE = re.compile(_TRACE_BODY + r"|---\[ ")
 # Runs of whole lines read at regex speed (prefix included); see ConsoleWatcher._lines.
-_ANY_PREFIX = _PREFIX.pattern.replace("(?:\\[ *([CT][0-9]+)\\])", "(?:\\[ *[CT][0-9]+\\])")
-_LINE_PREFIXES = re.compile(rf"(?m)^{_ANY_PREFIX}")
+_ANY_PREFIX = _BEFORE_CALLER + r"(?:\[ *[CT][0-9]+\])?[ \t]*"
+_LINE_PREFIXES = re.compile(f"\n{_ANY_PREFIX}")  # after a newline: "(?m)^" would be tried at every position
 _TRACE_RUN = re.compile(rf"(?:{_ANY_PREFIX}(?:{_TRACE_BODY})[^\n]*\n)*")
 _RUN_FRAME = syzbot_regex(rf"(?m)^{_ANY_PREFIX}(?:\?|(?:{{PC}} ){{0,2}}{{FUNC}})")
+# Lines in a row that carry one caller field, the first line's (group "c"), read as _PREFIX reads it.
+_SAME_CALLER_RUN = re.compile(
+    rf"{_BEFORE_CALLER}\[ *(?P<c>[CT][0-9]+)\][^\n]*\n(?:{_BEFORE_CALLER}\[ *(?P=c)\][^\n]*\n)*"
+)
 # What can change a report's course on a line outside a trace: a header, an end marker, a
 # stack's first line, a sanitizer's closing rule. A line with none of these is simply added.
-_EVENTS = (*NEEDLES, "---[ end ", "race", "Allocated", "Freed", "acktrace", "Uninit", "=====")
-_WINDOW = 8192  # how far one bulk step looks ahead: a report is a few KiB, a chunk may be 1 MiB
+_EVENTS = (*NEEDLES, "---[ end ", "race", "Allocated", "Freed", "acktrace", "Uninit", "=====",
+           "Sending NMI from CPU")  # fmt: skip
+_EVENT_FINDER = _Finder(_EVENTS)
+_WINDOW = 2048  # how far one bulk step looks ahead: a report is a few KiB, a chunk may be 1 MiB
 _TAIL = re.compile(r"Modules linked in:|CR2: |Kernel Offset:|Rebooting in|Dumping ftrace buffer"
                    r"|\(ftrace buffer empty\)|irq event stamp|hardirqs last|softirqs last")  # fmt: skip
 
@@ -193,7 +236,7 @@ class _Report:
     def describe(self, extra: tuple[str, str] | None = None) -> Crash:
         excerpt = "\n".join(self.raw if extra is None else [*self.raw, extra[0]])
         # Every line's prefix stripped in one pass: the same messages _message gives, line by line.
-        title, kind = describe_report(self.key, _LINE_PREFIXES.sub("", excerpt))
+        title, kind = describe_report(self.key, _LINE_PREFIXES.sub("\n", "\n" + excerpt)[1:])
         return Crash(title=title, kind=kind, excerpt=excerpt)
 
 
@@ -227,10 +270,11 @@ class ConsoleWatcher:
             self._line(line)
             start = first + 1
         if self._ended is None and start <= last:
+            encoded = _ascii_bytes(chunk)
             if self._report is None:
-                self._scan(chunk, start, last)
+                self._scan(chunk, encoded, start, last)
             else:
-                self._lines(chunk, start, last)
+                self._lines(chunk, encoded, start, last)
         if self._ended is None and last + 1 < len(chunk):
             self._hold(chunk[last + 1 : last + 1 + MAX_LINE])
 
@@ -260,38 +304,42 @@ class ConsoleWatcher:
             self._held.append(piece)
             self._held_len += len(piece)
 
-    def _scan(self, chunk: str, start: int, end: int) -> None:
+    def _scan(self, chunk: str, encoded: bytes | None, start: int, end: int) -> None:
         """Find the first report header among the whole lines chunk[start:end+1]; read on from there."""
-        found = {needle: chunk.find(needle, start, end) for needle in NEEDLES}
-        while True:
-            hits = [position for position in found.values() if position >= 0]
-            if not hits:
-                return
-            position = min(hits)
-            before = chunk.rfind("\n", start, position)
-            line_start = start if before < 0 else before + 1
-            line_end = chunk.find("\n", position, end + 1)
-            self._line(chunk[line_start : min(line_end, line_start + MAX_LINE)])
-            if self._report is not None:
-                if self._ended is None:
-                    self._lines(chunk, line_end + 1, end)
-                return
-            start = line_end + 1
-            for needle, position in found.items():
-                if 0 <= position < start:
-                    found[needle] = chunk.find(needle, start, end)
+        window = start
+        while window < end:
+            # A needle starting in [window, stop) lies whole in [window, stop + longest - 1).
+            stop = min(window + _SCAN_WINDOW, end)
+            for position in _NEEDLE_FINDER.starts(chunk, encoded, window, min(stop + _NEEDLE_FINDER.longest - 1, end)):
+                if position >= stop:
+                    break
+                if position < start:  # on a line already read
+                    continue
+                before = chunk.rfind("\n", start, position)
+                line_start = start if before < 0 else before + 1
+                line_end = chunk.find("\n", position, end + 1)
+                self._line(chunk[line_start : min(line_end, line_start + MAX_LINE)])
+                if self._report is not None:
+                    if self._ended is None:
+                        self._lines(chunk, encoded, line_end + 1, end)
+                    return
+                start = line_end + 1
+            window = max(stop, start)
 
-    def _lines(self, chunk: str, start: int, end: int) -> None:
+    def _lines(self, chunk: str, encoded: bytes | None, start: int, end: int) -> None:
         """Feed the whole lines chunk[start:end+1] to the open report until it ends.
 
         Lines that cannot change the report's course are added in runs found at regex and
-        str.find speed (a report is mostly frames and registers); the others go one by one
+        C search speed (a report is mostly frames and registers); the others go one by one
         through _line. Both ways give the same report, line for line.
         """
         report = self._report
         assert report is not None
         while start <= end and self._ended is None:
-            stop = start if report.context else self._run_end(report, chunk, start, end)
+            stop = self._run_end(report, chunk, encoded, start, end)
+            if report.context and stop > start:  # only the report's own task's or CPU's lines, in a row
+                match = _SAME_CALLER_RUN.match(chunk, start, stop)
+                stop = match.end() if match is not None and match.group("c") == report.context else start
             if stop > start and self._add_run(report, chunk[start:stop]):
                 start = stop
                 continue
@@ -300,17 +348,14 @@ class ConsoleWatcher:
             start = line_end + 1
 
     @staticmethod
-    def _run_end(report: _Report, chunk: str, start: int, end: int) -> int:
+    def _run_end(report: _Report, chunk: str, encoded: bytes | None, start: int, end: int) -> int:
         """Where the lines from ``start`` that need no look of their own end (a line start)."""
         if report.in_trace and not report.sanitizer:
             match = _TRACE_RUN.match(chunk, start, end + 1)
             return match.end() if match else start
         limit = min(end + 1, start + _WINDOW)
-        first = limit
-        for word in _EVENTS:
-            position = chunk.find(word, start, first)
-            if position >= 0:
-                first = position
+        events = _EVENT_FINDER.starts(chunk, encoded, start, limit)
+        first = events[0] if events else limit
         if first == limit:
             return chunk.rfind("\n", start, limit) + 1 or start
         return chunk.rfind("\n", start, first) + 1 or start

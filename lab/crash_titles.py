@@ -47,9 +47,28 @@ def is_stack_start(line: str) -> bool:
 
 
 FRAME = _re(r"^ *(?:{PC} ){0,2}{FUNC}")
-_FRAMES = _re(r"(?m)^ *(?:{PC} ){0,2}{FUNC}")
-# The same, searched in a whole report: a line's first character is never a newline's neighbour.
-_STACK_START_TEXT = re.compile(_STACK_START.pattern.replace("[^k]", "[^k\\n]"))
+# The same at every line start of a text, anchored on the newline before the line: a literal
+# first character lets the regex engine skip to it, where "(?m)^" tries every position.
+_FRAMES = _re(r"\n *(?:{PC} ){0,2}{FUNC}")
+# The same, searched in a whole report, one way at a time: each of these starts with a literal
+# the regex engine skips to, where _STACK_START's alternation is tried at every position.
+_STACK_START_WAYS = (re.compile(r"Call (?:T|t)race"), re.compile(r"Allocated(?::| by task [0-9]+:)"),
+                     re.compile(r"Freed(?::| by task [0-9]+:)"), re.compile("Backtrace:"),
+                     re.compile("Uninit was stored to memory at"))  # fmt: skip
+
+
+def _stack_start_in(text: str, position: int) -> tuple[int, int] | None:
+    """(start, end) of _STACK_START's leftmost match in text from position, none across a newline."""
+    found = [(match.start(), match.end()) for way in _STACK_START_WAYS if (match := way.search(text, position))]
+    # "[^k] backtrace:": a character other than "k" (or a newline) before " backtrace:".
+    at = text.find(" backtrace:", position + 1)
+    while at > 0 and text[at - 1] in "k\n":
+        at = text.find(" backtrace:", at + 1)
+    if at > 0:
+        found.append((at - 1, at + 11))
+    return min(found) if found else None
+
+
 _RIP = _re(r"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{PC} +){0,2}{FUNC}|(?:[0-9]+:)?0x[0-9a-f]+"
            r"|(?:[0-9]+:)?{PC} +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))")  # fmt: skip
 _CALL_TRACE = re.compile(r"Call (?:T|t)race:|Backtrace:")
@@ -312,16 +331,18 @@ def _frames(text: str, parts: tuple[re.Pattern[str] | None, ...], skip: tuple[st
 
     A part matches on the first line from here that has it; PARSE takes a frame from each line
     until a line that starts another stack. Done on the whole text at regex speed: none of the
-    patterns reaches across a newline.
+    patterns reaches across a newline. The text starts with a newline (see _culprit), so that
+    every line, the first too, follows one.
     """
     frames: list[str] = []
     position = 0
     for part in parts:
         if part is PARSE:
-            stop = _STACK_START_TEXT.search(text, position)
-            end = (text.rfind("\n", position, stop.start()) + 1 or position) if stop else len(text)
-            frames += [name for name in _FRAMES.findall(text, position, end) if not _skipped(skip, name)]
-            position = _next_line(text, stop.end()) if stop else len(text)
+            stop = _stack_start_in(text, position)
+            end = (text.rfind("\n", position, stop[0]) + 1 or position) if stop else len(text)
+            # PARSE always follows another part, so position is a line start after a newline.
+            frames += [name for name in _FRAMES.findall(text, position - 1, end) if not _skipped(skip, name)]
+            position = _next_line(text, stop[1]) if stop else len(text)
         else:
             match = part.search(text, position)
             if match is None:
@@ -352,13 +373,20 @@ def _skip_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join((*_GENERIC_FRAMES, *extra)))
 
 
+# The longest of the prefixes a frame starts with: an alternation takes the first that matches.
+_SYSCALL_PREFIX = re.compile("|".join(sorted(map(re.escape, _SYSCALL_PREFIXES), key=len, reverse=True)))
+
+
 def _strip_syscall(frame: str) -> str:
     if "sys" not in frame and "SyS" not in frame and "SYSC" not in frame:
         return frame
-    return min((frame.removeprefix(prefix) for prefix in _SYSCALL_PREFIXES), key=len)
+    match = _SYSCALL_PREFIX.match(frame)
+    return frame if match is None else frame[match.end() :]
 
 
 def _culprit(stack: _Stack, text: str) -> str:
+    """The culprit frame in text, which runs from the title to the report's end."""
+    text = "\n" + text  # the title's line counts as a line start, as "(?m)^" counted the text's start
     skip = stack.skip
     for parts in (stack.parts, stack.parts2):
         if not parts:
@@ -371,24 +399,37 @@ def _culprit(stack: _Stack, text: str) -> str:
     return "corrupted"
 
 
+# Each group's title patterns as one alternation: one search finds where the earliest title
+# starts, instead of one search of the report per format.
+_FIRST_TITLE = {
+    key: re.compile("|".join(f"(?:{fmt.title.pattern})" for fmt in formats)) for key, (_, formats) in GROUPS.items()
+}
+
+
 def describe_report(key: str, text: str) -> tuple[str, str]:
-    """(title, kind) of a report: the format whose title starts earliest wins, as in syzbot."""
+    """(title, kind) of a report: the format whose title starts earliest wins, as in syzbot.
+
+    Among formats whose titles start at that same place, the first in the group's order whose
+    report pattern (if it has one) matches too; none: the header line is the title.
+    """
     default_kind, formats = GROUPS[key]
-    best, title, kind = len(text) + 1, "", default_kind
-    for fmt in formats:
-        match = fmt.title.search(text)
-        if match is None or match.start() > best or (match.start() == best and title):
-            continue
-        if match.start() < best:
-            best, title = match.start(), ""
-        if fmt.report is not None:
-            match = fmt.report.search(text)
+    title, kind = "", default_kind
+    first = _FIRST_TITLE[key].search(text)
+    if first is not None:
+        for fmt in formats:
+            # A title that matches at the earliest start is one whose search would start there.
+            match = fmt.title.match(text, first.start())
             if match is None:
                 continue
-        args = [group or "" for group in match.groups()]
-        if fmt.stack is not None:
-            args.append(_culprit(fmt.stack, text[match.start() :]))
-        title, kind = fmt.fmt.format(*args), fmt.kind
+            if fmt.report is not None:
+                match = fmt.report.search(text)
+                if match is None:
+                    continue
+            args = [group or "" for group in match.groups()]
+            if fmt.stack is not None:
+                args.append(_culprit(fmt.stack, text[match.start() :]))
+            title, kind = fmt.fmt.format(*args), fmt.kind
+            break
     if not title:  # no format knows it: the header line is the title
         start = text.find(key)
         end = text.find("\n", start)
