@@ -32,17 +32,20 @@ class Grant:
     job_id: int
     expires: int  # Unix time, seconds
     max_bytes: int = 0  # uploads: the most one upload may hold; 0 for downloads
+    total_bytes: int = 0  # uploads: the most all of the job's uploads together may hold; 0 for downloads
 
     def message(self) -> bytes:
-        fields = ("labgate-exchange", self.method, self.digest, *map(str, (self.job_id, self.expires, self.max_bytes)))
+        numbers = (self.job_id, self.expires, self.max_bytes, self.total_bytes)
+        fields = ("labgate-exchange", self.method, self.digest, *map(str, numbers))
         return "\n".join(fields).encode()
 
 
 def sign(key: bytes, grant: Grant) -> str:
-    """The grant as a URL query string (job, exp, max, sig)."""
+    """The grant as a URL query string (job, exp, max, total, sig)."""
     signature = hmac.new(key, grant.message(), hashlib.sha256).hexdigest()
     # Every value is a number or hex: nothing to escape.
-    return f"job={grant.job_id}&exp={grant.expires}&max={grant.max_bytes}&sig={signature}"
+    return (f"job={grant.job_id}&exp={grant.expires}&max={grant.max_bytes}&total={grant.total_bytes}"
+            f"&sig={signature}")
 
 
 class RefusedGrant(Exception):
@@ -55,11 +58,11 @@ def check(key: bytes, method: str, digest: str, query: str, now: float) -> Grant
         raise RefusedGrant("not a sha256 digest")
     fields = _fields(query)
     try:
-        job_id, expires, max_bytes = (int(_one(fields, name)) for name in ("job", "exp", "max"))
+        job_id, expires, max_bytes, total_bytes = (int(_one(fields, name)) for name in ("job", "exp", "max", "total"))
         signature = _one(fields, "sig")
     except (KeyError, ValueError) as exc:
         raise RefusedGrant("no grant") from exc
-    grant = Grant(method, digest if method == DOWNLOAD else ANY_DIGEST, job_id, expires, max_bytes)
+    grant = Grant(method, digest if method == DOWNLOAD else ANY_DIGEST, job_id, expires, max_bytes, total_bytes)
     expected = hmac.new(key, grant.message(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature):
         raise RefusedGrant("bad signature")

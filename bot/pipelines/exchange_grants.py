@@ -17,6 +17,7 @@ from pathlib import Path
 from bot.core.signed_urls import ANY_DIGEST, DOWNLOAD, UPLOAD, Grant, is_digest, sign
 from bot.host.config import Config
 from workers.app import VISIBILITY_MARGIN_S
+from workers.artifacts import ArtifactStore
 from workers.spec import Exchange
 
 EXCHANGE_URL_ENV = "LABGATE_EXCHANGE_URL"
@@ -71,11 +72,24 @@ def record_upload(data_dir: Path, job_id: int, digest: str) -> None:
     mark.touch()
 
 
+def uploaded_bytes(data_dir: Path, store: ArtifactStore, job_id: int) -> int:
+    """What this job's uploads hold together (a blob it sent twice counts once)."""
+    made = data_dir / UPLOADS_DIR / f"job-{job_id}"
+    marks = [mark.name for mark in made.iterdir()] if made.is_dir() else []
+    return sum(store.path_of(digest).stat().st_size for digest in marks if is_digest(digest) and store.has(digest))
+
+
 def uploaded_by(data_dir: Path, job_id: int, digests: Iterable[str]) -> list[str]:
     """Those of the digests that this job uploaded. A result names digests in the worker's words: a hostile
     build worker could name another pipeline's blob as its artifact, and have a lab host fetch it."""
     made = data_dir / UPLOADS_DIR / f"job-{job_id}"
     return [digest for digest in digests if is_digest(digest) and (made / digest).is_file()]
+
+
+def upload_total_bytes(config: Config) -> int:
+    """The most one job's uploads may hold together: a build's artifacts and one more upload's worth (its log;
+    a checkout's bundle, a test's log are one upload)."""
+    return config.caps.max_artifacts_bytes + upload_cap_bytes(config)
 
 
 def job_exchange(config: Config, data_dir: Path, job_id: int, downloads: Iterable[str], *,
@@ -94,6 +108,6 @@ def job_exchange(config: Config, data_dir: Path, job_id: int, downloads: Iterabl
     return Exchange(
         base_url=base_url,
         downloads={digest: sign(key, Grant(DOWNLOAD, digest, job_id, expires)) for digest in dict.fromkeys(downloads)},
-        upload_query=sign(key, Grant(UPLOAD, ANY_DIGEST, job_id, expires, cap)),
+        upload_query=sign(key, Grant(UPLOAD, ANY_DIGEST, job_id, expires, cap, upload_total_bytes(config))),
         upload_max_bytes=cap,
     )

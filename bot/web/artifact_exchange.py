@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from bot.core.signed_urls import DOWNLOAD, UPLOAD, RefusedGrant, check
 from bot.host.stores import Runtime
-from bot.pipelines.exchange_grants import exchange_key, record_upload
+from bot.pipelines.exchange_grants import exchange_key, record_upload, uploaded_by, uploaded_bytes
 from workers.artifacts import BlobRefused, BlobTooLarge
 
 ROUTE = "/exchange/{digest}"
@@ -42,11 +42,15 @@ def exchange_routes(runtime: Runtime) -> list[Route]:
             grant = check(key, UPLOAD, digest, request.url.query, time.time())
         except RefusedGrant as exc:
             return PlainTextResponse(f"refused: {exc}", status_code=403)
+        if uploaded_by(runtime.data_dir, grant.job_id, [digest]) and store.has(digest):
+            return PlainTextResponse("stored already", status_code=200)  # a redelivered job's repeat costs nothing
+        # The job's earlier uploads count against its total: a worker cannot fill the disk with distinct blobs.
+        limit = min(grant.max_bytes, grant.total_bytes - uploaded_bytes(runtime.data_dir, store, grant.job_id))
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > grant.max_bytes:  # before a byte is read
-            return PlainTextResponse(f"more than {grant.max_bytes} bytes", status_code=413)
+        if limit <= 0 or (declared.isdigit() and int(declared) > limit):  # before a byte is read
+            return PlainTextResponse(f"more than the {max(limit, 0)} bytes the job may still upload", status_code=413)
         try:
-            with store.receive(digest, limit=grant.max_bytes) as receiving:
+            with store.receive(digest, limit=limit) as receiving:
                 async for block in request.stream():
                     receiving.write(block)
         except BlobTooLarge as exc:

@@ -28,7 +28,8 @@ def test_a_download_grant_fetches_its_digest_for_its_job_until_it_expires() -> N
         check(KEY, DOWNLOAD, DIGEST, query, NOW + 60)
 
 
-@pytest.mark.parametrize("change", [{"job": 8}, {"exp": NOW + 99999}, {"max": 1 << 40}, {"sig": "0" * 64}])
+@pytest.mark.parametrize("change", [{"job": 8}, {"exp": NOW + 99999}, {"max": 1 << 40}, {"total": 1 << 40},
+                                    {"sig": "0" * 64}])  # fmt: skip
 def test_any_field_changed_refuses_the_grant(change: dict[str, object]) -> None:
     query = sign(KEY, Grant(DOWNLOAD, DIGEST, 7, NOW + 60))
     with pytest.raises(RefusedGrant, match="bad signature"):
@@ -44,8 +45,8 @@ def test_a_grant_for_one_digest_fetches_no_other_and_uploads_nothing() -> None:
 
 
 def test_an_upload_grant_takes_any_digest_but_downloads_nothing() -> None:
-    query = sign(KEY, Grant(UPLOAD, ANY_DIGEST, 7, NOW + 60, 1000))
-    assert check(KEY, UPLOAD, OTHER, query, NOW).max_bytes == 1000
+    query = sign(KEY, Grant(UPLOAD, ANY_DIGEST, 7, NOW + 60, 1000, 5000))
+    assert check(KEY, UPLOAD, OTHER, query, NOW) == Grant(UPLOAD, ANY_DIGEST, 7, NOW + 60, 1000, 5000)
     with pytest.raises(RefusedGrant):
         check(KEY, DOWNLOAD, OTHER, query, NOW)
 

@@ -21,6 +21,7 @@ from bot.web.app import create_app
 from bot.web.artifact_exchange import exchange_routes
 
 CAP = 1000
+TOTAL = 2500  # a job's uploads together
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Exchange:
         return self.client.get(f"/exchange/{digest}?{sign(self.key, grant)}").status_code
 
     def put(self, digest: str, body: bytes | Iterator[bytes], grant: Grant | None = None) -> int:
-        grant = grant or Grant(UPLOAD, ANY_DIGEST, 1, int(time.time()) + 60, CAP)
+        grant = grant or Grant(UPLOAD, ANY_DIGEST, 1, int(time.time()) + 60, CAP, TOTAL)
         return self.client.put(f"/exchange/{digest}?{sign(self.key, grant)}", content=body).status_code
 
 
@@ -62,7 +63,7 @@ def test_an_expired_grant_fetches_and_uploads_nothing(exchange: Exchange) -> Non
     past = int(time.time()) - 1
     assert exchange.get(digest, Grant(DOWNLOAD, digest, 1, past)) == 403
     fresh = hashlib.sha256(b"new").hexdigest()
-    assert exchange.put(fresh, b"new", Grant(UPLOAD, ANY_DIGEST, 1, past, CAP)) == 403
+    assert exchange.put(fresh, b"new", Grant(UPLOAD, ANY_DIGEST, 1, past, CAP, TOTAL)) == 403
     assert not exchange.runtime.artifacts.has(fresh)
 
 
@@ -79,7 +80,8 @@ def test_an_upload_is_stored_only_under_the_digest_of_its_bytes(exchange: Exchan
     assert not exchange.runtime.artifacts.has(digest)
     # An existing blob cannot be replaced by other bytes under its name either.
     assert exchange.put(digest, good) == 201
-    assert exchange.put(digest, b"evil") == 422
+    assert exchange.put(digest, b"evil", Grant(UPLOAD, ANY_DIGEST, 2, _later(), CAP, TOTAL)) == 422
+    assert exchange.put(digest, b"evil") == 200  # its own upload again: nothing read, nothing replaced
     assert exchange.runtime.artifacts.get_bytes(digest) == good
     assert not [p for p in exchange.runtime.artifacts.root.rglob(".in-*")]  # nothing half-written is left
 
@@ -92,8 +94,22 @@ def test_an_upload_past_the_grants_cap_is_refused_declared_or_streamed(exchange:
     assert not exchange.runtime.artifacts.has(digest)
     assert not [p for p in exchange.runtime.artifacts.root.rglob(".in-*")]
     # The cap is in the signature: a worker cannot raise it.
-    query = sign(exchange.key, Grant(UPLOAD, ANY_DIGEST, 1, _later(), CAP)).replace(f"max={CAP}", "max=99999")
-    assert exchange.client.put(f"/exchange/{digest}?{query}", content=big).status_code == 403
+    query = sign(exchange.key, Grant(UPLOAD, ANY_DIGEST, 1, _later(), CAP, TOTAL))
+    for raised in (query.replace(f"max={CAP}", "max=99999"), query.replace(f"total={TOTAL}", "total=99999")):
+        assert exchange.client.put(f"/exchange/{digest}?{raised}", content=big).status_code == 403
+
+
+def test_a_jobs_uploads_together_stay_within_its_total(exchange: Exchange) -> None:
+    """Many distinct blobs, each under the cap, cannot fill the control side's disk."""
+    blobs = [bytes([n]) * CAP for n in range(3)]  # 3 x 1000 bytes against a total of 2500
+    assert [exchange.put(hashlib.sha256(blob).hexdigest(), blob) for blob in blobs] == [201, 201, 413]
+    assert exchange.put(hashlib.sha256(blobs[2]).hexdigest(), b"") == 422  # a claim without its bytes
+    assert exchange.put(hashlib.sha256(blobs[0]).hexdigest(), b"") == 200  # its own again (a redelivered job)
+    # Having another job's blob stored does not make it this one's: the bytes must come, and count.
+    assert exchange.put(hashlib.sha256(blobs[0]).hexdigest(), blobs[0],
+                        Grant(UPLOAD, ANY_DIGEST, 3, _later(), CAP, CAP - 1)) == 413  # fmt: skip
+    assert exchange.put(hashlib.sha256(b"!").hexdigest(), b"!",  # another job has its own total
+                        Grant(UPLOAD, ANY_DIGEST, 2, _later(), CAP, TOTAL)) == 201  # fmt: skip
 
 
 @pytest.mark.parametrize("path", ["../exchange.key", "..%2fexchange.key", "%2e%2e%2fexchange.key", "exchange.key",
@@ -104,7 +120,7 @@ def test_names_that_are_no_digest_reach_no_file(exchange: Exchange, path: str) -
     response = exchange.client.get(f"/exchange/{path}?{grant}")
     assert response.status_code in (403, 404)
     assert exchange.key not in response.content
-    upload = sign(exchange.key, Grant(UPLOAD, ANY_DIGEST, 1, _later(), CAP))
+    upload = sign(exchange.key, Grant(UPLOAD, ANY_DIGEST, 1, _later(), CAP, TOTAL))
     assert exchange.client.put(f"/exchange/{path}?{upload}", content=b"x").status_code in (403, 404, 405)
     assert sorted(p.name for p in exchange.runtime.data_dir.iterdir()) == ["artifacts", "exchange.key"]
 
@@ -131,7 +147,7 @@ def test_a_later_job_is_granted_only_blobs_the_job_it_depends_on_uploaded(
     monkeypatch.setenv(EXCHANGE_URL_ENV, "http://127.0.0.1/exchange")
     private = exchange.runtime.artifacts.put_bytes(b"another pipeline's private log")
     built = hashlib.sha256(b"a kernel").hexdigest()
-    assert exchange.put(built, b"a kernel", Grant(UPLOAD, ANY_DIGEST, 5, _later(), CAP)) == 201
+    assert exchange.put(built, b"a kernel", Grant(UPLOAD, ANY_DIGEST, 5, _later(), CAP, TOTAL)) == 201
     config, data_dir = exchange.runtime.config, exchange.runtime.data_dir
     granted = job_exchange(config, data_dir, 6, [built, private, "../../exchange.key"], made_by=5)
     assert granted is not None and list(granted.downloads) == [built]
