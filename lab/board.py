@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -34,9 +33,10 @@ from labgrid.util.ssh import sshmanager
 from pexpect import TIMEOUT
 from serial import SerialException
 
+from lab.caps import CAP_ENDINGS, BootCaps, Ended, Port, PortsReading, cap_message
 from lab.errors import LabSetupError
 from lab.places import Coordinator, HeldPlace, Identity, holding_place, worker_identity
-from lab.runner import END_MARKER, BootOutcome, Ended
+from lab.runner import BootOutcome, boot_caps
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ SSH_CONFIG_ENV = "LABGATE_LAB_SSH_CONFIG"  # ssh config for staging to exporter 
 KERNEL_NAME = "vmlinuz"  # the names images are staged under: the board's boot configuration names them
 INITRAMFS_NAME = "initramfs.cpio.gz"
 _STAGING_DRIVERS = ("TFTPProviderDriver", "HTTPProviderDriver")
-_END_LINE = re.compile(rb"\n" + re.escape(END_MARKER.encode()) + rb"\r?\n")
 _READ_SLICE_S = 0.02  # each port is read in turn for at most this long
 _CHUNK = 65536
 
@@ -58,6 +57,11 @@ class BoardRequest:
     initramfs: Path
     work_dir: Path
     timeout_s: float  # from power-on to the runner's end marker
+    boot_timeout_s: float | None = None  # power-on to the runner's first byte; None: only timeout_s
+    silence_timeout_s: float | None = None  # no byte on either UART; None: only timeout_s
+    # The DUT may use a network (the class allows it, the tree grants it): labgate only carries the grant;
+    # what a board wires for it (a switch port, a VLAN) is its own environment's business.
+    network: bool = False
     place_wait_s: float = 600.0  # how long a job waits for a place before it is incomplete
     max_console_bytes: int = 16 * 1024 * 1024
     max_runner_bytes: int = 16 * 1024 * 1024
@@ -175,8 +179,7 @@ def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_
         on_at = time.monotonic()
         console = target.get_driver("ConsoleProtocol", name="console")
         runner = target.get_driver("ConsoleProtocol", name="runner")
-        raw, runner_raw, ended = read_board_ports(console, runner, on_at + req.timeout_s,
-                                                  req.max_console_bytes, req.max_runner_bytes)  # fmt: skip
+        raw, runner_raw, ended = read_board_ports(console, runner, boot_caps(req), on_at)
         boot_s = time.monotonic() - on_at
         power.off()
         power = None
@@ -190,12 +193,11 @@ def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_
                 power.off()
         _cleanup(target)
     console_text = raw.decode("utf-8", errors="replace").replace("\r", "")
-    notes = {"timeout": f"# labgate: boot timed out after {req.timeout_s:g} s",
-             "console-limit": f"# labgate: console truncated at {req.max_console_bytes} bytes",
-             "runner-limit": f"# labgate: the runner's output passed its cap of {req.max_runner_bytes} bytes",
-             "qemu-exit": f"# labgate: the board's console hung up before the end marker ({held.name})"}  # fmt: skip
-    if ended in notes:
-        console_text += ("" if console_text.endswith("\n") or not console_text else "\n") + notes[ended] + "\n"
+    note = {"qemu-exit": f"# labgate: the board's console hung up before the end marker ({held.name})"}.get(ended)
+    if ended in CAP_ENDINGS:
+        note = f"# labgate: {cap_message(ended, boot_caps(req), boot_s)}; the board was powered off"
+    if note:
+        console_text += ("" if console_text.endswith("\n") or not console_text else "\n") + note + "\n"
     runner_text = runner_raw.decode("utf-8", errors="replace").replace("\r", "")
     (work_dir / "console.log").write_text(console_text, encoding="utf-8")
     (work_dir / "runner.log").write_text(runner_text, encoding="utf-8")
@@ -221,16 +223,16 @@ def _stage(target: Any, req: BoardRequest, work_dir: Path) -> None:
         staging.stage(str(images / name))
 
 
-def read_board_ports(console: Any, runner: Any, deadline: float, console_limit: int,
-                     runner_limit: int) -> tuple[bytes, bytes, Ended]:  # fmt: skip
+def read_board_ports(console: Any, runner: Any, caps: BootCaps, on_at: float) -> tuple[bytes, bytes, Ended]:
     """Read both UARTs (labgrid ConsoleProtocol drivers) until the runner's end marker, a cap, or hang-up."""
-    buffers = {"console": bytearray(), "runner": bytearray()}
-    ports = {"console": console, "runner": runner}
+    reading = PortsReading(caps, on_at)
+    ports: dict[Port, Any] = {"console": console, "runner": runner}
     while True:
-        if time.monotonic() >= deadline:
-            return bytes(buffers["console"]), bytes(buffers["runner"]), "timeout"
+        ended = reading.due(time.monotonic())
+        if ended is not None:
+            return reading.result(ended)
         if not ports:
-            return bytes(buffers["console"]), bytes(buffers["runner"]), "qemu-exit"
+            return reading.result("qemu-exit")
         for name, port in list(ports.items()):
             try:
                 chunk = port.read(size=_CHUNK, max_size=_CHUNK, timeout=_READ_SLICE_S)  # what came within the slice
@@ -239,19 +241,9 @@ def read_board_ports(console: Any, runner: Any, deadline: float, console_limit: 
             except (SerialException, OSError):  # the far end hung up: the board is off or gone
                 del ports[name]
                 continue
-            buffer = buffers[name]
-            if name == "console":
-                buffer += chunk
-                if len(buffer) > console_limit:
-                    return bytes(buffer[:console_limit]), bytes(buffers["runner"]), "console-limit"
-                continue
-            searched_to = max(0, len(buffer) - len(END_MARKER) - 2)
-            buffer += chunk
-            found = _END_LINE.search(buffer, searched_to)
-            if found and found.end() <= runner_limit:
-                return bytes(buffers["console"]), bytes(buffer[: found.end()]), "end-marker"
-            if len(buffer) > runner_limit:
-                return bytes(buffers["console"]), bytes(buffer[:runner_limit]), "runner-limit"
+            ended = reading.take(name, chunk, time.monotonic())
+            if ended is not None:
+                return reading.result(ended)
 
 
 class _PromptRemotePlaceManager(RemotePlaceManager):  # type: ignore[misc]

@@ -1,8 +1,10 @@
 """Boot a kernel + initramfs on QEMU through labgrid's QEMUDriver; capture the console and the runner's port.
 
 Two serial ports: the first is labgrid's console (the kernel's console, kept whole for crash
-detection), the second is the DUT runner's own port, the only source of results. QEMU
-runs with its seccomp sandbox on, no network and no host device, and, when the caller
+detection), the second is the DUT runner's own port, the only source of results. Both are read
+under the boot's caps (lab/caps.py). QEMU runs with its seccomp sandbox on, no host device, and
+no NIC at all unless the request grants a network: then a user-mode (slirp) NIC whose sockets
+are QEMU's own, so inside the caller's network namespace. When the caller
 gives a confinement prefix (bwrap + setpriv, built by the worker), as an unprivileged uid
 in a mount namespace of its own. Its sockets live in a runtime directory owned by that uid:
 labgrid makes its console socket in a private mkdtemp() directory, which QEMU under
@@ -27,23 +29,26 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import jinja2
 from labgrid import Environment
 
+from lab.caps import CAP_ENDINGS, END_MARKER, BootCaps, Ended, Port, PortsReading, cap_message
 from lab.errors import LabSetupError
 
-__all__ = ["END_MARKER", "BootOutcome", "BootRequest", "LabSetupError", "run_boot"]
+__all__ = ["END_MARKER", "BootOutcome", "BootRequest", "Ended", "LabSetupError", "boot_caps", "run_boot"]
 
 log = logging.getLogger(__name__)
 
-END_MARKER = "# labgate: end"
-Ended = Literal["end-marker", "timeout", "qemu-exit", "console-limit", "runner-limit"]
+# The DUT's NIC when a network is granted: e1000, which most kernels have (built in by x86_64's
+# defconfig, a module in Debian's), on QEMU's user-mode network. Its gateway 10.0.2.2 forwards to
+# the loopback of QEMU's network namespace: the sandbox's, never the host's.
+NETWORK_NIC = "user,model=e1000"
+_PRINTED_LINE = re.compile(r"^(?!# labgate: |# qemu: )[^\n]*\S", re.M)  # a line the target printed
 QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 SECCOMP_FD = 9  # the wrapper opens the filter here for bwrap --seccomp (dash knows fds 0-9 only)
 
-_END_LINE = re.compile(rb"\n" + re.escape(END_MARKER.encode()) + rb"\r?\n")
 _ENVS = Path(__file__).resolve().parent / "envs"
 _READ_POLL_S = 1.0  # upper bound on one read(); data and QEMU's exit wake it sooner
 _ACCEPT_CAP_S = 15.0  # QEMU connects the serial socket within ms; longer means it died
@@ -57,6 +62,9 @@ class BootRequest:
     initramfs: Path
     work_dir: Path  # where the env yaml, the QEMU wrapper and the logs go
     timeout_s: float  # whole boot cap, from qemu.on()
+    boot_timeout_s: float | None = None  # qemu.on() to the runner's first byte; None: only timeout_s
+    silence_timeout_s: float | None = None  # no byte on either port; None: only timeout_s
+    network: bool = False  # a user-mode NIC (in the caller's network namespace); False: no NIC at all
     memory: str = "512M"
     machine: str = "q35"
     cpu: str = "qemu64"
@@ -83,6 +91,35 @@ class BootOutcome:
     boot_s: float  # from qemu.on() to the end of the runner's document
     qemu_status: int | None  # QEMU's exit status when it exited on its own (0: the guest powered off)
     setup_s: float  # env file, labgrid environment, driver activation and sockets, before on()
+
+    @property
+    def reached_runner(self) -> bool:
+        """Whether the DUT runner wrote anything on its port: the boot got as far as the tests."""
+        return bool(self.runner)
+
+    @property
+    def console_silent(self) -> bool:
+        """Whether the target printed nothing on its console (labgate's own notes at its end aside)."""
+        return _PRINTED_LINE.search(self.console) is None
+
+
+class _Capped(Protocol):
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def boot_timeout_s(self) -> float | None: ...
+    @property
+    def silence_timeout_s(self) -> float | None: ...
+    @property
+    def max_console_bytes(self) -> int: ...
+    @property
+    def max_runner_bytes(self) -> int: ...
+
+
+def boot_caps(req: _Capped) -> BootCaps:
+    """The caps a boot or board request carries."""
+    return BootCaps(job_s=req.timeout_s, boot_s=req.boot_timeout_s, silence_s=req.silence_timeout_s,
+                    console_bytes=req.max_console_bytes, runner_bytes=req.max_runner_bytes)  # fmt: skip
 
 
 def run_boot(req: BootRequest) -> BootOutcome:
@@ -115,7 +152,7 @@ def run_boot(req: BootRequest) -> BootOutcome:
     finally:
         listener.close()
         shutil.rmtree(runtime, ignore_errors=True)
-    console = _render_console(raw, ended, req, exit_status, work_dir / "qemu.log")
+    console = _render_console(raw, ended, req, exit_status, work_dir / "qemu.log", boot_s)
     (work_dir / "console.log").write_text(console, encoding="utf-8")
     runner_text = runner_raw.decode("utf-8", errors="replace").replace("\r", "")
     (work_dir / "runner.log").write_text(runner_text, encoding="utf-8")
@@ -144,6 +181,7 @@ def render_env(req: BootRequest, qemu_wrapper: Path, runner_socket: Path | None 
         extra_args=shlex.join(extra),
         qemu_bin=str(qemu_wrapper),
         kernel=kernel,
+        nic=NETWORK_NIC if req.network else "none",
     )
 
 
@@ -253,7 +291,6 @@ def _write_qemu_wrapper(work_dir: Path, tools: _HostTools, req: BootRequest) -> 
 
 def _boot(qemu: Any, listener: socket.socket, req: BootRequest) -> tuple[bytes, bytes, Ended, float, int | None]:
     on_at = time.monotonic()
-    deadline = on_at + req.timeout_s
     # QEMUDriver.on() blocks in accept() on the serial socket; a QEMU that dies first
     # would block it forever.
     qemu._socket.settimeout(max(0.1, min(req.timeout_s, _ACCEPT_CAP_S)))
@@ -270,8 +307,7 @@ def _boot(qemu: Any, listener: socket.socket, req: BootRequest) -> tuple[bytes, 
             f"QEMU did not come up ({type(exc).__name__}: {exc}); see {req.work_dir}/qemu.log"
         ) from exc
     try:
-        raw, runner_raw, ended = read_ports(qemu._clientsocket, runner_port, qemu._child, deadline,
-                                            req.max_console_bytes, req.max_runner_bytes)  # fmt: skip
+        raw, runner_raw, ended = read_ports(qemu._clientsocket, runner_port, qemu._child, boot_caps(req), on_at)
     finally:
         runner_port.close()
     boot_s = time.monotonic() - on_at
@@ -283,44 +319,38 @@ class _Exited(Protocol):
 
 
 def read_ports(
-    console: socket.socket, runner: socket.socket, child: _Exited, deadline: float, console_limit: int,
-    runner_limit: int,
-) -> tuple[bytes, bytes, Ended]:  # fmt: skip
+    console: socket.socket, runner: socket.socket, child: _Exited, caps: BootCaps, on_at: float
+) -> tuple[bytes, bytes, Ended]:
     """Read the console and the runner's port until the runner's end marker, a cap or QEMU's exit."""
-    console_buf, runner_buf = bytearray(), bytearray()
-    open_ports = {console.fileno(): console, runner.fileno(): runner}
+    reading = PortsReading(caps, on_at)
+    ports: dict[int, tuple[Port, socket.socket]] = {console.fileno(): ("console", console),
+                                                    runner.fileno(): ("runner", runner)}  # fmt: skip
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return bytes(console_buf), bytes(runner_buf), "timeout"
-        if not open_ports:
-            return bytes(console_buf), bytes(runner_buf), "qemu-exit"
-        ready, _, _ = select.select(list(open_ports), [], [], min(remaining, _READ_POLL_S))
+        now = time.monotonic()
+        ended = reading.due(now)
+        if ended is not None:
+            return reading.result(ended)
+        if not ports:
+            return reading.result("qemu-exit")
+        ready, _, _ = select.select(list(ports), [], [], min(reading.wait_s(now), _READ_POLL_S))
         if not ready:
             if child.poll() is not None:
-                return bytes(console_buf), bytes(runner_buf), "qemu-exit"
+                return reading.result("qemu-exit")
             continue
         for fd in ready:
+            name, port = ports[fd]
             try:
-                chunk = open_ports[fd].recv(65536)
+                chunk = port.recv(65536)
             except BlockingIOError:
                 continue
             except OSError:
                 chunk = b""
             if not chunk:  # QEMU closed the port: it is exiting
-                del open_ports[fd]
-            elif fd == console.fileno():
-                console_buf += chunk
-                if len(console_buf) > console_limit:
-                    return bytes(console_buf[:console_limit]), bytes(runner_buf), "console-limit"
-            else:
-                searched_to = max(0, len(runner_buf) - len(END_MARKER) - 2)
-                runner_buf += chunk
-                found = _END_LINE.search(runner_buf, searched_to)
-                if found and found.end() <= runner_limit:
-                    return bytes(console_buf), bytes(runner_buf[: found.end()]), "end-marker"
-                if len(runner_buf) > runner_limit:
-                    return bytes(console_buf), bytes(runner_buf[:runner_limit]), "runner-limit"
+                del ports[fd]
+                continue
+            ended = reading.take(name, chunk, time.monotonic())
+            if ended is not None:
+                return reading.result(ended)
 
 
 def _stop(qemu: Any, *, graceful: bool, exiting: bool = False) -> int | None:
@@ -369,16 +399,12 @@ def _release(target: Any, qemu: Any) -> None:
 
 
 def _render_console(
-    raw: bytes, ended: Ended, req: BootRequest, exit_status: int | None, qemu_log: Path
+    raw: bytes, ended: Ended, req: BootRequest, exit_status: int | None, qemu_log: Path, boot_s: float | None = None
 ) -> str:
     text = raw.decode("utf-8", errors="replace").replace("\r", "")
     notes = []
-    if ended == "console-limit":
-        notes.append(f"# labgate: console truncated at {req.max_console_bytes} bytes")
-    elif ended == "runner-limit":
-        notes.append(f"# labgate: the runner's output passed its cap of {req.max_runner_bytes} bytes")
-    elif ended == "timeout":
-        notes.append(f"# labgate: boot timed out after {req.timeout_s:g} s")
+    if ended in CAP_ENDINGS:
+        notes.append(f"# labgate: {cap_message(ended, boot_caps(req), boot_s)}; QEMU was killed")
     elif ended == "qemu-exit":
         notes.append(f"# labgate: qemu exited (status {exit_status}) before the end marker")
         with contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab import runner
+from lab.caps import BootCaps
 from lab.initramfs import DUT_DIR, Command, build_initramfs, render_commands
 from lab.runner import BootOutcome, BootRequest, run_boot
 from tests.lab.conftest import processes_mentioning
@@ -124,7 +125,8 @@ class FakeChild:
 
 
 def read_pairs(console_chunks: list[bytes], runner_chunks: list[bytes], *, close: bool = False,
-               console_limit: int = 1 << 20, runner_limit: int = 1 << 20, seconds: float = 3.0):  # fmt: skip
+               console_limit: int = 1 << 20, runner_limit: int = 1 << 20, seconds: float = 3.0,
+               boot_s: float | None = None, silence_s: float | None = None, pause_s: float = 0.02):  # fmt: skip
     console_host, console_qemu = socket.socketpair()
     runner_host, runner_qemu = socket.socketpair()
     for sock in (console_host, runner_host):
@@ -136,7 +138,7 @@ def read_pairs(console_chunks: list[bytes], runner_chunks: list[bytes], *, close
                 console_qemu.sendall(console)
             if port:
                 runner_qemu.sendall(port)
-            time.sleep(0.02)
+            time.sleep(pause_s)
         if close:
             console_qemu.close()
             runner_qemu.close()
@@ -144,8 +146,9 @@ def read_pairs(console_chunks: list[bytes], runner_chunks: list[bytes], *, close
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        return runner.read_ports(console_host, runner_host, FakeChild(), time.monotonic() + seconds, console_limit,
-                                 runner_limit)  # fmt: skip
+        caps = BootCaps(job_s=seconds, boot_s=boot_s, silence_s=silence_s, console_bytes=console_limit,
+                        runner_bytes=runner_limit)  # fmt: skip
+        return runner.read_ports(console_host, runner_host, FakeChild(), caps, time.monotonic())
     finally:
         feeder.join()
         for sock in (console_host, console_qemu, runner_host, runner_qemu):
@@ -176,15 +179,31 @@ def test_both_ports_closing_means_qemu_exited() -> None:
     assert ended == "qemu-exit" and console == b"Kernel panic\n"
 
 
+def test_the_runner_start_and_silence_caps_end_the_read_and_the_job_cap_comes_first() -> None:
+    # The runner never starts: the boot cap fires, though the console keeps talking.
+    console, _, ended = read_pairs([b"x\n"] * 12, [], boot_s=0.3, silence_s=5, pause_s=0.05)
+    assert ended == "boot-timeout" and 0 < len(console) < 12 * 2
+    # The runner started, then both ports fell silent.
+    started = time.monotonic()
+    _, out, ended = read_pairs([b"boot\n"], [b"KTAP version 1\n"], boot_s=0.2, silence_s=0.5)
+    assert ended == "silence" and out == b"KTAP version 1\n" and 0.5 <= time.monotonic() - started < 1.5
+    _, _, ended = read_pairs([], [], seconds=0.3, boot_s=0.3, silence_s=0.3)
+    assert ended == "timeout"
+
+
 def test_rendered_console_notes_why_it_ended(tmp_path: Path) -> None:
-    req = BootRequest(Path("k"), Path("i"), tmp_path, timeout_s=7, max_console_bytes=10)
+    req = BootRequest(Path("k"), Path("i"), tmp_path, timeout_s=7, max_console_bytes=10, silence_timeout_s=3)
     (tmp_path / "qemu.log").write_text("qemu: could not load kernel\n")
     assert runner._render_console(b"abc\r\n", "end-marker", req, 0, tmp_path / "x") == "abc\n"
-    assert runner._render_console(b"abc", "timeout", req, None, tmp_path / "x") == (
-        "abc\n# labgate: boot timed out after 7 s\n"
+    assert runner._render_console(b"abc", "timeout", req, None, tmp_path / "x", 7.02) == (
+        "abc\n# labgate: the job cap fired: the runner's end marker did not come within 7 s of power-on"
+        " (stopped 7.0 s after power-on); QEMU was killed\n"
+    )
+    assert runner._render_console(b"a", "silence", req, None, tmp_path / "x").endswith(
+        "\n# labgate: the silence cap fired: no byte on the console nor the runner's port for 3 s; QEMU was killed\n"
     )
     assert runner._render_console(b"a", "console-limit", req, None, tmp_path / "x").endswith(
-        "\n# labgate: console truncated at 10 bytes\n"
+        "\n# labgate: the console cap fired: the kernel console passed 10 bytes (truncated there); QEMU was killed\n"
     )
     assert runner._render_console(b"", "qemu-exit", req, 1, tmp_path / "qemu.log") == (
         "# labgate: qemu exited (status 1) before the end marker\n"
@@ -196,7 +215,7 @@ def test_env_yaml_carries_initrd_in_extra_args(tmp_path: Path) -> None:
     req = BootRequest(Path("/k/vmlinuz"), tmp_path / "my image.gz", tmp_path, timeout_s=1)
     text = runner.render_env(req, tmp_path / "qemu")
     assert f"-initrd '{tmp_path}/my image.gz'" in text
-    assert "nic: none" in text and "display: none" in text and "initrd:" not in text
+    assert 'nic: "none"' in text and "display: none" in text and "initrd:" not in text
 
 
 def test_missing_kernel_is_a_setup_error(tmp_path: Path) -> None:
@@ -252,7 +271,7 @@ def test_boot_past_its_cap_ends_in_timeout(debian_kernel: Path, tmp_path: Path) 
 
     assert outcome.ended == "timeout"
     assert 8 <= outcome.boot_s < 10
-    assert outcome.console.endswith("# labgate: boot timed out after 8 s\n")
+    assert "# labgate: the job cap fired: the runner's end marker did not come within 8 s" in outcome.console
     assert processes_mentioning(str(tmp_path)) == []
 
 
