@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from lab.board import BoardRequest, run_board_boot
+from lab.caps import CAP_ENDINGS, BootCaps, cap_message
+from lab.console import Crash, first_crash
 from lab.errors import LabSetupError
 from lab.framing import RunnerDocument, ran_as_root_only, read_runner_document
 from lab.initramfs import Command, StoredFile, build_initramfs
@@ -23,7 +25,18 @@ from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.errors import InfraError, UserError
 from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
 from workers.slots import DEFAULT_QEMU_UIDS, QEMU_UIDS_ENV, Slot, UidRange, hold_slot
-from workers.spec import ArtifactRef, JobResult, JobSpec, TestCase, TestSpec
+from workers.spec import (
+    INCOMPLETE_BOOT_UNPROVEN,
+    INCOMPLETE_FRAMING,
+    INCOMPLETE_LAB_KERNEL,
+    INCOMPLETE_NO_CONSOLE,
+    INCOMPLETE_QEMU_CRASHED,
+    ArtifactRef,
+    JobResult,
+    JobSpec,
+    TestCase,
+    TestSpec,
+)
 
 log = logging.getLogger(__name__)
 ARTIFACTS_ON_TARGET = "/labgate/artifacts"
@@ -57,34 +70,70 @@ def verdict(runner: RunnerDocument, doc: KtapDocument) -> tuple[str, str | None]
     return "pass", None
 
 
-def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, own_kernel: bool,
-          timeout_s: float) -> tuple[str, str | None, str | None]:  # fmt: skip
-    """(result, error_code, message) of one boot.
+def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test: TestSpec, caps: BootCaps,
+          crash: Crash | None) -> tuple[str, str | None, str | None]:  # fmt: skip
+    """(result, error_code, message) of one boot: `fail` when the change's code made it end so, `incomplete`
+    (with its code) when our side did.
 
-    A cap fired by the change's code (its kernel, its commands) is the change's failure;
-    a boot that never reached the runner on the lab's own kernel, or a QEMU that failed
-    by itself, is ours (incomplete). Framing the runner did not write never passes.
+    After the runner started, a kernel crash is a failure carrying its title, before any cap that
+    fired after it; a cap is the change's failure. A boot that never reached the runner is the
+    change's failure only when its own kernel did it on a class seen booting to the runner
+    (test.boot_evidence); the lab's kernel failing, or QEMU dying with an error, is ours.
     """
+    tail = console_tail(outcome.console)
+    stopped = _why_stopped(outcome, caps)
     if outcome.ended == "end-marker":
+        if crash is not None:
+            return "fail", None, f"kernel crash while the tests ran: {crash.title}"
         if runner.problems:
-            return "incomplete", "runner-framing", "results refused: " + "; ".join(runner.problems)
+            return "incomplete", INCOMPLETE_FRAMING, "results refused: " + "; ".join(runner.problems)
         result, message = verdict(runner, doc)
         return result, None, message
-    tail = "\n".join(outcome.console.rstrip().split("\n")[-15:])
-    started = bool(outcome.runner.strip())
-    if outcome.ended == "runner-limit":
-        return "fail", None, "the test stopped: its output passed the runner's output cap"
-    if outcome.ended == "console-limit":
-        return "fail", None, "the test stopped: the kernel console passed its output cap"
-    if outcome.ended == "timeout":
-        if not started and not own_kernel:
-            return "incomplete", "timeout", f"the lab's kernel never reached the runner; console ends:\n{tail}"
-        return "fail", None, f"the test stopped: it hit the wall-time cap of {timeout_s:g} s; console ends:\n{tail}"
+    if outcome.reached_runner:
+        if crash is not None:
+            return "fail", None, f"kernel crash while the tests ran: {crash.title}; then {stopped}"
+        if outcome.qemu_status not in (0, None):
+            return "incomplete", INCOMPLETE_QEMU_CRASHED, f"{stopped}; console ends:\n{tail}"
+        return "fail", None, f"the tests did not finish: {stopped}; console ends:\n{tail}"
     if outcome.qemu_status not in (0, None):
-        return "incomplete", "qemu-failed", f"QEMU exited with status {outcome.qemu_status}; console ends:\n{tail}"
-    if not started and not own_kernel:
-        return "incomplete", "boot-failed", f"the lab's kernel stopped before the runner started; console ends:\n{tail}"
-    return "fail", None, f"the target stopped before the end of the tests; console ends:\n{tail}"
+        return "incomplete", INCOMPLETE_QEMU_CRASHED, f"{stopped}; console ends:\n{tail}"
+    why = f"{crash.title} ({stopped})" if crash is not None else stopped
+    if test.kernel != "debian":
+        if test.boot_evidence:
+            return "fail", None, (f"boot failed: {why}; this device class booted to the runner before "
+                                  f"({test.boot_evidence}); console ends:\n{tail}")  # fmt: skip
+        return "incomplete", INCOMPLETE_BOOT_UNPROVEN, (
+            f"the change's kernel never reached the runner: {why}; this device class has no boot to the "
+            f"runner on record, so the change is not blamed; console ends:\n{tail}")  # fmt: skip
+    if outcome.console_silent:
+        return "incomplete", INCOMPLETE_NO_CONSOLE, f"the target printed nothing on its console: {stopped}"
+    return "incomplete", INCOMPLETE_LAB_KERNEL, (f"the lab's kernel never reached the runner: {why}; "
+                                                 f"console ends:\n{tail}")  # fmt: skip
+
+
+def console_tail(console: str, lines: int = 15, width: int = 300) -> str:
+    """The console's last lines for a message, each cut to `width` (a flood can be one line of megabytes)."""
+    last = console[-lines * (width + 1) * 4 :].rstrip().split("\n")[-lines:]
+    return "\n".join(line if len(line) <= width else line[:width] + " [...]" for line in last)
+
+
+def _why_stopped(outcome: BootOutcome, caps: BootCaps) -> str:
+    if outcome.ended in CAP_ENDINGS:
+        return cap_message(outcome.ended, caps, outcome.boot_s)
+    if outcome.qemu_status not in (0, None):
+        return f"QEMU exited with status {outcome.qemu_status} (not the guest's power-off)"
+    if outcome.qemu_status == 0:
+        return "the guest powered off or reset before the runner's end marker"
+    return "the target's console hung up before the runner's end marker"
+
+
+def job_caps(spec: JobSpec) -> BootCaps:
+    """The caps a test job's boot runs under: the lab's, from the spec (never the plan's own); the
+    runner's port, which carries the commands' output, is capped like any job's log."""
+    test = spec.test
+    assert test is not None
+    return BootCaps(job_s=test.timeout_s, boot_s=test.boot_timeout_s, silence_s=test.silence_timeout_s,
+                    console_bytes=test.max_console_bytes, runner_bytes=spec.max_log_bytes)  # fmt: skip
 
 
 def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
@@ -156,7 +205,10 @@ def _job_result(spec: JobSpec, delivery: int, outcome: BootOutcome, store: Artif
         log.exception("job %s: KTAP parser failed", spec.job_id)
         why = f"the output could not be parsed ({type(exc).__name__})"
         doc = KtapDocument(None, None, (), "incomplete", (why,), ())
-    result, code, message = judge(outcome, doc, runner, test.kernel != "debian", test.timeout_s)
+    crash = first_crash(outcome.console)
+    result, code, message = judge(outcome, doc, runner, test, job_caps(spec), crash)
+    if crash is not None:
+        outputs = {**outputs, "crash": {"title": crash.title, "kind": crash.kind, "excerpt": crash.excerpt}}
     framing = runner.problems if outcome.ended == "end-marker" else []
     as_root = any(c.root for c in test.commands) or ran_as_root_only(outcome.runner)
     caveat = ROOT_CAVEAT if as_root else ""
@@ -165,7 +217,7 @@ def _job_result(spec: JobSpec, delivery: int, outcome: BootOutcome, store: Artif
         job_id=spec.job_id, delivery=delivery, result=result, error_code=code,  # type: ignore[arg-type]
         error_message=message, log_digest=store.put_bytes(record.encode()),
         command_s=outcome.boot_s, tests=() if framing else test_cases(doc, caveat),
-        outputs={"ended": outcome.ended, "boot_s": round(outcome.boot_s, 3),
+        outputs={"ended": outcome.ended, "reached_runner": outcome.reached_runner, "boot_s": round(outcome.boot_s, 3),
                  "setup_s": round(outcome.setup_s, 3), **outputs},
     )  # fmt: skip
 
@@ -182,11 +234,16 @@ def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot:
         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, uid=slot.uid, tmp_bytes=QEMU_TMP_BYTES,
         seccomp_fd=SECCOMP_FD if filtered else None,
     )  # fmt: skip
+    if test.network and "--unshare-net" not in confine:
+        # Slirp's gateway forwards to the loopback of QEMU's network namespace: it must never be the host's.
+        raise InfraError("lab: a granted DUT network needs QEMU in a network namespace of its own")
+    caps = job_caps(spec)
     try:
         return run_boot(BootRequest(
-            kernel=kernel, initramfs=initramfs, work_dir=work, timeout_s=test.timeout_s,
+            kernel=kernel, initramfs=initramfs, work_dir=work, timeout_s=caps.job_s, boot_timeout_s=caps.boot_s,
+            silence_timeout_s=caps.silence_s, network=test.network,
             memory=test.qemu.memory, machine=test.qemu.machine, cpu=test.qemu.cpu,
-            max_console_bytes=spec.max_log_bytes, max_runner_bytes=spec.max_log_bytes,
+            max_console_bytes=caps.console_bytes, max_runner_bytes=caps.runner_bytes,
             confine=tuple(confine), sandbox_uid=slot.uid, runtime_dir=runtime,
             seccomp_filter=seccomp.build_filter() if filtered else None,
             cgroup_procs=tuple(d / "cgroup.procs" for d in cgroup.dirs) if cgroup is not None else (),
