@@ -35,7 +35,7 @@ from serial import SerialException
 
 from lab.caps import CAP_ENDINGS, BootCaps, Ended, Port, PortsReading, cap_message
 from lab.errors import LabSetupError
-from lab.places import Coordinator, HeldPlace, Identity, holding_place, worker_identity
+from lab.places import Coordinator, HeldPlace, Identity, holding_place, offline_identity, worker_identity
 from lab.runner import BootOutcome, boot_caps
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ class BoardRequest:
     max_console_bytes: int = 16 * 1024 * 1024
     max_runner_bytes: int = 16 * 1024 * 1024
     identity: Identity | None = None  # the labgrid user to lock as; default: this host's lab worker
+    avoid_places: tuple[str, ...] = ()  # places this job failed on through their fault: another, if one can
+    health_check_place: str | None = None  # boot on exactly this place, held offline (lab/places.hold_offline)
+    offline_why: str = "health check"  # the offline comment when a health check takes its place offline
+
+
+class PlaceFault(LabSetupError):
+    """A held place's own drivers failed (power, staging, console): the board's fault, never the change's."""
+
+    def __init__(self, held: HeldPlace, step: str, cause: str) -> None:
+        super().__init__(f"place {held.name}: {step} failed: {cause}")
+        self.held = held  # the place, and how long and for whom the job waited for it
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -74,26 +86,38 @@ class BoardOutcome:
     place: str
     waited_s: float
     waited_for: str  # who held the places while the job waited ("" when one was free)
+    avoided: str = ""  # how the places to avoid were kept from the job, or why they were not
 
 
 def run_board_boot(req: BoardRequest, on_waiting: Callable[[str], None] | None = None) -> BoardOutcome:
     """Hold a place for one boot and return what its ports said; the place is always released.
 
-    PlaceUnavailable when no place was granted within place_wait_s; LabSetupError when the
+    PlaceUnavailable when no place was granted within place_wait_s; PlaceFault when the held
     place's drivers fail (power, staging, console): the board's fault, never the change's.
+    A health check (req.health_check_place) holds its place offline instead, as the offline user,
+    and leaves it so: lab/places.end_health_check decides from the verdict whether it comes back.
     """
     for what, path in (("kernel", req.kernel), ("initramfs", req.initramfs)):
         if not Path(path).is_file():
             raise LabSetupError(f"{what} {path} is not a file; build or fetch it first")
     work_dir = Path(req.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    if req.health_check_place is not None:
+        coordinator = Coordinator(req.coordinator, offline_identity())
+        try:
+            held = coordinator.hold_offline(req.health_check_place, req.offline_why, req.place_wait_s, on_waiting)
+            boot = _boot_on(coordinator, held, req, work_dir)
+        finally:
+            coordinator.close()
+        return BoardOutcome(boot=boot, place=held.name, waited_s=held.waited_s, waited_for=held.waited_for)
     coordinator = Coordinator(req.coordinator, req.identity or worker_identity())
     try:
-        with holding_place(coordinator, req.place_tags, req.place_wait_s, on_waiting) as held:
+        with holding_place(coordinator, req.place_tags, req.place_wait_s, on_waiting, req.avoid_places) as held:
             boot = _boot_on(coordinator, held, req, work_dir)
     finally:
         coordinator.close()
-    return BoardOutcome(boot=boot, place=held.name, waited_s=held.waited_s, waited_for=held.waited_for)
+    return BoardOutcome(boot=boot, place=held.name, waited_s=held.waited_s, waited_for=held.waited_for,
+                        avoided=held.avoided)  # fmt: skip
 
 
 def sweep_stale_locks(address: str, identity: Identity | None = None) -> list[str]:
@@ -166,27 +190,37 @@ def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_
         use_ssh_config(Path(ssh_config), work_dir.parent / "ssh-bin")
     env_file = work_dir / "board-env.yaml"
     env_file.write_text(render_board_env(req.environment, held.name))
+    try:  # the class's template, not the place: a broken one must not take every place offline
+        environment = Environment(str(env_file))
+    except Exception as exc:
+        raise LabSetupError(f"the device class's labgrid environment: {type(exc).__name__}: {exc}") from exc
     _use_session(coordinator)
     target: Any = None
     power: Any = None
+    step = "the place's resources"
     try:
-        target = Environment(str(env_file)).get_target("main")
+        target = environment.get_target("main")
+        step = "power off"
         power = target.get_driver("PowerProtocol")
         power.off()  # every job starts from power-off, whatever the last one left
+        step = "image staging"
         _stage(target, req, work_dir)
         setup_s = time.monotonic() - started
+        step = "power on"
         power.on()
         on_at = time.monotonic()
+        step = "console"
         console = target.get_driver("ConsoleProtocol", name="console")
         runner = target.get_driver("ConsoleProtocol", name="runner")
         raw, runner_raw, ended = read_board_ports(console, runner, boot_caps(req), on_at)
         boot_s = time.monotonic() - on_at
+        step = "power off"
         power.off()
         power = None
-    except LabSetupError:
+    except PlaceFault:
         raise
-    except Exception as exc:
-        raise LabSetupError(f"place {held.name}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the drivers' own errors (HTTP 500 from a PDU, a refused UART, ssh/rsync failing)
+        raise PlaceFault(held, step, f"{type(exc).__name__}: {exc}") from exc
     finally:
         if power is not None:
             with contextlib.suppress(Exception):

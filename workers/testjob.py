@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.board import BoardRequest, run_board_boot
+from lab.board import BoardRequest, PlaceFault, run_board_boot
 from lab.caps import CAP_ENDINGS, BootCaps, cap_message
 from lab.console import Crash, first_crash
 from lab.errors import LabSetupError
@@ -17,7 +17,7 @@ from lab.framing import RunnerDocument, ran_as_root_only, read_runner_document
 from lab.initramfs import Command, StoredFile, build_initramfs
 from lab.kernel import fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
-from lab.places import PlaceUnavailable
+from lab.places import HeldPlace, PlaceUnavailable, end_health_check, place_in_service
 from lab.runner import SECCOMP_FD, BootOutcome, BootRequest, run_boot
 from workers import seccomp
 from workers.artifacts import ArtifactStore
@@ -30,6 +30,8 @@ from workers.spec import (
     INCOMPLETE_FRAMING,
     INCOMPLETE_LAB_KERNEL,
     INCOMPLETE_NO_CONSOLE,
+    INCOMPLETE_PLACE_UNAVAILABLE,
+    INCOMPLETE_POWER,
     INCOMPLETE_QEMU_CRASHED,
     ArtifactRef,
     JobResult,
@@ -167,12 +169,18 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
 
 def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
     """A test on a place of the class's coordinator, through lab/board.py: the board owns its QEMU (or
-    is real hardware), so the worker confines nothing here; it holds the place, never a QEMU."""
+    is real hardware), so the worker confines nothing here; it holds the place, never a QEMU.
+
+    A place's drivers failing is a result (`incomplete`, power-driver-error, naming the place), not a
+    retry: the control side counts it against the place and retries elsewhere. Every result names
+    its place (outputs["place"]). A health check (test.health_check_place) boots its place held offline
+    and hands it back to service only when it passes (outputs["health_check"])."""
     test = spec.test
     assert test is not None and test.labgrid is not None
     work = work_root / "work" / f"job-{spec.job_id}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    checked = test.health_check_place
     try:
         kernel, initramfs = _images(test, work, store)
         board = run_board_boot(BoardRequest(
@@ -180,16 +188,54 @@ def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: Artifact
             environment=test.labgrid.environment, kernel=kernel, initramfs=initramfs, work_dir=work / "board",
             timeout_s=test.timeout_s, place_wait_s=float(os.environ.get(PLACE_WAIT_ENV, DEFAULT_PLACE_WAIT_S)),
             max_console_bytes=spec.max_log_bytes, max_runner_bytes=spec.max_log_bytes,
+            avoid_places=test.avoid_places, health_check_place=checked,
+            offline_why=f"health check (job {spec.job_id})",
         ), on_waiting=lambda why: log.info("job %s: waiting for a place: %s", spec.job_id, why))  # fmt: skip
     except PlaceUnavailable as exc:
-        return JobResult(job_id=spec.job_id, delivery=delivery, result="incomplete", error_code="place-unavailable",
-                         error_message=str(exc))  # fmt: skip
-    except LabSetupError as exc:
+        result = JobResult(job_id=spec.job_id, delivery=delivery, result="incomplete",
+                           error_code=INCOMPLETE_PLACE_UNAVAILABLE, error_message=str(exc),
+                           outputs={"place": checked})  # fmt: skip
+        return _end_health_check(test, result, taken_offline=False)
+    except PlaceFault as exc:
+        result = JobResult(job_id=spec.job_id, delivery=delivery, result="incomplete", error_code=INCOMPLETE_POWER,
+                           error_message=f"{exc} (the board's fault, not the change's)",
+                           outputs={**_held_outputs(exc.held), "failed_step": exc.step})  # fmt: skip
+        return _end_health_check(test, result, taken_offline=True)
+    except LabSetupError as exc:  # before any place was held: the coordinator, the images
         raise InfraError(f"lab: {exc}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    held = {"place": board.place, "place_wait_s": round(board.waited_s, 3), "waited_for": board.waited_for}
-    return _job_result(spec, delivery, board.boot, store, held)
+    held = _held_outputs(HeldPlace(board.place, "", board.waited_s, board.waited_for, board.avoided))
+    return _end_health_check(test, _job_result(spec, delivery, board.boot, store, held), taken_offline=True)
+
+
+def _held_outputs(held: HeldPlace) -> dict[str, object]:
+    """Which place a board job ran on, how long and for whom it waited, and what it avoided."""
+    outputs: dict[str, object] = {"place": held.name, "place_wait_s": round(held.waited_s, 3),
+                                  "waited_for": held.waited_for}  # fmt: skip
+    if held.avoided:
+        outputs["avoided"] = held.avoided
+    return outputs
+
+
+def _end_health_check(test: TestSpec, result: JobResult, taken_offline: bool) -> JobResult:
+    """A health check's place back in service on a pass, kept offline (saying why) on anything else."""
+    place = test.health_check_place
+    if place is None or test.labgrid is None:
+        return result
+    passed = result.result == "pass"
+    reason = f"{result.result}" + (f" ({result.error_code})" if result.error_code else "")
+    if result.error_message:
+        reason += ": " + result.error_message.strip().split("\n", 1)[0][:300]
+    try:
+        if taken_offline:
+            online = end_health_check(test.labgrid.coordinator, place, passed, reason)
+        else:  # never held: a job kept it the whole wait; it stays as it is
+            online = place_in_service(test.labgrid.coordinator, place)
+    except LabSetupError as exc:
+        raise InfraError(f"lab: ending the health check of {place}: {exc}") from exc
+    outputs = {**result.outputs, "health_check": {"place": place, "passed": passed, "online": online}}
+    return result.model_copy(update={"outputs": outputs})
 
 
 def _job_result(spec: JobSpec, delivery: int, outcome: BootOutcome, store: ArtifactStore,
