@@ -57,7 +57,9 @@ class _Finder:
         an occurrence hidden by an overlapping one is on the same line (no word has a newline).
         """
         if encoded is not None:
-            matches = self._bytes.find_matches_as_indexes(memoryview(encoded)[start:end])
+            # A slice of bytes costs less than a memoryview's buffer set-up, unless it is large.
+            whole = start == 0 and end >= len(encoded)
+            matches = self._bytes.find_matches_as_indexes(encoded if whole else encoded[start:end])
         else:
             matches = self._text.find_matches_as_indexes(text[start:end])
         return [start + match[1] for match in matches]

@@ -450,14 +450,21 @@ _VOLATILE = (
 )
 
 
-@functools.lru_cache(maxsize=4096)
+# Where any of _VOLATILE could match: a digit, or six hex letters after a non-alphanumeric.
+_ANY_VOLATILE = re.compile(r"[0-9]|[^a-zA-Z0-9][a-f]{6}", re.ASCII)
+
+
 def _clean_title(title: str) -> str:
-    for pattern, replacement in _VOLATILE:
-        while True:
-            replaced = pattern.sub(replacement, title)
-            if replaced == title:
-                break
-            title = replaced
+    if _ANY_VOLATILE.search(title) is not None:  # most titles ("WARNING in foo") have nothing to replace
+        for pattern, replacement in _VOLATILE:
+            while True:
+                replaced = pattern.sub(replacement, title)
+                if replaced == title:
+                    break
+                title = replaced
+    title = title[:MAX_TITLE]
+    if title.isascii() and title.isprintable() and "  " not in title:  # what the loop below would keep
+        return title.strip()
     kept: list[str] = []
     for char in title[:MAX_TITLE].replace("\t", " "):
         if " " <= char < "\x7f" and not (char == " " and kept and kept[-1] == " "):

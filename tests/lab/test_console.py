@@ -221,6 +221,26 @@ def test_crlf_consoles_and_timestamps_do_not_change_the_answer() -> None:
     assert crlf == plain
 
 
+def test_text_beyond_ascii_before_a_report_does_not_change_the_answer() -> None:
+    # An ASCII chunk is searched as bytes, any other as text: both find the same report.
+    report = (CONSOLES / "lkdtm-warning.log").read_text()
+    chatter = "[    0.5] café: ünïcode \ufffd garbage — and a BUG-free line\n" * 200
+    assert first_crash(chatter + report) == first_crash(report)
+    assert fed_in_pieces(chatter + report, [len(chatter) - 7, 4096, 100]) == first_crash(report)
+
+
+@pytest.mark.parametrize("beyond_ascii", [False, True])
+def test_a_header_across_the_edge_of_one_search_window_is_found(beyond_ascii: bool) -> None:
+    # Headers are searched 16 KiB at a time: put one astride every place near that edge.
+    report = (CONSOLES / "lkdtm-oops.log").read_text()
+    header = report.index("BUG: kernel NULL pointer dereference")
+    line_start = report.rindex("\n", 0, header) + 1
+    for edge in range(16384 - 24, 16384 + 4):
+        filler = ("é" if beyond_ascii else "x") * (edge - (header - line_start) - 1) + "\n"
+        console = filler + report[line_start:]
+        assert first_crash(console) == first_crash(report[line_start:]), edge
+
+
 # --- hostile consoles ---------------------------------------------------------------------
 
 
