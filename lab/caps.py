@@ -5,6 +5,10 @@ runner's end marker or a cap: the whole job's wall time, the boot cap (power-on 
 runner's first byte), the silence cap (no byte on either port), and the bytes kept of each
 port. The read loops do the I/O; :class:`PortsReading` decides, so QEMU and boards stop for
 the same reasons and say so in the same words.
+
+A kernel panic also ends the boot, a moment after its header so that its report is kept: a
+panicked kernel runs nothing more, and a board that reboots on panic would otherwise boot
+again and again until the job's cap.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from typing import Literal
 __all__ = ["CAP_ENDINGS", "END_MARKER", "BootCaps", "Ended", "Port", "PortsReading", "cap_message"]
 
 END_MARKER = "# labgate: end"
-Ended = Literal["end-marker", "timeout", "boot-timeout", "silence", "qemu-exit", "console-limit", "runner-limit"]
+Ended = Literal["end-marker", "timeout", "boot-timeout", "silence", "qemu-exit", "console-limit", "runner-limit",
+                "kernel-panic"]
 Port = Literal["console", "runner"]
-# Endings where labgate stopped the target (it was powered off or killed): a cap fired.
-CAP_ENDINGS: tuple[Ended, ...] = ("timeout", "boot-timeout", "silence", "console-limit", "runner-limit")
+# Endings where labgate stopped the target (QEMU killed, the board powered off): a cap fired, or a panic.
+CAP_ENDINGS: tuple[Ended, ...] = ("timeout", "boot-timeout", "silence", "console-limit", "runner-limit",
+                                  "kernel-panic")  # fmt: skip
 DEFAULT_PORT_BYTES = 16 * 1024 * 1024
+PANIC_HEADER = b"Kernel panic - not syncing"  # panic()'s first line, since Linux 2.6
 
 _END_LINE = re.compile(rb"\n" + re.escape(END_MARKER.encode()) + rb"\r?\n")
 
@@ -34,6 +41,7 @@ class BootCaps:
     silence_s: float | None = None  # no byte on the console nor the runner's port
     console_bytes: int = DEFAULT_PORT_BYTES
     runner_bytes: int = DEFAULT_PORT_BYTES
+    panic_grace_s: float = 3.0  # after a panic's header, for its report (a few KB) to arrive
 
 
 def cap_message(ended: Ended, caps: BootCaps, stopped_s: float | None = None) -> str:
@@ -52,6 +60,8 @@ def cap_message(ended: Ended, caps: BootCaps, stopped_s: float | None = None) ->
         return f"the console cap fired: the kernel console passed {caps.console_bytes} bytes (truncated there){at}"
     if ended == "runner-limit":
         return f"the runner's output cap fired: the commands' output passed {caps.runner_bytes} bytes{at}"
+    if ended == "kernel-panic":
+        return f"the kernel panicked: the target was stopped {caps.panic_grace_s:g} s after the panic{at}"
     return f"the boot ended: {ended}{at}"
 
 
@@ -70,6 +80,7 @@ class PortsReading:
         self._on_at = on_at
         self._last_byte_at = on_at
         self._ended: Ended | None = None
+        self._panic_at: float | None = None
 
     @property
     def reached_runner(self) -> bool:
@@ -81,7 +92,10 @@ class PortsReading:
             return self._ended
         self._last_byte_at = now
         if port == "console":
+            searched_to = max(0, len(self.console) - len(PANIC_HEADER))
             self.console += chunk
+            if self._panic_at is None and self.console.find(PANIC_HEADER, searched_to) >= 0:
+                self._panic_at = now
             if len(self.console) > self.caps.console_bytes:
                 del self.console[self.caps.console_bytes :]
                 return self._end("console-limit")
@@ -107,6 +121,8 @@ class PortsReading:
             return self._end("boot-timeout")
         if self.caps.silence_s is not None and now >= self._last_byte_at + self.caps.silence_s:
             return self._end("silence")
+        if self._panic_at is not None and now >= self._panic_at + self.caps.panic_grace_s:
+            return self._end("kernel-panic")
         return None
 
     def wait_s(self, now: float) -> float:
@@ -116,6 +132,8 @@ class PortsReading:
             deadlines.append(self._on_at + self.caps.boot_s)
         if self.caps.silence_s is not None:
             deadlines.append(self._last_byte_at + self.caps.silence_s)
+        if self._panic_at is not None:
+            deadlines.append(self._panic_at + self.caps.panic_grace_s)
         return max(0.0, min(deadlines) - now)
 
     def result(self, ended: Ended) -> tuple[bytes, bytes, Ended]:

@@ -42,6 +42,16 @@ def test_byte_caps_cut_each_port_and_the_end_marker_ends_the_boot_even_split() -
     assert flood.take("runner", b"r" * 41, 1.0) == "runner-limit" and len(flood.result("runner-limit")[1]) == 40
 
 
+def test_a_kernel_panic_ends_the_boot_once_its_report_had_time_to_arrive() -> None:
+    reading = PortsReading(BootCaps(job_s=100, boot_s=30, silence_s=10), on_at=0.0)
+    reading.take("console", b"[  1.0] Kernel panic - not", 1.0)
+    assert reading.take("console", b" syncing: VFS: Unable to mount root fs\n", 1.5) is None  # split header
+    assert reading.wait_s(2.0) == 2.5  # the grace after the header, before the silence cap
+    assert reading.due(4.4) is None and reading.due(4.5) == "kernel-panic"
+    assert cap_message("kernel-panic", CAPS) == "the kernel panicked: the target was stopped 3 s after the panic"
+    assert PortsReading(CAPS, on_at=0.0).take("console", b"no panic here", 1.0) is None
+
+
 def test_no_boot_or_silence_cap_leaves_only_the_jobs() -> None:
     reading = PortsReading(BootCaps(job_s=5), on_at=0.0)
     assert reading.due(4.9) is None and reading.wait_s(1.0) == 4.0

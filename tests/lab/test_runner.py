@@ -147,7 +147,7 @@ def read_pairs(console_chunks: list[bytes], runner_chunks: list[bytes], *, close
     feeder.start()
     try:
         caps = BootCaps(job_s=seconds, boot_s=boot_s, silence_s=silence_s, console_bytes=console_limit,
-                        runner_bytes=runner_limit)  # fmt: skip
+                        runner_bytes=runner_limit, panic_grace_s=0.5)  # fmt: skip
         return runner.read_ports(console_host, runner_host, FakeChild(), caps, time.monotonic())
     finally:
         feeder.join()
@@ -189,6 +189,13 @@ def test_the_runner_start_and_silence_caps_end_the_read_and_the_job_cap_comes_fi
     assert ended == "silence" and out == b"KTAP version 1\n" and 0.5 <= time.monotonic() - started < 1.5
     _, _, ended = read_pairs([], [], seconds=0.3, boot_s=0.3, silence_s=0.3)
     assert ended == "timeout"
+
+
+def test_a_panic_on_the_console_ends_the_read_after_its_grace() -> None:
+    started = time.monotonic()
+    console, _, ended = read_pairs([b"[ 2.1] Kernel panic - not syncing: Attempted to kill init!\n"], [],
+                                   seconds=10, silence_s=5)  # fmt: skip
+    assert ended == "kernel-panic" and console.endswith(b"kill init!\n") and 0.5 <= time.monotonic() - started < 3
 
 
 def test_rendered_console_notes_why_it_ended(tmp_path: Path) -> None:
