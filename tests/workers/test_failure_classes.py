@@ -103,6 +103,11 @@ def test_the_changes_kernel_that_never_reaches_the_runner_fails_only_on_a_class_
     assert (result, code) == ("incomplete", INCOMPLETE_BOOT_UNPROVEN)
     assert message.startswith("the change's kernel never reached the runner: the boot cap fired")
     assert judged("", "", "silence", test=spec(evidence=""))[1] == INCOMPLETE_BOOT_UNPROVEN
+    # A panic that halts the kernel before the runner: labgate stopped it, the panic is the reason.
+    result, code, message = judged(PANIC[: PANIC.index("Run /init")] + PANIC[PANIC.index("Kernel panic"):], "",
+                                   "kernel-panic", test=spec(evidence=EVIDENCE))  # fmt: skip
+    assert (result, code) == ("fail", None) and message.startswith(
+        "boot failed: kernel panic: dumptest (the kernel panicked: the target was stopped 3 s after the panic")
 
 
 def test_the_labs_kernel_that_never_reaches_the_runner_is_ours() -> None:
