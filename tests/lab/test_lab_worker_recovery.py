@@ -26,6 +26,7 @@ from lab.places import Coordinator, Identity
 from tests.lab.conftest import KERNEL_CACHE
 from tests.lab.standin_lab import ENVIRONMENT, standin
 from tests.processes import children_of
+from tests.requirements import need
 from workers.app import RESULTS_QUEUE, app, broker_redis, configure
 from workers.spec import TASK_NAMES, JobResult, JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec
 from workers.standin.lab import StandinLab
@@ -92,18 +93,18 @@ def broker_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def lab_worker(standin: StandinLab, broker_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    env = {**os.environ, **standin.worker_env(), "PYTHONPATH": str(ROOT), "LABGATE_WORK_DIR": str(tmp_path / "work"),
-           "LABGATE_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "LABGATE_BROKER_URL": broker_url,
-           "LABGATE_WORKER_ROLE": f"lab.{CLASS}", "LABGATE_LONGEST_JOB_S": "120",
-           "LABGATE_LAB_COORDINATORS": standin.coordinator, "LABGATE_LAB_USER": LAB_USER,
-           "LABGATE_CACHE_DIR": str(KERNEL_CACHE.expanduser().parent)}  # fmt: skip
+def start_worker(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `labgate worker` processes for a lab role (each with the extra environment given); stopped after."""
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "LABGATE_WORK_DIR": str(tmp_path / "work"),
+            "LABGATE_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "LABGATE_BROKER_URL": broker_url,
+            "LABGATE_LONGEST_JOB_S": "120", "LABGATE_CACHE_DIR": str(KERNEL_CACHE.expanduser().parent)}  # fmt: skip
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(device_class: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 (the worker's, closed with it)
-        worker = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--queues", f"lab.{CLASS}"], env=env,
-                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        worker = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--queues", f"lab.{device_class}"],
+                                  env={**base, "LABGATE_WORKER_ROLE": f"lab.{device_class}", **env}, cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         log.close()
         started.append(worker)
         return worker
@@ -117,6 +118,19 @@ def lab_worker(standin: StandinLab, broker_url: str, tmp_path: Path) -> Iterator
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait(timeout=10)
+
+
+@pytest.fixture
+def lab_worker(standin: StandinLab, start_worker: Callable[..., subprocess.Popen[bytes]]) -> StartWorker:
+    """The board class's worker, locking places as LAB_USER and sweeping them at start-up."""
+    env = {**standin.worker_env(), "LABGATE_LAB_COORDINATORS": standin.coordinator, "LABGATE_LAB_USER": LAB_USER}
+    return lambda: start_worker(CLASS, **env)
+
+
+def _pool_process(worker: subprocess.Popen[bytes]) -> int:
+    pool = [pid for pid in children_of(worker.pid) if "bot.cli" in _cmdline(pid)]
+    assert len(pool) == 1, pool
+    return pool[0]
 
 
 @pytest.mark.slow
@@ -145,11 +159,9 @@ def test_a_lab_worker_killed_mid_boot_leaves_no_qemu_its_job_runs_again_elsewher
     on = _wait("the first delivery to power a board on", 120, powered_on)
     assert isinstance(on, dict)
     killed_place = f"standin-{on['outlet']}"
-    pool = [pid for pid in children_of(worker.pid) if "bot.cli" in _cmdline(pid) or "celery" in _cmdline(pid)]
-    assert len(pool) == 1, pool
     # No QEMU is the worker's: the board's belongs to the PDU.
     assert not _qemus() & set(_descendants(worker.pid))
-    os.kill(pool[0], signal.SIGKILL)  # as the OOM killer would, mid-boot
+    os.kill(_pool_process(worker), signal.SIGKILL)  # as the OOM killer would, mid-boot
 
     results = _wait("the job's result after Celery handed it back", 180,
                     lambda: _messages(broker_url, "bot.record_result"))  # fmt: skip
@@ -179,3 +191,40 @@ def test_a_lab_worker_killed_mid_boot_leaves_no_qemu_its_job_runs_again_elsewher
     swept = requests.get(events_url, timeout=5).json()[restarted:]
     assert [(e["outlet"], e["request"], e["status"]) for e in swept] == [(on["outlet"], "off", 200)]
     assert not pdu_qemus(), "a board's QEMU survived the sweep"
+
+
+@pytest.mark.slow
+def test_a_local_qemu_dies_with_the_lab_workers_pool_process_killed_mid_boot_and_its_job_is_handed_back(
+    start_worker: Callable[..., subprocess.Popen[bytes]], broker_url: str, debian_kernel: Path, tmp_path: Path
+) -> None:
+    """The QEMU class's path: QEMU under bwrap (--die-with-parent) and setpriv --pdeathsig KILL (lab/runner.py)."""
+    need("root", "a local QEMU job runs as a slot uid in its own cgroup")
+    need("sandbox-users", "QEMU takes a qemu slot's uid")
+    worker = start_worker("qemu-x86-64")
+    spec = JobSpec(
+        job_id=42, pipeline_id=1, kind="test", result_token="qemu-token", tree_name="t",
+        tree_url="https://example.org/t.git", max_log_bytes=1 << 20,
+        test=TestSpec(name="hang", device_class="qemu-x86-64", qemu=QemuSpec(), kernel="debian", artifacts={},
+                      commands=(TestCommand(name="hang", run="sleep 600"),), timeout_s=20),
+    )  # fmt: skip
+    configure(broker_url, longest_job_s=120)
+    app.send_task(TASK_NAMES["test"], args=[spec.model_dump_json()], queue="lab.qemu-x86-64")
+    job_dir = str(tmp_path / "work" / "work" / "job-42")
+    ours = lambda: {pid for pid in _qemus() if job_dir in _cmdline(pid)}  # noqa: E731
+    first = _wait("the job's QEMU", 120, ours)
+    assert isinstance(first, set)
+    pool = _pool_process(worker)
+    assert first <= set(_descendants(pool)), "the QEMU is the pool process's"
+    os.kill(pool, signal.SIGKILL)
+    gone_by = time.monotonic() + 5
+    while first & ours():
+        assert time.monotonic() < gone_by, f"QEMU {first & ours()} outlived its killed worker"
+        time.sleep(0.05)
+    # Handed back by Celery: the next delivery boots again and ends at its wall-time cap (the command hangs;
+    # `fail` when the runner started before the cap, `incomplete` when the lab's kernel had not reached it yet).
+    results = _wait("the second delivery's result", 180, lambda: _messages(broker_url, "bot.record_result"))
+    assert isinstance(results, list) and len(results) == 1
+    result = JobResult.model_validate_json(str(results[0][0]))
+    assert result.delivery == 2 and result.result in ("fail", "incomplete"), result
+    assert "20 s" in (result.error_message or ""), result.error_message
+    assert not ours(), "the second delivery's QEMU outlived its job"
