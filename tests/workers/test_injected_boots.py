@@ -240,14 +240,16 @@ def test_qemu_killed_from_outside_is_qemu_crashed(tmp_path: Path, store: Artifac
     job.start()
     try:
         deadline = time.monotonic() + 60
-        qemu: list[int] = []
+        qemu: list[tuple[int, str]] = []
         while not qemu and time.monotonic() < deadline:
-            qemu = [pid for pid, cmd in processes_mentioning(str(tmp_path)) if cmd.split(" ", 1)[0].endswith(
+            qemu = [(pid, cmd) for pid, cmd in processes_mentioning(str(tmp_path)) if cmd.split(" ", 1)[0].endswith(
                 "qemu-system-x86_64") and "-initrd" in cmd]  # fmt: skip
             time.sleep(0.1)
         assert qemu, "QEMU never started"
+        # No network granted: QEMU's own argv has no NIC at all (labgrid's QEMUDriver would add one).
+        assert " -nic none " in qemu[0][1] and "-netdev" not in qemu[0][1] and qemu[0][1].count("-nic") == 1
         time.sleep(1.0)
-        os.kill(qemu[0], signal.SIGKILL)
+        os.kill(qemu[0][0], signal.SIGKILL)
     finally:
         job.join(120)
     assert summary(outcome[0])[:2] == ("incomplete", INCOMPLETE_QEMU_CRASHED)
