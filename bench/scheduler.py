@@ -8,9 +8,11 @@ Everything is the product's own path on a fresh PostgreSQL database and a flushe
   record_result), which hands its tests to the scheduler and fills the windows;
 - a storm: the first `--storm` jobs all ask for class c00, from one tree and one submitter;
 - dispatch: simulated job workers, `--consumers` processes, take messages from the class queues
-  (BRPOP, as Celery's Redis transport does) and acknowledge at once: each result goes through
-  record_result, which frees the slot and dispatches the class's next waiting job in the same
-  transaction. Each class has capacity `--workers` (its 4 workers) and the configured window margin;
+  (BRPOP, as Celery's Redis transport does, then every other message there: each class's workers take
+  theirs at the same moment) and acknowledge at once: the jobs end and the scheduler's fill dispatches
+  every freed slot of their classes in the same transaction, acknowledgements that arrive together
+  being filled together. Each class has capacity `--workers` (its 4 workers) and the configured window
+  margin. The whole result path (record_result, one result per transaction) is timed apart, on a sample;
 - fairness: once a tenth of the storm has run, a lone tree queues one job on c00; the figure is how
   many storm jobs c00's workers took after it was queued and before it.
 
@@ -48,6 +50,7 @@ TARGETS = {"dispatch_jobs_per_s": 1000.0, "redis_mb": 150.0, "lone_tree_wait_job
 TESTS_PER_PIPELINE = 50
 ORDER_KEY = "bench:order:c00"  # which tree each job c00's workers took was from, in order
 STOP_KEY = "bench:stop"
+WINDOW_MAX = 64  # the most messages a class holds (window_size: capacity + margin)
 
 
 def class_name(index: int) -> str:
@@ -130,18 +133,39 @@ def enqueue_pipeline(runtime: Any, tree: str, submitter: str, classes: tuple[int
 
 def take(broker: Any, queues: list[str]) -> tuple[bytes, Any] | None:
     """The oldest message of the first non-empty queue, as a Celery worker takes it; its JobSpec."""
-    from workers.spec import JobSpec
-
     popped = broker.brpop(queues, timeout=1)
     if popped is None:
         return None
     queue, raw = popped
-    return queue, JobSpec.model_validate_json(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+    return queue, job_spec(raw)
 
 
-def acknowledge(runtime: Any, job_id: int) -> None:
-    """A worker that acknowledges at once: the job ends and its class's next waiting job is dispatched, in one
-    transaction, by the scheduler's own fill (what record_result runs after its bookkeeping)."""
+def job_spec(raw: bytes) -> Any:
+    """The JobSpec a worker reads from a message as kombu's Redis transport stores it."""
+    from workers.spec import JobSpec
+
+    return JobSpec.model_validate_json(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+
+
+def take_all(broker: Any, queues: list[str]) -> list[tuple[bytes, Any]]:
+    """What every class's workers take at one moment: the oldest message of each queue, waiting for the
+    first, then whatever else is there (each worker of a class takes one; a class holds its window)."""
+    first = take(broker, queues)
+    if first is None:
+        return []
+    pipe = broker.pipeline(transaction=False)
+    for queue in queues:
+        pipe.rpop(queue, WINDOW_MAX)
+    taken = [first]
+    for queue, raws in zip(queues, pipe.execute(), strict=True):
+        taken += [(queue.encode(), job_spec(raw)) for raw in raws or ()]
+    return taken
+
+
+def acknowledge(runtime: Any, job_ids: list[int]) -> None:
+    """Workers that acknowledge at once: their jobs end and their classes' next waiting jobs are dispatched,
+    in one transaction, by the scheduler's own fill (what record_result runs after its bookkeeping).
+    Acknowledgements that arrive together are recorded together and their classes filled together."""
     from sqlalchemy import update
 
     from bot.pipelines import scheduler
@@ -150,9 +174,9 @@ def acknowledge(runtime: Any, job_id: int) -> None:
 
     outbox = Outbox()
     with runtime.store.session() as session:
-        queue = session.execute(update(Job).where(Job.id == job_id).values(state="done", result="pass")
-                                .returning(Job.queue)).scalar_one()  # fmt: skip
-        scheduler.fill_windows(runtime, session, [queue], outbox)
+        queues = session.scalars(update(Job).where(Job.id.in_(job_ids)).values(state="done", result="pass")
+                                 .returning(Job.queue)).all()  # fmt: skip
+        scheduler.fill_windows(runtime, session, queues, outbox)
     outbox.send()
 
 
@@ -171,13 +195,13 @@ def consume(args: argparse.Namespace) -> None:
     queues = [lab_queue(dc.name) for dc in config.device_classes]
     random.shuffle(queues)  # BRPOP serves the first non-empty list: each consumer starts elsewhere
     while not broker.exists(STOP_KEY):
-        taken = take(broker, queues)
-        if taken is None:
+        taken = take_all(broker, queues)
+        if not taken:
             continue
-        queue, spec = taken
-        if queue == b"lab.c00":
-            broker.rpush(ORDER_KEY, spec.tree_name)
-        acknowledge(runtime, spec.job_id)
+        c00 = [spec.tree_name for queue, spec in taken if queue == b"lab.c00"]
+        if c00:
+            broker.rpush(ORDER_KEY, *c00)
+        acknowledge(runtime, [spec.job_id for _, spec in taken])
 
 
 def result_path_rate(runtime: Any, broker: Any, queues: list[str], count: int) -> float:
@@ -279,15 +303,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             enqueue_pipeline(runtime, "lone", "carol", (0,))
             lone_mark = int(broker.llen(ORDER_KEY))  # the lone job is queued (committed): count from here
             total = args.jobs + 1
-            while True:
-                states = count_states(runtime)
-                if states.get("done", 0) >= total:
-                    break
+            # Polled twice a second: the count reads every row, and the consumers need the cores.
+            while count_states(runtime).get("done", 0) < total:
                 if any(consumer.poll() is not None for consumer in consumers):
                     raise SystemExit("a consumer died")
-                time.sleep(0.2)
+                time.sleep(0.5)
             dispatch_s = time.perf_counter() - started
-            order = [tree.decode() for tree in broker.lrange(ORDER_KEY, 0, -1)]
+            order = [tree.decode() if isinstance(tree, bytes) else tree for tree in broker.lrange(ORDER_KEY, 0, -1)]
             lone_at = order.index("lone")
             lone_wait = sum(1 for tree in order[lone_mark:lone_at] if tree == "storm")
             # The windows' first messages went out during the enqueue; the sample's were sent in its own time.

@@ -97,65 +97,113 @@ def hand_over(runtime: Runtime, session: Session, jobs: Sequence[Job]) -> set[st
 def fill_windows(runtime: Runtime, session: Session, queues: Iterable[str], outbox: Outbox, *,
                  skip_locked: bool = False) -> int:  # fmt: skip
     """Dispatch each queue's next waiting jobs until its window is full; how many were dispatched.
-    With `skip_locked`, a queue another transaction is filling right now is left to it."""
-    sent = 0
-    for queue in sorted(set(queues)):
-        device_class = _device_class(runtime, queue)
-        if device_class is None:
-            continue  # a class gone from the config: its jobs wait, and their reports say for what
-        lock = (select(QueueWindow).where(QueueWindow.queue == queue).with_for_update(skip_locked=skip_locked)
-                .execution_options(populate_existing=True))  # as the lock's previous holder left it  # fmt: skip
-        window = session.scalar(lock)
-        if window is None and session.get(QueueWindow, queue) is None:
-            _window(session, queue)  # its first fill: made, then locked
-            window = session.scalar(lock)
-        if window is None:
-            continue  # another transaction fills it now (skip_locked)
-        if window.capacity != device_class.capacity:
-            window.capacity, window.updated_at = device_class.capacity, utcnow()
-        free = window_size(device_class.capacity, runtime.config.scheduling.window_margin)
-        free -= _count(session, queue, IN_FLIGHT)
-        if free > 0:
-            sent += _dispatch_next(runtime, session, window, free, outbox)
-    return sent
+    With `skip_locked`, a queue another transaction is filling right now is left to it.
+
+    Every queue of the call is filled together, whatever the number of freed slots: one statement locks
+    their windows, one counts what they have in flight, one pick per queue and one load take the jobs
+    (acknowledgements that arrive together are filled together)."""
+    classes = {queue: dc for queue in set(queues) if (dc := _device_class(runtime, queue)) is not None}
+    # A class gone from the config is not filled: its jobs wait, and their reports say for what.
+    windows = _lock_windows(session, sorted(classes), skip_locked)
+    in_flight = _counts(session, [window.queue for window in windows], IN_FLIGHT)
+    free: dict[str, int] = {}
+    for window in windows:
+        capacity = classes[window.queue].capacity
+        if window.capacity != capacity:
+            window.capacity, window.updated_at = capacity, utcnow()
+        room = window_size(capacity, runtime.config.scheduling.window_margin) - in_flight.get(window.queue, 0)
+        if room > 0:
+            free[window.queue] = room
+    return _dispatch_next(runtime, session, {window.queue: window for window in windows}, free, outbox)
 
 
-def _dispatch_next(runtime: Runtime, session: Session, window: QueueWindow, free: int, outbox: Outbox) -> int:
+def _lock_windows(session: Session, queues: list[str], skip_locked: bool) -> list[QueueWindow]:
+    """The queues' window rows, locked in name order (one statement); made on their first fill.
+    With `skip_locked`, those another transaction holds are left out."""
+    if not queues:
+        return []
+
+    def lock(names: Sequence[str]) -> list[QueueWindow]:
+        return list(session.scalars(
+            select(QueueWindow).where(QueueWindow.queue.in_(names)).order_by(QueueWindow.queue)
+            .with_for_update(skip_locked=skip_locked)
+            .execution_options(populate_existing=True)  # as the lock's previous holder left it
+        ))  # fmt: skip
+
+    windows = lock(queues)
+    missing = sorted(set(queues) - {window.queue for window in windows})
+    if missing:
+        made = set(session.scalars(select(QueueWindow.queue).where(QueueWindow.queue.in_(missing))))
+        for queue in missing:
+            if queue not in made:
+                _window(session, queue)  # its first fill: made, then locked
+        windows = sorted([*windows, *lock([q for q in missing if q not in made])], key=lambda w: w.queue)
+    return windows
+
+
+def _dispatch_next(runtime: Runtime, session: Session, windows: dict[str, QueueWindow], free: dict[str, int],
+                   outbox: Outbox) -> int:  # fmt: skip
+    """Send up to `free[queue]` waiting jobs of each queue, in the fair order, past those over their quota."""
     limits = runtime.config.scheduling
     uses: dict[str, QuotaUse] = {}
-    passed: list[int] = []  # jobs held by their submitter's quota: looked past, up to SCAN_ROWS of them
+    passed: dict[str, list[int]] = {queue: [] for queue in free}  # held by their quota: looked past
     sent = 0
-    while sent < free and len(passed) <= SCAN_ROWS:
-        pick = (
-            select(Job).where(Job.queue == window.queue, Job.state == WAITING, Job.id.not_in(passed))
-            .order_by(Job.priority.desc(), Job.fair_seq, Job.id)
-            .limit(free - sent)
-            # What dispatch reads of the job's change, in this one query rather than four lazy loads.
-            .options(joinedload(Job.pipeline, innerjoin=True).joinedload(Pipeline.revision, innerjoin=True)
-                     .joinedload(Revision.change, innerjoin=True).joinedload(Change.tree, innerjoin=True))
-            # A job another transaction holds (a cancel) is not ours to send; the rows joined are not locked.
-            .with_for_update(skip_locked=True, of=Job)
-        )  # fmt: skip
-        if window.offline:
-            pick = pick.where(Job.priority >= PRIORITY_HEALTH_CHECK)  # health checks bring a class back
-        jobs = session.scalars(pick).all()
-        if not jobs:
-            break
-        for job in jobs:
-            if job.quota_key is not None:
-                use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
-                refusal = quota_refusal(use, limits.submitter_jobs_in_flight, limits.submitter_device_minutes_per_day)
-                uses[job.quota_key] = use
-                if refusal is not None:
-                    job.error_message = refusal  # said in its report while it waits
-                    passed.append(job.id)
-                    continue
-                uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
-            job.error_message = None
-            lifecycle.dispatch(runtime, session, job, outbox)
-            window.virtual_time = max(window.virtual_time, job.fair_seq)
-            sent += 1
+    while free:
+        picked = {queue: _pick(session, windows[queue], room, passed[queue]) for queue, room in free.items()}
+        jobs = _load([job_id for ids in picked.values() for job_id in ids], session)
+        for queue, ids in picked.items():
+            if not ids:
+                free.pop(queue)
+                continue
+            for job in (jobs[job_id] for job_id in ids):
+                if job.quota_key is not None:
+                    use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
+                    refusal = quota_refusal(use, limits.submitter_jobs_in_flight,
+                                            limits.submitter_device_minutes_per_day)  # fmt: skip
+                    uses[job.quota_key] = use
+                    if refusal is not None:
+                        job.error_message = refusal  # said in its report while it waits
+                        passed[queue].append(job.id)
+                        continue
+                    uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
+                job.error_message = None
+                lifecycle.dispatch(runtime, session, job, outbox)
+                windows[queue].virtual_time = max(windows[queue].virtual_time, job.fair_seq)
+                free[queue] -= 1
+                sent += 1
+            if free[queue] <= 0 or len(passed[queue]) > SCAN_ROWS:
+                free.pop(queue)
     return sent
+
+
+def _pick(session: Session, window: QueueWindow, room: int, passed: Sequence[int]) -> list[int]:
+    """The ids of a queue's next `room` waiting jobs in the fair order: one range of ix_job_pick."""
+    pick = (
+        select(Job.id).where(Job.queue == window.queue, Job.state == WAITING, Job.id.not_in(passed))
+        .order_by(Job.priority.desc(), Job.fair_seq, Job.id).limit(room)
+        # A job another transaction holds (a cancel) is not ours to send.
+        .with_for_update(skip_locked=True)
+    )  # fmt: skip
+    if window.offline:
+        pick = pick.where(Job.priority >= PRIORITY_HEALTH_CHECK)  # health checks bring a class back
+    return list(session.scalars(pick))
+
+
+def _load(ids: Sequence[int], session: Session) -> dict[int, Job]:
+    """The picked jobs with what dispatch reads of them (their change's tree, their build) in two queries,
+    rather than lazy loads and gets per job."""
+    if not ids:
+        return {}
+    jobs = session.scalars(
+        select(Job).where(Job.id.in_(ids))
+        .options(joinedload(Job.pipeline, innerjoin=True).joinedload(Pipeline.revision, innerjoin=True)
+                 .joinedload(Revision.change, innerjoin=True).joinedload(Change.tree, innerjoin=True))
+    ).unique().all()  # fmt: skip
+    builds = {job.depends_on_id for job in jobs if job.depends_on_id is not None}
+    # Held by the caller as long as it dispatches: the session's identity map keeps only weak references,
+    # and dispatch's get finds a build there only while something else holds it.
+    loaded = list(session.scalars(select(Job).where(Job.id.in_(builds)))) if builds else []
+    return {job.id: job for job in [*jobs, *loaded]}
 
 
 def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
@@ -239,7 +287,16 @@ def _window(session: Session, queue: str) -> QueueWindow:
 
 
 def _count(session: Session, queue: str, states: Sequence[str]) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(Job.queue == queue, Job.state.in_(states))) or 0
+    return _counts(session, [queue], states).get(queue, 0)
+
+
+def _counts(session: Session, queues: Sequence[str], states: Sequence[str]) -> dict[str, int]:
+    """How many jobs of each queue are in these states (one statement; a queue with none is absent)."""
+    if not queues:
+        return {}
+    rows = session.execute(select(Job.queue, func.count()).where(Job.queue.in_(queues), Job.state.in_(states))
+                           .group_by(Job.queue))  # fmt: skip
+    return {queue: count for queue, count in rows}
 
 
 def _quota_use(session: Session, key: str) -> QuotaUse:

@@ -193,6 +193,25 @@ def test_a_cancelled_pipeline_frees_its_slots(lab: Lab) -> None:
     assert lab.in_flight(BIG) == 2
 
 
+def test_one_fill_sends_every_free_slot_of_every_class_it_is_given(lab: Lab) -> None:
+    """Acknowledgements that arrive together are filled together: one call fills each freed window whole,
+    each class in its own fair order."""
+    lab.pass_build(lab.pipeline({SMALL: 8, BIG: 5}))
+    first = {c: [spec.job_id for spec in lab.messages(c)] for c in (SMALL, BIG)}
+    _results_lost(lab, (SMALL, BIG))
+    lab.broker.delete(lab_queue(SMALL), lab_queue(BIG))
+    sent: list[int] = []
+    _fill(lab, False, sent, (SMALL, BIG, SMALL))
+    assert sent == [3 + 2] and lab.in_flight(SMALL) == 3 and lab.in_flight(BIG) == 2
+    for device_class in (SMALL, BIG):
+        ids = [spec.job_id for spec in lab.messages(device_class)]
+        with lab.runtime.store.session() as session:
+            waiting = session.scalars(select(Job.id).where(Job.queue == lab_queue(device_class),
+                                                           Job.state == "waiting")).all()  # fmt: skip
+        # The next ones in the fair order (one submitter: oldest first), the rest still waiting behind them.
+        assert ids == sorted(ids) and max(first[device_class]) < min(ids) and max(ids) < min(waiting)
+
+
 @pytest.fixture
 def pg_lab(postgres_url: str, tmp_path: Path, redis_db_url: str) -> Iterator[Lab]:
     configure(redis_db_url, longest_job_s=60)
@@ -203,17 +222,18 @@ def pg_lab(postgres_url: str, tmp_path: Path, redis_db_url: str) -> Iterator[Lab
     runtime.store.engine.dispose()
 
 
-def _results_lost(lab: Lab) -> None:
-    """The class's in-flight jobs end, their results recorded but the fills after them lost."""
+def _results_lost(lab: Lab, classes: tuple[str, ...] = (SMALL,)) -> None:
+    """The classes' in-flight jobs end, their results recorded but the fills after them lost."""
     with lab.runtime.store.session() as session:
-        session.execute(update(Job).where(Job.queue == lab_queue(SMALL), Job.state == "queued")
+        session.execute(update(Job).where(Job.queue.in_([lab_queue(c) for c in classes]), Job.state == "queued")
                         .values(state="done", result="pass"))  # fmt: skip
 
 
-def _fill(lab: Lab, skip_locked: bool, sent: list[int]) -> None:
+def _fill(lab: Lab, skip_locked: bool, sent: list[int], classes: tuple[str, ...] = (SMALL,)) -> None:
     outbox = Outbox()
     with lab.runtime.store.session() as session:
-        sent.append(scheduler.fill_windows(lab.runtime, session, [lab_queue(SMALL)], outbox, skip_locked=skip_locked))
+        queues = [lab_queue(c) for c in classes]
+        sent.append(scheduler.fill_windows(lab.runtime, session, queues, outbox, skip_locked=skip_locked))
     outbox.send()
 
 
@@ -259,6 +279,31 @@ def test_four_fillers_at_once_never_over_fill_a_window(pg_lab: Lab) -> None:
         for thread in threads:
             thread.join()
         assert len(sent) == 4 and sum(sent) == 3 and pg_lab.in_flight(SMALL) == 3
+
+
+def test_fillers_of_overlapping_classes_at_once_never_over_fill_nor_deadlock(pg_lab: Lab) -> None:
+    """Control workers fill sets of classes that overlap, in any order, at the same moment: each window holds
+    (small 3, big 2), and none waits on another in a cycle (PostgreSQL would end one with a deadlock error)."""
+    for index in range(4):
+        pg_lab.pass_build(pg_lab.pipeline({SMALL: 40, BIG: 40}, tree=f"t{index}"))
+    sets = [(SMALL, BIG), (BIG, SMALL), (BIG,), (SMALL, BIG)]
+    for _ in range(5):
+        _results_lost(pg_lab, (SMALL, BIG))
+        start = threading.Barrier(len(sets))
+        sent: list[int] = []
+
+        def fill(skip_locked: bool, classes: tuple[str, ...], start: threading.Barrier, sent: list[int]) -> None:
+            start.wait()
+            _fill(pg_lab, skip_locked, sent, classes)
+
+        threads = [threading.Thread(target=fill, args=(index == 3, classes, start, sent))
+                   for index, classes in enumerate(sets)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(sent) == len(sets), "a filler failed (a deadlock?) or hangs"
+        assert sum(sent) == 3 + 2 and pg_lab.in_flight(SMALL) == 3 and pg_lab.in_flight(BIG) == 2
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
