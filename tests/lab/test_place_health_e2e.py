@@ -69,12 +69,16 @@ class Control:
                                               outputs={"artifacts": {}}))  # fmt: skip
         return pipeline_id
 
-    def run_next(self) -> tuple[JobSpec, JobResult]:
-        """The lab worker takes the oldest message, runs it on a place, and reports."""
+    def take(self) -> JobSpec:
+        """The oldest message of the board class's queue, as a lab worker takes it."""
         raw = self.broker.rpop(lab_queue(BOARD))
         assert isinstance(raw, bytes), f"no message for the board class; jobs: {self.jobs()}"
         args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        spec = JobSpec.model_validate_json(args[0])
+        return JobSpec.model_validate_json(args[0])
+
+    def run_next(self) -> tuple[JobSpec, JobResult]:
+        """The lab worker takes the oldest message, runs it on a place, and reports."""
+        spec = self.take()
         result = run_board_job(spec, 1, self.work / "worker", self.store)
         result = result.model_copy(update={"result_token": spec.result_token})  # as the worker's task sends it
         record_result(self.runtime, result)
@@ -99,7 +103,8 @@ def control(standin: StandinLab, debian_kernel: Path, tmp_path: Path, postgres_u
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Control]:  # fmt: skip
     monkeypatch.setenv("LABGATE_CACHE_DIR", str(KERNEL_CACHE.expanduser().parent))  # the fixture's kernel
     configure(redis_db_url, longest_job_s=120)
-    config = Config(data_dir=tmp_path / "data", database_url=postgres_url, device_classes=[DeviceClass(
+    config = Config(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=redis_db_url,
+                    device_classes=[DeviceClass(
         name=BOARD, tags={"arch": "x86_64", "platform": "board"}, capacity=2, lab="labgrid",
         labgrid=LabgridPlaces(coordinator=standin.coordinator, place_tags=standin.tags, environment=ENVIRONMENT),
     )])  # fmt: skip
@@ -174,3 +179,13 @@ def test_a_place_failing_three_times_goes_offline_its_jobs_run_elsewhere_and_its
     assert main(["lab", "status", "--config", str(tmp_path / "labgate.yaml")]) == 0
     status = capsys.readouterr().out
     assert re.search(rf"{broken} +free", status) and "last health check passed at" in status, status
+
+    # An operator asks for a check now: one is queued (at once, at the top priority), and asking again
+    # while it waits says so rather than queueing another.
+    assert main(["lab", "health", broken, "--config", str(tmp_path / "labgate.yaml")]) == 0
+    asked = re.search(rf"{broken}: health check queued as {BOARD} \(job (\d+)\)", capsys.readouterr().out)
+    assert asked is not None
+    assert main(["lab", "health", broken, "--config", str(tmp_path / "labgate.yaml")]) == 0
+    assert f"a health check is already queued or running (job {asked[1]})" in capsys.readouterr().out
+    queued = control.take()
+    assert queued.job_id == int(asked[1]) and queued.test is not None and queued.test.health_check_place == broken
