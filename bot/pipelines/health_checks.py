@@ -7,7 +7,11 @@ its job page, and in the pipelines it unblocks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.core.health import HEALTH_CHECK_KIND, LAB_SOURCE, LAB_TREE, health_check_spec
@@ -17,6 +21,7 @@ from bot.store.models import Change, Job, Pipeline, Revision, Tree
 from workers.app import lab_queue
 
 NOT_DONE = ("pending", "waiting", "queued", "running")
+_Row = TypeVar("_Row", Tree, Change)
 
 
 def queue_health_check(runtime: Runtime, session: Session, device_class: str, place: str | None, why: str) -> Job:
@@ -52,17 +57,29 @@ def class_check_in_flight(session: Session, device_class: str) -> Job | None:
 
 
 def _lab_change(session: Session, device_class: str, place: str | None) -> Change:
-    tree = session.scalar(select(Tree).where(Tree.name == LAB_TREE))
-    if tree is None:
-        tree = Tree(name=LAB_TREE, url="")
-        session.add(tree)
+    tree = _made_once(session, lambda: session.scalar(select(Tree).where(Tree.name == LAB_TREE)),
+                      lambda: Tree(name=LAB_TREE, url=""))  # fmt: skip
     external_id = f"health/{device_class}/{place or '*'}"
-    change = session.scalar(select(Change).where(Change.tree == tree, Change.source == LAB_SOURCE,
-                                                 Change.external_id == external_id))  # fmt: skip
-    if change is None:
-        what = f"place {place} of {device_class}" if place else f"device class {device_class}"
-        change = Change(tree=tree, source=LAB_SOURCE, external_id=external_id, title=f"health checks of {what}",
-                        submitter="labgate", author_trusted=True)  # fmt: skip
-        session.add(change)
-        session.flush()
-    return change
+    what = f"place {place} of {device_class}" if place else f"device class {device_class}"
+    return _made_once(
+        session,
+        lambda: session.scalar(select(Change).where(Change.tree_id == tree.id, Change.source == LAB_SOURCE,
+                                                    Change.external_id == external_id)),
+        lambda: Change(tree_id=tree.id, source=LAB_SOURCE, external_id=external_id, title=f"health checks of {what}",
+                       submitter="labgate", author_trusted=True),
+    )  # fmt: skip
+
+
+def _made_once(session: Session, find: Callable[[], _Row | None], make: Callable[[], _Row]) -> _Row:
+    """The row `find` finds, made by `make` on first use (two makers at once: the second finds the first's)."""
+    row = find()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            session.add(make())
+    except IntegrityError:
+        pass
+    row = find()
+    assert row is not None
+    return row
