@@ -160,11 +160,13 @@ def _power_off_place(coordinator: Coordinator, place: str) -> None:
         _cleanup(target)
 
 
-def render_board_env(template: str, place: str) -> str:
-    """The class's environment for one place; values through `yaml` (JSON strings are YAML scalars)."""
+def render_board_env(template: str, place: str, network: bool = False) -> str:
+    """The class's environment for one place; values through `yaml` (JSON strings are YAML scalars).
+    `network` is the job's grant: a template that can wire a DUT's network (a switch port, a VLAN) uses
+    it; one that cannot ignores it, and its DUT stays off the network."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["yaml"] = json.dumps
-    return env.from_string(template).render(place=place)
+    return env.from_string(template).render(place=place, network=network)
 
 
 def use_ssh_config(config: Path, bin_dir: Path) -> None:
@@ -189,7 +191,7 @@ def _boot_on(coordinator: Coordinator, held: HeldPlace, req: BoardRequest, work_
     if ssh_config:
         use_ssh_config(Path(ssh_config), work_dir.parent / "ssh-bin")
     env_file = work_dir / "board-env.yaml"
-    env_file.write_text(render_board_env(req.environment, held.name))
+    env_file.write_text(render_board_env(req.environment, held.name, req.network))
     try:  # the class's template, not the place: a broken one must not take every place offline
         environment = Environment(str(env_file))
     except Exception as exc:

@@ -99,6 +99,10 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test:
         return "fail", None, f"the tests did not finish: {stopped}; console ends:\n{tail}"
     if outcome.qemu_status not in (0, None):
         return "incomplete", INCOMPLETE_QEMU_CRASHED, f"{stopped}; console ends:\n{tail}"
+    if outcome.console_silent:
+        # Not one byte, not even firmware's or a boot loader's banner: the UART, the board or its power is
+        # dead, whatever kernel was staged. It counts against the place, never against the change.
+        return "incomplete", INCOMPLETE_NO_CONSOLE, f"the target printed nothing on its console: {stopped}"
     why = f"{crash.title} ({stopped})" if crash is not None else stopped
     if test.kernel != "debian":
         if test.boot_evidence:
@@ -107,8 +111,6 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test:
         return "incomplete", INCOMPLETE_BOOT_UNPROVEN, (
             f"the change's kernel never reached the runner: {why}; this device class has no boot to the "
             f"runner on record, so the change is not blamed; console ends:\n{tail}")  # fmt: skip
-    if outcome.console_silent:
-        return "incomplete", INCOMPLETE_NO_CONSOLE, f"the target printed nothing on its console: {stopped}"
     return "incomplete", INCOMPLETE_LAB_KERNEL, (f"the lab's kernel never reached the runner: {why}; "
                                                  f"console ends:\n{tail}")  # fmt: skip
 
@@ -181,13 +183,15 @@ def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: Artifact
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     checked = test.health_check_place
+    caps = job_caps(spec)
     try:
         kernel, initramfs = _images(test, work, store)
         board = run_board_boot(BoardRequest(
             coordinator=test.labgrid.coordinator, place_tags=test.labgrid.place_tags,
             environment=test.labgrid.environment, kernel=kernel, initramfs=initramfs, work_dir=work / "board",
-            timeout_s=test.timeout_s, place_wait_s=float(os.environ.get(PLACE_WAIT_ENV, DEFAULT_PLACE_WAIT_S)),
-            max_console_bytes=spec.max_log_bytes, max_runner_bytes=spec.max_log_bytes,
+            timeout_s=caps.job_s, boot_timeout_s=caps.boot_s, silence_timeout_s=caps.silence_s,
+            max_console_bytes=caps.console_bytes, max_runner_bytes=caps.runner_bytes, network=test.network,
+            place_wait_s=float(os.environ.get(PLACE_WAIT_ENV, DEFAULT_PLACE_WAIT_S)),
             avoid_places=test.avoid_places, health_check_place=checked,
             offline_why=f"health check (job {spec.job_id})",
         ), on_waiting=lambda why: log.info("job %s: waiting for a place: %s", spec.job_id, why))  # fmt: skip
