@@ -4,12 +4,16 @@ carried, and a class health check first when a boot was unproven."""
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
+from starlette.testclient import TestClient
 
 from bot.pipelines.lifecycle import record_result
 from bot.reporting.job_reports import job_report
 from bot.reporting.pipeline_views import job_view
 from bot.store.models import Job, JobAttempt, Pipeline
+from bot.web.app import create_app
 from tests.bot.pipelines.conftest import BIG, Lab
 from workers.spec import JobResult, JobSpec
 
@@ -60,6 +64,13 @@ def test_an_incomplete_job_runs_again_elsewhere_twice_at_most_and_keeps_each_att
         summary = job_report(done, job_view(lab.runtime, done), "").summary
     assert "- attempt 1: incomplete (power-driver-error on place-a): power-driver-error on place-a" in summary
     assert "- attempt 2: incomplete (qemu-crashed on place-b)" in summary
+    # The job page lists where each attempt ran and why it failed.
+    page = TestClient(create_app(lab.runtime)).get(f"/jobs/{job.id}")
+    assert page.status_code == 200
+    rows = re.findall(r"<tr><td>(\d)</td><td>([^<]*)</td><td[^>]*>([^<]*)</td><td>([^<]*)</td>", page.text)
+    assert rows == [("1", "place-a", "incomplete (power-driver-error)", "power-driver-error on place-a"),
+                    ("2", "place-b", "incomplete (qemu-crashed)", "qemu-crashed on place-b")]  # fmt: skip
+    assert "<tr><th>place</th><td>place-a</td></tr>" in page.text  # the last attempt's
 
 
 def test_a_fail_is_never_retried(lab: Lab) -> None:
