@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from bot.host.stores import Runtime
 from bot.pipelines import scheduler
+from bot.pipelines.handover import hand_over_tests
 from bot.pipelines.lifecycle import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
 from bot.store.models import Job, Pipeline, TestResult, utcnow
 from bot.store.once import once_done, record_once
@@ -66,7 +67,9 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
                 again = True  # what it needs runs again, so it does too
             if job.kind == "test" and not job.spec.get("device_class"):
                 again = False  # drafted as a skip (no class of the lab may run it at this tier): it stays one
-            copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=job.spec,
+            # What the old run's attempts learnt (places that failed it, boot evidence) is read afresh at hand-over.
+            spec = {key: value for key, value in job.spec.items() if key not in ("avoid_places", "boot_evidence")}
+            copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=spec if again else job.spec,
                        depends_on_id=depends.id if depends else None)  # fmt: skip
             if not again:
                 copy.state, copy.result, copy.outputs = "done", job.result, dict(job.outputs)
@@ -88,7 +91,7 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
             parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
             if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
                 if job.kind == "test":
-                    scheduler.hand_over(runtime, session, [job])  # it waits in the store for its class
+                    hand_over_tests(runtime, session, [job])  # it waits in the store for its class
                 else:
                     dispatch(runtime, session, job, outbox)
         scheduler.fill_windows(runtime, session, {job.queue for job in new.jobs if job.state == scheduler.WAITING},

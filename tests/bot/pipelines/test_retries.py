@@ -149,3 +149,23 @@ def test_a_retry_held_for_a_class_health_check_says_so(lab: Lab) -> None:
         assert held is not None
         title = job_report(held, job_view(lab.runtime, held), "").title
     assert title.startswith("attempt 1 incomplete (boot-unproven): retrying again, after a health check of big (job ")
+
+
+def test_a_retest_reads_the_places_to_avoid_and_the_boot_evidence_afresh(lab: Lab) -> None:
+    """A re-run of a job that ended incomplete avoids what is offline now, not what its old attempts met."""
+    from bot.pipelines.steering import retest_failed
+
+    lab.pass_build(lab.pipeline({BIG: 1}))
+    spec = lab.take(BIG)
+    for place in ("place-a", "place-b", "place-c"):
+        report(lab, spec, "incomplete", code="power-driver-error", place=place)
+        if place != "place-c":
+            spec = lab.take(BIG)
+    job, _ = job_row(lab, spec.job_id)
+    assert job.result == "incomplete" and job.spec["avoid_places"] == ["place-a", "place-b"]
+    again = retest_failed(lab.runtime, job.pipeline_id)
+    assert again is not None
+    rerun = lab.take(BIG)
+    assert rerun.job_id != job.id and rerun.test is not None
+    # None of the three places failed three times in a row, so none is offline: nothing to avoid.
+    assert rerun.test.avoid_places == () and rerun.test.boot_evidence == ""
