@@ -8,16 +8,17 @@ grants) and the control worker (which issues them) share that dir; no job worker
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bot.core.signed_urls import ANY_DIGEST, DOWNLOAD, UPLOAD, Grant, is_digest, sign
 from bot.host.config import Config
 from workers.app import VISIBILITY_MARGIN_S
-from workers.artifacts import ArtifactStore
 from workers.spec import Exchange
 
 EXCHANGE_URL_ENV = "LABGATE_EXCHANGE_URL"
@@ -72,11 +73,37 @@ def record_upload(data_dir: Path, job_id: int, digest: str) -> None:
     mark.touch()
 
 
-def uploaded_bytes(data_dir: Path, store: ArtifactStore, job_id: int) -> int:
-    """What this job's uploads hold together (a blob it sent twice counts once)."""
-    made = data_dir / UPLOADS_DIR / f"job-{job_id}"
-    marks = [mark.name for mark in made.iterdir()] if made.is_dir() else []
-    return sum(store.path_of(digest).stat().st_size for digest in marks if is_digest(digest) and store.has(digest))
+class UploadLedger:
+    """What one job's uploads hold together, kept in one small file (read once per upload, however many
+    blobs the job sent: a change's build can name thousands of tiny artifacts)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        self.bytes = int(text) if text.isdigit() else 0
+
+    def add(self, size: int) -> None:
+        self.bytes += size
+        os.pwrite(self._fd, f"{self.bytes:020d}".encode(), 0)  # fixed width: overwritten in place, never shorter
+
+
+@contextmanager
+def upload_ledger(data_dir: Path, job_id: int) -> Iterator[UploadLedger | None]:
+    """The job's ledger, held (a non-blocking lock) while one upload's bytes arrive; None while another upload
+    of the job holds it. Uploads in parallel would each be checked against what the job had stored before
+    any of them finished, and together pass its total."""
+    path = data_dir / UPLOADS_DIR / f"job-{job_id}.bytes"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield UploadLedger(fd)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def uploaded_by(data_dir: Path, job_id: int, digests: Iterable[str]) -> list[str]:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from bot.core.signed_urls import DOWNLOAD, UPLOAD, RefusedGrant, check
 from bot.host.stores import Runtime
-from bot.pipelines.exchange_grants import exchange_key, record_upload, uploaded_by, uploaded_bytes
+from bot.pipelines.exchange_grants import exchange_key, record_upload, upload_ledger, uploaded_by
 from workers.artifacts import BlobRefused, BlobTooLarge
 
 ROUTE = "/exchange/{digest}"
@@ -44,20 +44,25 @@ def exchange_routes(runtime: Runtime) -> list[Route]:
             return PlainTextResponse(f"refused: {exc}", status_code=403)
         if uploaded_by(runtime.data_dir, grant.job_id, [digest]) and store.has(digest):
             return PlainTextResponse("stored already", status_code=200)  # a redelivered job's repeat costs nothing
-        # The job's earlier uploads count against its total: a worker cannot fill the disk with distinct blobs.
-        limit = min(grant.max_bytes, grant.total_bytes - uploaded_bytes(runtime.data_dir, store, grant.job_id))
-        declared = request.headers.get("content-length", "")
-        if limit <= 0 or (declared.isdigit() and int(declared) > limit):  # before a byte is read
-            return PlainTextResponse(f"more than the {max(limit, 0)} bytes the job may still upload", status_code=413)
-        try:
-            with store.receive(digest, limit=limit) as receiving:
-                async for block in request.stream():
-                    receiving.write(block)
-        except BlobTooLarge as exc:
-            return PlainTextResponse(str(exc), status_code=413)
-        except BlobRefused as exc:
-            return PlainTextResponse(str(exc), status_code=422)
-        record_upload(runtime.data_dir, grant.job_id, digest)  # what a later job may be granted from this one
+        with upload_ledger(runtime.data_dir, grant.job_id) as ledger:
+            if ledger is None:  # a job uploads one blob at a time (workers/remote_store.py publish_outputs)
+                return PlainTextResponse("another upload of this job is under way", status_code=409)
+            # The job's earlier uploads count against its total: a worker cannot fill the disk with distinct blobs.
+            limit = min(grant.max_bytes, grant.total_bytes - ledger.bytes)
+            declared = request.headers.get("content-length", "")
+            if limit <= 0 or (declared.isdigit() and int(declared) > limit):  # before a byte is read
+                return PlainTextResponse(f"more than the {max(limit, 0)} bytes the job may still upload",
+                                         status_code=413)  # fmt: skip
+            try:
+                with store.receive(digest, limit=limit) as receiving:
+                    async for block in request.stream():
+                        receiving.write(block)
+            except BlobTooLarge as exc:
+                return PlainTextResponse(str(exc), status_code=413)
+            except BlobRefused as exc:
+                return PlainTextResponse(str(exc), status_code=422)
+            ledger.add(receiving.size)  # counted first: a crash in between over-counts, never under
+            record_upload(runtime.data_dir, grant.job_id, digest)  # what a later job may be granted from this one
         return PlainTextResponse("stored", status_code=201)
 
     return [Route(ROUTE, download, methods=["GET"]), Route(ROUTE, upload, methods=["PUT"])]
