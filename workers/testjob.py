@@ -81,6 +81,7 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test:
     fired after it; a cap is the change's failure. A boot that never reached the runner is the
     change's failure only when its own kernel did it on a class seen booting to the runner
     (test.boot_evidence); the lab's kernel failing, or QEMU dying with an error, is ours.
+    Broken runner framing is ours only when nothing of the change could write to the runner's port.
     """
     tail = console_tail(outcome.console)
     stopped = _why_stopped(outcome, caps)
@@ -88,7 +89,12 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test:
         if crash is not None:
             return "fail", None, f"kernel crash while the tests ran: {crash.title}"
         if runner.problems:
-            return "incomplete", INCOMPLETE_FRAMING, "results refused: " + "; ".join(runner.problems)
+            refused = "results refused: " + "; ".join(runner.problems)
+            if test.kernel != "debian" or any(c.root for c in test.commands):
+                # The change's kernel, or its command run as root, can write to the runner's port: the
+                # change broke (or forged) the framing, and must not hide that as our fault.
+                return "fail", None, f"{refused} (the change's kernel or root command can write to the runner's port)"
+            return "incomplete", INCOMPLETE_FRAMING, refused
         result, message = verdict(runner, doc)
         return result, None, message
     if outcome.reached_runner:
@@ -99,9 +105,11 @@ def judge(outcome: BootOutcome, doc: KtapDocument, runner: RunnerDocument, test:
         return "fail", None, f"the tests did not finish: {stopped}; console ends:\n{tail}"
     if outcome.qemu_status not in (0, None):
         return "incomplete", INCOMPLETE_QEMU_CRASHED, f"{stopped}; console ends:\n{tail}"
-    if outcome.console_silent:
+    if outcome.console_silent and (test.labgrid is not None or test.kernel == "debian"):
         # Not one byte, not even firmware's or a boot loader's banner: the UART, the board or its power is
-        # dead, whatever kernel was staged. It counts against the place, never against the change.
+        # dead, whatever kernel was staged. It counts against the place, never against the change. Not so
+        # on QEMU, whose serial port lives as long as QEMU does (QEMU dying is caught above): there a silent
+        # change's kernel (a machine without firmware banner) is judged as any kernel that never booted.
         return "incomplete", INCOMPLETE_NO_CONSOLE, f"the target printed nothing on its console: {stopped}"
     why = f"{crash.title} ({stopped})" if crash is not None else stopped
     if test.kernel != "debian":

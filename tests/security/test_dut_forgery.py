@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 from tests.security.conftest import AttackLab
-from workers.spec import INCOMPLETE_FRAMING
 
 FAIL_PATCH = Path(__file__).resolve().parents[2] / "examples" / "hello" / "patches" / "fail.patch"
 TEST_MATH = (Path(__file__).resolve().parents[2] / "examples" / "hello" / "tests" / "test_math.c").read_text()
@@ -103,8 +102,10 @@ def test_a_root_command_that_forges_the_runner_port_never_passes(attack_lab: Att
 """
     _commit(repo, {".labgate/plan.yaml": plan}, "plan: root forgery")
     tried = attack_lab.try_(repo, ref="main")
-    assert tried.returncode == 2, tried.output  # incomplete: neither pass nor a believable fail
+    # A fail: the change's own root command broke the framing; incomplete (ktap-framing) would be retried and
+    # counted against the lab, never the change.
+    assert tried.returncode == 1, tried.output
     view = attack_lab.view(tried.pipeline_id)
     test_job = [j for j in view.jobs if j.kind == "test"][0]
-    assert test_job.result == "incomplete" and test_job.error_code == INCOMPLETE_FRAMING, test_job
+    assert test_job.result == "fail" and test_job.error_code is None, test_job
     assert "results refused" in (test_job.error_message or "")

@@ -102,9 +102,10 @@ def test_the_changes_kernel_that_never_reaches_the_runner_fails_only_on_a_class_
     result, code, message = judged(BOOT_ONLY, "", "boot-timeout", test=spec(evidence=""))
     assert (result, code) == ("incomplete", INCOMPLETE_BOOT_UNPROVEN)
     assert message.startswith("the change's kernel never reached the runner: the boot cap fired")
-    # Not a byte on the console, not even firmware's: a dead UART or board, whatever kernel was staged.
-    assert judged("", "", "silence", test=spec(evidence=""))[1] == INCOMPLETE_NO_CONSOLE
-    assert judged("", "", "silence", test=spec(evidence=EVIDENCE))[:2] == ("incomplete", INCOMPLETE_NO_CONSOLE)
+    # Not a byte on QEMU's console (a machine without a firmware banner): QEMU's UART cannot die while QEMU
+    # lives, so a silent change's kernel is a boot that failed (tests/security/test_issue10_attacks.py).
+    assert judged("", "", "silence", test=spec(evidence=""))[1] == INCOMPLETE_BOOT_UNPROVEN
+    assert judged("", "", "silence", test=spec(evidence=EVIDENCE))[:2] == ("fail", None)
     # A panic that halts the kernel before the runner: labgate stopped it, the panic is the reason.
     result, code, message = judged(PANIC[: PANIC.index("Run /init")] + PANIC[PANIC.index("Kernel panic"):], "",
                                    "kernel-panic", test=spec(evidence=EVIDENCE))  # fmt: skip
@@ -124,6 +125,7 @@ def test_the_labs_kernel_that_never_reaches_the_runner_is_ours() -> None:
 
 
 def test_broken_runner_framing_is_ours_and_refuses_the_results() -> None:
+    """Under the lab's kernel, with no root command, only the runner writes its port."""
     forged = "KTAP version 1\n1..1\nok 1 a\nok 2 extra\n# labgate: end\n"
-    result, code, message = judged(CLEAN, forged, "end-marker")
+    result, code, message = judged(CLEAN, forged, "end-marker", test=spec("debian"))
     assert (result, code) == ("incomplete", INCOMPLETE_FRAMING) and message.startswith("results refused: ")
