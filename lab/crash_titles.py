@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ahocorasick_rs import AhoCorasick
+
 __all__ = ["FRAME", "GROUPS", "describe_report", "is_stack_start", "known_shape", "syzbot_regex"]
 
 MAX_TITLE = 120  # syzbot's cap: intermixed lines can make very long titles
@@ -360,17 +362,27 @@ def _next_line(text: str, position: int) -> int:
     return len(text) if newline < 0 else newline + 1
 
 
-@functools.lru_cache(maxsize=8192)
 def _skipped(skip: tuple[str, ...], name: str) -> bool:
     """Whether a frame is never the culprit (generic, or in the format's own skip list)."""
-    # A long alternation searched at every position of the name: worth remembering, since the
-    # same generic frames (dump_stack, kmalloc...) come back in every report.
-    return _skip_pattern(skip).search(name) is not None
+    words, at_start, anywhere = _skip_rules(skip)
+    return bool(words.find_matches_as_indexes(name)) or bool(at_start.match(name)) or bool(anywhere.search(name))
 
 
 @functools.lru_cache(maxsize=64)
-def _skip_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join((*_GENERIC_FRAMES, *extra)))
+def _skip_rules(extra: tuple[str, ...]) -> tuple[AhoCorasick, re.Pattern[str], re.Pattern[str]]:
+    """A skip list as its plain words, all searched in one pass, its "^" rules, tried once, and the rest.
+
+    As one regex alternation, every rule was tried at every position of a name (~10 µs a
+    frame); this way a frame costs a few microseconds, with no memory of frames seen before.
+    """
+    rules = (*_GENERIC_FRAMES, *extra)
+    words = [rule for rule in rules if re.escape(rule) == rule]
+    regexes = [rule for rule in rules if re.escape(rule) != rule]
+    anchored = [rule for rule in regexes if rule.startswith("^") and "|" not in rule]
+    floating = [rule for rule in regexes if rule not in anchored]
+    never = "(?!)"
+    at_start = "|".join(rule[1:] for rule in anchored) or never
+    return AhoCorasick(words), re.compile(f"(?:{at_start})"), re.compile("|".join(floating) or never)
 
 
 # The longest of the prefixes a frame starts with: an alternation takes the first that matches.
