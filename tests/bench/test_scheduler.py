@@ -10,9 +10,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_tiny_queue_drains_fairly_and_ends_with_the_json_line() -> None:
+def test_a_tiny_queue_drains_fairly_and_ends_with_the_json_line(redis_db_url: str) -> None:
+    # A Redis database of the test's own: a bench run by hand on the default one (15) is left alone.
     argv = [sys.executable, str(REPO / "bench" / "scheduler.py"), "--jobs", "400", "--classes", "4", "--storm", "100",
-            "--consumers", "2", "--result-path-sample", "20"]  # fmt: skip
+            "--consumers", "2", "--result-path-sample", "20", "--redis-db", redis_db_url.rsplit("/", 1)[1]]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     last = json.loads(done.stdout.strip().splitlines()[-1])
