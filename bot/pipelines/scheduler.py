@@ -155,6 +155,7 @@ def _dispatch_next(runtime: Runtime, session: Session, windows: dict[str, QueueW
             if not ids:
                 free.pop(queue)
                 continue
+            dispatched: list[int] = []  # their fair sequences
             for job in (jobs[job_id] for job_id in ids):
                 if job.quota_key is not None:
                     use = uses.get(job.quota_key) or _quota_use(session, job.quota_key)
@@ -168,9 +169,11 @@ def _dispatch_next(runtime: Runtime, session: Session, windows: dict[str, QueueW
                     uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
                 job.error_message = None
                 lifecycle.dispatch(runtime, session, job, outbox)
-                windows[queue].virtual_time = max(windows[queue].virtual_time, job.fair_seq)
+                dispatched.append(job.fair_seq)
                 free[queue] -= 1
                 sent += 1
+            # Once per class, not per job: dispatch flushes, and a window changed per job is an UPDATE per job.
+            windows[queue].virtual_time = max([windows[queue].virtual_time, *dispatched])
             if free[queue] <= 0 or len(passed[queue]) > SCAN_ROWS:
                 free.pop(queue)
     return sent
