@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 NETWORK_NIC = "user,model=e1000"
 _PRINTED_LINE = re.compile(r"^(?!# labgate: |# qemu: )[^\n]*\S", re.M)  # a line the target printed
 QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# TCG's buffer of translated code. QEMU's default is 1 GiB (an eighth of the host's memory at most), and a
+# guest that keeps writing fresh code (self-modifying code, a JIT: any test binary, unprivileged) fills it
+# all; past the job's memory allowance QEMU is killed, which reads as qemu-crashed (ours, retried, never
+# the change's). Bounded, QEMU's own memory stays well within that allowance (workers/testjob.py).
+TCG_CODE_BUFFER_MIB = 256
 SECCOMP_FD = 9  # the wrapper opens the filter here for bwrap --seccomp (dash knows fds 0-9 only)
 
 _ENVS = Path(__file__).resolve().parent / "envs"
@@ -162,7 +167,8 @@ def run_boot(req: BootRequest) -> BootOutcome:
 
 def render_env(req: BootRequest, qemu_wrapper: Path, runner_socket: Path | None = None) -> str:
     """The labgrid environment YAML for one boot (lab/envs/qemu.yaml.j2)."""
-    extra = ["-accel", req.accel, "-no-reboot", "-initrd", str(Path(req.initramfs).resolve()),
+    accel = f"tcg,tb-size={TCG_CODE_BUFFER_MIB}" if req.accel == "tcg" else req.accel
+    extra = ["-accel", accel, "-no-reboot", "-initrd", str(Path(req.initramfs).resolve()),
              "-sandbox", QEMU_SANDBOX]  # fmt: skip
     if runner_socket is not None:
         # labgrid appends its own `-serial` for the console after extra_args: that becomes

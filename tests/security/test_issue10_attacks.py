@@ -25,7 +25,7 @@ from lab.caps import BootCaps, Ended
 from lab.console import first_crash
 from lab.framing import read_runner_document
 from lab.ktap import parse_ktap
-from lab.runner import BootOutcome
+from lab.runner import TCG_CODE_BUFFER_MIB, BootOutcome, BootRequest, render_env
 from workers.spec import (
     INCOMPLETE_BOOT_UNPROVEN,
     INCOMPLETE_FRAMING,
@@ -35,7 +35,7 @@ from workers.spec import (
     TestCommand,
     TestSpec,
 )
-from workers.testjob import judge
+from workers.testjob import QEMU_OVERHEAD_BYTES, judge
 
 CONSOLES = Path(__file__).resolve().parents[1] / "lab" / "data" / "consoles"
 CLEAN = (CONSOLES / "lkdtm-clean.log").read_text()  # a real kernel's console, booted here
@@ -112,3 +112,15 @@ def test_parallel_uploads_of_one_job_stay_within_its_total(tmp_path: Path) -> No
     stored = uploaded_by(runtime.data_dir, 7, [hashlib.sha256(blob).hexdigest() for blob in blobs])
     assert len(stored) * CAP <= TOTAL, (statuses, len(stored))
     assert statuses.count(201) == len(stored) >= 1
+
+
+def test_a_guest_writing_fresh_code_cannot_grow_qemu_past_its_memory_allowance(tmp_path: Path) -> None:
+    """A test binary that rewrites and runs its own code makes TCG translate without end; with QEMU's default
+    1 GiB code buffer QEMU's memory grows past guest + QEMU_OVERHEAD_BYTES (measured here with a 128 MB guest:
+    838 MB resident at 200 s, still climbing at ~3.5 MB/s), and the cgroup's kill reads as qemu-crashed: ours,
+    never the change's. With the buffer given, the same guest levelled off at 414 MB. (A boot is too slow for
+    CI: the guest needs minutes to fill the buffer.)"""
+    env = render_env(BootRequest(kernel=tmp_path / "k", initramfs=tmp_path / "i", work_dir=tmp_path, timeout_s=60),
+                     tmp_path / "qemu")  # fmt: skip
+    assert f"-accel tcg,tb-size={TCG_CODE_BUFFER_MIB} " in env
+    assert TCG_CODE_BUFFER_MIB << 20 <= QEMU_OVERHEAD_BYTES // 2
