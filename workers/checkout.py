@@ -358,8 +358,12 @@ def fetch_tested_commit(mirror: Path, url: str, sha: str, bundle: Path | None) -
             return
         if bundle is None:
             raise InfraError(f"the tested commit {sha[:12]} is neither in the tree nor in a bundle")
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
+            raise InfraError(f"the tested commit {sha[:40]!r} is no commit id")
         git(["bundle", "verify", "--quiet", str(bundle)], mirror)
+        # The bundle's refs go under the tested commit's own name: whatever refs a bundle names, it cannot
+        # move the mirror's (another pipeline's keep ref, a branch) on a host that also checks out.
         git(["-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", str(bundle),
-             "+refs/labgate/*:refs/labgate/*"], mirror)  # fmt: skip
+             f"+refs/labgate/*:refs/labgate/bundles/{sha}/*"], mirror)  # fmt: skip
         if not has_commit(mirror, sha):
             raise InfraError(f"the checkout's bundle does not hold the tested commit {sha[:12]}")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 
 from bot.core.signed_urls import ANY_DIGEST, UPLOAD, Grant, sign
@@ -26,6 +29,8 @@ from lab.console import first_crash
 from lab.framing import read_runner_document
 from lab.ktap import parse_ktap
 from lab.runner import TCG_CODE_BUFFER_MIB, BootOutcome, BootRequest, render_env
+from workers.checkout import fetch_tested_commit, update_mirror
+from workers.errors import InfraError
 from workers.spec import (
     INCOMPLETE_BOOT_UNPROVEN,
     INCOMPLETE_FRAMING,
@@ -124,3 +129,34 @@ def test_a_guest_writing_fresh_code_cannot_grow_qemu_past_its_memory_allowance(t
                      tmp_path / "qemu")  # fmt: skip
     assert f"-accel tcg,tb-size={TCG_CODE_BUFFER_MIB} " in env
     assert TCG_CODE_BUFFER_MIB << 20 <= QEMU_OVERHEAD_BYTES // 2
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "m", "GIT_AUTHOR_EMAIL": "m@m", "GIT_COMMITTER_NAME": "m",
+           "GIT_COMMITTER_EMAIL": "m@m"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_hostile_bundle_moves_no_ref_of_the_mirror(hello_repo: Path, tmp_path: Path) -> None:
+    """A compromised checkout worker's bundle names another pipeline's keep ref and the tree's branch: on a
+    host whose mirror also serves checkouts, fetching it must leave those refs where they were."""
+    mirror = tmp_path / "host" / "hello.git"
+    mirror.parent.mkdir()
+    update_mirror(mirror, str(hello_repo))
+    main = _git(mirror, "rev-parse", "refs/heads/main")
+    _git(mirror, "update-ref", "refs/labgate/pipelines/2", main)  # another pipeline's tested commit
+    work = tmp_path / "evil"
+    _git(tmp_path, "clone", "-q", str(hello_repo), str(work))
+    _git(work, "commit", "-q", "--allow-empty", "-m", "evil")
+    evil = _git(work, "rev-parse", "HEAD")
+    for ref in ("refs/labgate/pipelines/2", "refs/labgate/heads/main", "refs/labgate/pipelines/9"):
+        _git(work, "update-ref", ref, evil)
+    bundle = tmp_path / "evil.bundle"
+    _git(work, "bundle", "create", "-q", str(bundle), "refs/labgate/pipelines/2", "refs/labgate/heads/main",
+         "refs/labgate/pipelines/9", f"^{main}")  # fmt: skip
+    fetch_tested_commit(mirror, str(hello_repo), evil, bundle)
+    assert _git(mirror, "rev-parse", "refs/labgate/pipelines/2") == main
+    assert _git(mirror, "rev-parse", "refs/heads/main") == main
+    assert _git(mirror, "for-each-ref", "--format=%(refname)", "refs/labgate/pipelines") == "refs/labgate/pipelines/2"
+    with pytest.raises(InfraError, match="no commit id"):  # a worker's word spliced into a refspec
+        fetch_tested_commit(tmp_path / "other" / "hello.git", str(hello_repo), "*:refs/heads/main", bundle)

@@ -119,7 +119,8 @@ def test_a_build_host_gets_the_tested_commit_from_its_own_mirror_and_the_bundle(
     with pytest.raises(InfraError):
         fetch_tested_commit(build_mirror, str(hello_repo), outcome.tested_sha, tampered)
     fetch_tested_commit(build_mirror, str(hello_repo), outcome.tested_sha, bundle)
-    assert _git(build_mirror, "rev-parse", "refs/labgate/pipelines/1") == outcome.tested_sha
+    kept = f"refs/labgate/bundles/{outcome.tested_sha}/pipelines/1"  # the bundle's refs, under the commit's name
+    assert _git(build_mirror, "rev-parse", kept) == outcome.tested_sha
     # A bundle of another commit does not stand in for the tested one.
     with pytest.raises(InfraError, match="does not hold the tested commit"):
         fetch_tested_commit(tmp_path / "other" / "hello.git", str(hello_repo), "1" * 40, bundle)
