@@ -8,6 +8,7 @@ kernel to its runner clears its count.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
@@ -26,6 +27,9 @@ HEALTH_CHECK_COMMANDS = (TestCommand(name="alive", run="echo alive"),)
 # have (config tree names start with a letter or digit), and a source no forge or mail sink reports to.
 LAB_TREE = "@lab"
 LAB_SOURCE = "lab"
+
+
+_PLACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 class PlaceVerdict(Enum):
@@ -69,7 +73,9 @@ def goes_offline(count: int) -> bool:
 def place_of(outputs: Mapping[str, Any]) -> str | None:
     """The place a result says it ran on, when it is a plain name (a worker's word: never markup)."""
     place = outputs.get("place")
-    if not isinstance(place, str) or not place or len(place) > 200 or not place.isprintable():
+    # Said in reports and titles as it is: a name of letters, digits and `._+-` has no Markdown in it
+    # (no link, no @mention), whatever a compromised worker sends.
+    if not isinstance(place, str) or not _PLACE_NAME.fullmatch(place):
         return None
     return place
 

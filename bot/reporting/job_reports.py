@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from bot.core.mail_text import error_lines_of
-from bot.core.render import JobView, outcome_word, render_counts, render_job_markdown
+from bot.core.render import JobView, inline_code, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
 from bot.pipelines.retries import attempts_of
 from bot.pipelines.scheduler import waiting_report_title
@@ -61,7 +61,9 @@ def attempt_line(attempt: JobAttempt) -> str:
     """One earlier attempt of a retried job: where it ran and why it failed."""
     where = f" on {attempt.place}" if attempt.place else ""
     why = (attempt.error_message or "").strip().splitlines()
-    return f"attempt {attempt.number}: {attempt.result} ({attempt.error_code}{where})" + (f": {why[0]}" if why else "")
+    # The message is a worker's word and may quote the change (a crash title it printed): one code span.
+    return f"attempt {attempt.number}: {attempt.result} ({attempt.error_code}{where})" + (
+        f": {inline_code(why[0][:300])}" if why else "")  # fmt: skip
 
 
 def earlier_attempts(job: Job) -> str:

@@ -59,7 +59,7 @@ def test_a_place_fault_counts_and_a_boot_to_the_runner_clears() -> None:
 
 def test_a_place_name_is_taken_only_when_plain() -> None:
     assert place_of({"place": "standin-1"}) == "standin-1"
-    for bad in (None, "", 7, ["a"], "a\nb", "x" * 201):
+    for bad in (None, "", 7, ["a"], "a\nb", "x" * 201, "[ok](https://evil.example)", "@maintainers", "a b"):
         assert place_of({"place": bad}) is None
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from bot.pipelines.lifecycle import record_result
 from bot.reporting.job_reports import job_report
 from bot.reporting.pipeline_views import job_view
@@ -30,8 +28,6 @@ def _report(lab: Lab, spec: JobSpec, message: str) -> None:
                                          result_token=spec.result_token, outputs={"place": "place-a"}))  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="bot/reporting/job_reports.py earlier_attempts/attempt_line put an earlier "
-                   "attempt's first message line into the report's Markdown unfenced and unescaped")  # fmt: skip
 def test_an_earlier_attempts_message_is_no_live_markdown_in_the_report(lab: Lab) -> None:
     lab.pass_build(lab.pipeline({BIG: 1}))
     first = lab.take(BIG)

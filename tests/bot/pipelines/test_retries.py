@@ -62,7 +62,7 @@ def test_an_incomplete_job_runs_again_elsewhere_twice_at_most_and_keeps_each_att
         done = session.get(Job, job.id)
         assert done is not None
         summary = job_report(done, job_view(lab.runtime, done), "").summary
-    assert "- attempt 1: incomplete (power-driver-error on place-a): power-driver-error on place-a" in summary
+    assert "- attempt 1: incomplete (power-driver-error on place-a): `power-driver-error on place-a`" in summary
     assert "- attempt 2: incomplete (qemu-crashed on place-b)" in summary
     # The job page lists where each attempt ran and why it failed.
     page = TestClient(create_app(lab.runtime)).get(f"/jobs/{job.id}")
