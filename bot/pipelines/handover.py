@@ -24,7 +24,8 @@ RECENT_JOBS = 50  # finished test jobs of the class looked at for one that reach
 
 def boot_evidence(session: Session, device_class: str) -> str:
     """The newest test job of the class that booted to its runner within a day, or else the class's
-    last passing health check; empty when there is neither."""
+    last passing health check within a day; empty when there is neither (a boot-unproven retry then
+    waits for a new health check)."""
     queue = lab_queue(device_class)
     since = utcnow() - timedelta(seconds=EVIDENCE_MAX_AGE_S)
     recent = session.execute(
@@ -37,7 +38,8 @@ def boot_evidence(session: Session, device_class: str) -> str:
             return boot_evidence_text(job_id, device_class, _utc(finished_at), health_check=False)
     check = session.execute(
         select(Job.id, Job.finished_at).join(Pipeline, Job.pipeline_id == Pipeline.id)
-        .where(Job.queue == queue, Pipeline.kind == HEALTH_CHECK_KIND, Job.state == "done", Job.result == "pass")
+        .where(Job.queue == queue, Pipeline.kind == HEALTH_CHECK_KIND, Job.state == "done", Job.result == "pass",
+               Job.finished_at >= since)  # a class that boots today may not boot next week
         .order_by(Job.finished_at.desc()).limit(1)
     ).first()  # fmt: skip
     if check is None or check[1] is None:
