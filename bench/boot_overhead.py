@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from lab.initramfs import Command, build_initramfs  # noqa: E402
 from lab.kernel import fetch_debian_kernel  # noqa: E402
-from lab.runner import END_MARKER  # noqa: E402
+from lab.runner import END_MARKER, TCG_CODE_BUFFER_MIB  # noqa: E402
 from workers.artifacts import ArtifactStore  # noqa: E402
 from workers.spec import JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec  # noqa: E402
 from workers.standin.lab import start_standin_lab  # noqa: E402
@@ -47,7 +47,8 @@ ENVIRONMENT = REPO / "lab" / "envs" / "board.yaml.j2"
 
 def raw_boot(kernel: Path, initramfs: Path, work: Path, timeout_s: float = 300) -> float:
     """Spawn to end marker with QEMU started directly, as the lab's QEMU runs it (TCG, q35, 512M)."""
-    argv = ["qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64", "-m", "512M", "-accel", "tcg",
+    argv = ["qemu-system-x86_64", "-machine", "q35", "-cpu", "qemu64", "-m", "512M",
+            "-accel", f"tcg,tb-size={TCG_CODE_BUFFER_MIB}",
             "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none", "-kernel", str(kernel),
             "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1",
             "-serial", f"file:{work / 'raw-console.log'}", "-serial", "stdio"]  # fmt: skip

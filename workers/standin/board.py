@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lab.board import INITRAMFS_NAME, KERNEL_NAME  # what the board boots from its image directory
 from lab.errors import LabSetupError
-from lab.runner import QEMU_SANDBOX
+from lab.runner import QEMU_SANDBOX, TCG_CODE_BUFFER_MIB
 from workers import seccomp
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.sandbox import SandboxMounts, bwrap_argv, write_synthetic_etc
@@ -164,7 +164,8 @@ class StandinBoard:
             filter_file.write_bytes(seccomp.build_filter())
             filter_fd = os.open(filter_file, os.O_RDONLY)
         qemu_argv = [
-            qemu, "-machine", "q35", "-cpu", "qemu64", "-m", f"{self.settings.memory_mb}M", "-accel", "tcg",
+            qemu, "-machine", "q35", "-cpu", "qemu64", "-m", f"{self.settings.memory_mb}M",
+            "-accel", f"tcg,tb-size={TCG_CODE_BUFFER_MIB}",  # the lab's code buffer (lab/runner.py)
             "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none", "-sandbox", QEMU_SANDBOX,
             "-kernel", str(kernel), "-initrd", str(initramfs), "-append", self.settings.boot_args,
             "-chardev", f"socket,id=console,path={runtime}/console.sock",
