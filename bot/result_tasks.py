@@ -1,4 +1,5 @@
-"""The results queue's only tasks: a job started, a job's result, a file read at a base. Nothing else runs there.
+"""The results queue's only tasks: a job started, a job waits for a place, a job's result, a file read at a
+base. Nothing else runs there.
 
 Job workers can write to the results queue and nowhere else on the control side. The
 worker that consumes it imports this module alone, so a message naming any other task
@@ -22,6 +23,7 @@ from workers.spec import BASE_FILE_READ_TASK, BaseFileAnswer, JobResult
 
 log = logging.getLogger(__name__)
 JOB_STARTED_TASK = "bot.job_started"
+JOB_WAITING_TASK = "bot.job_waiting"
 RECORD_RESULT_TASK = "bot.record_result"
 
 
@@ -42,6 +44,11 @@ def pipeline_guard(pipeline_id: Callable[[], int | None]) -> Iterator[None]:
 @app.task(name=JOB_STARTED_TASK)
 def job_started(job_id: int, delivery: int, token: str = "") -> None:
     pipeline.record_started(runtime_from_env(), job_id, delivery, token)
+
+
+@app.task(name=JOB_WAITING_TASK)
+def job_waiting(job_id: int, token: str, why: str) -> None:
+    pipeline.record_waiting(runtime_from_env(), job_id, token, why)
 
 
 @app.task(name=BASE_FILE_READ_TASK)

@@ -50,6 +50,7 @@ LAB_COORDINATORS_ENV = "LABGATE_LAB_COORDINATORS"
 # Task names of bot/result_tasks.py (the bot sends by name, workers never import bot).
 RECORD_RESULT_TASK = "bot.record_result"
 JOB_STARTED_TASK = "bot.job_started"
+JOB_WAITING_TASK = "bot.job_waiting"  # a board job waits for a place: who holds them
 
 
 def count_delivery(job_id: int, token: str = "") -> int:
@@ -166,7 +167,10 @@ def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]])
 def execute_test(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     from workers.testjob import run_test_job  # imports labgrid: only lab workers pay for it
 
-    return run_test_job(spec, delivery, work_dir_from_env(), ArtifactStore(artifacts_dir_from_env()))
+    def tell_waiting(why: str) -> None:
+        app.send_task(JOB_WAITING_TASK, args=[spec.job_id, spec.result_token, why], queue=RESULTS_QUEUE)
+
+    return run_test_job(spec, delivery, work_dir_from_env(), ArtifactStore(artifacts_dir_from_env()), tell_waiting)
 
 
 def run_job(task: Task, spec_json: str, execute: Callable[[JobSpec, int, list[Callable[[], None]]], JobResult]) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lab.board import BoardRequest, PlaceFault, run_board_boot
@@ -148,11 +149,14 @@ def job_caps(spec: JobSpec) -> BootCaps:
                     console_bytes=test.max_console_bytes, runner_bytes=spec.max_log_bytes)  # fmt: skip
 
 
-def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
+def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore,
+                 on_waiting: Callable[[str], None] | None = None) -> JobResult:  # fmt: skip
+    """One test job: a confined local QEMU boot, or a board's through its coordinator. `on_waiting`
+    hears once why a board job waits for a place (who holds them), while it waits."""
     test = spec.test
     assert test is not None
     if test.labgrid is not None:
-        return run_board_job(spec, delivery, work_root, store)
+        return run_board_job(spec, delivery, work_root, store, on_waiting)
     uids = UidRange.from_env(QEMU_UIDS_ENV, DEFAULT_QEMU_UIDS)
     with hold_slot("qemu", uids) as slot:
         started = time.monotonic()
@@ -177,7 +181,8 @@ def run_test_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactS
                                                         "confinement_s": round(confinement_s, 3)})  # fmt: skip
 
 
-def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore) -> JobResult:
+def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: ArtifactStore,
+                  on_waiting: Callable[[str], None] | None = None) -> JobResult:  # fmt: skip
     """A test on a place of the class's coordinator, through lab/board.py: the board owns its QEMU (or
     is real hardware), so the worker confines nothing here; it holds the place, never a QEMU.
 
@@ -202,7 +207,7 @@ def run_board_job(spec: JobSpec, delivery: int, work_root: Path, store: Artifact
             place_wait_s=float(os.environ.get(PLACE_WAIT_ENV, DEFAULT_PLACE_WAIT_S)),
             avoid_places=test.avoid_places, health_check_place=checked,
             offline_why=f"health check (job {spec.job_id})",
-        ), on_waiting=lambda why: log.info("job %s: waiting for a place: %s", spec.job_id, why))  # fmt: skip
+        ), on_waiting=lambda why: _waiting(spec.job_id, why, on_waiting))  # fmt: skip
     except PlaceUnavailable as exc:
         result = JobResult(job_id=spec.job_id, delivery=delivery, result="incomplete",
                            error_code=INCOMPLETE_PLACE_UNAVAILABLE, error_message=str(exc),
@@ -248,6 +253,15 @@ def _end_health_check(test: TestSpec, result: JobResult, taken_offline: bool) ->
         raise InfraError(f"lab: ending the health check of {place}: {exc}") from exc
     outputs = {**result.outputs, "health_check": {"place": place, "passed": passed, "online": online}}
     return result.model_copy(update={"outputs": outputs})
+
+
+def _waiting(job_id: int, why: str, tell: Callable[[str], None] | None) -> None:
+    log.info("job %s: waiting for a place: %s", job_id, why)
+    if tell is not None:
+        try:
+            tell(why)
+        except Exception:  # the report is late, the job goes on
+            log.warning("job %s: telling the control side it waits failed", job_id, exc_info=True)
 
 
 def _job_result(spec: JobSpec, delivery: int, outcome: BootOutcome, store: ArtifactStore,

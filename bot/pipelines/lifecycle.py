@@ -299,6 +299,22 @@ def record_started(runtime: Runtime, job_id: int, delivery: int, token: str = ""
     outbox.send()
 
 
+MAX_WAITING_TEXT = 500  # what a worker says about the places it waits for, kept in the job's outputs
+
+
+def record_waiting(runtime: Runtime, job_id: int, token: str, why: str) -> None:
+    """A running board job waits for a place (who holds them, the worker's word): its report says so
+    until its result arrives, which replaces the job's outputs."""
+    outbox = Outbox()
+    with runtime.store.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != "running" or not holds_token(job, token):
+            return
+        job.outputs = {**job.outputs, "waiting_for_place": str(why)[:MAX_WAITING_TEXT]}
+        report_after(job.pipeline, outbox)
+    outbox.send()
+
+
 def record_result(runtime: Runtime, result: JobResult) -> None:
     """Store a job's result and move its pipeline on. Idempotent: a repeat is ignored."""
     outbox = Outbox()

@@ -95,6 +95,12 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
     retried = earlier_attempts(job)
     if view.state == "running":
         running = f"Attempt {max(1, view.attempts)} is running."
+        waiting = job.outputs.get("waiting_for_place") if job.kind == "test" else None
+        if isinstance(waiting, str) and waiting:
+            # The worker's word on who holds the places (labgrid user names, offline reasons): one code span.
+            return replace(base, stage="running", title="waiting for a place"[:MAX_TITLE],
+                           summary=f"Attempt {max(1, view.attempts)} waits for a place: {inline_code(waiting)}."
+                           + (f"\n\n{retried}" if retried else ""))  # fmt: skip
         return replace(base, stage="running", title="running", summary=running + (f"\n\n{retried}" if retried else ""))
     word = outcome_word(view)
     counts = render_counts(view.test_counts)

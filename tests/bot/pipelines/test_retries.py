@@ -169,3 +169,26 @@ def test_a_retest_reads_the_places_to_avoid_and_the_boot_evidence_afresh(lab: La
     assert rerun.job_id != job.id and rerun.test is not None
     # None of the three places failed three times in a row, so none is offline: nothing to avoid.
     assert rerun.test.avoid_places == () and rerun.test.boot_evidence == ""
+
+
+def test_a_board_job_waiting_for_a_place_says_so_until_its_result(lab: Lab) -> None:
+    """The worker's word on who holds the places (bot.job_waiting) is the running job's report, as a code
+    span; a message without the job's token changes nothing; the result replaces it."""
+    from bot.pipelines.lifecycle import record_started, record_waiting
+
+    lab.pass_build(lab.pipeline({BIG: 1}))
+    spec = lab.take(BIG)
+    record_started(lab.runtime, spec.job_id, 1, spec.result_token)
+    record_waiting(lab.runtime, spec.job_id, "guessed", "[free](https://evil.example)")
+    job, _ = job_row(lab, spec.job_id)
+    assert "waiting_for_place" not in job.outputs
+    record_waiting(lab.runtime, spec.job_id, spec.result_token, "standin-0 locked by ci/alice, standin-1 offline (x)")
+    with lab.runtime.store.session() as session:
+        running = session.get(Job, spec.job_id)
+        assert running is not None
+        shown = job_report(running, job_view(lab.runtime, running), "")
+    assert shown.title == "waiting for a place"
+    assert "waits for a place: `standin-0 locked by ci/alice, standin-1 offline (x)`." in shown.summary
+    report(lab, spec, "pass", place="standin-1", reached_runner=True)
+    job, _ = job_row(lab, spec.job_id)
+    assert job.result == "pass" and "waiting_for_place" not in job.outputs
