@@ -199,8 +199,10 @@ CAPPED_TEST_FIELDS = ("boot_timeout_s", "silence_timeout_s", "max_console_bytes"
 DECIDED_TEST_FIELDS = (*CAPPED_TEST_FIELDS, "avoid_places", "health_check_place", "boot_evidence")
 
 
-def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
-    """Mark a job queued and send it to its queue with everything it needs (never a secret)."""
+def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox, *, flush: bool = True) -> None:
+    """Mark a job queued and send it to its queue with everything it needs (never a secret).
+    `flush=False`: the caller dispatches many and lets its next query (autoflush) or the commit write
+    them together; the messages go only after the commit either way (the Outbox)."""
     tree = job.pipeline.revision.change.tree
     fields: dict[str, object] = {}
     # Digests the job reads: a worker on another host is granted these only, and those a worker made only
@@ -241,7 +243,8 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> No
     job.result_token_hash = _token_hash(token)  # a redelivery keeps the message, and so the token
     job.state = "queued"
     job.task_id = f"job-{job.id}-{uuid.uuid4().hex[:8]}"
-    session.flush()
+    if flush:
+        session.flush()
     outbox.add(TASK_NAMES[job.kind], [spec.model_dump_json()], job.queue, job.task_id)
 
 

@@ -168,7 +168,8 @@ def _dispatch_next(runtime: Runtime, session: Session, windows: dict[str, QueueW
                         continue
                     uses[job.quota_key] = QuotaUse(use.submitter, use.in_flight + 1, use.device_minutes)
                 job.error_message = None
-                lifecycle.dispatch(runtime, session, job, outbox)
+                # Written with the fill's next query or its commit: one round trip for the batch, not one per job.
+                lifecycle.dispatch(runtime, session, job, outbox, flush=False)
                 dispatched.append(job.fair_seq)
                 free[queue] -= 1
                 sent += 1
