@@ -215,10 +215,20 @@ def test_untrusted_waits_is_approved_and_a_new_push_needs_a_new_approval(world: 
 
 
 def test_synchronize_cancels_the_running_pipeline(world: World) -> None:
-    first = world.push_pull(4, PATCHES / "pass.patch")
+    # The first head's plan keeps its test running for a minute: the synchronize must find the pipeline
+    # still running however slow the machine is (on a loaded one, a quick pipeline once finished first).
+    git(world.origin, "checkout", "-q", "--detach", world.base_sha)
+    plan = world.origin / ".labgate" / "plan.yaml"
+    last = "        run: ./tests/test_skip\n"
+    assert last in plan.read_text()
+    plan.write_text(plan.read_text().replace(last, last + "      - name: still-running\n        run: sleep 60\n"))
+    git(world.origin, "commit", "-qam", "plan: a test that runs for a minute")
+    first = git(world.origin, "rev-parse", "HEAD")
+    git(world.origin, "update-ref", "refs/pull/4/head", first)
+    git(world.origin, "checkout", "-q", "main")
     world.post("pull_request", world.pull_payload("opened", 4, first))
     world.wait(lambda: "labgate / checkout" in world.checks(first), "the first pipeline to start")
-    second = world.push_pull(4, None, on=first)
+    second = world.push_pull(4, None)  # a force-push: the new head has the quick plan again
     world.post("pull_request", world.pull_payload("synchronize", 4, second))
     runs = world.wait_completed(first, PIPELINE_CHECKS & set(world.checks(first)) | {"labgate / checkout"})
     cancelled = [r for r in runs.values() if r["conclusion"] == "cancelled"]
