@@ -25,7 +25,7 @@ from bot.host.private_broker import start_private_redis
 from lab.places import Coordinator, Identity
 from tests.lab.conftest import KERNEL_CACHE
 from tests.lab.standin_lab import ENVIRONMENT, standin
-from tests.processes import children_of
+from tests.processes import children_of, stop_process
 from tests.requirements import need
 from workers.app import RESULTS_QUEUE, app, broker_redis, configure
 from workers.spec import TASK_NAMES, JobResult, JobSpec, LabgridTarget, QemuSpec, TestCommand, TestSpec
@@ -112,12 +112,7 @@ def start_worker(broker_url: str, tmp_path: Path) -> Iterator[Callable[..., subp
     yield start
     for worker in started:
         if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
+            stop_process(worker)
 
 
 @pytest.fixture

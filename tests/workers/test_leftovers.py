@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.processes import stop_process
 from tests.requirements import need
 from workers.jobdisk import mount_job_tmp, open_job_disk
 from workers.leftovers import holding_job, job_lock_path, sweep_orphans
@@ -119,10 +120,5 @@ def test_a_build_worker_releases_a_killed_jobs_mount_when_it_starts(tmp_path: Pa
             time.sleep(0.2)
         assert mounts_under(job_dir) == [] and not job_dir.exists()
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=10)
+        stop_process(worker)
         sweep_orphans(tmp_path)
