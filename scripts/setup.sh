@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 busybox-static bubblewrap git cpio xz-utils gzip util-linux e2fsprogs
   redis-server build-essential bc bison flex libelf-dev libssl-dev kmod linux-source-6.1 python3-venv chromium
-  openssh-server openssh-client rsync)  # ssh + rsync: images staged to a labgrid exporter host, as labgrid does
+  openssh-server openssh-client rsync  # ssh + rsync: images staged to a labgrid exporter host, as labgrid does
+  ccache sparse python3-ply python3-git  # builds through a shared compiler cache; checkpatch's spdxcheck needs ply, git
+  clang lld llvm  # plans may build with `toolchain: clang` (LLVM=1)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)  # arm64: cross builds, booted under TCG
 
 # PostgreSQL for the tests, unless a server already answers (as on this project's CI machines).
 pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || APT_PACKAGES+=(postgresql)

@@ -9,12 +9,13 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-JobKind = Literal["checkout", "build", "test"]
+JobKind = Literal["checkout", "static", "build", "test"]
 Result = Literal["pass", "fail", "skip", "incomplete"]
 
 # Celery task names by job kind: the bot sends by name and never imports workers.tasks.
 TASK_NAMES: dict[str, str] = {
     "checkout": "workers.run_checkout",
+    "static": "workers.run_static",
     "build": "workers.run_build",
     "test": "workers.run_test",
 }
@@ -129,6 +130,17 @@ class BuildLimits(_Frozen):
     max_artifacts_bytes: int = Field(1 << 30, gt=0)
 
 
+class KernelBuild(_Frozen):
+    """What a build worker must know of a plan's kernel recipe beyond its script (which the control side
+    renders, bot/core/plans.py): it builds in warm state (workers/warm.py) keyed by warm_key, through the
+    shared ccache of (arch, toolchain), with the compiler wrapper that keeps every unit's warnings."""
+
+    arch: str = Field(pattern=r"^[a-z0-9_]+$")  # the kernel's ARCH
+    toolchain: Literal["gcc", "clang"] = "gcc"
+    # Hex digest of (tree, arch, toolchain, config recipe): names the warm build dir. Equal keys build alike.
+    warm_key: str = Field(pattern=r"^[0-9a-f]{16,64}$")
+
+
 class BuildSpec(_Frozen):
     name: str
     head_sha: str
@@ -139,9 +151,51 @@ class BuildSpec(_Frozen):
     # Workers on other hosts: the tested commits as a git bundle (relative to the base) the checkout
     # worker uploaded; the build worker fetches it into its own mirror. None: the mirror is shared.
     bundle_digest: str | None = None
+    # Set for a plan's kernel recipe. The script then reads $LABGATE_CC (a command prefix taking the
+    # compiler as its first word), and the worker sets KBUILD_BUILD_{TIMESTAMP,USER,HOST,VERSION}.
+    kernel: KernelBuild | None = None
+    # May write warm state (warm source, build dir, shared ccache): a trusted submitter's change, or a
+    # base build. False: the build runs on a throwaway copy and reads the shared ccache read-only.
+    trusted: bool = False
+    # "base": the build of the change's base commit that the change's build is compared with (its
+    # warnings, its binaries); shared by every change on that base. "change": the change's own build.
+    role: Literal["change", "base"] = "change"
+
+
+# Build outputs (JobResult.outputs) besides "artifacts" and "diagnostics", for kernel builds:
+#   "warnings": [{"file", "line", "col", "level" (warning|error), "flag" ("-Wunused-variable" or ""),
+#                 "text"}] of every unit of the build dir, also those not recompiled by this build (the
+#                 ledger of workers/kbuild.py), capped at MAX_LEDGER_WARNINGS; "warnings_complete": bool
+#   "recompiled": [object paths relative to the build dir] that this build compiled (capped at 1000)
+#   "binary_digest": sha256 over vmlinux, every module and every collected artifact: equal digests of a
+#                    change's and its base's build mean the change did not alter what boots
+#   "warm": {"mode": "cold" | "warm" | "copy", "prepare_s", "make_s", "collect_s": float}
+MAX_LEDGER_WARNINGS = 5000
+
+
+class StaticSpec(_Frozen):
+    """The static stage of a change (workers/static.py): checks that read the patches, never build them.
+    Run before any build; its tools come from the base (never the change) and run in the sandbox."""
+
+    base_sha: str
+    head_sha: str
+    checkpatch: Literal["off", "on", "strict"] = "on"  # "on": only when the base has scripts/checkpatch.pl
+    diff_check: bool = True  # `git diff --check` of base..head
+    kernel_doc: bool = True  # scripts/kernel-doc -none on changed .c/.h files, when the base has it
+    timeout_s: int = Field(300, gt=0)
+    limits: BuildLimits = BuildLimits()
+    bundle_digest: str | None = None  # as BuildSpec's
+
+
+# Static outputs: "annotations": [{"file", "line", "level" (error|warning), "source" (checkpatch|diff-check|
+# kernel-doc), "check" (e.g. "CODE_INDENT"), "text", "commit" (sha or "")}], capped at 500; JobResult.tests
+# has one TestCase per check run ("static/checkpatch/<n>-<subject slug>", "static/diff-check",
+# "static/kernel-doc"): `fail` on an error, `pass` with the warnings counted in `reason` otherwise, `skip`
+# with the reason when the base has no such tool.
 
 
 class QemuSpec(_Frozen):
+    arch: Literal["x86_64", "arm64"] = "x86_64"  # qemu-system-x86_64 or qemu-system-aarch64
     machine: str = "q35"
     cpu: str = "qemu64"
     memory: str = "512M"
@@ -183,6 +237,9 @@ class TestSpec(_Frozen):
     artifacts: dict[RelativePath, ArtifactRef]
     timeout_s: int  # the whole job: power-on to the runner's end marker
     kunit: bool = False  # relay in-kernel KUnit results from debugfs after the commands
+    # An artifact of the build (a modules tarball holding lib/modules/<release>/...) unpacked into the
+    # initramfs, so the DUT can modprobe the build's modules. None: no modules.
+    modules: RelativePath | None = None
     boot_timeout_s: int = Field(DEFAULT_MAX_BOOT_S, gt=0)  # power-on to the runner's first byte (at most timeout_s)
     silence_timeout_s: int = Field(DEFAULT_MAX_SILENCE_S, gt=0)  # no byte on the console nor the runner's port
     max_console_bytes: int = Field(DEFAULT_MAX_CONSOLE_BYTES, gt=0)  # the kernel console kept; more stops the job
@@ -220,6 +277,7 @@ class JobSpec(_Frozen):
     tree_url: RepositoryUrl
     max_log_bytes: int
     checkout: CheckoutSpec | None = None
+    static: StaticSpec | None = None
     build: BuildSpec | None = None
     test: TestSpec | None = None
     # Set when the control side serves blobs over HTTP: the worker fetches its inputs and uploads

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +34,15 @@ class KernelRecipe(_Strict):
     config: str = Field("defconfig", pattern=r"^[a-z0-9_.]*config$")
     fragments: tuple[str, ...] = ()
     target: str = Field("bzImage", pattern=r"^[A-Za-z0-9_./-]+$")
+    toolchain: Literal["gcc", "clang"] = "gcc"
+
+
+class StaticChecks(_Strict):
+    """The static stage, run before any build (workers/static.py); every check reads the base's tools."""
+
+    checkpatch: Literal["off", "on", "strict"] = "on"
+    diff_check: bool = True
+    kernel_doc: bool = True
 
 
 def _artifact_pattern(pattern: str) -> str:
@@ -80,6 +90,7 @@ class Test(_Strict):
     timeout: int = Field(120, gt=0)
     paths: tuple[str, ...] = ()
     kunit: bool = False  # relay the kernel's built-in KUnit results (debugfs) as tests
+    modules: str | None = None  # an artifact of the build (modules tarball) unpacked into the initramfs
     # Asks the lab answers, never lifts: a device class with less memory does not match; a network is
     # given only where the device class allows it and the tree grants it to the change's tier.
     memory_mb: int | None = Field(None, gt=0, description="least memory (MB) of the device; unset: any")
@@ -90,6 +101,7 @@ class Plan(_Strict):
     version: int = Field(ge=1, le=1)
     builds: tuple[Build, ...] = Field(min_length=1)
     tests: tuple[Test, ...] = ()
+    static: StaticChecks = StaticChecks()
 
 
 def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
@@ -223,6 +235,21 @@ def render_build_script(build: Build) -> str:
         )
     steps.append(f'{make} -j"$(nproc)" {shlex.quote(recipe.target)}')
     return "\n".join(steps) + "\n"
+
+
+def kernel_build_of(build: Build, tree_name: str) -> dict[str, str] | None:
+    """The worker's KernelBuild fields (workers/spec.py) of a kernel recipe; None for a command build.
+    The warm key names the build dir a build may reuse: equal only for the same tree and recipe."""
+    if build.kernel is None:
+        return None
+    recipe = build.kernel
+    key = hashlib.sha256(f"{tree_name}\0{render_build_script(build)}".encode()).hexdigest()[:32]
+    return {"arch": recipe.arch, "toolchain": recipe.toolchain, "warm_key": key}
+
+
+def documentation_only(plan: Plan, changed_files: Sequence[str]) -> bool:
+    """A change that touches only documentation: it gets the static stage, no build and no boot."""
+    return bool(changed_files) and all(f.startswith("Documentation/") for f in changed_files)
 
 
 def select_tests(plan: Plan, changed_files: Sequence[str]) -> list[Test]:
