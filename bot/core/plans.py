@@ -101,7 +101,9 @@ class Plan(_Strict):
     version: int = Field(ge=1, le=1)
     builds: tuple[Build, ...] = Field(min_length=1)
     tests: tuple[Test, ...] = ()
-    static: StaticChecks = StaticChecks()
+    # None: the static stage runs with StaticChecks' defaults when the base has scripts/checkpatch.pl (a
+    # kernel-style tree), and not at all otherwise; a plan that says `static:` always gets it.
+    static: StaticChecks | None = None
 
 
 def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
