@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--ref", help="test this branch, tag or commit instead of patches")
     try_.add_argument("--base", default="HEAD", help="base ref the patches apply on (default HEAD)")
     try_.add_argument("--name", help="tree name (default: the repository's directory name)")
+    try_.add_argument("--untrusted", action="store_true",
+                      help="run it as an approved change of an untrusted submitter would run: the base's plan, "
+                           "QEMU only, a throwaway copy of the warm build state")  # fmt: skip
     try_.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
     _config_arg(try_)
 

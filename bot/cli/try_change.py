@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -55,7 +56,13 @@ def read_submission(args: argparse.Namespace, max_patch_bytes: int) -> Submissio
         tree_name=name, tree_url=repo, source="try", external_id=uuid.uuid4().hex,
         base_ref=args.base, ref=args.ref, patches=tuple(patches),
         title=", ".join(p.name for p in args.patch) or (args.ref or args.base), submitter="local",
+        **_as_untrusted(getattr(args, "untrusted", False)),
     )  # fmt: skip
+
+
+def _as_untrusted(untrusted: bool) -> dict[str, Any]:
+    """What an approved change of a stranger gets: the base's plan, QEMU classes only, no warm writes."""
+    return {"plan_from": "base", "author_trusted": False, "tier": "qemu"} if untrusted else {}
 
 
 def progress_table(view: PipelineView) -> Table:
