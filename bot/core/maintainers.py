@@ -113,6 +113,16 @@ class Maintainers:
             if any(matcher.covers(path) for path in wanted)
         )
 
+    def files_of_section(self, name: str, paths: Iterable[str]) -> list[str] | None:
+        """The paths that the sections named `name` cover (X: first, then F: and N:, as for maintainers);
+        None when the file has no section of that name. A plan's `areas` select tests with it."""
+        matchers = [matcher for section, matcher in zip(self.sections, self._matchers, strict=True)
+                    if section.name == name]  # fmt: skip
+        if not matchers:
+            return None
+        wanted = [path for path in paths if 0 < len(path) <= MAX_PATH]
+        return [path for path in wanted if any(matcher.covers(path) for matcher in matchers)]
+
     def maintainers_for(self, paths: Iterable[str]) -> set[str]:
         """The M: and R: addresses (lowercased) of every section covering one of the paths."""
         return {address for section in self.sections_for(paths) for address in section.addresses}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.core.maintainers import parse_maintainers
+from bot.core.path_globs import first_match, glob_problem
 from bot.core.schema import json_schema, render_json_schema
 from workers.errors import UserError
 from workers.spec import unsafe_path_reason
@@ -27,14 +32,95 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class KernelRecipe(_Strict):
-    """A Linux kernel build: a config target, fragments merged in order, one make target."""
+@dataclass(frozen=True)
+class ArchInfo:
+    """What the kernel's build needs to know of an ARCH: its arch/ directory, default image and compiler."""
 
-    arch: str = Field("x86_64", pattern=r"^[a-z0-9_]+$")
-    config: str = Field("defconfig", pattern=r"^[a-z0-9_.]*config$")
-    fragments: tuple[str, ...] = ()
-    target: str = Field("bzImage", pattern=r"^[A-Za-z0-9_./-]+$")
+    srcarch: str  # the directory under arch/
+    image: str  # the make target of the bootable image, under arch/<srcarch>/boot/
+    # Debian's cross toolchain prefix on an x86_64 build host ("" builds natively): the build workers are
+    # x86_64, and clang needs none (scripts/Makefile.clang derives --target from ARCH).
+    cross_compile: str
+
+
+ARCHES: dict[str, ArchInfo] = {
+    "x86_64": ArchInfo("x86", "bzImage", ""),
+    "arm64": ArchInfo("arm64", "Image", "aarch64-linux-gnu-"),
+    "arm": ArchInfo("arm", "zImage", "arm-linux-gnueabihf-"),
+    "riscv": ArchInfo("riscv", "Image", "riscv64-linux-gnu-"),
+}
+# Config targets that need no terminal and read nothing of the build host (localmodconfig reads its lsmod),
+# and give the same .config for the same tree (randconfig does not).
+CONFIG_TARGETS = ("defconfig", "tinyconfig", "allnoconfig", "allyesconfig", "allmodconfig", "alldefconfig")
+_BOARD_DEFCONFIG = re.compile(r"[a-z0-9][a-z0-9_.-]*_defconfig")
+# Tarballs a kernel build leaves at the top of $LABGATE_BUILD, by target.
+TARBALLS = {"modules": "modules.tar.gz", "dtbs": "dtbs.tar.gz"}
+
+
+def _config_target(value: str) -> str:
+    if value not in CONFIG_TARGETS and not _BOARD_DEFCONFIG.fullmatch(value):
+        raise ValueError(
+            f"config {value!r} is not a config target labgate runs: give one of {', '.join(CONFIG_TARGETS)} "
+            "or a board's NAME_defconfig (or `config_file` for a .config in the tree)"
+        )
+    return value
+
+
+_IN_TREE = "give a path relative to the tree's root"
+
+
+def _relative_path(what: str, hint: str) -> AfterValidator:
+    """Refuses a path that could leave the directory it is relative to, saying which value and why."""
+
+    def check(value: str) -> str:
+        reason = unsafe_path_reason(value)
+        if reason:
+            raise ValueError(f"{what} {value!r} {reason}: {hint}")
+        return value
+
+    return AfterValidator(check)
+
+
+class KernelRecipe(_Strict):
+    """A Linux kernel build: a config (a make target or a file of the tree), fragments merged in order,
+    a toolchain, and the targets to build. Its script is render_build_script's."""
+
+    arch: Literal["x86_64", "arm64", "arm", "riscv"] = "x86_64"
+    # At most one of these two; neither is `defconfig`.
+    config: Annotated[str, AfterValidator(_config_target)] | None = None
+    config_file: Annotated[str, _relative_path("config_file", _IN_TREE)] | None = None
+    fragments: tuple[Annotated[str, _relative_path("fragment", _IN_TREE)], ...] = ()
     toolchain: Literal["gcc", "clang"] = "gcc"
+    targets: tuple[Literal["image", "modules", "dtbs"], ...] = Field(("image",), min_length=1)
+    # The image's make target; unset: the arch's own (bzImage on x86_64, Image on arm64).
+    target: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> KernelRecipe:
+        if self.config is not None and self.config_file is not None:
+            raise ValueError("give at most one of `config` (a make config target) or `config_file` (a file)")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets: each of image, modules, dtbs at most once")
+        if self.target is not None and "image" not in self.targets:
+            raise ValueError("`target` names the image, but `targets` does not build the image")
+        return self
+
+    @property
+    def image_target(self) -> str:
+        return self.target or ARCHES[self.arch].image
+
+    @property
+    def image_path(self) -> str:
+        """Where the image lands, relative to the build dir."""
+        if self.image_target == "vmlinux":
+            return "vmlinux"
+        return f"arch/{ARCHES[self.arch].srcarch}/boot/{self.image_target}"
+
+    @property
+    def make_targets(self) -> tuple[str, ...]:
+        """The build's make goals, in a fixed order whatever the plan's order."""
+        goals = {"image": self.image_target, "modules": "modules", "dtbs": "dtbs"}
+        return tuple(goals[t] for t in ("image", "modules", "dtbs") if t in self.targets)
 
 
 class StaticChecks(_Strict):
@@ -43,13 +129,7 @@ class StaticChecks(_Strict):
     checkpatch: Literal["off", "on", "strict"] = "on"
     diff_check: bool = True
     kernel_doc: bool = True
-
-
-def _artifact_pattern(pattern: str) -> str:
-    reason = unsafe_path_reason(pattern)
-    if reason:
-        raise ValueError(f"artifact pattern {pattern!r} {reason}: patterns are relative to $LABGATE_BUILD")
-    return pattern
+    sparse: bool = False  # sparse (C=1) on the changed C files
 
 
 def _kernel_name(name: str) -> str:
@@ -63,14 +143,32 @@ class Build(_Strict):
     name: str = Field(pattern=NAME)
     command: str | None = None
     kernel: KernelRecipe | None = None
-    artifacts: tuple[Annotated[str, AfterValidator(_artifact_pattern)], ...] = Field(min_length=1)
+    # A kernel build collects its image, .config, System.map and target tarballs without being asked
+    # (build_artifacts); a command build names every artifact it leaves.
+    artifacts: tuple[
+        Annotated[str, _relative_path("artifact pattern", "patterns are relative to $LABGATE_BUILD")], ...
+    ] = ()
     timeout: int = Field(600, gt=0)
 
     @model_validator(mode="after")
     def _one_recipe(self) -> Build:
         if (self.command is None) == (self.kernel is None):
             raise ValueError("give exactly one of `command` or `kernel`")
+        if self.command is not None and not self.artifacts:
+            raise ValueError("a `command` build must list its `artifacts`")
         return self
+
+
+def _glob(value: str) -> str:
+    problem = glob_problem(value)
+    if problem:
+        raise ValueError(f"glob {value!r} {problem}")
+    return value
+
+
+Glob = Annotated[str, AfterValidator(_glob)]
+# A MAINTAINERS section's name as written on its name line ("PRINTK", "ARM64 PORT (AARCH64 ARCHITECTURE)").
+AreaName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S[^\n\r]*$")]
 
 
 class Command(_Strict):
@@ -88,7 +186,10 @@ class Test(_Strict):
     kernel: Annotated[str, AfterValidator(_kernel_name)] = "debian"
     commands: tuple[Command, ...] = Field(min_length=1)
     timeout: int = Field(120, gt=0)
-    paths: tuple[str, ...] = ()
+    # Run only for a change touching one of these (bot/core/path_globs.py), or a file of one of these
+    # MAINTAINERS sections (its F:/X:/N: lines); neither: for every change.
+    paths: tuple[Glob, ...] = ()
+    areas: tuple[AreaName, ...] = ()
     kunit: bool = False  # relay the kernel's built-in KUnit results (debugfs) as tests
     modules: str | None = None  # an artifact of the build (modules tarball) unpacked into the initramfs
     # Asks the lab answers, never lifts: a device class with less memory does not match; a network is
@@ -104,6 +205,8 @@ class Plan(_Strict):
     # None: the static stage runs with StaticChecks' defaults when the base has scripts/checkpatch.pl (a
     # kernel-style tree), and not at all otherwise; a plan that says `static:` always gets it.
     static: StaticChecks | None = None
+    # A change whose every file matches one of these needs no build: it gets the static stage only.
+    documentation: tuple[Glob, ...] = ("Documentation/**",)
 
 
 def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
@@ -214,13 +317,19 @@ def parse_plan(text: str | None, source: str = PLAN_PATH) -> Plan:
 
 
 def render_build_script(build: Build) -> str:
-    """The shell script a build job runs at the worktree root."""
+    """The shell script a build job runs at the worktree root (`sh -ec`)."""
     if build.command is not None:
         return build.command
     recipe = build.kernel
     assert recipe is not None
-    make = f'make -s O="$LABGATE_BUILD" ARCH={shlex.quote(recipe.arch)}'
-    steps = [f"{make} {shlex.quote(recipe.config)}"]
+    # Every make call gets the same variables: a CC that changed between calls would rebuild everything,
+    # and Kconfig reads the compiler (CC_IS_GCC, CC_VERSION_TEXT) when it writes .config.
+    make = f'make -s O="$LABGATE_BUILD" {" ".join(_make_variables(recipe))}'
+    if recipe.config_file is not None:
+        steps = [f'cp "$LABGATE_SRC"/{shlex.quote(recipe.config_file)} "$LABGATE_BUILD/.config"',
+                 f"{make} olddefconfig"]  # fmt: skip
+    else:
+        steps = [f"{make} {recipe.config or 'defconfig'}"]
     if recipe.fragments:
         fragments = " ".join(f'"$LABGATE_SRC"/{shlex.quote(f)}' for f in recipe.fragments)
         # merge_config.sh leaves temp files in its cwd: run it in the build dir, not the tree.
@@ -235,32 +344,164 @@ def render_build_script(build: Build) -> str:
             'grep -qxF "$line" "$LABGATE_BUILD/.config" || '
             '{ echo "labgate: $fragment: $line did not survive olddefconfig" >&2; exit 1; }; done; done'
         )
-    steps.append(f'{make} -j"$(nproc)" {shlex.quote(recipe.target)}')
+    steps.append(f'{make} -j"$(nproc)" {" ".join(shlex.quote(t) for t in recipe.make_targets)}')
+    if "modules" in recipe.targets or "dtbs" in recipe.targets:
+        steps.append(f"release=$({make} kernelrelease)")
+    if "modules" in recipe.targets:
+        # Stripped: the tarball goes into an initramfs. The build and source links name build-host paths.
+        steps += [
+            'rm -rf "$LABGATE_BUILD/.labgate-modules"',
+            f'{make} INSTALL_MOD_PATH="$LABGATE_BUILD/.labgate-modules" INSTALL_MOD_STRIP=1 modules_install',
+            'rm -f "$LABGATE_BUILD/.labgate-modules/lib/modules/$release/build" '
+            '"$LABGATE_BUILD/.labgate-modules/lib/modules/$release/source"',
+            _reproducible_tar('"$LABGATE_BUILD/.labgate-modules"', 'lib/modules/"$release"', TARBALLS["modules"]),
+        ]
+    if "dtbs" in recipe.targets:
+        steps += [
+            'rm -rf "$LABGATE_BUILD/.labgate-dtbs"',
+            f'{make} INSTALL_DTBS_PATH="$LABGATE_BUILD/.labgate-dtbs/dtbs/$release" dtbs_install',
+            _reproducible_tar('"$LABGATE_BUILD/.labgate-dtbs"', 'dtbs/"$release"', TARBALLS["dtbs"]),
+        ]
     return "\n".join(steps) + "\n"
+
+
+def _make_variables(recipe: KernelRecipe) -> list[str]:
+    """ARCH and the compiler, through the build worker's wrapper $LABGATE_CC (it takes the compiler as its
+    first word: ccache and the warning ledger)."""
+    variables = [f"ARCH={recipe.arch}"]
+    if recipe.toolchain == "clang":
+        return [*variables, "LLVM=1", 'CC="$LABGATE_CC clang"']
+    cross = ARCHES[recipe.arch].cross_compile
+    if cross:
+        variables.append(f"CROSS_COMPILE={cross}")
+    return [*variables, f'CC="$LABGATE_CC {cross}gcc"']
+
+
+def _reproducible_tar(root: str, member: str, tarball: str) -> str:
+    """Equal files give an equal tarball: names sorted, times, owners and gzip's header fixed."""
+    return (f"tar -C {root} --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - {member} "
+            f'| gzip -n > "$LABGATE_BUILD/{tarball}"')  # fmt: skip
+
+
+def kernel_artifacts(recipe: KernelRecipe) -> tuple[str, ...]:
+    """What every kernel build collects, relative to the build dir, whatever its plan lists."""
+    image = (recipe.image_path,) if "image" in recipe.targets else ()
+    return (
+        ".config",
+        "System.map",
+        *image,
+        *(tarball for target, tarball in TARBALLS.items() if target in recipe.targets),
+    )
+
+
+def build_artifacts(build: Build) -> tuple[str, ...]:
+    """The artifact patterns the build job collects: a kernel build's own, then the plan's, once each."""
+    own = kernel_artifacts(build.kernel) if build.kernel is not None else ()
+    return tuple(dict.fromkeys((*own, *build.artifacts)))
 
 
 def kernel_build_of(build: Build, tree_name: str) -> dict[str, str] | None:
     """The worker's KernelBuild fields (workers/spec.py) of a kernel recipe; None for a command build.
-    The warm key names the build dir a build may reuse: equal only for the same tree and recipe."""
+    The warm key names the build dir a build may reuse: equal exactly when the tree and everything that
+    shapes the build's output are (not the build's name, timeout or artifact list)."""
     if build.kernel is None:
         return None
     recipe = build.kernel
-    key = hashlib.sha256(f"{tree_name}\0{render_build_script(build)}".encode()).hexdigest()[:32]
+    shape = {
+        "tree": tree_name,
+        "arch": recipe.arch,
+        "config": None if recipe.config_file else recipe.config or "defconfig",
+        "config_file": recipe.config_file,
+        "fragments": list(recipe.fragments),
+        "toolchain": recipe.toolchain,
+        "goals": list(recipe.make_targets),
+    }
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:32]
     return {"arch": recipe.arch, "toolchain": recipe.toolchain, "warm_key": key}
 
 
 def documentation_only(plan: Plan, changed_files: Sequence[str]) -> bool:
-    """A change that touches only documentation: it gets the static stage, no build and no boot."""
-    return bool(changed_files) and all(f.startswith("Documentation/") for f in changed_files)
+    """A change that touches only documentation (the plan's `documentation` globs): it gets the static
+    stage, no build and no boot."""
+    return bool(changed_files) and all(first_match(plan.documentation, f) is not None for f in changed_files)
 
 
-def select_tests(plan: Plan, changed_files: Sequence[str]) -> list[Test]:
-    """Tests to run for a change: those without `paths`, and those whose paths it touches."""
-    selected = []
-    for test in plan.tests:
-        if not test.paths or any(f.startswith(p) for p in test.paths for f in changed_files):
-            selected.append(test)
-    return selected
+def documentation_only_note(plan: Plan, changed_files: Sequence[str]) -> str | None:
+    """The report's sentence for a documentation-only change; None for any other change."""
+    if not documentation_only(plan, changed_files):
+        return None
+    used = [g for g in plan.documentation if any(first_match((g,), f) for f in changed_files)]
+    return f"documentation-only change: only the static checks ran (every changed file matches {' or '.join(used)})"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Whether a test runs for a change, and the sentence saying why."""
+
+    test: Test
+    selected: bool
+    reason: str
+    # The report says it: a test left out, or one run only because its areas could not be checked.
+    noteworthy: bool = False
+
+
+def explain_selection(plan: Plan, changed_files: Sequence[str], maintainers_text: str | None = None) -> list[Selection]:
+    """Each test of the plan, selected or not. A test runs for a change touching one of its `paths` or a
+    file of one of its `areas` (MAINTAINERS sections of the base); with neither, for every change. When
+    its areas cannot be checked (no MAINTAINERS, no such section) the test runs: a test is never left out
+    on a guess."""
+    areas = _area_files(plan, changed_files, maintainers_text)
+    return [_select(test, changed_files, areas) for test in plan.tests]
+
+
+def select_tests(plan: Plan, changed_files: Sequence[str], maintainers_text: str | None = None) -> list[Test]:
+    """Tests to run for a change (explain_selection says why)."""
+    return [s.test for s in explain_selection(plan, changed_files, maintainers_text) if s.selected]
+
+
+@dataclass(frozen=True)
+class _AreaFiles:
+    """The changed files each MAINTAINERS section a test names covers; `unavailable` says why none can be told."""
+
+    covered: dict[str, list[str]]
+    unavailable: str | None = None
+
+
+def _area_files(plan: Plan, changed_files: Sequence[str], maintainers_text: str | None) -> _AreaFiles:
+    wanted = {area for test in plan.tests for area in test.areas}
+    if not wanted:
+        return _AreaFiles({})
+    if maintainers_text is None:
+        return _AreaFiles({}, "the tree has no MAINTAINERS at the base")
+    try:
+        maintainers = parse_maintainers(maintainers_text)
+    except UserError as error:
+        return _AreaFiles({}, f"MAINTAINERS cannot be read: {error}")
+    covered = {area: maintainers.files_of_section(area, changed_files) for area in sorted(wanted)}
+    return _AreaFiles({area: files for area, files in covered.items() if files is not None})
+
+
+def _select(test: Test, changed: Sequence[str], areas: _AreaFiles) -> Selection:
+    if not test.paths and not test.areas:
+        return Selection(test, True, f"test {test.name} runs for every change")
+    for path in changed:
+        glob = first_match(test.paths, path)
+        if glob is not None:
+            return Selection(test, True, f"test {test.name} selected: the change touches {path} ({glob})")
+    for area in test.areas:
+        if areas.covered.get(area):
+            return Selection(test, True, f"test {test.name} selected: the change touches "
+                             f"{areas.covered[area][0]} (MAINTAINERS {area})")  # fmt: skip
+    if test.areas and areas.unavailable:
+        return Selection(test, True, f"test {test.name} selected: its areas ({', '.join(test.areas)}) cannot be "
+                         f"checked: {areas.unavailable}", noteworthy=True)  # fmt: skip
+    unknown = [area for area in test.areas if area not in areas.covered]
+    if unknown:
+        return Selection(test, True, f"test {test.name} selected: MAINTAINERS has no section named "
+                         f"{', '.join(unknown)} to check its areas against", noteworthy=True)  # fmt: skip
+    touched = [*test.paths, *(f"MAINTAINERS {area}" for area in test.areas)]
+    return Selection(test, False, f"test {test.name} not selected: the change touches none of {', '.join(touched)}",
+                     noteworthy=True)  # fmt: skip
 
 
 PLAN_SCHEMA_TITLE = "labgate in-tree plan, version 1"
