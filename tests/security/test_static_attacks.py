@@ -1,0 +1,139 @@
+"""Attacks on the static stage, run on the worker directly (tests/workers/static_tree.py's tiny tree).
+
+A change controls the patches checkpatch reads, the names of the files kernel-doc is given, and its
+own copy of every tool. None of that may silence a finding, run a command of its choosing, flood the
+worker, or reach the network or a host path from inside the tools' sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.workers.static_tree import BASE_FILES, make_tree, read_log, run
+from workers.static import MAX_ANNOTATIONS, MAX_TOOL_OUTPUT_BYTES
+
+pytestmark = pytest.mark.needs("root", "the static tools run as a slot's uid, as the build worker runs them")
+
+
+def test_a_change_rewriting_checkpatch_to_find_nothing_still_gets_its_error(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    silent = '#!/usr/bin/perl\nprint "total: 0 errors, 0 warnings\\n";\nexit 0;\n'
+    head = tree.commit({"scripts/checkpatch.pl": silent, "scripts/kernel-doc": silent,
+                        ".checkpatch.conf": "--ignore FIXME_ADDED\n",
+                        "kernel/a.c": "/** old_one */\nint a; /* FIXME */\n/** added_doc */\n"},
+                       "kernel: nothing to see")  # fmt: skip
+    outcome = run(tree, tmp_path, head)
+    cases = {case.path: case for case in outcome.tests}
+    assert cases["static/checkpatch/1-kernel-nothing-to-see"].status == "fail"
+    assert outcome.result == "fail"
+    assert {(a["source"], a["file"], a["line"], a["check"]) for a in outcome.annotations} == {
+        ("checkpatch", "kernel/a.c", 2, "FIXME_ADDED"),
+        ("kernel-doc", "kernel/a.c", 3, ""),
+        ("checkpatch", ".checkpatch.conf", 1, "FIXME_ADDED"),  # the change's own conf line, checked not obeyed
+    }
+    assert "checkpatch argv: --terse" in read_log(tmp_path, outcome)  # the base's stand-in ran, not the change's
+
+
+def test_file_names_and_subjects_cannot_inject_commands_or_options(tmp_path: Path) -> None:
+    marker = Path(f"/tmp/labgate-static-pwned-{uuid.uuid4().hex}")
+    tree = make_tree(tmp_path)
+    names = ["-rf.c", "--help.h", f"$(touch {marker}).c", f"`touch {marker}`.h", "a;touch x.c", "new\nline.c"]
+    head = tree.commit({name: f"/** doc_{index} */\nint v{index}; /* FIXME */\n" for index, name in enumerate(names)},
+                       f"$(touch {marker}) --help; `touch {marker}` -v")  # fmt: skip
+    outcome = run(tree, tmp_path, head)
+    assert not marker.exists()
+    log = read_log(tmp_path, outcome)
+    # kernel-doc is given each file as "./name", never as an option; the one with a line break is left out.
+    argv = next(line for line in log.split("\n") if line.startswith("kernel-doc argv: "))
+    assert sorted(argv.removeprefix("kernel-doc argv: -none ./").split(" ./")) == sorted(names[:-1]), argv
+    checkpatch = next(case for case in outcome.tests if case.path.startswith("static/checkpatch/"))
+    assert re.fullmatch(r"static/checkpatch/1-touch-tmp-labgate-static-pwned-[0-9a-f]+", checkpatch.path)
+    assert checkpatch.status == "fail" and checkpatch.reason == "6 error(s)"
+    files = sorted(str(a["file"]) for a in outcome.annotations if a["source"] == "checkpatch")
+    assert files == sorted(["", *names[:-1]])  # a name that cannot be a line of a report names nothing
+    docs = sorted(str(a["file"]) for a in outcome.annotations if a["source"] == "kernel-doc")
+    assert docs == sorted(names[:-1])
+
+
+def test_a_flood_of_findings_is_capped_everywhere(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    flood = "".join(f"int v{i}; /* FIXME */ \n" for i in range(120_000))  # an error and trailing space on each
+    head = tree.commit({"kernel/flood.c": flood}, "kernel: flood")
+    outcome = run(tree, tmp_path, head, kernel_doc=False, max_log_bytes=256 << 10)
+    cases = {case.path: case for case in outcome.tests}
+    assert cases["static/checkpatch/1-kernel-flood"].status == "fail"
+    assert f"the output cap of {MAX_TOOL_OUTPUT_BYTES} bytes" in cases["static/checkpatch/1-kernel-flood"].reason
+    assert cases["static/diff-check"].status == "fail"
+    assert f"(output cut at {MAX_TOOL_OUTPUT_BYTES} bytes)" in cases["static/diff-check"].reason
+    assert len(outcome.annotations) == MAX_ANNOTATIONS and not outcome.annotations_complete
+    assert len(read_log(tmp_path, outcome).encode()) <= 256 << 10
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[object] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1], accepted
+    server.close()
+
+
+# The base's tool as an attacker would write it: the sandbox, not the tool's good manners, holds it in.
+PROBE = r"""
+use IO::Socket::INET;
+my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => PORT, Proto => 'tcp', Timeout => 5);
+print $s ? "connect: CONNECTED\n" : "connect: REFUSED $!\n";
+"""
+
+
+def test_the_tools_have_no_network_and_no_host_path(tmp_path: Path, listener: tuple[int, list[object]]) -> None:
+    port, accepted = listener
+    probe = PROBE.replace("PORT", str(port))
+    # The control half: the same probe from outside the sandbox reaches the listener, so the test can fail.
+    outside = subprocess.run(["perl", "-e", probe], capture_output=True, text=True, timeout=30)
+    assert "connect: CONNECTED" in outside.stdout, outside
+    secret = tmp_path / "secret.txt"
+    secret.write_text(f"SECRET-{uuid.uuid4().hex}\n")
+    secret.chmod(0o644)
+    attacker = (
+        "#!/usr/bin/perl\n"
+        + probe
+        + f"""
+print "secret: ", (open(my $f, '<', '{secret}') ? <$f> : "unreadable $!"), "\\n";
+print "mirror: ", (-e '{tmp_path}/mirror.git/config' ? "visible" : "absent"), "\\n";
+print "store: ", (-e '{tmp_path}/artifacts' ? "visible" : "absent"), "\\n";
+for my $target ('.checkpatch.conf', $ARGV[-1], '/tmp/x', '{tmp_path}/job/y') {{
+    print "write $target: ", (open(my $w, '>', $target) ? "WRITTEN" : "refused"), "\\n";
+}}
+print "uid: $<\\n";
+"""
+    )
+    tree = make_tree(tmp_path, {**BASE_FILES, "scripts/checkpatch.pl": attacker})
+    head = tree.commit({"kernel/b.c": "int b;\n"}, "kernel: b")
+    outcome = run(tree, tmp_path, head, kernel_doc=False, diff_check=False)
+    log = read_log(tmp_path, outcome)
+    assert "connect: REFUSED" in log and "CONNECTED" not in log, log
+    # Refused, not unreachable: bwrap brings up a loopback of the sandbox's own, where nothing listens.
+    assert "Connection refused" in log and len(accepted) == 1  # the listener saw the control connection only
+    assert "secret: unreadable No such file or directory" in log and "SECRET-" not in log
+    assert "mirror: absent" in log and "store: absent" in log
+    assert "WRITTEN" not in log.replace("write /tmp/x: WRITTEN", ""), log  # only its own tmpfs is writable
+    assert "uid: 64106" in log
