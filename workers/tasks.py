@@ -311,3 +311,38 @@ def read_base_file_task(self: Task, request_json: str) -> None:
         answer = BaseFileAnswer(request_id=request.request_id, token=request.token,
                                 problem=f"the checkout worker could not read it: {exc}")  # fmt: skip
     app.send_task(BASE_FILE_READ_TASK, args=[answer.model_dump_json()], queue=RESULTS_QUEUE)
+
+
+def execute_static(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
+    """The static stage (workers/static.py): checkpatch, diff --check and kernel-doc with the base's tools."""
+    from workers.static import run_static
+
+    assert spec.static is not None
+    work_dir = work_dir_from_env()
+    store = ArtifactStore(artifacts_dir_from_env())
+    mirror = mirror_path(work_dir, spec.tree_name)
+    if spec.exchange is not None:  # a build host of its own: as execute_build
+        bundle = spec.static.bundle_digest
+        fetch_tested_commit(mirror, spec.tree_url, spec.static.head_sha, store.path_of(bundle) if bundle else None)
+    outcome = run_static(spec.static, mirror=mirror, job_dir=job_dir(spec),
+                         uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS), store=store,
+                         max_log_bytes=spec.max_log_bytes)  # fmt: skip
+    return JobResult(
+        job_id=spec.job_id,
+        delivery=delivery,
+        result=outcome.result,  # type: ignore[arg-type]
+        log_digest=outcome.log_digest,
+        command_s=outcome.command_s,
+        tests=tuple(outcome.tests),
+        outputs={
+            "annotations": outcome.annotations,
+            "annotations_complete": outcome.annotations_complete,
+            "confinement": outcome.confinement,
+            "export_s": round(outcome.export_s, 3),
+        },
+    )
+
+
+@app.task(name=TASK_NAMES["static"], bind=True, max_retries=MAX_DELIVERIES)
+def run_static_task(self: Task, spec_json: str) -> None:
+    run_job(self, spec_json, execute_static)
