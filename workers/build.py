@@ -3,17 +3,22 @@ as the slot's uid under every cap, artifacts collected without following the bui
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from workers import kbuild, warm
 from workers.artifacts import ArtifactStore
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.checkout import locked
 from workers.collect import ArtifactCaps, collect_artifacts
+from workers.errors import UserError
 from workers.jobdisk import (
     FILE_SIZE_SLACK_BYTES,
     JobDisk,
@@ -22,7 +27,7 @@ from workers.jobdisk import (
     open_job_disk,
     release_job_tmp,
 )
-from workers.sandbox import SandboxLimits, SandboxMounts, SandboxOutcome, run_sandboxed, write_synthetic_etc
+from workers.sandbox import Bind, SandboxLimits, SandboxMounts, SandboxOutcome, run_sandboxed, write_synthetic_etc
 from workers.slots import UidRange, hold_slot
 from workers.source import export_tree, give_to
 from workers.spec import ArtifactRef, BuildSpec
@@ -46,6 +51,7 @@ class BuildOutcome:
     confinement: dict[str, str]
     confinement_s: float  # sandbox, disk and cgroup set-up and teardown, outside the command
     cap: str | None = None
+    kernel: dict[str, Any] | None = None  # a kernel build's outputs (workers/spec.py): warnings, warm...
 
 
 def parse_diagnostics(log: str, source_root: str) -> list[dict[str, object]]:
@@ -76,13 +82,19 @@ def sandbox_limits(spec: BuildSpec, max_log_bytes: int) -> SandboxLimits:
 def run_build(
     spec: BuildSpec, *, mirror: Path, job_dir: Path, uids: UidRange, store: ArtifactStore,
     max_log_bytes: int, later: Callable[[Callable[[], None]], None] | None = None,
+    tree_name: str = "", warm_dir: Path | None = None,
 ) -> BuildOutcome:  # fmt: skip
     """Build once; a failing or capped build is an outcome, InfraError means our side broke.
 
     `later`, when given, takes the removal of the job's disk and directory, to run after the
     result is sent: nothing of the job runs any more by then (its cgroup is emptied and
     removed here, while the slot is held), so the verdict need not wait for an unmount.
+    A kernel build (spec.kernel) with a warm_dir builds in the warm state of workers/warm.py.
     """
+    if spec.kernel is not None and warm_dir is not None:
+        return run_kernel_build(spec, mirror=mirror, job_dir=job_dir, uids=uids, store=store,
+                                max_log_bytes=max_log_bytes, later=later, tree_name=tree_name,
+                                warm_dir=warm_dir)  # fmt: skip
     with hold_slot("build", uids) as slot:
         clock = _Stopwatch()
         disk = open_job_disk(job_dir, spec.limits.disk_bytes)  # also clears a redelivered job's leftovers
@@ -187,3 +199,118 @@ def _disk_cap(disk: JobDisk, tmp: Path | None, tmp_bytes: int, outcome: SandboxO
         log.seek(max(0, log_path.stat().st_size - 65536))
         tail = log.read()
     return tmp_cap if b"No space left on device" in tail else None
+
+
+def run_kernel_build(
+    spec: BuildSpec, *, mirror: Path, job_dir: Path, uids: UidRange, store: ArtifactStore, max_log_bytes: int,
+    later: Callable[[Callable[[], None]], None] | None, tree_name: str, warm_dir: Path,
+) -> BuildOutcome:  # fmt: skip
+    """A kernel build in warm state: the warm source read-only at /labgate/src, the build dir at
+    /labgate/build (the warm one for a trusted build, a throwaway copy of it for an untrusted one), the
+    shared ccache of (arch, toolchain) writable for trusted builds only."""
+    kernel = spec.kernel
+    assert kernel is not None
+    started = time.monotonic()
+    root = warm.warm_root(warm_dir)
+    with contextlib.ExitStack() as held:
+        tree = held.enter_context(warm.holding_tree(root, tree_name))
+        shared = warm.ccache_dir(root, kernel)
+        if spec.trusted:  # it writes the shared ccache: trusted builds of this (arch, toolchain) take turns
+            held.enter_context(warm.holding_ccache(root, kernel))
+        slot = held.enter_context(hold_slot("build", uids))
+        clock = _Stopwatch()
+        disk = open_job_disk(job_dir, spec.limits.disk_bytes)
+        cgroup: JobCgroup | None = None
+        handed: tuple[Path, ...] = ()
+        try:
+            with locked(mirror):
+                source = warm.prepare_source(tree, mirror, spec.head_sha, job_dir / "index")
+            build_dir, mode, build_disk = _kernel_build_dir(spec, tree, disk)
+            local_cache = disk.root / "ccache"
+            local_cache.mkdir()
+            wrapper = job_dir / "bin" / "cc"
+            wrapper.parent.mkdir()
+            shutil.copyfile(kbuild.WRAPPER, wrapper)
+            wrapper.chmod(0o755)
+            handed = (build_dir, shared) if spec.trusted else ()
+            give_to(slot.uid, build_dir, local_cache, *((shared,) if spec.trusted else ()))
+            tmp = mount_job_tmp(job_dir, spec.limits.tmp_bytes)
+            etc = write_synthetic_etc(job_dir / "etc", slot.uid, "build")
+            limits = sandbox_limits(spec, max_log_bytes)
+            cgroup = create_job_cgroup(slot.name, memory_bytes=limits.memory_bytes, max_pids=limits.max_processes)
+            binds = (Bind(tree.source, kbuild.SRC), Bind(build_dir, kbuild.BUILD, writable=True),
+                     Bind(wrapper, kbuild.CC), Bind(shared, kbuild.CCACHE_SHARED, writable=spec.trusted),
+                     Bind(local_cache, kbuild.CCACHE_LOCAL, writable=True))  # fmt: skip
+            prepare_s = time.monotonic() - started
+            since_ns = time.time_ns()
+            clock.pause()
+            log_path = job_dir / "build.log"
+            outcome = run_sandboxed(
+                ["sh", "-ec", spec.script], cwd=Path(kbuild.SRC),
+                mounts=SandboxMounts(writable=(), etc_dir=etc, tmp_dir=tmp, placed=binds),
+                env=kbuild.kernel_env(kernel, trusted=spec.trusted),
+                limits=limits, log_path=log_path, slot=slot, cgroup=cgroup, disk=build_disk,
+            )  # fmt: skip
+            collecting = time.monotonic()
+            cap = outcome.cap or _disk_cap(build_disk, tmp, spec.limits.tmp_bytes, outcome, log_path)
+            artifacts, result, message = _judge(outcome, cap, build_dir, spec, store)
+            if message and not outcome.cap:
+                with log_path.open("a") as log:
+                    log.write(f"\n*** labgate: {message} ***\n")
+            ledger = kbuild.read_ledger(build_dir, since_ns)
+            digest = kbuild.binary_digest(build_dir, artifacts) if result == "pass" else None
+            give_to(0 if slot.uid is not None else None, *handed)
+            handed = ()
+            held_bytes = _settle_warm(spec, tree, outcome, root)
+            built = BuildOutcome(
+                result=result, error_code=None, message=message, log_digest=store.put_file(log_path),
+                command_s=outcome.duration_s, artifacts=artifacts,
+                diagnostics=parse_diagnostics(log_path.read_text(errors="replace"), kbuild.SRC),
+                confinement=outcome.confinement, confinement_s=outcome.setup_s, cap=cap,
+                kernel={"warnings": ledger.warnings, "warnings_complete": ledger.complete,
+                        "recompiled": ledger.recompiled, "binary_digest": digest,
+                        "warm": {"mode": mode, "source": source.how, "source_changed": source.changed,
+                                 "prepare_s": round(prepare_s, 3), "make_s": round(outcome.duration_s, 3),
+                                 "collect_s": round(time.monotonic() - collecting, 3),
+                                 "held_bytes": held_bytes, "max_bytes": warm.warm_max_bytes()}},
+            )  # fmt: skip
+        finally:
+            clock.resume()
+            if handed:  # the build broke on our side: the dirs go back to root, the dirty mark stays
+                give_to(0 if slot.uid is not None else None, *handed)
+            if cgroup is not None:
+                cgroup.remove()
+            clock.pause()
+            (later or _now)(lambda: _remove_job_dir(disk, job_dir))
+    return replace(built, confinement_s=built.confinement_s + clock.total_s)
+
+
+def _kernel_build_dir(spec: BuildSpec, tree: warm.TreeWarm, disk: JobDisk) -> tuple[Path, str, JobDisk]:
+    """(build dir, mode, the disk whose cap the build is held to). Trusted: the warm dir itself, marked
+    dirty until the build ends on its own, its cap a polled `du`. Untrusted: a copy on the job's disk."""
+    assert spec.kernel is not None
+    key = spec.kernel.warm_key
+    existing = warm.take_build_dir(tree, key)
+    if spec.trusted:
+        path = warm.mark_dirty(tree, key)
+        return path, "warm" if existing else "cold", JobDisk(path, spec.limits.disk_bytes, None)
+    copy = disk.root / "build"
+    if existing is None:
+        copy.mkdir()
+        return copy, "cold", disk
+    # ext4 has no reflinks: a plain copy (cp keeps the mtimes make compares, and copies links as links).
+    done = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(existing), str(copy)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        cap = "over the disk cap" if disk.is_full() else "failed"
+        raise UserError(f"copying the warm build dir onto the job's disk {cap}: {done.stderr.strip()[-400:]}")
+    warm.touch_used(tree, key)
+    return copy, "copy", disk
+
+
+def _settle_warm(spec: BuildSpec, tree: warm.TreeWarm, outcome: SandboxOutcome, root: Path) -> int:
+    """A trusted build that ended on its own leaves a clean dir; then the disk held is brought under its cap."""
+    assert spec.kernel is not None
+    if spec.trusted and outcome.cap is None and not outcome.stuck:
+        warm.mark_clean(tree, spec.kernel.warm_key)
+    return warm.evict(root, tree, spec.kernel.warm_key, warm.warm_max_bytes())

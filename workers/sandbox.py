@@ -9,7 +9,8 @@ Shape of a sandbox (the same for builds and for QEMU):
 - What it sees: /usr read-only, a synthetic /etc (passwd, group, hosts; plus the two host
   files toolchains cannot run without: ld.so.cache and the alternatives links), a fresh
   /proc with /proc/sys read-only, a minimal /dev, a size-capped tmpfs /tmp, and the job's
-  own directories at their host paths (Kbuild rebuilds everything when paths change).
+  own directories at their host paths (Kbuild rebuilds everything when paths change), or,
+  for kernel builds, at fixed /labgate/... paths that stay the same from one build to the next.
   Nothing else of the host: no data dir, config, sockets, secrets or other jobs.
 - Caps: wall time (checked while output flows too), output bytes, memory and processes of
   all the job's processes together (a cgroup; rlimits when none can be made), /tmp bytes
@@ -70,6 +71,15 @@ class SandboxOutcome:
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A host path bound at another path in the sandbox (a kernel build's fixed /labgate/... paths)."""
+
+    host: Path
+    dest: str  # absolute, in the sandbox
+    writable: bool = False
+
+
+@dataclass(frozen=True)
 class SandboxMounts:
     writable: tuple[Path, ...]
     read_only: tuple[Path, ...] = ()
@@ -78,6 +88,7 @@ class SandboxMounts:
     # A size-capped tmpfs the worker mounted for this job (its fill can be checked afterwards),
     # bound at /tmp and /dev/shm; None: bwrap makes one of its own for each.
     tmp_dir: Path | None = None
+    placed: tuple[Bind, ...] = ()  # after the others: a destination may lie below another bind
 
 
 def write_synthetic_etc(etc_dir: Path, uid: int | None, user: str) -> Path:
@@ -146,11 +157,15 @@ def bwrap_argv(
         argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
         if mounts.dev_shm:
             argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
-    argv += _parent_dirs([*mounts.read_only, *mounts.writable])
+    argv += _parent_dirs([*mounts.read_only, *mounts.writable, *(Path(bind.dest) for bind in mounts.placed)])
     for path in mounts.read_only:
         argv += ["--ro-bind", str(path), str(path)]
     for path in mounts.writable:
         argv += ["--bind", str(path), str(path)]
+    for bind in mounts.placed:
+        if not bind.dest.startswith("/") or bind.dest.startswith(("/usr", "/proc", "/dev", "/etc", "/tmp")):
+            raise InfraError(f"sandbox bind destination {bind.dest!r} must be absolute and outside system paths")
+        argv += ["--bind" if bind.writable else "--ro-bind", str(bind.host), bind.dest]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", str(cwd), "--clearenv"]

@@ -145,6 +145,8 @@ def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]])
         store=store,
         max_log_bytes=spec.max_log_bytes,
         later=later.append,
+        tree_name=spec.tree_name,
+        warm_dir=work_dir / "warm",  # kernel builds keep their warm state there (workers/warm.py)
     )
     return JobResult(
         job_id=spec.job_id,
@@ -160,6 +162,7 @@ def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]])
             "confinement": outcome.confinement,
             "confinement_s": round(outcome.confinement_s, 3),
             "cap": outcome.cap,
+            **(outcome.kernel or {}),
         },
     )
 

@@ -1,0 +1,124 @@
+"""The warm state's parts without a sandbox: the warm source brought from commit to commit by rewriting only
+what differs, paths that would leave the tree, the eviction of least recently used build dirs, the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.workers.warm_project import Project, snapshot
+from workers import kbuild, warm
+from workers.errors import InfraError, UserError
+from workers.source import TreeChange, apply_changes, changed_between
+
+
+def _tree(tmp_path: Path) -> tuple[Project, warm.TreeWarm]:
+    project = Project.make(tmp_path, {"keep.c": "keep\n", "edit.c": "old\n", "gone.c": "gone\n",
+                                      "run.sh": "#!/bin/sh\n", "dir/file": "x\n", "link": "keep.c"})  # fmt: skip
+    root = warm.warm_root(tmp_path / "warm")
+    return project, warm.TreeWarm(root, "some/tree")
+
+
+def _sync(project: Project, tree: warm.TreeWarm, sha: str) -> warm.SourceUpdate:
+    return warm.prepare_source(tree, project.mirror, sha, tree.root / "index")
+
+
+def test_the_source_is_exported_once_then_only_changed_files_are_written(tmp_path: Path) -> None:
+    project, tree = _tree(tmp_path)
+    assert _sync(project, tree, project.mirror_head()).how == "exported"
+    assert os.stat(tree.root).st_mode & 0o777 == 0o700
+    (tree.source / "link").unlink()
+    os.symlink("keep.c", tree.source / "link")  # as git would: the symlink test needs one made by us
+    before = snapshot(tree.source)
+    os.chmod(project.repo / "run.sh", 0o755)
+    (project.repo / "link").unlink()
+    os.symlink("edit.c", project.repo / "link")
+    sha = project.commit({"edit.c": "new\n", "gone.c": None, "added/deep/new.c": "new\n", "dir/file": None,
+                          "dir": "now a file\n"}, "change")  # fmt: skip
+    update = _sync(project, tree, sha)
+    assert update.how == "synced" and update.changed == 7
+    after = snapshot(tree.source)
+    assert after["keep.c"] == before["keep.c"], "an unchanged file keeps its mtime: make leaves its object alone"
+    assert after["edit.c"][2] == b"new\n" and after["edit.c"][1] > before["edit.c"][1]
+    assert "gone.c" not in after and after["added/deep/new.c"][2] == b"new\n"
+    assert after["dir"][2] == b"now a file\n"
+    assert after["run.sh"][0] & 0o777 == 0o755
+    assert os.readlink(tree.source / "link") == "edit.c"
+    assert _sync(project, tree, sha).how == "kept"
+    # And back: the base's files again, those that differ with fresh mtimes.
+    assert _sync(project, tree, project.git_rev("HEAD~1")).how == "synced"
+    assert (tree.source / "dir" / "file").read_text() == "x\n" and (tree.source / "gone.c").exists()
+
+
+def test_a_source_left_half_written_is_exported_again(tmp_path: Path) -> None:
+    project, tree = _tree(tmp_path)
+    _sync(project, tree, project.mirror_head())
+    (tree.dir / "src.json").unlink()  # what a worker killed while changing the tree leaves
+    (tree.source / "keep.c").write_text("half\n")
+    sha = project.commit({"edit.c": "new\n"}, "change")
+    assert _sync(project, tree, sha).how == "exported"
+    assert (tree.source / "keep.c").read_text() == "keep\n"
+
+
+def test_writing_never_follows_a_link_out_of_the_tree(tmp_path: Path) -> None:
+    project, tree = _tree(tmp_path)
+    _sync(project, tree, project.mirror_head())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, tree.source / "escape")
+    blob = project.git_rev("HEAD:keep.c")
+    with pytest.raises(InfraError, match="not a directory"):
+        apply_changes(project.mirror, [TreeChange("escape/planted", "100644", blob)], tree.source)
+    assert not list(outside.iterdir())
+
+
+def test_a_commit_with_a_git_directory_is_refused(tmp_path: Path) -> None:
+    project, tree = _tree(tmp_path)
+    base = project.mirror_head()
+    blob = project.git_blob(b"[core]\n\tfsmonitor = touch /tmp/x\n")
+    hostile = project.commit_tree_with(base, ".GIT/config", blob)
+    with pytest.raises(UserError, match=r"\.git component"):
+        changed_between(project.mirror, base, hostile)
+
+
+def test_least_recently_used_build_dirs_are_evicted_past_the_cap(tmp_path: Path) -> None:
+    root = warm.warm_root(tmp_path / "warm")
+    with warm.holding_tree(root, "a") as tree:
+        for number, key in enumerate(("1" * 16, "2" * 16, "3" * 16)):
+            path = warm.mark_dirty(tree, key)
+            (path / "obj.o").write_bytes(b"\0" * (1 << 20))
+            warm.mark_clean(tree, key)
+            state = tree.build_dir(key).with_name(f"{key}.json")
+            state.write_text(json.dumps({**json.loads(state.read_text()), "used": number}))
+        held = warm.evict(root, tree, "1" * 16, max_bytes=int(1.5 * (1 << 20)))
+        assert tree.build_dir("1" * 16).exists(), "the build dir in use is never evicted"
+        assert not tree.build_dir("2" * 16).exists()
+        assert not tree.build_dir("3" * 16).exists()
+        assert held < 1.5 * (1 << 20)
+        assert warm.take_build_dir(tree, "2" * 16) is None
+
+
+def test_warnings_are_parsed_with_paths_relative_to_the_tree() -> None:
+    text = ("/labgate/src/kernel/printk/printk.c:12:5: warning: unused variable 'x' [-Wunused-variable]\n"
+            "In file included from /labgate/src/init/main.c:3:\n"
+            "./include/generated/autoconf.h:1:2: error: bad thing\n"
+            "/labgate/build/arch/x86/gen.h:7: warning: no column\n")  # fmt: skip
+    found = kbuild.parse_warnings(text)
+    assert found == [
+        {"file": "kernel/printk/printk.c", "line": 12, "col": 5, "level": "warning", "flag": "-Wunused-variable",
+         "text": "unused variable 'x'"},
+        {"file": "<build>/include/generated/autoconf.h", "line": 1, "col": 2, "level": "error", "flag": "",
+         "text": "bad thing"},
+        {"file": "<build>/arch/x86/gen.h", "line": 7, "col": 0, "level": "warning", "flag": "", "text": "no column"},
+    ]  # fmt: skip
+
+
+def test_the_warm_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(warm.WARM_MAX_BYTES_ENV, "12345")
+    assert warm.warm_max_bytes() == 12345
+    monkeypatch.setenv(warm.WARM_MAX_BYTES_ENV, "lots")
+    with pytest.raises(Exception, match="LABGATE_WARM_MAX_BYTES='lots'"):
+        warm.warm_max_bytes()

@@ -1,0 +1,228 @@
+"""Warm state for kernel builds: a source tree per tree, build dirs per warm key, a ccache per
+(arch, toolchain), kept under the worker's work dir between jobs, root's only.
+
+Layout (work/warm, 0700):
+  locks/tree-<tree>.lock, locks/ccache-<arch>-<toolchain>.lock   fcntl locks, dropped with the process
+  trees/<tree>/src            the warm source: written by root from the mirror's blobs, bound read-only
+  trees/<tree>/src.json       {"commit", "bytes"}; missing while the source is being changed
+  trees/<tree>/builds/<key>   a warm build dir; <key>.json {"bytes", "used"}; <key>.dirty while a build
+                              runs in it (a build that did not end on its own leaves it, and the next
+                              user throws the dir away: make would trust truncated objects' fresh mtimes)
+  ccache/<arch>-<toolchain>   the shared ccache (a ccache `file:` remote storage)
+
+Only trusted builds (a trusted change, a base build) write any of it; an untrusted build reads the
+source (read-only bind), builds in a throwaway copy of the build dir and reads the ccache read-only.
+Builds of one tree on one host take turns (the tree lock); trusted builds of one (arch, toolchain)
+take turns too (they hold its ccache). The disk held is capped: least recently used build dirs go first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.errors import ConfigError, InfraError
+from workers.jobdisk import disk_usage
+from workers.source import apply_changes, changed_between, export_tree
+from workers.spec import KernelBuild
+
+WARM_MAX_BYTES_ENV = "LABGATE_WARM_MAX_BYTES"
+DEFAULT_WARM_MAX_BYTES = 40 << 30
+# A bigger difference is written out whole: reading every changed blob at once would cost more memory
+# than a fresh export costs time.
+MAX_INCREMENTAL_CHANGES = 20000
+
+
+def warm_max_bytes() -> int:
+    text = os.environ.get(WARM_MAX_BYTES_ENV, "")
+    if not text:
+        return DEFAULT_WARM_MAX_BYTES
+    if not text.isdigit():
+        raise ConfigError(f"{WARM_MAX_BYTES_ENV}={text!r}: not a number of bytes")
+    return int(text)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def warm_root(root: Path) -> Path:
+    """The warm state's directory (a worker's work/warm), made root's alone."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)  # nothing below is any other host user's business
+    return root
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class TreeWarm:
+    root: Path  # the warm root
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "trees" / _safe(self.name)
+
+    @property
+    def source(self) -> Path:
+        return self.dir / "src"
+
+    def build_dir(self, warm_key: str) -> Path:
+        return self.dir / "builds" / warm_key
+
+
+@contextlib.contextmanager
+def holding_tree(root: Path, tree_name: str) -> Iterator[TreeWarm]:
+    """The tree's warm state, this process's alone until the block ends (waits for another build)."""
+    with _flock(root / "locks" / f"tree-{_safe(tree_name)}.lock"):
+        tree = TreeWarm(root, tree_name)
+        (tree.dir / "builds").mkdir(parents=True, exist_ok=True)
+        yield tree
+
+
+def ccache_dir(root: Path, kernel: KernelBuild) -> Path:
+    path = root / "ccache" / f"{kernel.arch}-{kernel.toolchain}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    return path
+
+
+@contextlib.contextmanager
+def holding_ccache(root: Path, kernel: KernelBuild) -> Iterator[Path]:
+    """The shared ccache, for a trusted build to write (handed to its uid for the build)."""
+    with _flock(root / "locks" / f"ccache-{kernel.arch}-{kernel.toolchain}.lock"):
+        yield ccache_dir(root, kernel)
+
+
+@dataclass(frozen=True)
+class SourceUpdate:
+    how: str  # "kept" (already at the commit), "synced" (changed files rewritten), "exported" (whole)
+    changed: int  # files written or removed
+
+
+def prepare_source(tree: TreeWarm, mirror: Path, sha: str, index_file: Path) -> SourceUpdate:
+    """Bring the warm source to commit sha (the caller holds the mirror's lock)."""
+    state_file = tree.dir / "src.json"
+    state = _read_json(state_file)
+    if state.get("commit") == sha and tree.source.is_dir():
+        return SourceUpdate("kept", 0)
+    # Missing while the tree is changed: a worker that dies half-way leaves a source the next build
+    # writes out whole, never one it would take for a commit it is not.
+    state_file.unlink(missing_ok=True)
+    changes = None
+    if state.get("commit"):
+        with contextlib.suppress(InfraError):  # the old commit is gone from the mirror: write it out whole
+            changes = changed_between(mirror, str(state["commit"]), sha)
+    if changes is not None and tree.source.is_dir() and len(changes) <= MAX_INCREMENTAL_CHANGES:
+        apply_changes(mirror, changes, tree.source)
+        _write_json(state_file, {"commit": sha, "bytes": state.get("bytes", 0)})
+        return SourceUpdate("synced", len(changes))
+    shutil.rmtree(tree.source, ignore_errors=True)
+    export_tree(mirror, sha, tree.source, index_file)
+    os.chmod(tree.source, 0o755)
+    _write_json(state_file, {"commit": sha, "bytes": disk_usage(tree.source)})
+    return SourceUpdate("exported", -1)
+
+
+def take_build_dir(tree: TreeWarm, warm_key: str) -> Path | None:
+    """The warm build dir of warm_key if there is a clean one; a dirty one is thrown away."""
+    path = tree.build_dir(warm_key)
+    dirty = path.with_name(f"{warm_key}.dirty")
+    if dirty.exists() or (path.exists() and not path.with_name(f"{warm_key}.json").exists()):
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_name(f"{warm_key}.json").unlink(missing_ok=True)
+        dirty.unlink(missing_ok=True)
+    return path if path.is_dir() else None
+
+
+def mark_dirty(tree: TreeWarm, warm_key: str) -> Path:
+    """Before a trusted build runs in the warm build dir (made here when there is none)."""
+    path = tree.build_dir(warm_key)
+    path.with_name(f"{warm_key}.dirty").touch()
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def mark_clean(tree: TreeWarm, warm_key: str) -> None:
+    """After a build that ended on its own (whatever its exit code): the dir may be reused."""
+    path = tree.build_dir(warm_key)
+    _write_json(path.with_name(f"{warm_key}.json"), {"bytes": disk_usage(path), "used": time.time()})
+    path.with_name(f"{warm_key}.dirty").unlink(missing_ok=True)
+
+
+def touch_used(tree: TreeWarm, warm_key: str) -> None:
+    """An untrusted build copied the dir: it was used, for the eviction's order."""
+    state_file = tree.build_dir(warm_key).with_name(f"{warm_key}.json")
+    state = _read_json(state_file)
+    if state:
+        _write_json(state_file, {**state, "used": time.time()})
+
+
+def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
+    """Throw away least recently used build dirs until the warm state holds at most max_bytes (never
+    `keep` of the current tree, nor another tree's dir while a build of that tree runs); the bytes held."""
+    held = sum(int(_read_json(path).get("bytes", 0)) for path in (root / "trees").glob("*/src.json"))
+    held += sum(disk_usage(path) for path in (root / "ccache").glob("*") if path.is_dir())
+    builds = []
+    for state_file in (root / "trees").glob("*/builds/*.json"):
+        state = _read_json(state_file)
+        held += int(state.get("bytes", 0))
+        builds.append((float(state.get("used", 0)), state_file))
+    for _used, state_file in sorted(builds):
+        if held <= max_bytes:
+            break
+        tree_dir, key = state_file.parents[1], state_file.stem
+        if tree_dir == current.dir:
+            if key == keep:
+                continue
+            held -= _drop_build(state_file)
+            continue
+        with _flock(root / "locks" / f"tree-{tree_dir.name}.lock", blocking=False) as locked:
+            if locked:
+                held -= _drop_build(state_file)
+    return held
+
+
+def _drop_build(state_file: Path) -> int:
+    freed = int(_read_json(state_file).get("bytes", 0))
+    state_file.unlink(missing_ok=True)  # first: a dir without its state is thrown away by its next user
+    shutil.rmtree(state_file.with_suffix(""), ignore_errors=True)
+    state_file.with_suffix(".dirty").unlink(missing_ok=True)
+    return freed
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, value: dict[str, object]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value))
+    os.replace(temporary, path)
