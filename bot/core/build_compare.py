@@ -63,15 +63,20 @@ def _on_lines(ranges: Sequence[Sequence[int]], line: int) -> bool:
     return any(first <= line <= last for first, last in ranges)
 
 
+def objects_of(where: str, value: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """A worker's list of objects, each with where it is ("annotations[3]"); ValueError when it is not one."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+    for index, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where}[{index}]: expected an object, got {type(item).__name__}")
+    return [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+
+
 def _checked_ledger(where: str, ledger: Any) -> list[dict[str, Any]]:
     """A list of diagnostics, each entry checked: a worker's output is input, and bad input says where."""
-    if not isinstance(ledger, list):
-        raise ValueError(f"{where}: expected a list, got {type(ledger).__name__}")
     checked = []
-    for index, item in enumerate(ledger):
-        at = f"{where}[{index}]"
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{at}: expected an object, got {type(item).__name__}")
+    for at, item in objects_of(where, ledger):
         missing = [key for key in _KEYS if key not in item]
         if missing:
             raise ValueError(f"{at}: missing {', '.join(missing)}")

@@ -10,6 +10,7 @@ from bot.core.render import JobView
 
 WIDTH = 72
 ERROR_LINES = 12  # first error lines quoted per failure: enough to recognise it, the link has the rest
+MAX_FINDING_LINES = 30  # a job's new warnings or static findings quoted in a mail; the link has the rest
 MAX_FAILURES = 20
 MAX_LINE = 500  # a log line longer than this is cut (never wrapped): a build can print megabytes on one line
 VERBATIM_INDENT = "    "
@@ -37,6 +38,8 @@ class MailReport:
 
     verdict_line: str  # "labgate: fail: 1 new failure (qemu-x86_64 unit: math.mul)"
     failures: tuple[MailFailure, ...] = ()
+    # Jobs with new warnings or static findings (bot/core/findings.py), each with them listed verbatim.
+    findings: tuple[MailFailure, ...] = ()
     url: str = ""  # the pipeline's page
     reproduce: str = ""  # commands a maintainer can paste, one a line
     notes: tuple[str, ...] = ()
@@ -101,8 +104,8 @@ def error_lines_of(job: JobView, limit: int = ERROR_LINES) -> str:
 
 
 def render_report_mail(report: MailReport, width: int = WIDTH) -> str:
-    """The mail's body: the verdict line, each new failure with its first error lines and its link,
-    the pipeline's link, how to reproduce, then notes."""
+    """The mail's body: the verdict line, each new failure with its first error lines and its link, each
+    job's new warnings and static findings, the pipeline's link, how to reproduce, then notes."""
     out: list[str] = [wrap_prose(report.verdict_line, width), ""]
     if report.failures:
         out += [wrap_prose("New failures:", width), ""]
@@ -116,6 +119,11 @@ def render_report_mail(report: MailReport, width: int = WIDTH) -> str:
     if len(report.failures) > MAX_FAILURES:
         out += [wrap_prose(f"... and {len(report.failures) - MAX_FAILURES} more failures: see the results.", width),
                 ""]  # fmt: skip
+    if report.findings:
+        out += [wrap_prose("New warnings and check findings:", width), ""]
+    for found in report.findings[:MAX_FAILURES]:
+        out += [wrap_prose(found.title, width), "", *verbatim(found.error_lines, limit=MAX_FINDING_LINES)]
+        out += ["", *verbatim(found.url), ""] if found.url else [""]
     if report.url:
         out += ["Results:", "", *verbatim(report.url), ""]
     if report.reproduce.strip():

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
+from bot.core.findings import Findings, StaticTest, build_findings, static_findings
 from bot.core.mail_text import error_lines_of
 from bot.core.render import JobView, inline_code, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
@@ -18,6 +19,7 @@ from bot.store.models import Job, JobAttempt, Pipeline, Revision
 
 MAX_TITLE = 250
 MAX_SUMMARY = 65000
+NO_DETAILS = "No details."  # render_job_markdown's word for a job with nothing to show
 
 
 def job_label(kind: str, name: str) -> str:
@@ -43,11 +45,18 @@ def verdict_for(view: JobView) -> Verdict:
     return verdicts.get(view.result or "", "fail")
 
 
-def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
-    """Compiler warnings and errors on lines the change wrote (a forge may show them inline)."""
-    diagnostics = job.outputs.get("diagnostics") or []
+def changed_lines_of(job: Job) -> dict[str, Any]:
+    """The checkout's {file: [[first, last]]} of the job's pipeline: the lines the change wrote."""
     checkout = job.pipeline.jobs[0] if job.pipeline.jobs else None
-    changed = (checkout.outputs.get("changed_lines") or {}) if checkout is not None else {}
+    changed = checkout.outputs.get("changed_lines") if checkout is not None else None
+    return changed if isinstance(changed, dict) else {}
+
+
+def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
+    """A command build's compiler warnings and errors on lines the change wrote (a forge may show them
+    inline). A kernel build has a warning ledger instead, compared with its base's (job_findings)."""
+    diagnostics = job.outputs.get("diagnostics") or []
+    changed = changed_lines_of(job)
     found = []
     for item in diagnostics:
         ranges = changed.get(item.get("file"), [])
@@ -55,6 +64,17 @@ def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
             found.append({"path": item["file"], "line": item["line"], "level": item["level"],
                           "message": str(item["text"])[:4000]})  # fmt: skip
     return tuple(found)
+
+
+def job_findings(job: Job) -> Findings | None:
+    """What a kernel build (its new warnings against the base, its errors) or a static job (its checks'
+    findings) found; None for other jobs, and for a command build without a warning ledger."""
+    if job.kind == "build":
+        return build_findings(job.outputs, base_build=job.spec.get("role") == "base")
+    if job.kind == "static":
+        tests = [StaticTest(test.path, test.status) for test in job.tests]
+        return static_findings(job.outputs, tests, changed_lines_of(job))
+    return None
 
 
 def attempt_line(attempt: JobAttempt) -> str:
@@ -112,8 +132,15 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
         summary = compared + "\n\n" + summary
     if retried:
         summary = summary + "\n\n" + retried
+    findings = job_findings(job) if view.result is not None else None
+    diagnostics = changed_line_diagnostics(job) if findings is None else findings.diagnostics
+    if findings is not None:
+        # The count line is what a reader of a one-line status (GitLab, Patchwork) needs: it leads the title.
+        title = "; ".join([f"{word}: {findings.headline}", *findings.notes])
+        summary = findings.markdown() + ("" if summary == NO_DETAILS else "\n\n" + summary)
     return replace(base, stage="done", verdict=verdict_for(view), title=title[:MAX_TITLE],
-                   summary=summary[:MAX_SUMMARY], diagnostics=changed_line_diagnostics(job),
+                   summary=summary[:MAX_SUMMARY], diagnostics=diagnostics,
+                   findings=findings.text() if findings is not None and findings.lines else "",
                    error_lines=error_lines_of(view) if verdict_for(view) != "pass" else "")  # fmt: skip
 
 

@@ -30,8 +30,13 @@ class JobReport:
     title: str  # one line: "fail: math.mul", "pass (12 pass)", "running"
     summary: str  # markdown: failures first, then the table
     details_url: str  # the job's page (signed when the tree is private)
-    # Compiler diagnostics on lines the change wrote: {"path", "line", "level" (error|warning), "message"}.
+    # What a forge shows inline (bot/core/findings.py): a kernel build's new warnings on lines the change wrote
+    # and its errors, a static job's findings on changed lines, a command build's compiler lines on changed
+    # lines. {"path", "line", "level" (error|warning), "message", and "title" when it is not "compiler <level>"}.
     diagnostics: tuple[dict[str, Any], ...] = ()
+    # A kernel build's or static job's findings as plain text, verbatim, headed by their count line: for
+    # reports that show no annotations (a mail, a merge request note). Empty when there are none to list.
+    findings: str = ""
     # The first error lines, plain and verbatim (bot/core/mail_text.py error_lines_of), for reports
     # that show no markdown: a mail quotes them under each new failure.
     error_lines: str = ""

@@ -48,12 +48,20 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
         )  # fmt: skip
 
 
+def _job_item(job: JobReport, quoted: str) -> list[str]:
+    """A job as a list item, `quoted` (the change's text) fenced under it."""
+    item = [f"- {link(job.label, job.details_url)}: {inline_text(job.title)}"]
+    # Indented under its list item, every line alike, so the block stays in the item.
+    return item + (["", *(f"  {line}" for line in fenced(quoted).split("\n")), ""] if quoted else [])
+
+
 def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
     """The summary for a forge that renders markdown in one place (a merge request note, a commit
     comment): the headline, `lead` (a staging push's comparison: its new failures), what is broken with
-    its first error lines, the notes, every job, and how to reproduce it. What a change wrote (error
-    lines, test names in titles, job names from its plan) is text here, never markdown: it is fenced or
-    escaped by bot/core/render.py; `lead` is markdown we made."""
+    its first error lines, new warnings and static findings, the notes, every job, and how to reproduce
+    it. What a change wrote (error lines, test names in titles, job names from its plan, a compiler's
+    words) is text here, never markdown: it is fenced or escaped by bot/core/render.py; `lead` is
+    markdown we made."""
     lines = [f"**{inline_text(summary.headline)}**", ""]
     if lead:
         lines += [lead, ""]
@@ -61,10 +69,14 @@ def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
     if broken:
         lines.append("**Broken:**")
         for job in broken:
-            lines.append(f"- {link(job.label, job.details_url)}: {inline_text(job.title)}")
-            if job.error_lines:
-                # Indented under its list item, every line alike, so the block stays in the item.
-                lines += ["", *(f"  {line}" for line in fenced(job.error_lines).split("\n")), ""]
+            lines += _job_item(job, job.error_lines)
+        lines.append("")
+    found = [job for job in summary.jobs if job.stage == "done" and job.findings]
+    if found:
+        # New warnings and static findings, which a note cannot show inline as a check run does.
+        lines.append("**New warnings and check findings:**")
+        for job in found:
+            lines += _job_item(job, job.findings)
         lines.append("")
     lines += [*(inline_text(note) for note in summary.notes), ""] if summary.notes else []
     lines += ["| job | result |", "|---|---|"]

@@ -33,10 +33,12 @@ def check_body(report: JobReport) -> dict[str, Any]:
 
 
 def check_annotations(report: JobReport) -> list[dict[str, Any]]:
-    """Diagnostics on changed lines as GitHub shows them inline."""
+    """The report's diagnostics (new warnings and static findings on changed lines, errors) as GitHub shows
+    them inline."""
     return [{"path": d["path"], "start_line": d["line"], "end_line": d["line"],
              "annotation_level": "failure" if d["level"] == "error" else "warning",
-             "message": d["message"], "title": f"compiler {d['level']}"} for d in report.diagnostics]  # fmt: skip
+             "message": d["message"], "title": d.get("title") or f"compiler {d['level']}"}
+            for d in report.diagnostics]  # fmt: skip
 
 
 class CheckRunSink:

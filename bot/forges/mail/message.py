@@ -100,14 +100,17 @@ def report_message_id(pipeline_id: int, thread: MailThread, domain: str) -> str:
 
 
 def mail_report_of(summary: PipelineSummary) -> MailReport:
-    """What the mail says, from the summary: each job whose verdict is `fail`, with its first error lines."""
+    """What the mail says, from the summary: each job whose verdict is `fail`, with its first error lines,
+    and each job's new warnings and static findings (a passing build's new warning is news too)."""
     failures = tuple(
         MailFailure(title=f"{job.label}: {job.title}", error_lines=job.error_lines, url=job.details_url)
         for job in summary.jobs
         if job.verdict == "fail"
     )
+    findings = tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.findings, url=job.details_url)
+                     for job in summary.jobs if job.findings)  # fmt: skip
     return MailReport(verdict_line=summary.headline, failures=failures, url=summary.url,
-                      reproduce=summary.reproduce, notes=summary.notes)  # fmt: skip
+                      reproduce=summary.reproduce, notes=summary.notes, findings=findings)  # fmt: skip
 
 
 def compose_report_mail(summary: PipelineSummary, *, sender: Address, recipients: MailRecipients,

@@ -1,0 +1,273 @@
+"""How a kernel build's new warnings and the static stage's findings are reported, from the store to every
+forge: the job's title leads with the count line, its report lists each new warning, and only new
+warnings on changed lines, errors and static findings on changed lines are annotated. Pre-existing
+warnings never are. Each forge's renderer is fed the same pipeline: GitHub check runs (FakeGitHub),
+GitLab's status and merge request note, Patchwork checks (FakePatchwork) and the report mail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.core.build_compare import compare_builds, comparison_outputs
+from bot.forges.github.client import GitHubApp, make_retry
+from bot.forges.github.reporter import check_annotations, sync_checks
+from bot.forges.gitlab.reporter import inert, status_description
+from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail
+from bot.forges.patchwork.checks import PatchworkChecksSink
+from bot.forges.patchwork.client import PatchworkClient
+from bot.host.config import Config, Tree, Web
+from bot.host.stores import Runtime, open_runtime
+from bot.reporting.sinks import JobReport, PipelineSummary
+from bot.reporting.summary import pipeline_summary, summary_markdown
+from bot.store import models
+from tests.bot.core.test_build_compare import GCC_BASE, GCC_CHANGE, ledger
+from tests.bot.reporting.test_summary import MARKDOWN, walk
+from tests.fakes.github_api import FakeGitHub
+from tests.fakes.patchwork_api import FakePatchwork
+
+REPO = "octo-org/linux"
+INSTALLATION = 77
+HEAD = "c" * 40
+FIRST, SECOND = "1" * 40, "2" * 40
+# Line 7 holds a pre-existing warning (the unused parameter, shifted there by the change): it is on a
+# changed line and still must not be annotated. Line 23 holds the change's new unused variable.
+CHANGED = {"drivers/a.c": [[1, 3], [7, 7], [23, 23]], "Documentation/a.rst": [[4, 4]]}
+NEW_LINE = "drivers/a.c:23: unused variable ‘z’ [-Wunused-variable]"
+ANNOTATIONS = [
+    {"file": "drivers/a.c", "line": 23, "level": "error", "source": "checkpatch", "check": "CODE_INDENT",
+     "text": "code indent should use tabs where possible", "commit": FIRST},
+    {"file": "drivers/a.c", "line": 40, "level": "warning", "source": "checkpatch", "check": "LONG_LINE",
+     "text": "line length of 104 exceeds 100 columns", "commit": FIRST},
+    {"file": "", "line": 0, "level": "error", "source": "checkpatch", "check": "MISSING_SIGN_OFF",
+     "text": "Missing Signed-off-by: line(s)", "commit": SECOND},
+    {"file": "Documentation/a.rst", "line": 4, "level": "error", "source": "diff-check", "check": "",
+     "text": "trailing whitespace.", "commit": ""},
+]  # fmt: skip
+STATIC_TESTS = (("static/checkpatch/1-drivers-a-add-z", "fail"), ("static/checkpatch/2-docs-fix-a-typo", "fail"),
+                ("static/diff-check", "fail"), ("static/kernel-doc", "pass"))  # fmt: skip
+
+
+def kernel_outputs(text: str, *, digest: str = "ab" * 32) -> dict[str, Any]:
+    return {"warnings": ledger(text), "warnings_complete": True, "binary_digest": digest, "recompiled": []}
+
+
+@dataclass
+class Stage:
+    runtime: Runtime
+    pipeline_id: int
+    summary: PipelineSummary
+
+    def report(self, label: str) -> JobReport:
+        return next(job for job in self.summary.jobs if job.label == label)
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Iterator[Stage]:
+    config = Config(data_dir=tmp_path / "data", web=Web(public_url="https://ci.example.org"),
+                    trees=[Tree(name="linux", url="https://example.org/linux.git")])  # fmt: skip
+    runtime = open_runtime(config, database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    base = kernel_outputs(GCC_BASE)
+    change = kernel_outputs(GCC_CHANGE, digest="cd" * 32)
+    # What the control side stores after the change build's result (bot/pipelines/change_builds.py).
+    compared = comparison_outputs(compare_builds({"result": "pass", "outputs": change},
+                                                 {"result": "pass", "outputs": base}, CHANGED))  # fmt: skip
+    identical = comparison_outputs(compare_builds({"result": "pass", "outputs": base},
+                                                  {"result": "pass", "outputs": base}, CHANGED))  # fmt: skip
+    failed = kernel_outputs("lib/b.c:2:6: error: conflicting types for ‘x’; have ‘long int’\n" + GCC_CHANGE)
+    jobs: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
+        ("checkout", "checkout", "pass", {}, {"changed_lines": CHANGED, "changed_files": list(CHANGED)}),
+        ("static", "static", "fail", {}, {"annotations": ANNOTATIONS, "annotations_complete": True}),
+        ("build", "x86_64 base", "pass", {"role": "base"}, base),
+        ("build", "x86_64", "pass", {"role": "change", "kernel": {}}, {**change, "comparison": compared}),
+        ("build", "x86_64 same", "pass", {"role": "change", "kernel": {}}, {**base, "comparison": identical}),
+        ("build", "arm64", "fail", {"role": "change", "kernel": {}}, failed),
+        ("build", "hello", "pass", {}, {"diagnostics": [
+            {"file": "drivers/a.c", "line": 2, "level": "warning", "text": "unused variable 'q'"},
+            {"file": "drivers/a.c", "line": 90, "level": "warning", "text": "unused variable 'r'"}]}),
+    ]  # fmt: skip
+    with runtime.store.session() as session:
+        tree = models.Tree(name="linux", url="https://example.org/linux.git")
+        change_row = models.Change(tree=tree, source="github", external_id=f"{REPO}#1", title="t", number=1,
+                                   forge_repo=REPO, installation_id=INSTALLATION)  # fmt: skip
+        pipeline = models.Pipeline(revision=models.Revision(change=change_row, base_ref="main", head_sha=HEAD),
+                                   state="done", result="fail")  # fmt: skip
+        session.add(pipeline)
+        for kind, name, result, spec, outputs in jobs:
+            job = models.Job(pipeline=pipeline, kind=kind, name=name, queue=kind, state="done", result=result,
+                             spec=spec, outputs=outputs)  # fmt: skip
+            session.add(job)
+            if kind == "static":
+                job.tests = [models.TestResult(path=path, status=status) for path, status in STATIC_TESTS]
+        session.flush()
+        pipeline_id = pipeline.id
+    summary = pipeline_summary(runtime, pipeline_id)
+    assert summary is not None
+    yield Stage(runtime, pipeline_id, summary)
+    runtime.store.engine.dispose()
+
+
+def test_a_change_build_reports_its_count_delta_and_annotates_only_its_new_warning(stage: Stage) -> None:
+    report = stage.report("labgate / build x86_64")
+    assert report.title == "pass: 1 new warning (base 4 → 5)"
+    assert report.summary.startswith(r"**1 new warning \(base 4 → 5\)**")
+    fences = [token.content for token in MARKDOWN.parse(report.summary) if token.type == "fence"]
+    assert fences[0] == NEW_LINE + "\n"
+    # The unused parameter sits on changed line 7 too, but the base had it: never annotated.
+    assert [(d["path"], d["line"], d["title"]) for d in report.diagnostics] == [
+        ("drivers/a.c", 23, "new compiler warning [-Wunused-variable]")]  # fmt: skip
+    assert report.findings == "1 new warning (base 4 → 5)\n" + NEW_LINE
+
+
+def test_binary_identical_and_no_new_warnings_say_so(stage: Stage) -> None:
+    report = stage.report("labgate / build x86_64 same")
+    assert report.title == "pass: no new warnings (base 4, change 4); binary identical to base"
+    assert "binary identical to base" in report.summary
+    assert (report.diagnostics, report.findings) == ((), "")
+
+
+def test_a_build_not_compared_reports_its_errors_and_says_the_base_is_unknown(stage: Stage) -> None:
+    report = stage.report("labgate / build arm64")
+    assert report.title == "fail: 1 error; base build unknown: warnings not compared"
+    assert [(d["path"], d["line"], d["level"]) for d in report.diagnostics] == [("lib/b.c", 2, "error")]
+    assert report.findings.splitlines()[1] == "lib/b.c:2: error: conflicting types for ‘x’; have ‘long int’"
+    assert NEW_LINE not in report.findings  # without a base, no warning is called new
+
+
+def test_the_base_build_and_a_command_build_keep_their_own_reports(stage: Stage) -> None:
+    base = stage.report("labgate / build x86_64 base")
+    assert base.title == "pass: base build: 4 warnings" and base.diagnostics == () and base.findings == ""
+    command = stage.report("labgate / build hello")
+    assert command.title == "pass" and command.findings == ""
+    assert [(d["line"], d["message"]) for d in command.diagnostics] == [(2, "unused variable 'q'")]
+
+
+def test_the_static_job_counts_per_check_and_patch_and_annotates_changed_lines(stage: Stage) -> None:
+    report = stage.report("labgate / static")
+    assert report.title == ("fail: checkpatch: 1 error, 1 warning in patch 1/2 'drivers a add z'; "
+                            "checkpatch: 1 error in patch 2/2 'docs fix a typo'; diff-check: 1 error")  # fmt: skip
+    assert [(d["path"], d["line"], d["level"], d["title"]) for d in report.diagnostics] == [
+        ("drivers/a.c", 23, "error", "checkpatch: CODE_INDENT"),
+        ("Documentation/a.rst", 4, "error", "diff-check")]  # fmt: skip
+    assert report.findings.splitlines()[1:] == [
+        "drivers/a.c:23: error: code indent should use tabs where possible [checkpatch CODE_INDENT]",
+        "drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]",
+        "error: Missing Signed-off-by: line(s) [checkpatch MISSING_SIGN_OFF]",
+        "Documentation/a.rst:4: error: trailing whitespace. [diff-check]"]  # fmt: skip
+
+
+def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(stage: Stage) -> None:
+    with FakeGitHub() as fake:
+        fake.add_repo(REPO)
+        fake.add_installation(INSTALLATION, [REPO])
+        github = GitHubApp(fake.app_id, fake.private_key_pem, fake.base_url, retry=make_retry(backoff_s=0),
+                           write_interval_s=0)  # fmt: skip
+        sync_checks(stage.runtime, github, stage.pipeline_id)
+        runs = {run["name"]: run for run in fake.check_runs(REPO)}
+    build = runs["labgate / build x86_64"]
+    assert build["output"]["title"] == "pass: 1 new warning (base 4 → 5)"
+    assert NEW_LINE in build["output"]["summary"]
+    shown = [(a["path"], a["start_line"], a["annotation_level"], a["title"]) for a in build["output"]["annotations"]]
+    assert shown == [("drivers/a.c", 23, "warning", "new compiler warning [-Wunused-variable]")]
+    static = runs["labgate / static"]["output"]["annotations"]
+    assert [(a["path"], a["annotation_level"], a["title"]) for a in static] == [
+        ("drivers/a.c", "failure", "checkpatch: CODE_INDENT"),
+        ("Documentation/a.rst", "failure", "diff-check"),
+    ]
+    assert runs["labgate / build x86_64 base"]["output"]["annotations"] == []
+
+
+def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
+    assert status_description(stage.report("labgate / build x86_64")) == "pass: 1 new warning (base 4 → 5)"
+    note = inert(summary_markdown(stage.summary))
+    tokens = MARKDOWN.parse(note)
+    fences = [token.content for token in tokens if token.type == "fence"]
+    assert "1 new warning (base 4 → 5)\n" + NEW_LINE + "\n" in fences
+    assert any("[checkpatch CODE_INDENT]" in fence for fence in fences)
+    # The base build and the build with nothing new list nothing there.
+    assert not any(fence.startswith(("base build", "no new warnings")) for fence in fences)
+
+
+def test_patchwork_checks_say_the_count_line_with_the_link(stage: Stage) -> None:
+    with FakePatchwork() as pw:
+        pw.add_project("netdev")
+        pw.add_user("labgate-bot")
+        pw.add_maintainer("netdev", "labgate-bot")
+        pw.add_series("netdev", "two patches", ["one", "two"])
+        sink = PatchworkChecksSink(PatchworkClient(pw.base_url, pw.add_token("labgate-bot")), pw.series_patches(1))
+        report = stage.report("labgate / build x86_64")
+        sink.create(report)
+        checks = pw.checks(pw.series_patches(1)[0])
+    assert [(c["state"], c["description"], c["target_url"]) for c in checks] == [
+        ("success", "pass: 1 new warning (base 4 → 5)", report.details_url)]  # fmt: skip
+
+
+def test_the_mail_lists_new_warnings_of_a_passing_build_verbatim(stage: Stage) -> None:
+    mail = compose_report_mail(stage.summary, sender=Address("labgate", addr_spec="ci@example.org"),
+                               recipients=MailRecipients.parse(["dev@example.org"]), thread=MailThread("[PATCH] x"),
+                               message_id="<1@example.org>", date=datetime(2026, 12, 7, tzinfo=UTC))  # fmt: skip
+    body = mail.get_content()
+    section = body.split("New warnings and check findings:", 1)[1]
+    assert "labgate / build x86_64: pass: 1 new warning (base 4 → 5)" in section
+    assert "    " + NEW_LINE in section.splitlines()
+    assert "    drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]" in section
+    assert "x86_64 same" not in section and "x86_64 base" not in section
+
+
+def with_comparison(stage: Stage, comparison: dict[str, Any]) -> tuple[PipelineSummary, JobReport]:
+    """The pipeline's summary and the x86_64 build's report once its stored comparison is `comparison`."""
+    with stage.runtime.store.session() as session:
+        job = session.query(models.Job).filter_by(name="x86_64").one()
+        job.outputs = {**job.outputs, "comparison": comparison}
+    summary = pipeline_summary(stage.runtime, stage.pipeline_id)
+    assert summary is not None
+    return summary, next(job for job in summary.jobs if job.name == "x86_64")
+
+
+# -- what a change writes into its warnings is text, never markup ---------------------------------------
+
+
+FORGED = "```\n**All tests passed** [login](https://attacker/login)\n/merge\n@maintainers"
+
+
+def test_a_warning_text_that_forges_markup_stays_in_its_fence(stage: Stage) -> None:
+    """A change controls its warnings' words (a string literal in a -Wformat message, a file name): in a
+    markdown report they are fenced, and in a GitLab note they trigger no quick action and no mention."""
+    evil = {"file": "drivers/```x.c", "line": 23, "col": 1, "level": "warning", "flag": "-Wformat",
+            "text": f"format ‘{FORGED}’ expects argument", "on_changed_line": True}  # fmt: skip
+    summary, report = with_comparison(stage, {"base_known": True, "new_warnings": [evil], "gone_warnings": 0,
+                                              "base_count": 0, "change_count": 1, "errors": [],
+                                              "binary_identical": False})  # fmt: skip
+    for markdown in (report.summary, inert(summary_markdown(summary))):
+        tokens = list(walk(MARKDOWN.parse(markdown)))
+        assert not any(t.type in ("image", "html_inline", "html_block") for t in tokens)
+        assert all(str(t.attrs.get("href")).startswith("https://ci.example.org") for t in tokens
+                   if t.type == "link_open")  # fmt: skip
+        assert not any("All tests passed" in t.content for t in tokens if t.type in ("inline", "text"))
+    assert "\n/merge" not in inert(summary_markdown(summary)) and "@maintainers" not in inert(summary_markdown(summary))
+    assert check_annotations(report)[0]["path"] == "drivers/```x.c"  # GitHub shows a path as text
+
+
+def test_a_flood_of_warnings_is_capped_in_reports_and_annotations(stage: Stage) -> None:
+    many = [{"file": "drivers/a.c", "line": n, "col": 1, "level": "warning", "flag": "-Wshadow",
+             "text": f"declaration of ‘v{n}’ shadows a previous local", "on_changed_line": True}
+            for n in range(1, 1001)]  # fmt: skip
+    _, report = with_comparison(stage, {"base_known": True, "new_warnings": many, "gone_warnings": 0,
+                                        "base_count": 0, "change_count": 1000, "errors": [],
+                                        "binary_identical": False})  # fmt: skip
+    assert report.title == "pass: 1000 new warnings (base 0 → 1000)"
+    assert len(report.diagnostics) == 200 and len(report.findings.splitlines()) == 1 + 50 + 1
+    assert report.findings.endswith("... and 950 more") and "… and 950 more: see the log." in report.summary
+
+
+def test_a_stored_comparison_that_is_not_one_is_said_not_trusted(stage: Stage) -> None:
+    _, report = with_comparison(stage, {"base_known": "yes"})
+    unread = "pass: warnings not compared: the stored comparison is unreadable (comparison.base_known: expected"
+    assert report.title.startswith(unread)
+    assert report.diagnostics == ()
