@@ -320,9 +320,11 @@ def _checkpatch(stage: _Stage, inputs: _Inputs) -> None:
             stage.add(path, "fail", f"the patch is larger than {stage.spec.limits.max_artifact_bytes} bytes: "
                                     "not checked", text=header)  # fmt: skip
             continue
-        # cwd is the base's tree: checkpatch reads its .checkpatch.conf from there.
-        run = _sandboxed(stage, [_interpreter(inputs.tools / CHECKPATCH), CHECKPATCH, *options, "--",
-                                 str(commit.patch)], inputs.tools, (inputs.tools, commit.patch.parent))  # fmt: skip
+        # cwd is the base's tree: checkpatch reads its .checkpatch.conf from there. The patch is named
+        # relative to it, so the log shows no path of the worker's.
+        relative = f"../{commit.patch.parent.name}/{commit.patch.name}"
+        run = _sandboxed(stage, [_interpreter(inputs.tools / CHECKPATCH), CHECKPATCH, *options, "--", relative],
+                         inputs.tools, (inputs.tools, commit.patch.parent))  # fmt: skip
         patch_text = commit.patch.read_text(errors="replace")
         findings = parse_checkpatch(run.output, patch_text, commit.sha)
         status, reason = _verdict(findings, run, "checkpatch", ok_codes=(0, 1))
@@ -370,8 +372,9 @@ def _kernel_doc(stage: _Stage, inputs: _Inputs) -> None:
         reason = f"{reason}; the base's run stopped ({base.cap}), so older warnings may count as new".lstrip("; ")
     if inputs.doc_skipped:
         reason = f"{reason}; {inputs.doc_skipped} more file(s) not checked".lstrip("; ")
-    stage.add("static/kernel-doc", status, reason, findings, f"{len(findings)} new of the changed files'\n"
-              + head.output)  # fmt: skip
+    summary = (f"kernel-doc -none on {len(inputs.doc_files)} changed file(s): {len(findings)} finding(s) the "
+               "base's copies of these files do not have\n")  # fmt: skip
+    stage.add("static/kernel-doc", status, reason, findings, summary + head.output)
 
 
 def _verdict(findings: Sequence[Finding], run: _Run, tool: str, ok_codes: tuple[int, ...] | None) -> tuple[str, str]:

@@ -39,7 +39,7 @@ def test_each_commit_gets_its_checkpatch_case_with_findings_placed_in_the_tree(t
     log = read_log(tmp_path, outcome)
     # The base's .checkpatch.conf is in checkpatch's cwd; the options are the stage's, the patch last.
     assert "conf in cwd: yes" in log
-    assert "checkpatch argv: --terse --show-types --no-tree -- /" in log and "--strict" not in log
+    assert "checkpatch argv: --terse --show-types --no-tree -- ../patches/0001.patch" in log and "--strict" not in log
 
 
 @root_only
@@ -47,7 +47,9 @@ def test_strict_adds_the_option_and_off_runs_no_checkpatch(tmp_path: Path) -> No
     tree = make_tree(tmp_path)
     head = tree.commit({"kernel/c.c": "int c;\n"}, "kernel: add c")
     strict = run(tree, tmp_path, head, checkpatch="strict", kernel_doc=False, diff_check=False)
-    assert "checkpatch argv: --terse --show-types --no-tree --strict -- /" in read_log(tmp_path, strict)
+    assert "checkpatch argv: --terse --show-types --no-tree --strict -- ../patches/0001.patch" in read_log(
+        tmp_path, strict
+    )
     assert [case.path for case in strict.tests] == ["static/checkpatch/1-kernel-add-c"]
     off = run(tree, tmp_path, head, checkpatch="off", kernel_doc=False, diff_check=False)
     assert off.tests == [] and off.result == "pass"
