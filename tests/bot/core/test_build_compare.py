@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from bot.core.build_compare import (
     normalise_text,
     warning_identity,
 )
+from tests.requirements import missing
 
 _DIAGNOSTIC = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<level>warning|error): (?P<text>.*?)"
                          r"(?: \[(?P<flag>-W[^\]]+)\])?$")  # fmt: skip
@@ -181,3 +185,43 @@ def test_a_malformed_stored_comparison_says_which_field() -> None:
     del stored["new_warnings"][0]["on_changed_line"]
     with pytest.raises(ValueError, match=re.escape("comparison.new_warnings[0].on_changed_line")):
         comparison_from_outputs(stored)
+
+
+BASE_SOURCE = """\
+#include <stdio.h>
+static int helper(int x) { return x; }
+int f(int n, int unused)
+{
+\tunsigned int u = 3;
+\tif (n < u)
+\t\treturn 1;
+\tprintf("%s\\n", n);
+\treturn 0;
+}
+"""
+# Three lines inserted above everything, and a new function whose variable is unused.
+CHANGE_SOURCE = "/* one */\n/* two */\n/* three */\n" + BASE_SOURCE + "void g(void)\n{\n\tint fresh = 1;\n}\n"
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_real_compilers_output_yields_exactly_the_new_warning(compiler: str, tmp_path: Path) -> None:
+    """Both sources compiled by this host's compiler, its stderr read as the build worker's ledger reads it."""
+    if shutil.which(compiler) is None:
+        missing(f"{compiler} is missing (its real diagnostics are compared); to install: apt-get install {compiler}")
+
+    def compiled(source: str) -> dict[str, Any]:
+        (tmp_path / "drivers").mkdir(exist_ok=True)
+        (tmp_path / "drivers/a.c").write_text(source)
+        run = subprocess.run([compiler, "-Wall", "-Wextra", "-O2", "-c", "drivers/a.c", "-o", "/dev/null"],
+                             cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
+        lines = "".join(line + "\n" for line in run.stderr.splitlines() if _DIAGNOSTIC.match(line))
+        assert lines.count("\n") >= 4, run.stderr  # sign-compare, format, unused parameter, unused function
+        return {"result": "pass", "outputs": {"warnings": ledger(lines), "warnings_complete": True}}
+
+    fresh_line = CHANGE_SOURCE.splitlines().index("\tint fresh = 1;") + 1
+    comparison = compare_builds(compiled(CHANGE_SOURCE), compiled(BASE_SOURCE), {"drivers/a.c": [[1, 3],
+                                [fresh_line - 2, fresh_line + 1]]})  # fmt: skip
+    assert [(w["line"], w["flag"], w["on_changed_line"]) for w in comparison.new_warnings] == [
+        (fresh_line, "-Wunused-variable", True)]  # fmt: skip
+    assert "fresh" in comparison.new_warnings[0]["text"]
+    assert comparison.gone_warnings == 0 and comparison.change_count == comparison.base_count + 1

@@ -18,7 +18,8 @@ import pytest
 from bot.core.build_compare import compare_builds, comparison_outputs
 from bot.forges.github.client import GitHubApp, make_retry
 from bot.forges.github.reporter import check_annotations, sync_checks
-from bot.forges.gitlab.reporter import inert, status_description
+from bot.forges.gitlab.client import GitLabClient
+from bot.forges.gitlab.reporter import CommitStatusSink, MergeRequestNoteSink, inert
 from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail
 from bot.forges.patchwork.checks import PatchworkChecksSink
 from bot.forges.patchwork.client import PatchworkClient
@@ -30,6 +31,7 @@ from bot.store import models
 from tests.bot.core.test_build_compare import GCC_BASE, GCC_CHANGE, ledger
 from tests.bot.reporting.test_summary import MARKDOWN, walk
 from tests.fakes.github_api import FakeGitHub
+from tests.fakes.gitlab_api import DEVELOPER, FakeGitLab
 from tests.fakes.patchwork_api import FakePatchwork
 
 REPO = "octo-org/linux"
@@ -184,10 +186,18 @@ def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(
 
 
 def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
-    assert status_description(stage.report("labgate / build x86_64")) == "pass: 1 new warning (base 4 → 5)"
-    note = inert(summary_markdown(stage.summary))
-    tokens = MARKDOWN.parse(note)
-    fences = [token.content for token in tokens if token.type == "fence"]
+    with FakeGitLab() as fake:
+        fake.add_user("labgate")
+        project = fake.add_project("octo-group/linux")
+        fake.add_member("labgate", DEVELOPER, project=project)
+        fake.add_merge_request(project, 1, head_sha=HEAD, author="labgate")
+        client = GitLabClient(fake.base_url, fake.add_token("labgate"))
+        CommitStatusSink(client, project, HEAD, None).create(stage.report("labgate / build x86_64"))
+        MergeRequestNoteSink(stage.runtime, client, project, 1).publish(stage.summary)
+        [status] = fake.statuses_of(project, HEAD)
+        [note] = fake.notes_of(project, 1)
+    assert (status["status"], status["description"]) == ("success", "pass: 1 new warning (base 4 → 5)")
+    fences = [token.content for token in MARKDOWN.parse(note["body"]) if token.type == "fence"]
     assert "1 new warning (base 4 → 5)\n" + NEW_LINE + "\n" in fences
     assert any("[checkpatch CODE_INDENT]" in fence for fence in fences)
     # The base build and the build with nothing new list nothing there.
