@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import subprocess
 import threading
 import uuid
 from pathlib import Path
 
 from tests.security.conftest import CAPS, AttackLab
+from tests.security.listener import loopback_listener
 from workers.slots import processes_of
 
 HELLO_MAKEFILE = (Path(__file__).resolve().parents[2] / "examples" / "hello" / "Makefile").read_text()
@@ -98,41 +99,20 @@ exit 1
 
 
 def test_host_loopback_listener_is_unreachable(attack_lab: AttackLab) -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    accepted: list[object] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept())
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
-        pass  # reachable from the host: the test can fail
-    assert len(_wait_accepted(accepted, 1)) == 1
-    repo = attack_lab.repo()
-    patch = attack_lab.patch(repo, makefile_running(f"""
-bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' && echo CONNECTED || echo REFUSED
-"""))
-    tried = attack_lab.try_(repo, patch)
-    listener.close()
-    log = attack_lab.job_log(tried.pipeline_id, "build")
-    assert "REFUSED" in log and "CONNECTED" not in log
-    assert len(accepted) == 1
-
-
-def _wait_accepted(accepted: list[object], n: int) -> list[object]:
-    import time
-
-    deadline = time.monotonic() + 5
-    while len(accepted) < n and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return accepted
+    with loopback_listener() as listener:
+        probe = f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{listener.port}' && echo CONNECTED || echo REFUSED"
+        # The control half: the very probe the build runs reaches the listener from outside the sandbox.
+        # If it cannot (no listener, no bash /dev/tcp), the test fails here rather than pass for nothing.
+        outside = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, timeout=30)
+        assert outside.stdout.strip() == "CONNECTED", outside
+        assert listener.wait_for(1) == 1
+        repo = attack_lab.repo()
+        tried = attack_lab.try_(repo, attack_lab.patch(repo, makefile_running(probe)))
+        log = attack_lab.job_log(tried.pipeline_id, "build")
+        assert "REFUSED" in log and "CONNECTED" not in log, log
+        # Refused, not unreachable: the sandbox has a loopback of its own, where nothing listens.
+        assert "Connection refused" in log, log
+        assert listener.wait_for(2, timeout_s=1) == 1  # the listener saw the control connection only
 
 
 def test_fork_bomb_is_held_at_the_process_cap(attack_lab: AttackLab) -> None:

@@ -8,15 +8,13 @@ worker, or reach the network or a host path from inside the tools' sandbox.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.security.listener import Listener, loopback_listener
 from tests.workers.static_tree import BASE_FILES, make_tree, read_log, run
 from workers.static import MAX_ANNOTATIONS, MAX_TOOL_OUTPUT_BYTES
 
@@ -77,25 +75,6 @@ def test_a_flood_of_findings_is_capped_everywhere(tmp_path: Path) -> None:
     assert len(read_log(tmp_path, outcome).encode()) <= 256 << 10
 
 
-@pytest.fixture
-def listener() -> Iterator[tuple[int, list[object]]]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    accepted: list[object] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(server.accept())
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield server.getsockname()[1], accepted
-    server.close()
-
-
 # The base's tool as an attacker would write it: the sandbox, not the tool's good manners, holds it in.
 PROBE = r"""
 use IO::Socket::INET;
@@ -104,12 +83,17 @@ print $s ? "connect: CONNECTED\n" : "connect: REFUSED $!\n";
 """
 
 
-def test_the_tools_have_no_network_and_no_host_path(tmp_path: Path, listener: tuple[int, list[object]]) -> None:
-    port, accepted = listener
-    probe = PROBE.replace("PORT", str(port))
+def test_the_tools_have_no_network_and_no_host_path(tmp_path: Path) -> None:
+    with loopback_listener() as listener:
+        _tools_have_no_network_and_no_host_path(tmp_path, listener)
+
+
+def _tools_have_no_network_and_no_host_path(tmp_path: Path, listener: Listener) -> None:
+    probe = PROBE.replace("PORT", str(listener.port))
     # The control half: the same probe from outside the sandbox reaches the listener, so the test can fail.
     outside = subprocess.run(["perl", "-e", probe], capture_output=True, text=True, timeout=30)
     assert "connect: CONNECTED" in outside.stdout, outside
+    assert listener.wait_for(1) == 1
     secret = tmp_path / "secret.txt"
     secret.write_text(f"SECRET-{uuid.uuid4().hex}\n")
     secret.chmod(0o644)
@@ -132,7 +116,8 @@ print "uid: $<\\n";
     log = read_log(tmp_path, outcome)
     assert "connect: REFUSED" in log and "CONNECTED" not in log, log
     # Refused, not unreachable: bwrap brings up a loopback of the sandbox's own, where nothing listens.
-    assert "Connection refused" in log and len(accepted) == 1  # the listener saw the control connection only
+    assert "Connection refused" in log
+    assert listener.wait_for(2, timeout_s=1) == 1  # the listener saw the control connection only
     assert "secret: unreadable No such file or directory" in log and "SECRET-" not in log
     assert "mirror: absent" in log and "store: absent" in log
     assert "WRITTEN" not in log.replace("write /tmp/x: WRITTEN", ""), log  # only its own tmpfs is writable
