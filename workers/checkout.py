@@ -1,20 +1,22 @@
-"""Mirror cache, per-job worktrees, applying patches with `git am`, reading the plan."""
+"""Mirror cache (locked, fetches coalesced), the tested commit made without a worktree, reading the plan."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.errors import InfraError, UserError
-from workers.patchcheck import check_applied, check_patch, split_mails
-from workers.patchname import MAX_SUBJECT, patch_label, shown
+from workers.patchapply import apply_patches
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "labgate",
@@ -50,6 +52,8 @@ class CheckoutOutcome:
     changed_lines: dict[str, list[tuple[int, int]]]  # file -> [first, last] line ranges the change touched
     # The head descends from the base: a branch that moved forward. False: it was rewritten (a forced push).
     base_is_ancestor: bool = True
+    tree_has: dict[str, bool] = field(default_factory=dict)  # static tools at the base, by BASE_TOOLS name
+    maintainers: bytes | None = None  # the base's MAINTAINERS (None: none, or past MAX_MAINTAINERS_BYTES)
 
 
 def git(args: Sequence[str], cwd: Path, *, check: bool = True,
@@ -84,22 +88,80 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def update_mirror(mirror: Path, url: str, credential_file: Path | None = None) -> None:
-    """Clone the tree as a bare mirror, or fetch what is new."""
+@dataclass(frozen=True)
+class _Fetches:
+    """A mirror's fetch count, kept beside it: `started` fetches began (each under the lock), the one
+    numbered `done` is the last that succeeded, from the tree whose URL hashes to `url`."""
+
+    started: int = 0
+    done: int = 0
+    url: str = ""
+
+
+def _fetches_file(mirror: Path) -> Path:
+    return Path(f"{mirror}.fetches")
+
+
+def _read_fetches(mirror: Path) -> _Fetches:
+    try:
+        return _Fetches(**json.loads(_fetches_file(mirror).read_text()))
+    except (OSError, ValueError, TypeError):  # none yet, or torn by a crash: every waiter fetches
+        return _Fetches()
+
+
+def _write_fetches(mirror: Path, fetches: _Fetches) -> None:
+    staged = Path(f"{_fetches_file(mirror)}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps(dataclasses.asdict(fetches)))
+    os.replace(staged, _fetches_file(mirror))  # a reader without the lock sees the old count or the new
+
+
+def fetch_ticket(mirror: Path) -> int:
+    """Taken before waiting for the mirror's lock: any fetch numbered above it began after the
+    caller started waiting, so it saw the tree at least as new as the caller would."""
+    return _read_fetches(mirror).started
+
+
+@contextmanager
+def fresh_mirror(mirror: Path, url: str, credential_file: Path | None = None) -> Iterator[None]:
+    """The mirror, locked and up to date: fetched unless a fetch that began while we waited did it for us
+    (ten jobs on one tree at once make one fetch, not ten in a row)."""
+    ticket = fetch_ticket(mirror)
+    with locked(mirror):
+        update_mirror(mirror, url, credential_file, ticket=ticket)
+        yield
+
+
+def update_mirror(mirror: Path, url: str, credential_file: Path | None = None, *, ticket: int | None = None) -> None:
+    """Clone the tree as a bare mirror, or fetch what is new. Called under the mirror's lock; with a
+    `ticket` (fetch_ticket, taken before the lock), a fetch that began after it serves instead."""
     env = credential_env(credential_file)
-    if not (mirror / "HEAD").exists():
-        shutil.rmtree(mirror, ignore_errors=True)
-        process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False, env=env)
-        if process.returncode != 0:
-            raise UserError(f"cannot clone {url}: {process.stderr.strip()}")
-        # An automatic gc inside a job's `git worktree add` or `git am` stalls it for
-        # minutes on a kernel tree; packing the mirror is maintenance, not job work.
-        git(["config", "gc.auto", "0"], mirror)
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    url_key = hashlib.sha256(url.encode()).hexdigest()
+    fetches = _read_fetches(mirror)
+    cloned = (mirror / "HEAD").exists()
+    if cloned and ticket is not None and fetches.done > ticket and fetches.url == url_key:
         return
-    # Forges publish change heads under refs/pull/* (GitHub) or refs/merge-requests/* (GitLab).
-    git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
-         "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head"],
-        mirror, env=env)  # fmt: skip
+    # Counted before git starts: a waiter that read the count before this write is served by this fetch.
+    number = fetches.started + 1
+    _write_fetches(mirror, dataclasses.replace(fetches, started=number))
+    if not cloned:
+        _clone(mirror, url, env)
+    else:
+        # Forges publish change heads under refs/pull/* (GitHub) or refs/merge-requests/* (GitLab).
+        git(["fetch", "--prune", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+             "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head"],
+            mirror, env=env)  # fmt: skip
+    _write_fetches(mirror, _Fetches(started=number, done=number, url=url_key))
+
+
+def _clone(mirror: Path, url: str, env: dict[str, str]) -> None:
+    shutil.rmtree(mirror, ignore_errors=True)
+    process = git(["clone", "--mirror", "--quiet", url, str(mirror)], mirror.parent, check=False, env=env)
+    if process.returncode != 0:
+        raise UserError(f"cannot clone {url}: {process.stderr.strip()}")
+    # An automatic gc inside a job's git commands stalls it for minutes on a kernel
+    # tree; packing the mirror is maintenance, not job work.
+    git(["config", "gc.auto", "0"], mirror)
 
 
 def resolve(mirror: Path, ref: str, what: str) -> str:
@@ -129,105 +191,21 @@ def check_base_on_branches(mirror: Path, base_ref: str, base_sha: str, branches:
                     f"({', '.join(branches)})")  # fmt: skip
 
 
-def add_worktree(mirror: Path, dest: Path, sha: str) -> None:
-    remove_worktree(mirror, dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    git(["worktree", "add", "--detach", "--quiet", str(dest), sha], mirror)
-
-
-def remove_worktree(mirror: Path, dest: Path) -> None:
-    """Remove a worktree, also one a killed worker left half made."""
-    if dest.exists():
-        git(["worktree", "remove", "--force", str(dest)], mirror, check=False)
-        shutil.rmtree(dest, ignore_errors=True)
-    git(["worktree", "prune"], mirror, check=False)
-
-
-def apply_patches(worktree: Path, patches: Sequence[tuple[str, bytes]], base_label: str) -> None:
-    """`git am` each patch after check_patch, then check each commit git made (the last defence).
-
-    A refusal starts with the patch's mail (workers/patchname.py: Subject and Message-Id), then
-    where, then the rule, so one line says it where a Patchwork check or a mail shows it.
-    """
-    # In the bare common dir git reads no .gitattributes from the tree, so a patch cannot mark
-    # its own binary file as text ("* diff") to hide it from --numstat.
-    common_dir = Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], worktree).stdout.strip())
-    for name, data in patches:
-        mails = split_mails(data)  # one for a Patchwork patch; `labgate try` may hand over a whole mbox
-        try:
-            check_patch(name, data)
-        except UserError as error:
-            raise UserError(_named(_refused_mail(name, mails), str(error))) from error
-        before = git(["rev-parse", "HEAD"], worktree).stdout.strip()
-        process = subprocess.run(
-            ["git", "am", "--quiet", "--no-3way"],
-            cwd=worktree,
-            input=data,
-            capture_output=True,
-            env={**os.environ, **GIT_IDENTITY},
-        )
-        commits = _commits_since(worktree, before)
-        if process.returncode != 0:
-            message = (process.stderr or process.stdout).decode(errors="replace").strip()
-            git(["am", "--abort"], worktree, check=False)
-            # git am stops at the mail it cannot apply, after one commit for each mail before it.
-            label = patch_label(mails[len(commits)]) if len(commits) < len(mails) else None
-            raise UserError(_named(label, f"{name} does not apply on {base_label}:\n{message}"))
-        # Commit by commit, so the message names the culprit and a symlink that a later commit
-        # removes is still refused (the intermediate commits stay in the kept history).
-        for index, commit in enumerate(commits):
-            # git am makes one commit per mail, in order: when the counts agree, commit i is mail i;
-            # otherwise git split the input another way, and the commit is named as git made it.
-            label = patch_label(mails[index]) if len(commits) == len(mails) else _commit_label(worktree, commit)
-            diff = ["diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv",
-                    "--ignore-submodules=none", "--no-color", f"{commit}^", commit]  # fmt: skip
-            try:
-                check_applied(git(["-c", "core.bare=true", *diff], common_dir).stdout)
-            except UnicodeDecodeError as error:  # git() reads text as UTF-8; a patch may create other byte names
-                raise UserError(_named(label, f"{name}: after applying: a file name is not UTF-8")) from error
-            except UserError as error:
-                raise UserError(_named(label, f"{name}: {error}")) from error
-
-
-def _named(label: str | None, refusal: str) -> str:
-    return f"{label}: {refusal}" if label else refusal
-
-
-def _refused_mail(name: str, mails: Sequence[bytes]) -> str | None:
-    """The label of the mail check_patch refuses in a file of several (the first one refused alone)."""
-    if len(mails) == 1:
-        return patch_label(mails[0])
-    for mail in mails:
-        try:
-            check_patch(name, mail)
-        except UserError:
-            return patch_label(mail)
-    return None  # only the whole file breaks a rule: the file name is all there is to say
-
-
-def _commits_since(worktree: Path, before: str) -> list[str]:
-    return git(["rev-list", "--reverse", f"{before}..HEAD"], worktree).stdout.split()
-
-
-def _commit_label(worktree: Path, commit: str) -> str:
-    subject = git(["log", "-1", "--format=%s", commit], worktree).stdout
-    return f'commit {commit[:12]} "{shown(subject, MAX_SUBJECT)}"'
-
-
-def merge_onto_base(mirror: Path, worktree: Path, base_sha: str, head_sha: str, base_label: str) -> str:
-    """The speculative merge a maintainer would make; a conflict names its files."""
-    add_worktree(mirror, worktree, base_sha)
-    try:
-        merged = git(["merge", "--no-ff", "--no-edit", "-m", f"labgate: merge {head_sha[:12]} onto {base_label}",
-                      head_sha], worktree, check=False)  # fmt: skip
-        if merged.returncode != 0:
-            conflicted = git(["diff", "--name-only", "--diff-filter=U"], worktree, check=False).stdout.split()
-            files = ", ".join(conflicted) or merged.stdout.strip() or merged.stderr.strip()
-            raise UserError(f"merge conflict with {base_label}: {files}")
-        return git(["rev-parse", "HEAD"], worktree).stdout.strip()
-    finally:
-        git(["merge", "--abort"], worktree, check=False)
-        remove_worktree(mirror, worktree)
+def merge_onto_base(mirror: Path, base_sha: str, head_sha: str, base_label: str) -> str:
+    """The speculative merge a maintainer would make (`git merge --no-ff`), made in the object store by
+    `git merge-tree` without a worktree; a conflict names its files."""
+    if git(["merge-base", "--is-ancestor", head_sha, base_sha], mirror, check=False).returncode == 0:
+        return base_sha  # already in the base: `git merge` makes no commit ("Already up to date")
+    merged = git(["merge-tree", "--write-tree", "--name-only", "-z", base_sha, head_sha], mirror, check=False)
+    # Exit 1 is a conflict: the tree, then the conflicted names, then an empty field; other codes are errors.
+    fields = merged.stdout.split("\0")
+    if merged.returncode == 1:
+        conflicted = sorted(set(name for name in fields[1 : fields.index("", 1)] if name))
+        raise UserError(f"merge conflict with {base_label}: {', '.join(conflicted) or merged.stderr.strip()}")
+    if merged.returncode != 0:  # e.g. unrelated histories: git's own words, as `git merge` gave them
+        raise UserError(f"merge conflict with {base_label}: {merged.stderr.strip()}")
+    message = f"labgate: merge {head_sha[:12]} onto {base_label}"
+    return git(["commit-tree", fields[0], "-p", base_sha, "-p", head_sha, "-m", message], mirror).stdout.strip()
 
 
 NAME_MAX_BYTES = 255  # one path component, as every Linux filesystem limits it
@@ -274,9 +252,9 @@ def prepare_checkout(
     base_branches: Sequence[str] = (),
 ) -> CheckoutOutcome:
     """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan.
-    With `base_branches`, base_ref is a commit that must be on one of them."""
-    with locked(mirror):
-        update_mirror(mirror, url, credential_file)
+    With `base_branches`, base_ref is a commit that must be on one of them. `worktree` is a scratch
+    directory for the temporary index patches are applied in; it is gone when this returns."""
+    with fresh_mirror(mirror, url, credential_file):
         base_sha = resolve(mirror, base_ref, "base")
         if base_branches:
             check_base_on_branches(mirror, base_ref, base_sha, base_branches)
@@ -286,25 +264,56 @@ def prepare_checkout(
             tested_sha = head_sha
             descends = git(["merge-base", "--is-ancestor", base_sha, head_sha], mirror, check=False).returncode == 0
             if merge and not descends:
-                tested_sha = merge_onto_base(mirror, worktree, base_sha, head_sha, f"{base_ref}@{base_sha[:12]}")
+                tested_sha = merge_onto_base(mirror, base_sha, head_sha, f"{base_ref}@{base_sha[:12]}")
         else:
-            add_worktree(mirror, worktree, base_sha)
+            shutil.rmtree(worktree, ignore_errors=True)  # a killed worker's leftovers
+            worktree.mkdir(parents=True)
             try:
-                apply_patches(worktree, patches, f"{base_ref}@{base_sha[:12]}")
-                head_sha = git(["rev-parse", "HEAD"], worktree).stdout.strip()
+                head_sha = apply_patches(mirror, base_sha, patches, f"{base_ref}@{base_sha[:12]}", worktree,
+                                         GIT_IDENTITY)  # fmt: skip
             finally:
-                remove_worktree(mirror, worktree)
+                shutil.rmtree(worktree, ignore_errors=True)
             tested_sha = head_sha
         check_tree_names(mirror, tested_sha)
-        # Keeps the commit alive for the build jobs after the worktree is gone.
+        # Keeps the commit alive for the build jobs: nothing else refers to it.
         git(["update-ref", keep_ref, tested_sha], mirror)
         plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)
         diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
         hunks = git(["diff", "--unified=0", "--no-color", f"{base_sha}...{head_sha}"], mirror)
-    return CheckoutOutcome(
-        base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), parse_changed_lines(hunks.stdout),
-        descends,
-    )
+        tree_has, maintainers = base_facts(mirror, base_sha)
+    changed_lines = parse_changed_lines(hunks.stdout)
+    return CheckoutOutcome(base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), changed_lines,
+                           base_is_ancestor=descends, tree_has=tree_has, maintainers=maintainers)  # fmt: skip
+
+
+# What the static stage needs from the base (the base's copies run, never the change's), by output name.
+BASE_TOOLS = {"checkpatch": "scripts/checkpatch.pl", "kernel_doc": "scripts/kernel-doc"}
+MAINTAINERS_FILE = "MAINTAINERS"
+MAX_MAINTAINERS_BYTES = 4 * 1024 * 1024  # Linux 6.1's is 0.7 MiB
+
+
+def base_facts(mirror: Path, base_sha: str) -> tuple[dict[str, bool], bytes | None]:
+    """Which static tools the base has (regular files only), and its MAINTAINERS file (None when it has
+    none, or one past the cap) for the control side to map areas to suites."""
+    listing = git(["ls-tree", "-z", "--full-tree", base_sha, "--", *BASE_TOOLS.values(), MAINTAINERS_FILE],
+                  mirror).stdout  # fmt: skip
+    blobs: dict[str, tuple[str, str]] = {}  # path -> (mode, object) of each regular file
+    for record in filter(None, listing.split("\0")):
+        meta, _, path = record.partition("\t")
+        mode, kind, sha = meta.split(" ")
+        if kind == "blob" and mode in ("100644", "100755"):
+            blobs[path] = (mode, sha)
+    tree_has = {name: path in blobs for name, path in BASE_TOOLS.items()}
+    if MAINTAINERS_FILE not in blobs:
+        return tree_has, None
+    sha = blobs[MAINTAINERS_FILE][1]
+    if int(git(["cat-file", "-s", sha], mirror).stdout) > MAX_MAINTAINERS_BYTES:
+        return tree_has, None
+    content = subprocess.run(["git", "cat-file", "blob", sha], cwd=mirror, capture_output=True, check=False,
+                             env={**os.environ, **GIT_IDENTITY})  # fmt: skip
+    if content.returncode != 0:
+        raise InfraError(f"git cat-file blob {sha[:12]} failed: {content.stderr.decode(errors='replace').strip()}")
+    return tree_has, content.stdout
 
 
 _FILE_HEADER = re.compile(r"^\+\+\+ b/(.+)$")
@@ -350,10 +359,11 @@ def fetch_tested_commit(mirror: Path, url: str, sha: str, bundle: Path | None) -
     """Make the tested commit present in this host's own mirror: fetched from the tree, then from the
     checkout's bundle. Git checks every object it takes from the bundle (transfer.fsckObjects) and the
     commit is looked up by its id afterwards: a bundle that lacks it fails the job as ours."""
+    ticket = fetch_ticket(mirror)
     with locked(mirror):
         if has_commit(mirror, sha):
             return
-        update_mirror(mirror, url)
+        update_mirror(mirror, url, ticket=ticket)
         if has_commit(mirror, sha):
             return
         if bundle is None:

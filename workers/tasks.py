@@ -95,6 +95,9 @@ def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None
             "changed_files": list(outcome.changed_files),
             "changed_lines": outcome.changed_lines,
             "base_is_ancestor": outcome.base_is_ancestor,
+            "tree_has": outcome.tree_has,
+            # The base's MAINTAINERS, for the control side to map the areas a change touches to suites.
+            **({"maintainers_digest": store.put_bytes(outcome.maintainers)} if outcome.maintainers is not None else {}),
             **({"bundle_digest": bundle} if bundle else {}),
         },
     )
