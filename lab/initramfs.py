@@ -38,6 +38,8 @@ ARTIFACTS_DIR = "/labgate/artifacts"
 COMMANDS_FILE = "/labgate/commands"
 RUN_DIR = "/labgate/run"
 KUNIT_FLAG = "/labgate/kunit"
+RUNNER_PORT_FILE = "/labgate/runner-port"  # /init writes the runner's document to /dev/<this>
+MODULES_DIR = "/lib/modules"  # a build's modules, where modprobe looks
 # The unprivileged user DUT commands run as (labgate-run drops to it with su).
 DUT_USER = "dut"
 DUT_UID = 1000
@@ -109,6 +111,8 @@ def build_initramfs(
     *,
     commands: Sequence[Command] | None = None,
     kunit: bool = False,
+    runner_port: str = "ttyS1",
+    modules: Path | None = None,
     busybox: Path = Path("/bin/busybox"),
     dut_dir: Path = DUT_DIR,
 ) -> Path:
@@ -118,9 +122,16 @@ def build_initramfs(
     host path (a file, a directory copied recursively, or a symlink kept as a symlink,
     never followed) or to bytes. Exec bits of host files are kept (as 0755, else 0644).
     ``commands``, when given, adds the output of :func:`render_commands`; ``kunit`` asks
-    the runner to relay in-kernel KUnit results.
+    the runner to relay in-kernel KUnit results. ``runner_port`` is the device /init gives the
+    runner (lab/arch.py). ``modules`` is a directory holding ``lib/modules/<release>/``, already
+    checked (lab/modules.py), put at /lib/modules.
     """
+    if not runner_port.isalnum():
+        raise ValueError(f"runner port {runner_port!r} is not a plain device name")
     wanted: dict[str, Path | bytes | StoredFile] = dict(files)
+    wanted[RUNNER_PORT_FILE] = f"{runner_port}\n".encode()
+    if modules is not None:
+        wanted[MODULES_DIR] = Path(modules) / "lib" / "modules"
     if kunit:
         wanted[KUNIT_FLAG] = b"1\n"
     if commands is not None:
@@ -128,9 +139,7 @@ def build_initramfs(
             if path in wanted:
                 raise ValueError(f"{path} is both in files and made from commands")
             wanted[path] = data
-    base = _base_archive(
-        _file_key(busybox), _file_key(dut_dir / "init"), _file_key(dut_dir / "labgate-run")
-    )
+    base = _base_archive(_file_key(busybox), _file_key(dut_dir / "init"), _file_key(dut_dir / "labgate-run"))
     entries = _run_entries(wanted, set(base[1]))
     with open(out, "wb") as sink:
         sink.write(base[0])

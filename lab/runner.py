@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import jinja2
 from labgrid import Environment
 
+from lab.arch import Arch, arch_named
 from lab.caps import CAP_ENDINGS, END_MARKER, BootCaps, Ended, Port, PortsReading, cap_message
 from lab.errors import LabSetupError
 
@@ -73,10 +74,11 @@ class BootRequest:
     memory: str = "512M"
     machine: str = "q35"
     cpu: str = "qemu64"
-    boot_args: str = "console=ttyS0 panic=-1"
+    boot_args: str | None = None  # None: the arch's console and panic=-1
     max_console_bytes: int = 16 * 1024 * 1024
     max_runner_bytes: int = 16 * 1024 * 1024  # the runner's port carries the commands' output
-    qemu: str = "qemu-system-x86_64"  # name on PATH or absolute path
+    arch: str = "x86_64"  # lab/arch.py: the QEMU binary, the console and the runner's port
+    qemu: str | None = None  # name on PATH or absolute path; None: the arch's
     accel: str = "tcg"  # the only accelerator that boots stock guests on kvm-pvm hosts
     # argv that runs QEMU confined (bwrap ... -- setpriv --reuid ... --); () runs it directly.
     confine: tuple[str, ...] = ()
@@ -140,7 +142,8 @@ def run_boot(req: BootRequest) -> BootOutcome:
     work_dir = Path(req.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     runtime = _runtime_dir(req)
-    tools = _host_tools(req.qemu)
+    arch = arch_named(req.arch)
+    tools = _host_tools(req.qemu or arch.qemu, arch.qemu_package)
     listener = _listen(runtime / "runner.sock", req.sandbox_uid)
     try:
         wrapper = _write_qemu_wrapper(work_dir, tools, req)
@@ -171,10 +174,7 @@ def render_env(req: BootRequest, qemu_wrapper: Path, runner_socket: Path | None 
     extra = ["-accel", accel, "-no-reboot", "-initrd", str(Path(req.initramfs).resolve()),
              "-sandbox", QEMU_SANDBOX]  # fmt: skip
     if runner_socket is not None:
-        # labgrid appends its own `-serial` for the console after extra_args: that becomes
-        # ttyS0, and this explicit index keeps the runner's port at ttyS1 (I/O 0x2f8).
-        extra += ["-chardev", f"socket,id=runner,path={runner_socket}",
-                  "-device", "isa-serial,chardev=runner,index=1"]  # fmt: skip
+        extra += ["-chardev", f"socket,id=runner,path={runner_socket}", "-device", arch_named(req.arch).runner_device]
     kernel = str(Path(req.kernel).resolve())
     if "$" in kernel or "$" in str(qemu_wrapper):
         # labgrid runs os.path.expandvars over tool and image paths.
@@ -183,12 +183,21 @@ def render_env(req: BootRequest, qemu_wrapper: Path, runner_socket: Path | None 
         machine=req.machine,
         cpu=req.cpu,
         memory=req.memory,
-        boot_args=req.boot_args,
+        boot_args=boot_args_of(req),
         extra_args=shlex.join(extra),
         qemu_bin=str(qemu_wrapper),
         kernel=kernel,
         nic=NETWORK_NIC if req.network else "none",
     )
+
+
+def boot_args_of(req: BootRequest) -> str:
+    """The kernel command line: the request's, else the arch's console and a reboot (QEMU's exit) on panic."""
+    return req.boot_args if req.boot_args is not None else default_boot_args(arch_named(req.arch))
+
+
+def default_boot_args(arch: Arch) -> str:
+    return f"console={arch.console} panic=-1"
 
 
 def _runtime_dir(req: BootRequest) -> Path:
@@ -250,10 +259,10 @@ class _HostTools:
 
 
 @functools.cache
-def _host_tools(qemu_name: str) -> _HostTools:
+def _host_tools(qemu_name: str, package: str = "qemu-system-x86") -> _HostTools:
     qemu = shutil.which(qemu_name)
     if qemu is None:
-        raise LabSetupError(f"{qemu_name} not found; install qemu-system-x86 (apt)")
+        raise LabSetupError(f"{qemu_name} not found; install {package} (apt)")
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise LabSetupError("setpriv not found; install util-linux (it kills QEMU with us)")
@@ -309,9 +318,7 @@ def _boot(qemu: Any, listener: socket.socket, req: BootRequest) -> tuple[bytes, 
         if child is not None and child.poll() is not None:
             return b"", b"", "qemu-exit", time.monotonic() - on_at, child.returncode
         _stop(qemu, graceful=False)
-        raise LabSetupError(
-            f"QEMU did not come up ({type(exc).__name__}: {exc}); see {req.work_dir}/qemu.log"
-        ) from exc
+        raise LabSetupError(f"QEMU did not come up ({type(exc).__name__}: {exc}); see {req.work_dir}/qemu.log") from exc
     try:
         raw, runner_raw, ended = read_ports(qemu._clientsocket, runner_port, qemu._child, boot_caps(req), on_at)
     finally:

@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab.arch import arch_named
 from lab.board import BoardRequest, PlaceFault, run_board_boot
 from lab.caps import CAP_ENDINGS, BootCaps, cap_message
 from lab.console import Crash, first_crash
 from lab.errors import LabSetupError
 from lab.framing import RunnerDocument, ran_as_root_only, read_runner_document
 from lab.initramfs import Command, StoredFile, build_initramfs
-from lab.kernel import fetch_debian_kernel
+from lab.kernel import fetch_debian_busybox, fetch_debian_kernel
 from lab.ktap import KtapDocument, flatten_results, parse_ktap
+from lab.modules import ModulesError, unpack_modules
 from lab.places import HeldPlace, PlaceUnavailable, end_health_check, place_in_service
 from lab.runner import SECCOMP_FD, BootOutcome, BootRequest, run_boot
 from workers import seccomp
@@ -313,7 +315,7 @@ def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot:
     try:
         return run_boot(BootRequest(
             kernel=kernel, initramfs=initramfs, work_dir=work, timeout_s=caps.job_s, boot_timeout_s=caps.boot_s,
-            silence_timeout_s=caps.silence_s, network=test.network,
+            silence_timeout_s=caps.silence_s, network=test.network, arch=test.qemu.arch,
             memory=test.qemu.memory, machine=test.qemu.machine, cpu=test.qemu.cpu,
             max_console_bytes=caps.console_bytes, max_runner_bytes=caps.runner_bytes,
             confine=tuple(confine), sandbox_uid=slot.uid, runtime_dir=runtime,
@@ -325,20 +327,38 @@ def _boot(spec: JobSpec, test: TestSpec, work: Path, store: ArtifactStore, slot:
 
 
 def _images(test: TestSpec, work: Path, store: ArtifactStore) -> tuple[Path, Path]:
-    """The kernel and the initramfs (the runner, the commands and the build's artifacts) a test boots."""
+    """The kernel and the initramfs (the runner, the commands, the build's artifacts and modules) a test boots."""
     # Artifacts go straight from the store into the image: the lab side writes no file a
-    # worker-sent name could place (only the kernel, under its base name).
+    # worker-sent name could place (only the kernel, under its base name, and the modules, checked).
     files: dict[str, Path | bytes | StoredFile] = {
         f"{ARTIFACTS_ON_TARGET}/{relative}": StoredFile(store.path_of(ref.digest), bool(ref.mode & 0o111))
-        for relative, ref in test.artifacts.items() if relative != test.kernel
+        for relative, ref in test.artifacts.items() if relative not in (test.kernel, test.modules)
     }  # fmt: skip
-    kernel = _kernel(test.kernel, test.artifacts, store, work)
+    arch = arch_named(test.qemu.arch)
+    kernel = _kernel(test.kernel, test.artifacts, store, work, arch.name)
     commands = [Command(c.name, c.run, root=c.root) for c in test.commands]
     try:
-        initramfs = build_initramfs(work / "initramfs.cpio.gz", files, commands=commands, kunit=test.kunit)
+        modules = _modules(test, store, work)
+        initramfs = build_initramfs(work / "initramfs.cpio.gz", files, commands=commands, kunit=test.kunit,
+                                    runner_port=arch.runner_port, modules=modules,
+                                    busybox=fetch_debian_busybox(_cache_dir() / "busybox", arch.name))  # fmt: skip
     except ValueError as exc:
         raise UserError(f"test {test.name}: {exc}") from exc
     return kernel, initramfs
+
+
+def _modules(test: TestSpec, store: ArtifactStore, work: Path) -> Path | None:
+    """The build's modules tarball (test.modules), checked member by member and unpacked for the image."""
+    if test.modules is None:
+        return None
+    ref = test.artifacts.get(test.modules)
+    if ref is None:
+        raise UserError(f"test {test.name}: modules {test.modules!r} is not an artifact of its build "
+                        f"(artifacts: {', '.join(sorted(test.artifacts)) or 'none'})")  # fmt: skip
+    try:
+        return unpack_modules(store.path_of(ref.digest), work / "modules")
+    except ModulesError as exc:
+        raise UserError(f"test {test.name}: {exc}") from exc
 
 
 def _describe(slot: Slot, cgroup: JobCgroup | None) -> dict[str, str]:
@@ -360,11 +380,14 @@ def _memory_bytes(text: str) -> int:
     return int(text) << 20
 
 
-def _kernel(name: str, artifacts: dict[str, ArtifactRef], store: ArtifactStore, work: Path) -> Path:
+def _cache_dir() -> Path:
+    # Shared by every data dir on the machine: the kernel package is 70 MB and changes rarely.
+    return Path(os.environ.get("LABGATE_CACHE_DIR", "~/.cache/labgate")).expanduser()
+
+
+def _kernel(name: str, artifacts: dict[str, ArtifactRef], store: ArtifactStore, work: Path, arch: str) -> Path:
     if name == "debian":
-        # Shared by every data dir on the machine: the package is 70 MB and changes rarely.
-        cache = Path(os.environ.get("LABGATE_CACHE_DIR", "~/.cache/labgate")).expanduser()
-        return fetch_debian_kernel(cache / "kernel")
+        return fetch_debian_kernel(_cache_dir() / "kernel", arch=arch)
     ref = artifacts.get(name)
     if ref is None:
         raise UserError(f"test kernel {name!r} is not an artifact of its build "
