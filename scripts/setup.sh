@@ -60,4 +60,22 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || ! psql -h 127.0.0.1 -U po
     pg_ctlcluster --skip-systemctl-redirect "$version" main reload
   for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
 fi
+# arm64 boot inputs: Debian's arm64 kernel image and busybox-static:arm64, downloaded with apt and unpacked
+# (never installed over the host's) into the lab's cache, where the lab worker finds them (lab/kernel.py;
+# LABGATE_CACHE_DIR, default ~/.cache/labgate). apt needs arm64 as a foreign architecture to name them.
+if [ "$(id -u)" = 0 ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "setup: adding arm64 as a foreign dpkg architecture (for Debian's arm64 kernel and busybox)"
+    dpkg --add-architecture arm64
+    apt-get update -q
+  fi
+  .venv/bin/python - <<'PY' || { echo "setup: fetching the arm64 boot inputs failed"; exit 1; }
+import os
+from pathlib import Path
+from lab.kernel import fetch_debian_busybox, fetch_debian_kernel
+cache = Path(os.environ.get("LABGATE_CACHE_DIR", "~/.cache/labgate")).expanduser()
+print("setup: arm64 kernel", fetch_debian_kernel(cache / "kernel", arch="arm64"))
+print("setup: arm64 busybox", fetch_debian_busybox(cache / "busybox", "arm64"))
+PY
+fi
 echo "setup: done"
