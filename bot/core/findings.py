@@ -35,11 +35,12 @@ class Findings:
     # Inline annotations: {"path", "line", "level" (error|warning), "message", "title"}.
     diagnostics: tuple[dict[str, Any], ...] = ()
     more: int = 0  # findings not listed (past MAX_LISTED)
+    errors: int = 0  # how many of them are errors
 
     def text(self) -> str:
-        """Plain text for reports that show no annotations (a mail, a merge request note)."""
-        listed = [*self.lines, *([f"... and {self.more} more"] if self.more else [])]
-        return "\n".join([self.headline, *self.notes, *listed])
+        """The findings listed in plain text, for reports that show no annotations (a mail, a merge request
+        note); they show the headline and notes in the job's title."""
+        return "\n".join([*self.lines, *([f"... and {self.more} more"] if self.more else [])])
 
     def markdown(self) -> str:
         """The head of a job's markdown report: the count line, the notes, then every finding listed, fenced
@@ -99,7 +100,7 @@ def comparison_findings(comparison: BuildComparison) -> Findings:
                     lines=tuple(warning_line(item) for item in listed[:MAX_LISTED]),
                     notes=("binary identical to base",) if comparison.binary_identical else (),
                     diagnostics=tuple(annotated[:MAX_DIAGNOSTICS]),
-                    more=max(0, len(listed) - MAX_LISTED))  # fmt: skip
+                    more=max(0, len(listed) - MAX_LISTED), errors=len(comparison.errors))  # fmt: skip
 
 
 def build_findings(outputs: Mapping[str, Any], *, base_build: bool = False) -> Findings | None:
@@ -208,4 +209,5 @@ def static_findings(outputs: Mapping[str, Any], tests: Sequence[StaticTest],
                  for item in items if item["file"] and _on_lines(changed, item["file"], item["line"])]  # fmt: skip
     cut = ("the checks found more than the worker reports",) if outputs.get("annotations_complete") is False else ()
     return Findings(headline=headline, lines=tuple(static_line(item) for item in items[:MAX_LISTED]), notes=cut,
-                    diagnostics=tuple(annotated[:MAX_DIAGNOSTICS]), more=max(0, len(items) - MAX_LISTED))  # fmt: skip
+                    diagnostics=tuple(annotated[:MAX_DIAGNOSTICS]), more=max(0, len(items) - MAX_LISTED),
+                    errors=sum(1 for item in items if item["level"] == "error"))  # fmt: skip

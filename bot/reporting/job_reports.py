@@ -138,10 +138,14 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
         # The count line is what a reader of a one-line status (GitLab, Patchwork) needs: it leads the title.
         title = "; ".join([f"{word}: {findings.headline}", *findings.notes])
         summary = findings.markdown() + ("" if summary == NO_DETAILS else "\n\n" + summary)
+    listed = findings.text() if findings is not None and findings.lines else ""
+    # A failed job's findings with errors (a compiler's, checkpatch's) say what failed more exactly than its
+    # log's first lines; without errors (a link failure after new warnings) the log says it.
+    exact = listed if findings is not None and findings.errors else ""
+    error_lines = (exact or error_lines_of(view)) if verdict_for(view) != "pass" else ""
     return replace(base, stage="done", verdict=verdict_for(view), title=title[:MAX_TITLE],
-                   summary=summary[:MAX_SUMMARY], diagnostics=diagnostics,
-                   findings=findings.text() if findings is not None and findings.lines else "",
-                   error_lines=error_lines_of(view) if verdict_for(view) != "pass" else "")  # fmt: skip
+                   summary=summary[:MAX_SUMMARY], diagnostics=diagnostics, findings=listed,
+                   error_lines=error_lines)  # fmt: skip
 
 
 def _test_statuses(pipeline: Pipeline) -> dict[str, str]:

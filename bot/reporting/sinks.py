@@ -34,8 +34,9 @@ class JobReport:
     # and its errors, a static job's findings on changed lines, a command build's compiler lines on changed
     # lines. {"path", "line", "level" (error|warning), "message", and "title" when it is not "compiler <level>"}.
     diagnostics: tuple[dict[str, Any], ...] = ()
-    # A kernel build's or static job's findings as plain text, verbatim, headed by their count line: for
-    # reports that show no annotations (a mail, a merge request note). Empty when there are none to list.
+    # A kernel build's or static job's findings as plain text, verbatim, one a line (their count line is in
+    # the title): for reports that show no annotations (a mail, a merge request note). Empty when there are
+    # none to list. A failed job's error_lines are its findings when it has any.
     findings: str = ""
     # The first error lines, plain and verbatim (bot/core/mail_text.py error_lines_of), for reports
     # that show no markdown: a mail quotes them under each new failure.

@@ -71,9 +71,11 @@ def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
         for job in broken:
             lines += _job_item(job, job.error_lines)
         lines.append("")
-    found = [job for job in summary.jobs if job.stage == "done" and job.findings]
+    quoted = {job.job_id for job in broken if job.error_lines == job.findings}
+    found = [job for job in summary.jobs if job.stage == "done" and job.findings and job.job_id not in quoted]
     if found:
-        # New warnings and static findings, which a note cannot show inline as a check run does.
+        # New warnings and static findings, which a note cannot show inline as a check run does (a broken
+        # job's are its error lines, above).
         lines.append("**New warnings and check findings:**")
         for job in found:
             lines += _job_item(job, job.findings)

@@ -101,14 +101,16 @@ def report_message_id(pipeline_id: int, thread: MailThread, domain: str) -> str:
 
 def mail_report_of(summary: PipelineSummary) -> MailReport:
     """What the mail says, from the summary: each job whose verdict is `fail`, with its first error lines,
-    and each job's new warnings and static findings (a passing build's new warning is news too)."""
+    and the new warnings and static findings of each job not quoted so already (a passing build's new
+    warning is news too; a failed job's findings with errors are its error lines)."""
     failures = tuple(
         MailFailure(title=f"{job.label}: {job.title}", error_lines=job.error_lines, url=job.details_url)
         for job in summary.jobs
         if job.verdict == "fail"
     )
+    quoted = {job.job_id for job in summary.jobs if job.verdict == "fail" and job.error_lines == job.findings}
     findings = tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.findings, url=job.details_url)
-                     for job in summary.jobs if job.findings)  # fmt: skip
+                     for job in summary.jobs if job.findings and job.job_id not in quoted)  # fmt: skip
     return MailReport(verdict_line=summary.headline, failures=failures, url=summary.url,
                       reproduce=summary.reproduce, notes=summary.notes, findings=findings)  # fmt: skip
 

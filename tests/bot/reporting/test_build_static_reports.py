@@ -124,7 +124,7 @@ def test_a_change_build_reports_its_count_delta_and_annotates_only_its_new_warni
     # The unused parameter sits on changed line 7 too, but the base had it: never annotated.
     assert [(d["path"], d["line"], d["title"]) for d in report.diagnostics] == [
         ("drivers/a.c", 23, "new compiler warning [-Wunused-variable]")]  # fmt: skip
-    assert report.findings == "1 new warning (base 4 → 5)\n" + NEW_LINE
+    assert report.findings == NEW_LINE and report.error_lines == ""
 
 
 def test_binary_identical_and_no_new_warnings_say_so(stage: Stage) -> None:
@@ -138,7 +138,8 @@ def test_a_build_not_compared_reports_its_errors_and_says_the_base_is_unknown(st
     report = stage.report("labgate / build arm64")
     assert report.title == "fail: 1 error; base build unknown: warnings not compared"
     assert [(d["path"], d["line"], d["level"]) for d in report.diagnostics] == [("lib/b.c", 2, "error")]
-    assert report.findings.splitlines()[1] == "lib/b.c:2: error: conflicting types for ‘x’; have ‘long int’"
+    assert report.findings.splitlines()[0] == "lib/b.c:2: error: conflicting types for ‘x’; have ‘long int’"
+    assert report.error_lines == report.findings  # a failure's findings are its error lines
     assert NEW_LINE not in report.findings  # without a base, no warning is called new
 
 
@@ -157,7 +158,8 @@ def test_the_static_job_counts_per_check_and_patch_and_annotates_changed_lines(s
     assert [(d["path"], d["line"], d["level"], d["title"]) for d in report.diagnostics] == [
         ("drivers/a.c", 23, "error", "checkpatch: CODE_INDENT"),
         ("Documentation/a.rst", 4, "error", "diff-check")]  # fmt: skip
-    assert report.findings.splitlines()[1:] == [
+    assert report.error_lines == report.findings
+    assert report.findings.splitlines() == [
         "drivers/a.c:23: error: code indent should use tabs where possible [checkpatch CODE_INDENT]",
         "drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]",
         "error: Missing Signed-off-by: line(s) [checkpatch MISSING_SIGN_OFF]",
@@ -198,10 +200,10 @@ def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
         [note] = fake.notes_of(project, 1)
     assert (status["status"], status["description"]) == ("success", "pass: 1 new warning (base 4 → 5)")
     fences = [token.content for token in MARKDOWN.parse(note["body"]) if token.type == "fence"]
-    assert "1 new warning (base 4 → 5)\n" + NEW_LINE + "\n" in fences
+    assert NEW_LINE + "\n" in fences
     assert any("[checkpatch CODE_INDENT]" in fence for fence in fences)
-    # The base build and the build with nothing new list nothing there.
-    assert not any(fence.startswith(("base build", "no new warnings")) for fence in fences)
+    # The base build and the build with nothing new list nothing there; the broken static job once.
+    assert len(fences) == 3 and sum("[checkpatch CODE_INDENT]" in fence for fence in fences) == 1
 
 
 def test_patchwork_checks_say_the_count_line_with_the_link(stage: Stage) -> None:
@@ -218,15 +220,21 @@ def test_patchwork_checks_say_the_count_line_with_the_link(stage: Stage) -> None
         ("success", "pass: 1 new warning (base 4 → 5)", report.details_url)]  # fmt: skip
 
 
-def test_the_mail_lists_new_warnings_of_a_passing_build_verbatim(stage: Stage) -> None:
-    mail = compose_report_mail(stage.summary, sender=Address("labgate", addr_spec="ci@example.org"),
+def mail_body(summary: PipelineSummary) -> str:
+    """The report mail's text, as the mail sink sends it."""
+    mail = compose_report_mail(summary, sender=Address("labgate", addr_spec="ci@example.org"),
                                recipients=MailRecipients.parse(["dev@example.org"]), thread=MailThread("[PATCH] x"),
                                message_id="<1@example.org>", date=datetime(2026, 12, 7, tzinfo=UTC))  # fmt: skip
-    body = mail.get_content()
-    section = body.split("New warnings and check findings:", 1)[1]
+    return str(mail.get_content())
+
+
+def test_the_mail_lists_new_warnings_of_a_passing_build_verbatim(stage: Stage) -> None:
+    failures, section = mail_body(stage.summary).split("New warnings and check findings:", 1)
     assert "labgate / build x86_64: pass: 1 new warning (base 4 → 5)" in section
     assert "    " + NEW_LINE in section.splitlines()
-    assert "    drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]" in section
+    # The failed static job is quoted once, with its findings as its error lines.
+    line = "    drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]"
+    assert line in failures.splitlines() and line not in section.splitlines()
     assert "x86_64 same" not in section and "x86_64 base" not in section
 
 
@@ -238,6 +246,25 @@ def with_comparison(stage: Stage, comparison: dict[str, Any]) -> tuple[PipelineS
     summary = pipeline_summary(stage.runtime, stage.pipeline_id)
     assert summary is not None
     return summary, next(job for job in summary.jobs if job.name == "x86_64")
+
+
+def test_a_link_failure_after_a_new_warning_quotes_the_log_and_still_lists_the_warning(stage: Stage) -> None:
+    """A build that fails without a compiler error (the linker's) is told by its log; its new warning is
+    listed as well, under the findings."""
+    log = b"  LD      vmlinux\nld: kernel/printk/printk.o: undefined reference to `frob'\nmake: *** Error 1\n"
+    with stage.runtime.store.session() as session:
+        job = session.query(models.Job).filter_by(name="x86_64").one()
+        job.result, job.log_digest = "fail", stage.runtime.artifacts.put_bytes(log)
+    summary = pipeline_summary(stage.runtime, stage.pipeline_id)
+    assert summary is not None
+    report = next(job for job in summary.jobs if job.name == "x86_64")
+    assert report.title == "fail: 1 new warning (base 4 → 5)" and report.findings == NEW_LINE
+    assert "undefined reference to `frob'" in report.error_lines
+    note = MARKDOWN.parse(summary_markdown(summary))
+    fences = [token.content for token in note if token.type == "fence"]
+    assert any("undefined reference" in fence for fence in fences) and NEW_LINE + "\n" in fences
+    failures, section = mail_body(summary).split("New warnings and check findings:", 1)
+    assert "undefined reference to `frob'" in failures and "    " + NEW_LINE in section.splitlines()
 
 
 # -- what a change writes into its warnings is text, never markup ---------------------------------------
@@ -272,7 +299,7 @@ def test_a_flood_of_warnings_is_capped_in_reports_and_annotations(stage: Stage) 
                                         "base_count": 0, "change_count": 1000, "errors": [],
                                         "binary_identical": False})  # fmt: skip
     assert report.title == "pass: 1000 new warnings (base 0 → 1000)"
-    assert len(report.diagnostics) == 200 and len(report.findings.splitlines()) == 1 + 50 + 1
+    assert len(report.diagnostics) == 200 and len(report.findings.splitlines()) == 50 + 1
     assert report.findings.endswith("... and 950 more") and "… and 950 more: see the log." in report.summary
 
 
