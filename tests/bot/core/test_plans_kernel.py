@@ -62,7 +62,7 @@ def test_arm64_cross_gcc_with_modules_and_dtbs() -> None:
         '"$LABGATE_BUILD/.labgate-modules/lib/modules/$release/source"\n'
         f'tar -C "$LABGATE_BUILD/.labgate-modules" {TAR} -cf - lib/modules/"$release" '
         '| gzip -n > "$LABGATE_BUILD/modules.tar.gz"\n'
-        'rm -rf "$LABGATE_BUILD/.labgate-dtbs"\n'
+        'rm -rf "$LABGATE_BUILD/.labgate-dtbs" && mkdir -p "$LABGATE_BUILD/.labgate-dtbs/dtbs/$release"\n'
         f'{ARM64} INSTALL_DTBS_PATH="$LABGATE_BUILD/.labgate-dtbs/dtbs/$release" dtbs_install\n'
         f'tar -C "$LABGATE_BUILD/.labgate-dtbs" {TAR} -cf - dtbs/"$release" | gzip -n > "$LABGATE_BUILD/dtbs.tar.gz"\n'
     )
@@ -82,10 +82,10 @@ def test_clang_uses_llvm_and_needs_no_cross_prefix_and_a_config_file_is_copied()
 
 @pytest.mark.parametrize(("arch", "make", "image"), [
     ("x86_64", 'ARCH=x86_64 LLVM=1 CC="$LABGATE_CC clang"', "arch/x86/boot/bzImage"),
-    ("riscv", 'ARCH=riscv CROSS_COMPILE=riscv64-linux-gnu- CC="$LABGATE_CC riscv64-linux-gnu-gcc"',
-     "arch/riscv/boot/Image"),
-    ("arm", 'ARCH=arm CROSS_COMPILE=arm-linux-gnueabihf- CC="$LABGATE_CC arm-linux-gnueabihf-gcc"',
-     "arch/arm/boot/zImage"),
+    ("x86_64", 'ARCH=x86_64 CC="$LABGATE_CC gcc"', "arch/x86/boot/bzImage"),
+    ("arm64", 'ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CC="$LABGATE_CC aarch64-linux-gnu-gcc"',
+     "arch/arm64/boot/Image"),
+    ("arm64", 'ARCH=arm64 LLVM=1 CC="$LABGATE_CC clang"', "arch/arm64/boot/Image"),
 ])  # fmt: skip
 def test_each_arch_has_its_compiler_and_image(arch: str, make: str, image: str) -> None:
     toolchain = "clang" if "LLVM" in make else "gcc"
@@ -130,7 +130,7 @@ def test_a_command_build_must_list_its_artifacts() -> None:
      "builds.0.kernel.config_file: config_file '/etc/passwd' is absolute: give a path relative to the tree's root"),
     ("{fragments: [ok.config, ../../etc/shadow]}",
      "builds.0.kernel.fragments.1: fragment '../../etc/shadow' has a '..' component"),
-    ("{arch: mips}", "builds.0.kernel.arch: Input should be 'x86_64', 'arm64', 'arm' or 'riscv'"),
+    ("{arch: riscv}", "builds.0.kernel.arch: Input should be 'x86_64' or 'arm64'"),
     ("{toolchain: icc}", "builds.0.kernel.toolchain: Input should be 'gcc' or 'clang'"),
     ("{targets: [image, firmware]}", "builds.0.kernel.targets.1: Input should be 'image', 'modules' or 'dtbs'"),
     ("{targets: [image, image]}", "builds.0.kernel: targets: each of image, modules, dtbs at most once"),
