@@ -28,6 +28,7 @@ from bot.forges.patchwork.client import classify_error as classify_patchwork_err
 from bot.host.retrying import describe, is_transient, retry_delay
 from bot.host.stores import Runtime, runtime_from_env
 from bot.host.timers import (
+    ARTIFACT_PRUNE_TASK,
     GIT_REMOTE_POLL_TASK,
     GITHUB_RESYNC_TASK,
     PATCHWORK_POLL_TASK,
@@ -37,7 +38,7 @@ from bot.host.timers import (
 from bot.intake.base_maintainers import SERIES_REGRADE_TASK
 from bot.intake.mailing_list import is_series_pipeline, poll_patchwork, regrade_series, report_series
 from bot.pipelines import lifecycle as pipeline
-from bot.pipelines import place_health, scheduler
+from bot.pipelines import place_health, retention, scheduler
 from bot.pipelines.lifecycle import delivery_status, mark_delivery
 from bot.reporting.push_mail import is_staging_poll_pipeline, report_staging_push
 from bot.reporting.sync import pipeline_source
@@ -179,3 +180,9 @@ def queue_top_up(self: Task) -> None:
 def place_health_recheck(self: Task) -> None:
     """A health check again for each offline place whose last one failed long enough ago (place_health.py)."""
     _run_logged(self, "place health recheck", place_health.recheck_due)
+
+
+@app.task(name=ARTIFACT_PRUNE_TASK, bind=True)
+def artifact_prune(self: Task) -> None:
+    """Blobs that only expired pipelines name, deleted once idle (bot/pipelines/retention.py)."""
+    _run_logged(self, "artifact prune", retention.prune_due)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -11,6 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+PRUNING_PREFIX = ".prune-"  # a blob being deleted (delete_if_idle)
+# Temporary names in the store's directories: writes under way (or that died), deletions cut short.
+LEFTOVER_PREFIXES = (".in-", ".tmp-", PRUNING_PREFIX)
 
 
 class BlobRefused(ValueError):
@@ -56,9 +61,53 @@ class ArtifactStore:
     def has(self, digest: str) -> bool:
         return self.path_of(digest).exists()
 
+    def touch(self, digest: str) -> bool:
+        """Whether the blob is there; if so its mtime is made now. A put that finds its blob stored writes
+        nothing, so this is what tells the retention's sweep (`delete_if_idle`) that it is wanted again;
+        so does anyone who takes up a blob an older row names (a shared build's result)."""
+        try:
+            os.utime(self.path_of(digest))
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            return True  # another user's blob (read-only to us): there, and its owner's puts refresh it
+        return True
+
+    def delete_if_idle(self, digest: str, *, idle_before: float) -> int | None:
+        """Delete the blob if its mtime is before `idle_before` (epoch seconds); the bytes freed, or None
+        when it is missing or was touched since. It is renamed aside first and its mtime read again after:
+        a put that refreshed it before the rename is seen and the blob put back; one after the rename finds
+        no file and writes it anew. Either way a blob someone has just asked for is never left missing."""
+        final = self.path_of(digest)
+        aside = final.with_name(f"{PRUNING_PREFIX}{final.name}-{os.getpid()}")
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return None
+        stat = os.stat(aside)
+        if stat.st_mtime >= idle_before:
+            with contextlib.suppress(FileExistsError):  # a put wrote it again meanwhile: the same bytes
+                os.link(aside, final)
+            os.unlink(aside)
+            return None
+        os.unlink(aside)
+        return stat.st_size
+
+    def sweep_leftovers(self, *, idle_before: float) -> int:
+        """Remove temporary files (uploads and puts that died, deletions cut short) untouched since
+        `idle_before`; how many. A write in progress touches its file with every block."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for entry in [*self.root.glob(".*"), *self.root.glob("*/.*")]:
+            if entry.name.startswith(LEFTOVER_PREFIXES) and entry.lstat().st_mtime < idle_before:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not self.has(digest):
+        if not self.touch(digest):
             self._commit(digest, lambda handle: handle.write(data))
         return digest
 
@@ -78,7 +127,7 @@ class ArtifactStore:
         digests = [hashlib.sha256(data).hexdigest() for data in blobs]
         fresh: dict[str, bytes] = {}
         for digest, data in zip(digests, blobs, strict=True):
-            if digest not in fresh and not self.has(digest):
+            if digest not in fresh and not self.touch(digest):
                 fresh[digest] = data
         self.root.mkdir(parents=True, exist_ok=True)
         if _can_syncfs():
@@ -98,7 +147,7 @@ class ArtifactStore:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(block)
         digest = sha.hexdigest()
-        if not self.has(digest):
+        if not self.touch(digest):
             self._commit(digest, lambda out: _copy_into(path, out))
         return digest
 
@@ -117,7 +166,7 @@ class ArtifactStore:
                     sha.update(block)
                     out.write(block)
             digest = sha.hexdigest()
-            if self.has(digest):
+            if self.touch(digest):
                 os.unlink(tmp)
             else:
                 final = self.path_of(digest)

@@ -117,6 +117,19 @@ class Retries(_Strict):
     max_s: float = Field(600.0, gt=0, description="longest single wait")
 
 
+class ArtifactRetention(_Strict):
+    """How long builds' artifacts, logs and patches stay in the artifact store (bot/pipelines/retention.py):
+    a periodic task deletes the blobs no kept pipeline names."""
+
+    keep_days: int = Field(30, gt=0, description="a pipeline finished this many days ago or less keeps its blobs")
+    keep_last_per_tree: int = Field(20, ge=0, description="the newest pipelines of each tree that keep their "
+                                    "blobs whatever their age")  # fmt: skip
+    grace_s: int = Field(86400, ge=600, description="a blob written or asked for this recently is never deleted: "
+                         "a worker uploads before its result names the blob (longer than the longest job)")  # fmt: skip
+    prune_interval_s: int = Field(3600, gt=0, description="how often `labgate up` prunes")
+    prune: bool = Field(True, description="false: keep everything (no periodic prune)")
+
+
 class Sandbox(_Strict):
     """Unprivileged uids the sandboxes run as: one per concurrent job slot (setup creates them)."""
 
@@ -505,6 +518,7 @@ class Config(_Strict):
     caps: Caps = Caps()
     scheduling: Scheduling = Scheduling()
     retries: Retries = Retries()
+    artifacts: ArtifactRetention = ArtifactRetention()
     sandbox: Sandbox = Sandbox()
     trees: list[Tree] = []
     device_classes: list[DeviceClass] = [

@@ -9,6 +9,7 @@ GIT_REMOTE_POLL_TASK = "bot.git_remote_poll"  # staging branches of trees withou
 PATCHWORK_POLL_TASK = "bot.patchwork_poll"  # Patchwork projects' events
 QUEUE_TOP_UP_TASK = "bot.queue_top_up"  # device classes' windows, should a wake-up have been lost
 PLACE_RECHECK_TASK = "bot.place_health_recheck"  # offline places whose failed health check is due again
+ARTIFACT_PRUNE_TASK = "bot.artifact_prune"  # blobs of expired pipelines (config artifacts:)
 # How often the recheck timer looks for due places, at most: a due check waits at most this long past its time.
 PLACE_RECHECK_TICK_S = 60
 
@@ -19,6 +20,8 @@ def periodic_tasks(config: Config) -> list[tuple[str, int]]:
     timers = [(QUEUE_TOP_UP_TASK, config.scheduling.top_up_interval_s)] if config.device_classes else []
     if config.device_classes:
         timers.append((PLACE_RECHECK_TASK, min(PLACE_RECHECK_TICK_S, config.scheduling.health_recheck_interval_s)))
+    if config.artifacts.prune:
+        timers.append((ARTIFACT_PRUNE_TASK, config.artifacts.prune_interval_s))
     if config.github is not None and config.github.resync_interval_s:
         timers.append((GITHUB_RESYNC_TASK, config.github.resync_interval_s))
     polled = [tree.poll_interval_s for tree in config.trees if tree.poll_staging and tree.staging_branches]
