@@ -86,12 +86,16 @@ def grant_for(runtime: Runtime, request: Request, scope: Scope) -> Grant | None:
 
 def pipeline_route(runtime: Runtime, path: str, scope_of: ScopeOf, handler: Handler) -> Route:
     """A GET route serving one pipeline's data: `scope_of` maps the path's ids to the pipeline, the
-    access check runs, and only a granted request reaches `handler`. Path parameters are ids; with
-    more than one, `scope_of` answers None unless they all belong to the same pipeline."""
+    access check runs, and only a granted request reaches `handler`. Path parameters named `*_id` are
+    ids; with more than one, `scope_of` answers None unless they all belong to the same pipeline. Any
+    other (an artifact's path in its job) reaches the handler as sent, in `request.path_params`, and
+    never decides whose data it is."""
 
     async def endpoint(request: Request) -> Response:
         ids: dict[str, int] = {}
         for name, value in request.path_params.items():
+            if not name.endswith("_id"):
+                continue
             if _ID.fullmatch(str(value)) is None:
                 return PlainTextResponse(f"{name.replace('_', ' ')} must be a number\n", status_code=400)
             ids[name] = int(value)

@@ -1,4 +1,5 @@
-"""The pipeline and job pages and the raw log, each behind the access check of bot/web/access.py."""
+"""The pipeline and job pages, each behind the access check of bot/web/access.py (the log and artifacts:
+bot/web/artifacts.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Select, select
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from bot.core.render import outcome_word, render_counts
 from bot.host.stores import Runtime
+from bot.pipelines.retention import pruned_on
 from bot.pipelines.retries import attempts_of
 from bot.reporting.page_links import read_link_key
 from bot.reporting.pipeline_views import job_view, read_log
 from bot.store.models import Change, Job, Pipeline, Revision, Tree
 from bot.web.access import Grant, Scope, not_found, pipeline_route
+from bot.web.artifacts import artifact_listing
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -63,17 +66,10 @@ def page_routes(runtime: Runtime) -> list[Route]:
                 "tree": revision.change.tree, "tests": list(job.tests),
                 "log": read_log(runtime, job.log_digest, PAGE_LOG_BYTES), "link": grant.link,
                 "attempts": attempts_of(session, job.id),  # earlier attempts the lab retried: where, and why
+                "artifacts": artifact_listing(runtime, job.id, job.outputs), "pruned_on": pruned_on(job.outputs),
             }  # fmt: skip
             body = TEMPLATES.get_template("job.html").render(**context)
         return HTMLResponse(body)
-
-    async def job_log(_: Request, ids: dict[str, int], grant: Grant) -> Response:
-        with runtime.store.session() as session:
-            job = session.get(Job, ids["job_id"])
-            if job is None or not job.log_digest:
-                return not_found()
-            digest = job.log_digest
-        return PlainTextResponse(read_log(runtime, digest, runtime.config.caps.max_log_bytes))
 
     async def pipeline_page(_: Request, ids: dict[str, int], grant: Grant) -> Response:
         with runtime.store.session() as session:
@@ -89,6 +85,5 @@ def page_routes(runtime: Runtime) -> list[Route]:
 
     return [
         pipeline_route(runtime, "/jobs/{job_id}", scope_of_job, job_page),
-        pipeline_route(runtime, "/jobs/{job_id}/log", scope_of_job, job_log),
         pipeline_route(runtime, "/pipelines/{pipeline_id}", scope_of_pipeline, pipeline_page),
     ]

@@ -28,6 +28,7 @@ SECRET = "It's a Secret to Everybody"
 OPERATOR_TOKEN = "operator-0123456789-abcdef"
 PUBLIC_URL = "https://ci.example.org"
 # Routes that serve no pipeline's data, each with the reason it needs no access check.
+ARTIFACT = "out/notes.txt"  # each seeded job's one artifact
 OPEN_ROUTES = {
     "/healthz": "says only whether the database answers",
     "/hooks/github": "POST only, takes deliveries and answers with their status, never a pipeline's data",
@@ -70,10 +71,11 @@ def pipeline_urls(routes: list[BaseRoute], seeded: Seeded) -> list[str]:
         if not isinstance(route, Route) or route.path in OPEN_ROUTES:
             continue
         params = set(route.param_convertors)
-        if not params <= {"job_id", "pipeline_id"}:
+        if not params <= {"job_id", "pipeline_id", "path"}:
             pytest.fail(f"{route.path}: this test does not know how to fill {sorted(params)}: teach it")
         if "job_id" in params:
-            urls += [route.path_format.format(job_id=j) for j in seeded.job_ids]
+            fill = {"path": ARTIFACT} if "path" in params else {}
+            urls += [route.path_format.format(job_id=j, **fill) for j in seeded.job_ids]
         elif "pipeline_id" in params:
             urls.append(route.path_format.format(pipeline_id=seeded.pipeline_id))
         else:
@@ -108,8 +110,10 @@ def seed(runtime: Runtime, tree_name: str, title: str) -> Seeded:
         jobs = []
         for kind, name in (("checkout", "checkout"), ("build", "x86_64"), ("test", "qemu-x86_64 unit")):
             log = runtime.artifacts.put_bytes(f"{title}: {kind} log, CONFIDENTIAL-{tree_name}\n".encode())
+            notes = runtime.artifacts.put_bytes(f"{title}: {kind} notes, CONFIDENTIAL-{tree_name}\n".encode())
+            outputs = {"artifacts": {ARTIFACT: {"digest": notes, "mode": 0o644}}}
             job = models.Job(pipeline=pipeline, kind=kind, name=name, queue=kind, state="done", result="fail",
-                             log_digest=log)  # fmt: skip
+                             log_digest=log, outputs=outputs)  # fmt: skip
             session.add(job)
             jobs.append(job)
         session.flush()
@@ -177,7 +181,7 @@ def test_a_new_route_without_the_check_is_caught(site: Site) -> None:
 
 def test_every_url_of_a_private_pipeline_is_404_without_credentials(site: Site) -> None:
     urls = site.urls(site.secret)
-    assert len(urls) == 2 * 3 + 1  # page and log of each job, the pipeline page
+    assert len(urls) == 3 * 3 + 1  # page, log and artifact of each job, the pipeline page
     missing_job, missing_pipeline = site.client.get("/jobs/999999"), site.client.get("/pipelines/999999")
     assert missing_job.status_code == 404
     assert _shape(missing_job) == _shape(missing_pipeline)
