@@ -257,7 +257,8 @@ def run_kernel_build(
             if message and not outcome.cap:
                 with log_path.open("a") as log:
                     log.write(f"\n*** labgate: {message} ***\n")
-            ledger = kbuild.read_ledger(build_dir, since_ns)
+            # A process that outlived SIGKILL may still rename things: nothing of that dir is read then.
+            ledger = kbuild.Ledger([], False, []) if outcome.stuck else kbuild.read_ledger(build_dir, since_ns)
             digest = kbuild.binary_digest(build_dir, artifacts) if result == "pass" else None
             give_to(0 if slot.uid is not None else None, *handed)
             handed = ()

@@ -118,3 +118,20 @@ def test_kernel_builds_get_fixed_paths_a_wrapper_and_reproducible_build_values(t
     assert "TS=Mon Jan  1 00:00:00 UTC 2024 U=labgate H=labgate V=1" in log
     assert "WRAPPER READ-ONLY" in log and "SHARED CCACHE READ-ONLY" in log
     assert outcome.diagnostics and outcome.diagnostics[0]["file"] == "noisy.c"
+
+
+@root_only
+def test_an_untrusted_build_gets_hits_from_the_shared_ccache_it_cannot_write(tmp_path: Path) -> None:
+    project = Project.make(tmp_path)
+    sha = project.mirror_head()
+    assert project.build(sha, trusted=True).result == "pass"
+    shared = snapshot(project.warm / "ccache" / "x86_64-gcc")
+    stats = project.script + "ccache --print-stats | grep -E '^(remote_storage_hit|cache_miss)'\n"
+    # Another warm key: no warm build dir to copy, so every unit is compiled, each from the shared cache.
+    outcome = project.build(sha, trusted=False, script=stats, key="fedcba9876543210fedcba9876543210")
+    log = project.log(outcome)
+    assert outcome.result == "pass", log
+    assert outcome.kernel is not None and outcome.kernel["warm"]["mode"] == "cold"
+    assert "remote_storage_hit\t3" in log, log
+    assert snapshot(project.warm / "ccache" / "x86_64-gcc") == shared
+    assert not (project.warm / "trees" / "tiny_tree" / "builds" / "fedcba9876543210fedcba9876543210").exists()
