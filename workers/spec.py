@@ -188,10 +188,12 @@ class StaticSpec(_Frozen):
 
 
 # Static outputs: "annotations": [{"file", "line", "level" (error|warning), "source" (checkpatch|diff-check|
-# kernel-doc), "check" (e.g. "CODE_INDENT"), "text", "commit" (sha or "")}], capped at 500; JobResult.tests
-# has one TestCase per check run ("static/checkpatch/<n>-<subject slug>", "static/diff-check",
-# "static/kernel-doc"): `fail` on an error, `pass` with the warnings counted in `reason` otherwise, `skip`
-# with the reason when the base has no such tool.
+# kernel-doc), "check" (e.g. "CODE_INDENT"), "text", "commit" (sha or "")}], capped at 500 ("file" "" and
+# "line" 0: the commit message; "line" 0 alone: the file as a whole); "annotations_complete": bool (False:
+# more were found than kept). JobResult.tests has one TestCase per check run ("static/checkpatch/<n>-
+# <subject slug>", "static/diff-check", "static/kernel-doc"): `fail` on an error, `pass` with the warnings
+# counted in `reason` otherwise, `skip` with the reason when the base has no such tool. kernel-doc reports
+# only what the base's copies of the changed files do not have, all as warnings; a check a cap stopped fails.
 
 
 class QemuSpec(_Frozen):

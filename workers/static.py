@@ -43,6 +43,7 @@ TOOL_FILES = (CHECKPATCH, "scripts/spelling.txt", "scripts/const_structs.checkpa
 TOOL_DIRS = ("scripts/lib/kdoc",)
 MAX_TOOL_FILE_BYTES = 8 << 20
 MAX_PATCHES = 100  # commits of one change checked; a longer series' rest is named, not checked
+MAX_PATCH_BYTES = 32 << 20  # one commit's mail (checkpatch takes ~5 s for 11,000 lines: this is far past it)
 MAX_DOC_FILES = 200
 MAX_DOC_FILE_BYTES = 4 << 20
 MAX_TOOL_OUTPUT_BYTES = 1 << 20  # one tool run's output; a flood past it stops the tool
@@ -50,7 +51,9 @@ MAX_ANNOTATIONS = 500
 # /usr/bin first: the system's python3 and perl, never a shim of /usr/local (lab-notes §5).
 SANDBOX_PATH = "/usr/bin:/bin"
 _INTERPRETERS = {b"perl": "/usr/bin/perl", b"python3": "/usr/bin/python3"}
-_GIT = ["git", "-c", "core.hooksPath=/dev/null", "--literal-pathspecs"]
+# The mails checkpatch reads carry a/ and b/ prefixes whatever a host's gitconfig prefers.
+_GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false",
+        "-c", "diff.relative=false", "--literal-pathspecs"]  # fmt: skip
 
 
 @dataclass
@@ -92,8 +95,6 @@ class _Run:
     output: str
     exit_code: int
     cap: str | None
-    duration_s: float
-    confinement: dict[str, str]
 
 
 @dataclass
@@ -157,7 +158,10 @@ def _export(spec: StaticSpec, mirror: Path, job_dir: Path) -> _Inputs:
     tools = job_dir / "tools"
     tools.mkdir()
     tool_files = _export_tools(mirror, spec.base_sha, tools)
-    commits, more = _format_patches(mirror, spec, job_dir / "patches")
+    commits: list[_Commit] = []
+    more = 0
+    if spec.checkpatch != "off" and CHECKPATCH in tool_files:
+        commits, more = _format_patches(mirror, spec, job_dir / "patches")
     doc_files, doc_skipped = _changed_c_files(mirror, spec) if spec.kernel_doc else ([], 0)
     head_files, base_files = job_dir / "head", job_dir / "base"
     doc_files = _write_blobs(mirror, spec.head_sha, doc_files, head_files)
@@ -166,8 +170,11 @@ def _export(spec: StaticSpec, mirror: Path, job_dir: Path) -> _Inputs:
     if spec.diff_check:
         diff_check = _git_capped(mirror, ["diff", "--check", "--no-color", "--no-ext-diff", spec.base_sha,
                                           spec.head_sha], MAX_TOOL_OUTPUT_BYTES)  # fmt: skip
+        if diff_check[0] not in (0, 2) and not diff_check[2]:  # 2: whitespace errors; else git itself failed
+            raise InfraError(f"git diff --check failed: {diff_check[1][-600:]}")
     for directory in (tools, job_dir / "patches"):
-        _readable(directory)
+        if directory.exists():
+            _readable(directory)
     return _Inputs(tools, tool_files, commits, more, head_files, base_files, doc_files, doc_skipped, diff_check)
 
 
@@ -227,7 +234,7 @@ def _format_patches(mirror: Path, spec: StaticSpec, dest: Path) -> tuple[list[_C
         subject = _git(mirror, ["log", "-1", "--format=%s", sha]).decode("utf-8", "replace").strip()
         code, text, truncated = _git_capped(mirror, ["format-patch", "-1", "--stdout", "--no-color", "--no-ext-diff",
                                                      "--no-textconv", "--no-signature", sha],
-                                            spec.limits.max_artifact_bytes, binary=True)  # fmt: skip
+                                            MAX_PATCH_BYTES, binary=True)  # fmt: skip
         if code != 0 and not truncated:
             raise InfraError(f"git format-patch {sha[:12]} failed: {text[-600:]}")
         path = None
@@ -317,8 +324,7 @@ def _checkpatch(stage: _Stage, inputs: _Inputs) -> None:
         path = f"static/checkpatch/{number}-{slug(commit.subject)}"
         header = f'commit {commit.sha[:12]} "{shown(commit.subject, MAX_SUBJECT)}"\n'
         if commit.patch is None:
-            stage.add(path, "fail", f"the patch is larger than {stage.spec.limits.max_artifact_bytes} bytes: "
-                                    "not checked", text=header)  # fmt: skip
+            stage.add(path, "fail", f"the patch is larger than {MAX_PATCH_BYTES >> 20} MiB: not checked", text=header)
             continue
         # cwd is the base's tree: checkpatch reads its .checkpatch.conf from there. The patch is named
         # relative to it, so the log shows no path of the worker's.
@@ -395,7 +401,7 @@ def _sandboxed(stage: _Stage, argv: list[str], cwd: Path, read_only: tuple[Path,
     limits = stage.spec.limits
     remaining = stage.deadline - time.monotonic()
     if remaining <= 0:
-        return _Run("", -1, f"the static stage's wall-time cap of {stage.spec.timeout_s} s", 0.0, {})
+        return _Run("", -1, f"the static stage's wall-time cap of {stage.spec.timeout_s} s")
     sandbox_limits = SandboxLimits(
         timeout_s=remaining, max_output_bytes=MAX_TOOL_OUTPUT_BYTES, memory_bytes=limits.memory_bytes,
         max_processes=limits.max_processes, tmp_bytes=limits.tmp_bytes, max_file_bytes=limits.tmp_bytes,
@@ -414,8 +420,10 @@ def _sandboxed(stage: _Stage, argv: list[str], cwd: Path, read_only: tuple[Path,
         raise InfraError(f"a static check's processes outlived SIGKILL in slot {stage.slot.name}")
     stage.command_s += outcome.duration_s
     stage.confinement = outcome.confinement
-    return _Run(log_path.read_text(errors="replace"), outcome.exit_code, outcome.cap, outcome.duration_s,
-                outcome.confinement)  # fmt: skip
+    cap = outcome.cap
+    if cap is not None and cap.startswith("the wall-time cap"):  # it had what was left of the stage's time
+        cap = f"the static stage's wall-time cap of {stage.spec.timeout_s} s"
+    return _Run(log_path.read_text(errors="replace"), outcome.exit_code, cap)
 
 
 def _interpreter(tool: Path) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.security.listener import Listener, loopback_listener
-from tests.workers.static_tree import BASE_FILES, make_tree, read_log, run
+from tests.workers.static_tree import BASE_FILES, case_named, make_tree, read_log, run
+from workers import static
 from workers.static import MAX_ANNOTATIONS, MAX_TOOL_OUTPUT_BYTES
 
 pytestmark = pytest.mark.needs("root", "the static tools run as a slot's uid, as the build worker runs them")
@@ -122,3 +123,27 @@ print "uid: $<\\n";
     assert "mirror: absent" in log and "store: absent" in log
     assert "WRITTEN" not in log.replace("write /tmp/x: WRITTEN", ""), log  # only its own tmpfs is writable
     assert "uid: 64106" in log
+
+
+def test_a_tool_kept_busy_by_a_patch_stops_at_the_stages_time_cap(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    head = tree.commit({"kernel/slow.c": "int s; /* SLOWLY */\n/** doc */\n"}, "kernel: slow")
+    outcome = run(tree, tmp_path, head, timeout_s=2)
+    checkpatch = case_named(outcome, "static/checkpatch/1-kernel-slow")
+    assert (checkpatch.status, checkpatch.reason) == (
+        "fail",
+        "checkpatch stopped: it hit the static stage's wall-time cap of 2 s",
+    )
+    kernel_doc = case_named(outcome, "static/kernel-doc")  # no time left for it: not a pass
+    assert kernel_doc.status == "fail" and "the static stage's wall-time cap of 2 s" in kernel_doc.reason
+    assert outcome.result == "fail" and outcome.command_s < 4
+
+
+def test_a_patch_past_the_size_cap_fails_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(static, "MAX_PATCH_BYTES", 64 << 10)
+    tree = make_tree(tmp_path)
+    head = tree.commit({"kernel/big.c": "int big;\n" * 20_000}, "kernel: big")
+    outcome = run(tree, tmp_path, head, kernel_doc=False)
+    checkpatch = case_named(outcome, "static/checkpatch/1-kernel-big")
+    assert (checkpatch.status, checkpatch.reason) == ("fail", "the patch is larger than 0 MiB: not checked")
+    assert outcome.result == "fail"

@@ -28,6 +28,7 @@ open(my $fh, '<', $patch) or die "cannot open $patch: $!";
 my ($n, $e, $w) = (0, 0, 0);
 while (my $line = <$fh>) {
     $n++;
+    sleep 30 if $line =~ /^\+.*SLOWLY/;
     if ($line =~ /^\+.*FIXME/) { print "$patch:$n: ERROR:FIXME_ADDED: a FIXME is added\n"; $e++; }
     elsif ($line =~ /^\+.*TODO/) { print "$patch:$n: CHECK:TODO_ADDED: a TODO is added\n"; $w++; }
 }

@@ -128,3 +128,30 @@ def test_names_and_texts_that_could_not_be_files_or_lines_are_neutralised() -> N
                                                         ("", 1, "space before tab"),
                                                         ("ok.c", 2, "new blank line at EOF")]  # fmt: skip
     assert slug("$(rm -rf /) --help `id`") == "rm-rf-help-id" and slug("!!!") == "patch"
+
+
+@root_only
+def test_the_static_task_returns_a_job_result_the_bot_can_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.core.findings import checked_annotations
+    from workers.checkout import mirror_path
+    from workers.spec import JobResult, JobSpec, StaticSpec
+    from workers.tasks import execute_static
+
+    tree = make_tree(tmp_path)
+    head = tree.commit({"kernel/a.c": "/** old_one */\nint a; /* FIXME */\n"}, "kernel: fixme")
+    monkeypatch.setenv("LABGATE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("LABGATE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("LABGATE_BUILD_UIDS", "64106:1")
+    mirror = mirror_path(tmp_path / "work", "tiny")
+    mirror.parent.mkdir(parents=True)
+    tree.mirror().rename(mirror)
+    spec = JobSpec(job_id=7, pipeline_id=3, kind="static", tree_name="tiny", tree_url=str(tree.repo),
+                   max_log_bytes=1 << 20, static=StaticSpec(base_sha=tree.base, head_sha=head))  # fmt: skip
+    result = JobResult.model_validate_json(execute_static(spec, 1, []).model_dump_json())
+    assert result.result == "fail" and result.log_digest and result.command_s > 0
+    assert [(t.path, t.status) for t in result.tests] == [("static/checkpatch/1-kernel-fixme", "fail"),
+                                                          ("static/diff-check", "pass"),
+                                                          ("static/kernel-doc", "pass")]  # fmt: skip
+    assert checked_annotations(result.outputs["annotations"]) == result.outputs["annotations"]
+    assert result.outputs["annotations_complete"] is True
+    assert not (tmp_path / "work" / "work" / "job-7").exists()

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
-from tests.test_linux_slow import LINUX_SOURCE
+from tests.linux_tree import prepare_linux_tree
 from tests.workers.static_tree import TEST_UIDS, case_named
 from workers.artifacts import ArtifactStore
 from workers.spec import StaticSpec
@@ -60,20 +59,9 @@ class Mirror:
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     root = tmp_path_factory.mktemp("linux-static")
-    source = SHARED_TREE if (SHARED_TREE / "scripts" / "checkpatch.pl").exists() else _tree_from_tarball(root)
+    source = SHARED_TREE if (SHARED_TREE / "scripts" / "checkpatch.pl").exists() else prepare_linux_tree(root / "linux")
     subprocess.run(["git", "clone", "-q", "--bare", "--shared", str(source), str(root / "mirror.git")], check=True)
     yield Mirror(root / "mirror.git")
-
-
-def _tree_from_tarball(root: Path) -> Path:
-    """Debian's linux-source-6.1 as a tree (CI has no /work/linux-tree), as tests/test_linux_slow.py makes it."""
-    if not LINUX_SOURCE.exists():
-        pytest.fail(f"{LINUX_SOURCE} is missing: scripts/setup.sh installs linux-source-6.1")
-    tree = root / "linux"
-    prepared = subprocess.run(["sh", str(EXAMPLES / "linux" / "prepare-tree.sh"), str(tree)], capture_output=True,
-                              text=True, env={**os.environ, "LABGATE_PREPARE_GC": "0"})  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr
-    return tree
 
 
 def _run(mirror: Mirror, root: Path, head: str, **spec: object) -> tuple[StaticOutcome, float]:
