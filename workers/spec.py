@@ -165,11 +165,14 @@ class BuildSpec(_Frozen):
 # Build outputs (JobResult.outputs) besides "artifacts" and "diagnostics", for kernel builds:
 #   "warnings": [{"file", "line", "col", "level" (warning|error), "flag" ("-Wunused-variable" or ""),
 #                 "text"}] of every unit of the build dir, also those not recompiled by this build (the
-#                 ledger of workers/kbuild.py), capped at MAX_LEDGER_WARNINGS; "warnings_complete": bool
+#                 ledger of workers/kbuild.py), capped at MAX_LEDGER_WARNINGS, deduplicated; "file" is
+#                 relative to the tree, or "<build>/..." for a file the build generated; "warnings_complete": bool
 #   "recompiled": [object paths relative to the build dir] that this build compiled (capped at 1000)
 #   "binary_digest": sha256 over vmlinux, every module and every collected artifact: equal digests of a
-#                    change's and its base's build mean the change did not alter what boots
-#   "warm": {"mode": "cold" | "warm" | "copy", "prepare_s", "make_s", "collect_s": float}
+#                    change's and its base's build mean the change did not alter what boots (None: failed)
+#   "warm": {"mode": "cold" | "warm" | "copy", "prepare_s", "make_s", "collect_s": float, "source": "kept" |
+#            "synced" | "exported", "source_changed": int (files; -1 when exported whole), "held_bytes",
+#            "max_bytes": int (the worker's warm state after this build, and its cap)}
 MAX_LEDGER_WARNINGS = 5000
 
 
