@@ -22,6 +22,7 @@ from workers.spec import unsafe_path_reason
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 PLAN_PATH = ".labgate/plan.yaml"
 MAX_PLAN_CHARS = 256 * 1024  # a plan is read by the control plane, before any trust is decided
+MAX_SELECTORS = 1000  # paths globs, areas and documentation globs of a whole plan
 
 
 class PlanError(UserError):
@@ -225,6 +226,12 @@ def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
         if test.build not in build_names:
             problems.append((("tests", index, "build"), f"no build named {test.build!r} in the plan"))
         unique(("tests", index, "commands"), [c.name for c in test.commands])
+    # Selection matches every glob against every changed file, in the control plane: bound the product.
+    globs = len(plan.documentation) + sum(len(test.paths) + len(test.areas) for test in plan.tests)
+    if globs > MAX_SELECTORS:
+        where = ("tests",) if plan.tests else ("documentation",)
+        problems.append((where, f"the plan has {globs} paths, areas and documentation globs, over the cap of "
+                                f"{MAX_SELECTORS}"))  # fmt: skip
     return problems
 
 

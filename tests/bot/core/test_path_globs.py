@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bot.core.path_globs import MAX_GLOB, first_match, glob_matches, glob_problem
+from bot.core.path_globs import MAX_GLOB, compiled, first_match, glob_matches, glob_problem, literal_ends
 
 
 @pytest.mark.parametrize(("pattern", "path", "expected"), [
@@ -79,3 +79,24 @@ def test_a_hostile_glob_on_a_long_path_is_matched_in_linear_time() -> None:
     start = time.monotonic()
     assert not glob_matches(pattern, path)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("pattern", "ends"), [
+    ("drivers/**/*.c", ("drivers/", ".c")),
+    ("**/Kconfig", ("", "Kconfig")),  # not "/Kconfig": `**/` may be no directory
+    ("a/**/b", ("a/", "b")),
+    ("lib/test_[ab].c", ("lib/test_", ".c")),
+    (r"odd\*name", ("odd", "name")),
+    ("drivers/*/", ("drivers/", "")),
+    ("drivers/", ("drivers/", "")),
+    ("a]b", ("a]b", "")),  # no wildcard: a plain name, "]" and all
+    (r"a\b", ("ab", "")),
+])  # fmt: skip
+def test_the_literal_ends_every_match_has(pattern: str, ends: tuple[str, str]) -> None:
+    assert literal_ends(pattern) == ends
+
+
+@pytest.mark.parametrize("path", ["a]b", "a]b/c", "ab", "Kconfig", "a/b", "odd*name", "x/Kconfig"])
+def test_the_literal_ends_never_refuse_what_the_glob_matches(path: str) -> None:
+    for pattern in ("a]b", r"a\b", "**/Kconfig", "a/**/b", r"odd\*name", "**", "**/*"):
+        assert glob_matches(pattern, path) == compiled(pattern).fullmatch(path), (pattern, path)

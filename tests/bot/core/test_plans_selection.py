@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,22 @@ def test_the_plan_reference_parses() -> None:
     assert block is not None
     plan = parse_plan(block.group(1), "PLAN.md")
     assert plan.static is not None and plan.tests[0].paths == ()
+
+
+def test_a_plan_of_too_many_selectors_is_refused() -> None:
+    # Each glob is matched against each changed file in the control plane: their number is bounded.
+    many = entry("t", "    paths: [" + ", ".join(f"d{i}/" for i in range(600)) + "]\n")
+    many += entry("u", "    areas: [" + ", ".join(f"A{i}" for i in range(400)) + "]\n")
+    with pytest.raises(PlanError, match=r"^plan.yaml:6: tests: the plan has 1001 paths, areas and documentation "
+                                        r"globs, over the cap of 1000$"):  # fmt: skip
+        parse_plan(plan_with(many), "plan.yaml")
+    parse_plan(plan_with(many.replace(", A399]", "]")), "plan.yaml")
+
+
+def test_selection_of_a_large_change_stays_quick() -> None:
+    plan = parse_plan(plan_with("".join(entry(f"t{i}", f"    paths: ['drivers/x{i}/**/*.c', '**/k{i}*.h']\n")
+                                        for i in range(20))))  # fmt: skip
+    changed = [f"arch/x86/sub{i}/file{i}.c" for i in range(2000)]
+    start = time.monotonic()
+    assert select_tests(plan, changed) == []
+    assert time.monotonic() - start < 30
