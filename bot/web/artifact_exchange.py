@@ -42,8 +42,9 @@ def exchange_routes(runtime: Runtime) -> list[Route]:
             grant = check(key, UPLOAD, digest, request.url.query, time.time())
         except RefusedGrant as exc:
             return PlainTextResponse(f"refused: {exc}", status_code=403)
-        if uploaded_by(runtime.data_dir, grant.job_id, [digest]) and store.has(digest):
-            return PlainTextResponse("stored already", status_code=200)  # a redelivered job's repeat costs nothing
+        # A redelivered job's repeat costs nothing; the touch tells the retention's prune it is wanted again.
+        if uploaded_by(runtime.data_dir, grant.job_id, [digest]) and store.touch(digest):
+            return PlainTextResponse("stored already", status_code=200)
         with upload_ledger(runtime.data_dir, grant.job_id) as ledger:
             if ledger is None:  # a job uploads one blob at a time (workers/remote_store.py publish_outputs)
                 return PlainTextResponse("another upload of this job is under way", status_code=409)
