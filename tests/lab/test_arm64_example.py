@@ -32,9 +32,9 @@ def test_the_hello_example_passes_on_arm64_through_labgate_try(tmp_path: Path) -
     config["data_dir"] = str(tmp_path / "data")
     (tmp_path / "labgate.yaml").write_text(yaml.safe_dump(config))
     hello = make_git_repo(EXAMPLES / "hello", tmp_path / "hello")
-    tried = subprocess.run([sys.executable, "-m", "bot.cli", "try", str(hello), "--config", str(tmp_path / "labgate.yaml"),
-                            "--patch", str(EXAMPLES / "hello" / "patches" / "arm64.patch")],
-                           capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
+    argv = [sys.executable, "-m", "bot.cli", "try", str(hello), "--config", str(tmp_path / "labgate.yaml"),
+            "--patch", str(EXAMPLES / "hello" / "patches" / "arm64.patch")]  # fmt: skip
+    tried = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=900)
     out = " ".join(tried.stdout.split())
     assert tried.returncode == 0, tried.stdout + tried.stderr
     assert "test qemu-arm64 unit-arm64: pass" in out and "test qemu-x86_64 unit: pass" in out
