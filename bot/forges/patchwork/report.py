@@ -33,7 +33,11 @@ def as_series_summary(summary: PipelineSummary) -> PipelineSummary:
 
 
 def as_series_check(report: JobReport) -> JobReport:
-    """The report as a series' check says it: a checkout's failure is `warning` with its first error line."""
+    """The report as a series' check says it: a checkout's failure is `warning` with its first error line,
+    and so is a passing build or static job with findings (new warnings, checkpatch warnings): on
+    Patchwork, as in netdev's CI, warnings warn; the description says how many."""
+    if report.stage == "done" and report.verdict == "pass" and report.findings:
+        return replace(report, verdict="warning")
     if report.kind != "checkout" or report.stage != "done" or report.verdict != "fail":
         return report
     reason = next((line.strip() for line in report.error_lines.split("\n") if line.strip()), report.title)

@@ -23,6 +23,7 @@ from bot.forges.gitlab.reporter import CommitStatusSink, MergeRequestNoteSink, i
 from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail
 from bot.forges.patchwork.checks import PatchworkChecksSink
 from bot.forges.patchwork.client import PatchworkClient
+from bot.forges.patchwork.report import as_series_check
 from bot.host.config import Config, Tree, Web
 from bot.host.stores import Runtime, open_runtime
 from bot.reporting.sinks import JobReport, PipelineSummary
@@ -206,18 +207,22 @@ def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
     assert len(fences) == 3 and sum("[checkpatch CODE_INDENT]" in fence for fence in fences) == 1
 
 
-def test_patchwork_checks_say_the_count_line_with_the_link(stage: Stage) -> None:
+def test_patchwork_checks_say_the_count_line_with_the_link_and_new_warnings_warn(stage: Stage) -> None:
+    labels = ("labgate / build x86_64", "labgate / build x86_64 same", "labgate / static")
     with FakePatchwork() as pw:
         pw.add_project("netdev")
         pw.add_user("labgate-bot")
         pw.add_maintainer("netdev", "labgate-bot")
         pw.add_series("netdev", "two patches", ["one", "two"])
         sink = PatchworkChecksSink(PatchworkClient(pw.base_url, pw.add_token("labgate-bot")), pw.series_patches(1))
-        report = stage.report("labgate / build x86_64")
-        sink.create(report)
-        checks = pw.checks(pw.series_patches(1)[0])
+        for label in labels:
+            sink.create(as_series_check(stage.report(label)))  # as the series' sink posts it
+        checks = pw.checks(pw.series_patches(1)[1])
     assert [(c["state"], c["description"], c["target_url"]) for c in checks] == [
-        ("success", "pass: 1 new warning (base 4 → 5)", report.details_url)]  # fmt: skip
+        ("warning", "pass: 1 new warning (base 4 → 5)", stage.report(labels[0]).details_url),
+        ("success", "pass: no new warnings (base 4, change 4); binary identical to base",
+         stage.report(labels[1]).details_url),
+        ("fail", stage.report(labels[2]).title, stage.report(labels[2]).details_url)]  # fmt: skip
 
 
 def mail_body(summary: PipelineSummary) -> str:
