@@ -40,7 +40,7 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
-def _patch_of(repo: Path, change: Callable[[], None], *format_args: str) -> bytes:
+def _patch_of(repo: Path, change: Callable[[], object], *format_args: str) -> bytes:
     """The `git format-patch` mail of one commit made by change(), which is then undone."""
     change()
     _git(repo, "add", "-A")
@@ -192,7 +192,7 @@ def test_apply_patches_names_the_patch_of_a_series_that_did_it(repo: Path, monke
         apply_patches(repo, [("1-fine.patch", fine), ("2-evil.patch", evil)], "main")
 
 
-def _series_mbox(repo: Path, *changes: tuple[str, Callable[[], None]]) -> tuple[bytes, list[str]]:
+def _series_mbox(repo: Path, *changes: tuple[str, Callable[[], object]]) -> tuple[bytes, list[str]]:
     """One `git format-patch --thread` mbox of a commit per (subject, change), which are then undone,
     and the Message-Ids git gave its mails."""
     base = _git(repo, "rev-parse", "HEAD").decode().strip()
