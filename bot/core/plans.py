@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.core.linear_match import PatternError
 from bot.core.maintainers import parse_maintainers
 from bot.core.path_globs import first_match, glob_problem
 from bot.core.schema import json_schema, render_json_schema
@@ -221,10 +222,12 @@ def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
 
     unique(("builds",), [b.name for b in plan.builds])
     unique(("tests",), [t.name for t in plan.tests])
-    build_names = {b.name for b in plan.builds}
+    builds = {b.name: b for b in plan.builds}
     for index, test in enumerate(plan.tests):
-        if test.build not in build_names:
+        if test.build not in builds:
             problems.append((("tests", index, "build"), f"no build named {test.build!r} in the plan"))
+        else:
+            problems += [(("tests", index, key), why) for key, why in _uncollected(test, builds[test.build])]
         unique(("tests", index, "commands"), [c.name for c in test.commands])
     # Selection matches every glob against every changed file, in the control plane: bound the product.
     globs = len(plan.documentation) + sum(len(test.paths) + len(test.areas) for test in plan.tests)
@@ -233,6 +236,24 @@ def _reference_problems(plan: Plan) -> list[tuple[tuple[Any, ...], str]]:
         problems.append((where, f"the plan has {globs} paths, areas and documentation globs, over the cap of "
                                 f"{MAX_SELECTORS}"))  # fmt: skip
     return problems
+
+
+def _uncollected(test: Test, build: Build) -> list[tuple[str, str]]:
+    """A test's kernel or modules that its kernel build will not collect: said now, not after a build."""
+    if build.kernel is None:  # a command build's artifacts are whatever its command leaves
+        return []
+    collected = build_artifacts(build)
+    wanted = [("kernel", test.kernel)] if test.kernel != "debian" else []
+    wanted += [("modules", test.modules)] if test.modules is not None else []
+    return [(key, f"build {build.name} collects no {path!r} (it collects {', '.join(collected)})")
+            for key, path in wanted if not _collects(collected, path)]  # fmt: skip
+
+
+def _collects(patterns: Sequence[str], path: str) -> bool:
+    try:
+        return first_match(patterns, path) is not None
+    except PatternError:  # an artifact pattern too odd to read here: the build will tell
+        return True
 
 
 class _Unreadable(Exception):

@@ -256,3 +256,29 @@ def test_hostile_file_names_in_a_recipe_stay_file_names(tmp_path: Path) -> None:
 
 def test_every_arch_a_plan_may_name_has_its_build_facts() -> None:
     assert set(get_args(KernelRecipe.model_fields["arch"].annotation)) == set(ARCHES)
+
+
+TESTS = """tests:
+  - name: boot
+    build: k
+    device: {arch: arm64}
+    kernel: arch/x86/boot/bzImage
+    modules: modules.tar.gz
+    commands: [{name: c, run: "true"}]
+"""
+
+
+def test_a_test_asking_for_what_its_kernel_build_does_not_collect_is_refused() -> None:
+    with pytest.raises(PlanError) as info:
+        parse_plan(f"{HEAD}    kernel: {{arch: arm64}}\n{TESTS}", "plan.yaml")
+    assert str(info.value).splitlines() == [
+        "plan.yaml:9: tests.0.kernel: build k collects no 'arch/x86/boot/bzImage' (it collects .config, System.map, "
+        "arch/arm64/boot/Image)",
+        "plan.yaml:10: tests.0.modules: build k collects no 'modules.tar.gz' (it collects .config, System.map, "
+        "arch/arm64/boot/Image)",
+    ]
+    fixed = TESTS.replace("arch/x86/boot/bzImage", "arch/arm64/boot/Image")
+    parse_plan(f"{HEAD}    kernel: {{arch: arm64, targets: [image, modules]}}\n{fixed}")
+    # What a plan lists is collected too, globs and all; a command build's artifacts are its command's.
+    parse_plan(f"{HEAD}    kernel: {{arch: arm64}}\n    artifacts: ['arch/*/boot/*', '*.tar.gz']\n{TESTS}")
+    parse_plan(f"{HEAD}    command: make\n    artifacts: [out]\n{TESTS}")
