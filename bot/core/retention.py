@@ -66,9 +66,10 @@ def kept_pipelines(pipelines: Iterable[PipelineFacts], policy: Policy, now: date
 
 
 def plan_prune(pipelines: Iterable[PipelineFacts], jobs: Iterable[JobFacts], revisions: Iterable[RevisionFacts],
-               policy: Policy, now: datetime) -> PrunePlan:  # fmt: skip
+               policy: Policy, now: datetime, held_elsewhere: Iterable[str] = ()) -> PrunePlan:  # fmt: skip
     """What a prune deletes: blobs named by expired jobs and revisions and by nothing kept. A blob shared
-    by a kept job and an expired one stays; so do the blobs of any job a kept job uses, transitively."""
+    by a kept job and an expired one stays; so do the blobs of any job a kept job uses, transitively, and
+    `held_elsewhere` (blobs other records name: a Patchwork series' mbox, which a patch may equal)."""
     kept_ids = kept_pipelines(pipelines, policy, now)
     jobs_by_id = {job.id: job for job in jobs}
     kept_jobs: set[int] = set()
@@ -79,7 +80,7 @@ def plan_prune(pipelines: Iterable[PipelineFacts], jobs: Iterable[JobFacts], rev
             continue
         kept_jobs.add(job_id)
         todo.extend(jobs_by_id[job_id].uses)
-    kept: set[str] = set()
+    kept: set[str] = set(held_elsewhere)
     expired: set[str] = set()
     for job in jobs_by_id.values():
         (kept if job.id in kept_jobs else expired).update(job.digests)

@@ -8,6 +8,7 @@ it has been idle for the grace period: a worker that finds its blob stored refre
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from bot.core.retention import JobFacts, PipelineFacts, Policy, PrunePlan, RevisionFacts, digests_in, plan_prune
 from bot.host.stores import Runtime
-from bot.store.models import Change, Job, JobAttempt, Pipeline, Revision, Tree, utcnow
+from bot.store.models import Change, Delivery, Job, JobAttempt, Pipeline, Revision, Tree, utcnow
+from bot.store.once import ONCE_SOURCE
 
 PRUNED_KEY = "artifacts_pruned_at"  # in a job's outputs: when its blobs went (ISO 8601, UTC)
 MARK_BATCH = 500  # ids per IN (...): under SQLite's bound-parameter limit
@@ -55,7 +57,8 @@ def prune_artifacts(runtime: Runtime, *, dry_run: bool = False, now: datetime | 
     now = now or utcnow()
     policy = Policy(keep_days=settings.keep_days, keep_last_per_tree=settings.keep_last_per_tree)
     with runtime.store.session() as session:
-        plan = plan_prune(_pipelines(session), _jobs(session), _revisions(session), policy, now)
+        plan = plan_prune(_pipelines(session), _jobs(session), _revisions(session), policy, now,
+                          held_elsewhere=_held_elsewhere(session))  # fmt: skip
         marked = 0 if dry_run else _mark_pruned(session, plan, now)
     idle_before = now.timestamp() - settings.grace_s
     deleted = freed = held = 0
@@ -137,6 +140,20 @@ def _revisions(session: Session) -> list[RevisionFacts]:
         pipelines[revision_id].append(pipeline_id)
     return [RevisionFacts(pipeline_ids=tuple(pipelines.get(rid, ())), digests=frozenset(digests_in(patches)))
             for rid, patches in session.execute(select(Revision.id, Revision.patches))]  # fmt: skip
+
+
+def _held_elsewhere(session: Session) -> set[str]:
+    """Blobs the once-table's records name (bot/store/once.py: a Patchwork series' record and its mbox
+    digest). Records are JSON objects; the rest of that table is plain text and names no blob."""
+    details = session.scalars(select(Delivery.detail).where(Delivery.source == ONCE_SOURCE,
+                                                            Delivery.detail.startswith("{")))  # fmt: skip
+    held: set[str] = set()
+    for detail in details:
+        try:
+            held.update(digests_in(json.loads(detail)))
+        except ValueError:
+            continue  # not JSON after all: names nothing we could find
+    return held
 
 
 def _mark_pruned(session: Session, plan: PrunePlan, now: datetime) -> int:

@@ -177,6 +177,26 @@ def test_blobs_no_row_names_are_never_deleted(shelf: Shelf) -> None:
     assert shelf.has(unnamed)
 
 
+def test_a_patchwork_series_mbox_that_equals_an_expired_patch_stays(shelf: Shelf) -> None:
+    """A one-patch series: its mbox and the revision's patch may be the very same bytes, one blob."""
+    from bot.forges.patchwork.desk import SeriesRecord, save_series, series_key
+    from bot.store.once import once_done
+
+    old = shelf.pipeline("linux", 90, {"patch": "From: a@example.org\nSubject: [PATCH] fix\n\n---\n", "log": "l"})
+    for age in (2, 1):
+        shelf.pipeline("linux", age, {"log": f"log {age}"})
+    record = SeriesRecord(server="https://patchwork.example.org", project="linux", series_id=7, version=1,
+                          name="fix", web_url="https://patchwork.example.org/series/7", patch_ids=(1,),
+                          thread=("[PATCH] fix", "<1@example.org>"), mbox_digest=old.blobs["patch"])  # fmt: skip
+    with shelf.runtime.store.session() as session:
+        save_series(session, record)
+    with shelf.runtime.store.session() as session:
+        assert once_done(session, series_key(record.server, 7))  # the record is where the intake keeps it
+    shelf.age_everything()
+    prune_artifacts(shelf.runtime)
+    assert shelf.has(old.blobs["patch"]) and not shelf.has(old.blobs["log"])
+
+
 def test_a_dry_run_changes_nothing(shelf: Shelf) -> None:
     old = shelf.pipeline("linux", 90, {"log": "old log", "out/bzImage": "old image"})
     for age in (2, 1):
