@@ -158,18 +158,22 @@ def _export(spec: StaticSpec, mirror: Path, job_dir: Path) -> _Inputs:
     tools = job_dir / "tools"
     tools.mkdir()
     tool_files = _export_tools(mirror, spec.base_sha, tools)
+    # What the change wrote is measured from where it forked: a head that does not descend from the base
+    # (a branch behind it) would otherwise be blamed for the base's newer commits, as the checkout's
+    # changed files are (base...head). The tools stay the base's own.
+    fork = _git(mirror, ["merge-base", spec.base_sha, spec.head_sha], check=False).decode().strip() or spec.base_sha
     commits: list[_Commit] = []
     more = 0
     if spec.checkpatch != "off" and CHECKPATCH in tool_files:
         commits, more = _format_patches(mirror, spec, job_dir / "patches")
-    doc_files, doc_skipped = _changed_c_files(mirror, spec) if spec.kernel_doc else ([], 0)
+    doc_files, doc_skipped = _changed_c_files(mirror, fork, spec.head_sha) if spec.kernel_doc else ([], 0)
     head_files, base_files = job_dir / "head", job_dir / "base"
     doc_files = _write_blobs(mirror, spec.head_sha, doc_files, head_files)
-    _write_blobs(mirror, spec.base_sha, doc_files, base_files)
+    _write_blobs(mirror, fork, doc_files, base_files)
     diff_check = None
     if spec.diff_check:
-        diff_check = _git_capped(mirror, ["diff", "--check", "--no-color", "--no-ext-diff", spec.base_sha,
-                                          spec.head_sha], MAX_TOOL_OUTPUT_BYTES)  # fmt: skip
+        diff_check = _git_capped(mirror, ["diff", "--check", "--no-color", "--no-ext-diff", fork, spec.head_sha],
+                                 MAX_TOOL_OUTPUT_BYTES)  # fmt: skip
         if diff_check[0] not in (0, 2) and not diff_check[2]:  # 2: whitespace errors; else git itself failed
             raise InfraError(f"git diff --check failed: {diff_check[1][-600:]}")
     for directory in (tools, job_dir / "patches"):
@@ -246,9 +250,9 @@ def _format_patches(mirror: Path, spec: StaticSpec, dest: Path) -> tuple[list[_C
     return commits, max(0, len(shas) - MAX_PATCHES)
 
 
-def _changed_c_files(mirror: Path, spec: StaticSpec) -> tuple[list[str], int]:
+def _changed_c_files(mirror: Path, fork: str, head_sha: str) -> tuple[list[str], int]:
     """The .c and .h files the change adds or modifies (names git can give as UTF-8 and we can write)."""
-    out = _git(mirror, ["diff", "--name-only", "-z", "--no-renames", "--diff-filter=d", spec.base_sha, spec.head_sha])
+    out = _git(mirror, ["diff", "--name-only", "-z", "--no-renames", "--diff-filter=d", fork, head_sha])
     names = []
     for raw in out.split(b"\0"):
         try:
@@ -285,9 +289,9 @@ def _readable(top: Path) -> None:
         directory.chmod(0o755)
 
 
-def _git(mirror: Path, args: list[str]) -> bytes:
+def _git(mirror: Path, args: list[str], *, check: bool = True) -> bytes:
     done = subprocess.run([*_GIT, f"--git-dir={mirror}", *args], capture_output=True, env=_git_env(), check=False)
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise InfraError(f"git {' '.join(args[:3])} failed: {done.stderr.decode(errors='replace').strip()[-600:]}")
     return done.stdout
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers.static_tree import case_named, check_run, make_tree, read_log, run
+from tests.workers.static_tree import BASE_FILES, case_named, check_run, make_tree, read_log, run
 from workers.static_parse import parse_checkpatch, parse_diff_check, patch_positions, slug
 
 root_only = pytest.mark.needs("root", "the static tools run as a slot's uid, as the build worker runs them")
@@ -155,3 +155,19 @@ def test_the_static_task_returns_a_job_result_the_bot_can_read(tmp_path: Path, m
     assert checked_annotations(result.outputs["annotations"]) == result.outputs["annotations"]
     assert result.outputs["annotations_complete"] is True
     assert not (tmp_path / "work" / "work" / "job-7").exists()
+
+
+@root_only
+def test_a_head_behind_the_base_is_judged_on_what_it_wrote_since_it_forked(tmp_path: Path) -> None:
+    # The fork point has a trailing space and an undocumented old_one; the base fixed both since. Against
+    # the base itself the head would "add" them back; against the fork point it added neither.
+    tree = make_tree(tmp_path, {**BASE_FILES, "README": "tiny tree  \n"})
+    tree.git("checkout", "-q", "-b", "change")
+    head = tree.commit({"kernel/a.c": "/** old_one */\nint a;\nint c;\n"}, "kernel: add c")
+    tree.git("checkout", "-q", "main")
+    tree.base = tree.commit({"README": "tiny tree\n", "kernel/a.c": "int a;\n"}, "base: fixes")
+    outcome = run(tree, tmp_path, head)
+    assert [(c.path, c.status) for c in outcome.tests] == [("static/checkpatch/1-kernel-add-c", "pass"),
+                                                          ("static/diff-check", "pass"),
+                                                          ("static/kernel-doc", "pass")]  # fmt: skip
+    assert outcome.annotations == []
