@@ -18,7 +18,7 @@ from bot.core.maintainers import parse_maintainers
 from bot.core.path_globs import first_match, glob_problem
 from bot.core.schema import json_schema, render_json_schema
 from workers.errors import UserError
-from workers.spec import unsafe_path_reason
+from workers.spec import _refusing, unsafe_path_reason
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 PLAN_PATH = ".labgate/plan.yaml"
@@ -72,13 +72,11 @@ _IN_TREE = "give a path relative to the tree's root"
 def _relative_path(what: str, hint: str) -> AfterValidator:
     """Refuses a path that could leave the directory it is relative to, saying which value and why."""
 
-    def check(value: str) -> str:
+    def reason_of(value: str) -> str | None:
         reason = unsafe_path_reason(value)
-        if reason:
-            raise ValueError(f"{what} {value!r} {reason}: {hint}")
-        return value
+        return f"{value!r} {reason}: {hint}" if reason else None
 
-    return AfterValidator(check)
+    return _refusing(reason_of, what)
 
 
 class KernelRecipe(_Strict):
@@ -93,7 +91,7 @@ class KernelRecipe(_Strict):
     toolchain: Literal["gcc", "clang"] = "gcc"
     targets: tuple[Literal["image", "modules", "dtbs"], ...] = Field(("image",), min_length=1)
     # The image's make target; unset: the arch's own (bzImage on x86_64, Image on arm64).
-    target: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    target: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
     @model_validator(mode="after")
     def _coherent(self) -> KernelRecipe:
@@ -191,7 +189,8 @@ class Test(_Strict):
     paths: tuple[Glob, ...] = ()
     areas: tuple[AreaName, ...] = ()
     kunit: bool = False  # relay the kernel's built-in KUnit results (debugfs) as tests
-    modules: str | None = None  # an artifact of the build (modules tarball) unpacked into the initramfs
+    # An artifact of the build (modules tarball) unpacked into the initramfs.
+    modules: Annotated[str, _relative_path("modules", "give an artifact path of the build")] | None = None
     # Asks the lab answers, never lifts: a device class with less memory does not match; a network is
     # given only where the device class allows it and the tree grants it to the change's tier.
     memory_mb: int | None = Field(None, gt=0, description="least memory (MB) of the device; unset: any")

@@ -137,6 +137,7 @@ def test_a_command_build_must_list_its_artifacts() -> None:
     ("{targets: []}", "builds.0.kernel.targets: Tuple should have at least 1 item"),
     ("{targets: [modules], target: Image}", "`target` names the image, but `targets` does not build the image"),
     ("{target: 'bzImage; id'}", "builds.0.kernel.target: String should match pattern"),
+    ("{target: '..'}", "builds.0.kernel.target: String should match pattern"),
 ])  # fmt: skip
 def test_bad_recipes_are_refused_naming_line_and_key(kernel: str, error: str) -> None:
     with pytest.raises(PlanError) as info:
@@ -282,3 +283,6 @@ def test_a_test_asking_for_what_its_kernel_build_does_not_collect_is_refused() -
     # What a plan lists is collected too, globs and all; a command build's artifacts are its command's.
     parse_plan(f"{HEAD}    kernel: {{arch: arm64}}\n    artifacts: ['arch/*/boot/*', '*.tar.gz']\n{TESTS}")
     parse_plan(f"{HEAD}    command: make\n    artifacts: [out]\n{TESTS}")
+    with pytest.raises(PlanError, match=r"plan.yaml:11: tests.0.modules: modules '/lib/modules' is absolute"):
+        parse_plan(f"{HEAD}    command: make\n    artifacts: [out]\n{TESTS.replace('modules.tar.gz', '/lib/modules')}",
+                   "plan.yaml")  # fmt: skip
