@@ -123,6 +123,8 @@ def run_try(config: Config, args: argparse.Namespace) -> int:
     problems = render_problems(view.jobs)
     if problems:
         console.print(problems, markup=False, highlight=False)
+    for found in view.findings:  # new warnings against the base build, static findings: the change's words
+        console.print("\n".join(found.lines()), markup=False, highlight=False)
     for line in (*view.notes, *([view.message] if view.message and view.result == "incomplete" else [])):
         console.print(f"NOTE: {line}", markup=False, highlight=False)
     base = f"{view.base_ref}@{view.base_sha[:12]}" if view.base_sha else view.base_ref

@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from bot.core.findings import Findings, StaticTest, build_findings, static_findings
 from bot.core.mail_text import error_lines_of
 from bot.core.render import JobView, inline_code, outcome_word, render_counts, render_job_markdown
 from bot.core.triage import compare_results, render_comparison
 from bot.pipelines.retries import attempts_of
 from bot.pipelines.scheduler import waiting_report_title
+from bot.reporting.pipeline_views import changed_lines_of, job_findings
 from bot.reporting.sinks import JobReport, Verdict
 from bot.store.models import Job, JobAttempt, Pipeline, Revision
 
@@ -45,13 +45,6 @@ def verdict_for(view: JobView) -> Verdict:
     return verdicts.get(view.result or "", "fail")
 
 
-def changed_lines_of(job: Job) -> dict[str, Any]:
-    """The checkout's {file: [[first, last]]} of the job's pipeline: the lines the change wrote."""
-    checkout = job.pipeline.jobs[0] if job.pipeline.jobs else None
-    changed = checkout.outputs.get("changed_lines") if checkout is not None else None
-    return changed if isinstance(changed, dict) else {}
-
-
 def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
     """A command build's compiler warnings and errors on lines the change wrote (a forge may show them
     inline). A kernel build has a warning ledger instead, compared with its base's (job_findings)."""
@@ -64,17 +57,6 @@ def changed_line_diagnostics(job: Job) -> tuple[dict[str, Any], ...]:
             found.append({"path": item["file"], "line": item["line"], "level": item["level"],
                           "message": str(item["text"])[:4000]})  # fmt: skip
     return tuple(found)
-
-
-def job_findings(job: Job) -> Findings | None:
-    """What a kernel build (its new warnings against the base, its errors) or a static job (its checks'
-    findings) found; None for other jobs, and for a command build without a warning ledger."""
-    if job.kind == "build":
-        return build_findings(job.outputs, base_build=job.spec.get("role") == "base")
-    if job.kind == "static":
-        tests = [StaticTest(test.path, test.status) for test in job.tests]
-        return static_findings(job.outputs, tests, changed_lines_of(job))
-    return None
 
 
 def attempt_line(attempt: JobAttempt) -> str:

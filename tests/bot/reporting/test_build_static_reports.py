@@ -26,6 +26,7 @@ from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.report import as_series_check
 from bot.host.config import Config, Tree, Web
 from bot.host.stores import Runtime, open_runtime
+from bot.reporting.pipeline_views import pipeline_view
 from bot.reporting.sinks import JobReport, PipelineSummary
 from bot.reporting.summary import pipeline_summary, summary_markdown
 from bot.store import models
@@ -165,6 +166,16 @@ def test_the_static_job_counts_per_check_and_patch_and_annotates_changed_lines(s
         "drivers/a.c:40: warning: line length of 104 exceeds 100 columns [checkpatch LONG_LINE]",
         "error: Missing Signed-off-by: line(s) [checkpatch MISSING_SIGN_OFF]",
         "Documentation/a.rst:4: error: trailing whitespace. [diff-check]"]  # fmt: skip
+
+
+def test_labgate_try_prints_each_kernel_build_and_static_job_with_its_findings(stage: Stage) -> None:
+    said = {found.job: found.lines() for found in pipeline_view(stage.runtime, stage.pipeline_id).findings}
+    assert list(said) == ["static static", "build x86_64 base", "build x86_64", "build x86_64 same", "build arm64"]
+    assert said["build x86_64"] == ["build x86_64: 1 new warning (base 4 → 5)", "  " + NEW_LINE]
+    assert said["build x86_64 same"] == [
+        "build x86_64 same: no new warnings (base 4, change 4); binary identical to base"]  # fmt: skip
+    assert said["static static"][2].startswith("  drivers/a.c:40: warning: line length of 104")
+    assert pipeline_view(stage.runtime, stage.pipeline_id, with_logs=False).findings == ()  # a poll's view
 
 
 def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(stage: Stage) -> None:
