@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.core.findings import Findings, StaticTest, build_findings, static_findings
+from bot.core.mail_text import printable
 from bot.core.render import FailedTest, JobView, first_error_lines
 from bot.host.stores import Runtime
 from bot.store.models import Job, Pipeline
@@ -36,7 +37,9 @@ class JobFindings:
     listing: str  # one finding a line, verbatim
 
     def lines(self) -> list[str]:
-        return [f"{self.job}: {self.headline}", *("  " + line for line in self.listing.splitlines())]
+        """For a terminal: a change's file names and compiler text carry no control character there."""
+        said = [f"{self.job}: {self.headline}", *("  " + line for line in self.listing.split("\n") if line)]
+        return [printable(line) for line in said]
 
 
 def changed_lines_of(job: Job) -> dict[str, Any]:

@@ -176,6 +176,13 @@ def test_labgate_try_prints_each_kernel_build_and_static_job_with_its_findings(s
         "build x86_64 same: no new warnings (base 4, change 4); binary identical to base"]  # fmt: skip
     assert said["static static"][2].startswith("  drivers/a.c:40: warning: line length of 104")
     assert pipeline_view(stage.runtime, stage.pipeline_id, with_logs=False).findings == ()  # a poll's view
+    # A file name the change chose reaches the terminal without its escape sequences.
+    evil = {"file": "drivers/a\x1b]0;owned\x07.c", "line": 1, "col": 1, "level": "warning", "flag": "",
+            "text": "x\x1b[2J\ry", "on_changed_line": True}  # fmt: skip
+    with_comparison(stage, {"base_known": True, "new_warnings": [evil], "gone_warnings": 0, "base_count": 0,
+                            "change_count": 1, "errors": [], "binary_identical": False})  # fmt: skip
+    [shown] = [f for f in pipeline_view(stage.runtime, stage.pipeline_id).findings if f.job == "build x86_64"]
+    assert not any(c in "".join(shown.lines()) for c in "\x1b\x07\r")
 
 
 def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(stage: Stage) -> None:
