@@ -123,6 +123,16 @@ class Maintainers:
         wanted = [path for path in paths if 0 < len(path) <= MAX_PATH]
         return [path for path in wanted if any(matcher.covers(path) for matcher in matchers)]
 
+    def partly_read(self) -> frozenset[str]:
+        """Names of the sections an F: or N: line of which was left out (see `problems`): what they cover
+        is more than files_of_section can tell."""
+        return frozenset(
+            section.name
+            for section, matcher in zip(self.sections, self._matchers, strict=True)
+            if len(matcher.files) < sum(1 for value in section.files if value)
+            or len(matcher.regexes) < sum(1 for value in section.regexes if value)
+        )
+
     def maintainers_for(self, paths: Iterable[str]) -> set[str]:
         """The M: and R: addresses (lowercased) of every section covering one of the paths."""
         return {address for section in self.sections_for(paths) for address in section.addresses}

@@ -491,6 +491,7 @@ class _AreaFiles:
 
     covered: dict[str, list[str]]
     unavailable: str | None = None
+    partly_read: frozenset[str] = frozenset()  # sections some F:/N: line of which could not be read
 
 
 def _area_files(plan: Plan, changed_files: Sequence[str], maintainers_text: str | None) -> _AreaFiles:
@@ -504,7 +505,8 @@ def _area_files(plan: Plan, changed_files: Sequence[str], maintainers_text: str 
     except UserError as error:
         return _AreaFiles({}, f"MAINTAINERS cannot be read: {error}")
     covered = {area: maintainers.files_of_section(area, changed_files) for area in sorted(wanted)}
-    return _AreaFiles({area: files for area, files in covered.items() if files is not None})
+    return _AreaFiles({area: files for area, files in covered.items() if files is not None},
+                      partly_read=maintainers.partly_read() & wanted)  # fmt: skip
 
 
 def _select(test: Test, changed: Sequence[str], areas: _AreaFiles) -> Selection:
@@ -525,6 +527,10 @@ def _select(test: Test, changed: Sequence[str], areas: _AreaFiles) -> Selection:
     if unknown:
         return Selection(test, True, f"test {test.name} selected: MAINTAINERS has no section named "
                          f"{', '.join(unknown)} to check its areas against", noteworthy=True)  # fmt: skip
+    unread = [area for area in test.areas if area in areas.partly_read]
+    if unread:
+        return Selection(test, True, f"test {test.name} selected: MAINTAINERS {', '.join(unread)} has patterns "
+                         "labgate cannot read, so what it covers cannot be told", noteworthy=True)  # fmt: skip
     touched = [*test.paths, *(f"MAINTAINERS {area}" for area in test.areas)]
     return Selection(test, False, f"test {test.name} not selected: the change touches none of {', '.join(touched)}",
                      noteworthy=True)  # fmt: skip

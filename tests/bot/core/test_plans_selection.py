@@ -213,3 +213,15 @@ def test_selection_of_a_large_change_stays_quick() -> None:
     start = time.monotonic()
     assert select_tests(plan, changed) == []
     assert time.monotonic() - start < 30
+
+
+def test_an_area_with_a_pattern_left_out_runs_the_test_and_says_so() -> None:
+    # An F: line over the pattern cap is left out of the section: it might have covered the change.
+    text = MAINTAINERS + f"\nODD\nF:\tkernel/odd/\nF:\t{'x*' * 200}\n"
+    plan = parse_plan(plan_with(entry("odd", "    areas: [ODD]\n")))
+    [selection] = explain_selection(plan, ["README"], text)
+    assert selection.selected and selection.noteworthy
+    assert selection.reason == ("test odd selected: MAINTAINERS ODD has patterns labgate cannot read, so what it "
+                                "covers cannot be told")  # fmt: skip
+    [selection] = explain_selection(plan, ["kernel/odd/a.c"], text)  # what it can read still selects
+    assert selection.reason == "test odd selected: the change touches kernel/odd/a.c (MAINTAINERS ODD)"
