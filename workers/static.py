@@ -25,7 +25,7 @@ from workers.errors import InfraError
 from workers.patchname import MAX_SUBJECT, shown
 from workers.sandbox import SandboxLimits, SandboxMounts, run_sandboxed, write_synthetic_etc
 from workers.slots import Slot, UidRange, hold_slot
-from workers.spec import StaticSpec, TestCase
+from workers.spec import StaticSpec, TestCase, unsafe_path_reason
 from workers.static_parse import (
     Finding,
     new_findings,
@@ -202,16 +202,21 @@ def _export_tools(mirror: Path, base_sha: str, dest: Path) -> set[str]:
             if sibling not in found:
                 continue
             mode, blob = found[sibling]
-        if _write_blob(mirror, blob, dest / name, MAX_TOOL_FILE_BYTES):
+        if _write_blob(mirror, blob, dest, name, MAX_TOOL_FILE_BYTES):
             written.add(name)
     return written
 
 
-def _write_blob(mirror: Path, blob: str, path: Path, max_bytes: int) -> bool:
-    """A blob of the mirror as a plain file anyone may read; False (nothing written) past max_bytes."""
+def _write_blob(mirror: Path, blob: str, dest: Path, name: str, max_bytes: int) -> bool:
+    """A blob of the mirror as the plain file dest/name anyone may read; False (nothing written) past
+    max_bytes or for a name that would leave dest. Git lists a crafted tree's "../x.c" as it is (only
+    its index refuses such names), and these files are written by root."""
+    if unsafe_path_reason(name) is not None:
+        return False
     data = _git(mirror, ["cat-file", "blob", blob])
     if len(data) > max_bytes:
         return False
+    path = dest / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     path.chmod(0o644)
@@ -259,7 +264,7 @@ def _changed_c_files(mirror: Path, fork: str, head_sha: str) -> tuple[list[str],
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        if name.endswith((".c", ".h")) and name.isprintable():
+        if name.endswith((".c", ".h")) and name.isprintable() and unsafe_path_reason(name) is None:
             names.append(name)
     return names[:MAX_DOC_FILES], max(0, len(names) - MAX_DOC_FILES)
 
@@ -277,7 +282,7 @@ def _write_blobs(mirror: Path, sha: str, names: list[str], dest: Path) -> list[s
         name = raw_name.decode("utf-8", "replace")
         if len(parts) != 3 or parts[1] != "blob" or parts[0] == "120000" or name not in names:
             continue
-        if _write_blob(mirror, parts[2], dest / name, MAX_DOC_FILE_BYTES):
+        if _write_blob(mirror, parts[2], dest, name, MAX_DOC_FILE_BYTES):
             written.append(name)
     _readable(dest)
     return sorted(written, key=names.index)

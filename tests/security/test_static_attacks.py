@@ -147,3 +147,21 @@ def test_a_patch_past_the_size_cap_fails_unchecked(tmp_path: Path, monkeypatch: 
     checkpatch = case_named(outcome, "static/checkpatch/1-kernel-big")
     assert (checkpatch.status, checkpatch.reason) == ("fail", "the patch is larger than 0 MiB: not checked")
     assert outcome.result == "fail"
+
+
+def test_a_crafted_tree_naming_dot_dot_cannot_make_root_write_outside_the_job(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    # git's porcelain never makes such a tree, but its plumbing and a mirror's fetch take one as it is.
+    blob = tree.git("hash-object", "-w", str(tree.repo / "kernel" / "a.c"))
+    inner = subprocess.run(["git", "mktree"], cwd=tree.repo, input=f"100644 blob {blob}\tescape.c\n", text=True,
+                           capture_output=True, check=True).stdout.strip()  # fmt: skip
+    middle = subprocess.run(["git", "mktree"], cwd=tree.repo, input=f"040000 tree {inner}\t..\n", text=True,
+                            capture_output=True, check=True).stdout.strip()  # fmt: skip
+    listing = tree.git("ls-tree", tree.base)
+    crafted = subprocess.run(["git", "mktree"], cwd=tree.repo, input=f"{listing}\n040000 tree {middle}\t..\n",
+                             text=True, capture_output=True, check=True).stdout.strip()  # fmt: skip
+    head = tree.git("commit-tree", crafted, "-p", tree.base, "-m", "kernel: escape")
+    assert "../../escape.c" in tree.git("diff", "--name-only", tree.base, head)  # the attack is in the tree
+    outcome = run(tree, tmp_path, head)
+    assert not (tmp_path / "escape.c").exists() and not list(tmp_path.parent.glob("escape.c"))
+    assert case_named(outcome, "static/kernel-doc").reason == "the change touches no .c or .h file"
