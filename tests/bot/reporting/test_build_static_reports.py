@@ -185,6 +185,16 @@ def test_labgate_try_prints_each_kernel_build_and_static_job_with_its_findings(s
     assert not any(c in "".join(shown.lines()) for c in "\x1b\x07\r")
 
 
+def test_a_static_job_that_reported_nothing_keeps_its_plain_title(stage: Stage) -> None:
+    with stage.runtime.store.session() as session:
+        job = session.query(models.Job).filter_by(kind="static").one()
+        job.outputs, job.error_code = {}, "timeout"
+    summary = pipeline_summary(stage.runtime, stage.pipeline_id)
+    assert summary is not None
+    report = next(job for job in summary.jobs if job.kind == "static")
+    assert report.title == "fail (timeout): static/checkpatch/1-drivers-a-add-z" and report.findings == ""
+
+
 def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(stage: Stage) -> None:
     with FakeGitHub() as fake:
         fake.add_repo(REPO)
