@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from bot.core.linear_match import LinearPattern, PatternError, compile_regex
+from bot.core.linear_match import MAX_PATTERN, LinearPattern, PatternError, compile_regex
 from workers.spec import unsafe_path_reason
 
 _WILDCARDS = frozenset("*?[")
-MAX_GLOB = 200  # characters; a glob of more becomes a regex over linear_match's cap
+_REGEX_SPECIAL = frozenset("\\^$.|?*+()[]{}")
+MAX_GLOB = 200  # characters
 
 
 def glob_problem(pattern: str) -> str | None:
@@ -29,6 +30,9 @@ def glob_problem(pattern: str) -> str | None:
     reason = unsafe_path_reason(pattern.removesuffix("/"))
     if reason:
         return f"{reason}: globs are relative to the tree's root"
+    regex = glob_regex(pattern)
+    if len(regex) > MAX_PATTERN:
+        return f"has too many wildcards: its matcher is {len(regex)} characters, over the cap of {MAX_PATTERN}"
     try:
         compiled(pattern)
     except PatternError as error:
@@ -117,4 +121,4 @@ def _class_end(pattern: str, start: int) -> int | None:
 
 
 def _literal(text: str) -> str:
-    return "".join(char if char.isascii() and char.isalnum() else "\\" + char for char in text)
+    return "".join("\\" + char if char in _REGEX_SPECIAL else char for char in text)

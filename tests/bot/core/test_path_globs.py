@@ -100,3 +100,9 @@ def test_the_literal_ends_every_match_has(pattern: str, ends: tuple[str, str]) -
 def test_the_literal_ends_never_refuse_what_the_glob_matches(path: str) -> None:
     for pattern in ("a]b", r"a\b", "**/Kconfig", "a/**/b", r"odd\*name", "**", "**/*"):
         assert glob_matches(pattern, path) == compiled(pattern).fullmatch(path), (pattern, path)
+
+
+def test_a_glob_of_too_many_wildcards_says_so() -> None:
+    assert glob_problem("drivers/net/ethernet/intel/ice/**/*.[ch]") is None
+    problem = glob_problem("a/" + "*x" * 60)
+    assert problem is not None and problem.startswith("has too many wildcards: its matcher is 362 characters")
