@@ -116,6 +116,11 @@ class Job(Base):
     # sha256 of the secret in the job's spec: a result must carry the secret to be recorded.
     result_token_hash: Mapped[str | None] = mapped_column(String(64))
     reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # a re-run kept this result
+    # A build's identity (bot/pipelines/base_builds.py): equal keys build the same tree, commit and recipe,
+    # so a base build of one key runs once and every pipeline that needs it shares it.
+    build_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    # A base build waiting for another pipeline's build of the same key to finish, to take its result.
+    follows_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), index=True)
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(64))
     command_s: Mapped[float | None]
