@@ -499,7 +499,7 @@ def _area_files(plan: Plan, changed_files: Sequence[str], maintainers_text: str 
     if not wanted:
         return _AreaFiles({})
     if maintainers_text is None:
-        return _AreaFiles({}, "the tree has no MAINTAINERS at the base")
+        return _AreaFiles({}, "no MAINTAINERS was read at the base (none, or over the size cap)")
     try:
         maintainers = parse_maintainers(maintainers_text)
     except UserError as error:
