@@ -4,6 +4,7 @@ before it asked. Real git against a local tree, fetches counted from git's own t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -48,6 +49,19 @@ def _fetches(trace: Path) -> int:
     return count
 
 
+def _wait_for_waiters(mirror: Path, count: int) -> None:
+    """Until `count` processes or threads wait for the mirror's lock (the kernel lists them in /proc/locks):
+    each took its ticket before it began to wait."""
+    inode = os.stat(f"{mirror}.lock").st_ino
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = Path("/proc/locks").read_text().splitlines()
+        if sum("->" in line and line.split()[-3].endswith(f":{inode}") for line in lines) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} jobs came to wait for the mirror")
+
+
 @pytest.fixture
 def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "trace"
@@ -77,7 +91,7 @@ def test_jobs_waiting_together_share_one_fetch_and_all_see_the_new_commit(
         for thread in threads:
             thread.start()
         waiting.wait()
-        time.sleep(1)  # they read their tickets and block on the lock
+        _wait_for_waiters(mirror, JOBS)
     for thread in threads:
         thread.join(timeout=60)
     assert seen == [new] * JOBS
@@ -137,7 +151,7 @@ def test_fetch_tested_commit_fetches_once_for_jobs_that_wait_together(
         for thread in threads:
             thread.start()
         waiting.wait()
-        time.sleep(1)
+        _wait_for_waiters(mirror, JOBS)
     for thread in threads:
         thread.join(timeout=60)
     assert not errors
