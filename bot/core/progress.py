@@ -8,12 +8,42 @@ from typing import Any
 
 from bot.core.caps import cap_build_timeout, cap_test
 from bot.core.inventory import Inventory, Requirements
-from bot.core.plans import Plan, PlanError, Test, render_build_script, select_tests
+from bot.core.plans import (
+    Build,
+    Plan,
+    PlanError,
+    StaticChecks,
+    Test,
+    build_artifacts,
+    documentation_only,
+    documentation_only_note,
+    explain_selection,
+    kernel_build_of,
+    render_build_script,
+    select_tests,
+)
+from workers.spec import StaticSpec
 
 # Worst first: the pipeline takes the worst of its jobs' outcomes.
 SEVERITY = ("error", "fail", "incomplete", "pass", "skip")
 # The skip of a test only boards can run, in a change whose tier keeps it on QEMU.
 NEEDS_HARDWARE = "needs /ok-to-test hardware"
+STATIC_JOB = "static"  # the name of a pipeline's one static job
+STATIC_TIMEOUT_S = 300  # the static stage's own cap, under the lab's max_build_s
+BASE_BUILD_PREFIX = "base "  # a base build job is named after the change's build: "base x86_64"
+# How a test skipped because its kernel did not change begins: the evidence of a pass (see no_test_ran).
+BINARY_IDENTICAL = "binary identical to base"
+
+
+def binary_identical_reason(build_name: str) -> str:
+    """The message of a test skipped because the change's build equals its base build's, byte for byte."""
+    return f"{BINARY_IDENTICAL}: {build_name}'s vmlinux, modules and artifacts equal the base build's"
+
+
+def is_base_build(kind: str, spec: dict[str, Any]) -> bool:
+    """A base build is the base's, not the change's: its failure is not the change's (and a change that
+    fixes the base's build passes); it is kept for the comparison and the report."""
+    return kind == "build" and spec.get("role") == "base"
 
 
 @dataclass(frozen=True)
@@ -52,19 +82,70 @@ def draft_jobs(
     tier: str,
     max_build_s: int,
     network_tiers: Collection[str] = (),
+    base_sha: str | None = None,
+    tree_name: str = "",
+    trusted: bool = False,
+    tree_has_checkpatch: bool = False,
+    maintainers_text: str | None = None,
 ) -> list[JobDraft]:
-    """Build and test jobs for one revision. Each test goes to the best class its tier may use (see
-    Inventory.match); the lab's caps win over the plan's timeouts and network, and say so in `notes`."""
+    """Static, build and test jobs for one revision, the static job first (it is dispatched first, so its
+    result is posted before any build's). Each test goes to the best class its tier may use (see
+    Inventory.match); the lab's caps win over the plan's timeouts and network, and say so in `notes`.
+
+    With `base_sha` (the checkout's), a kernel build of a change that is not the base itself gets a base
+    build ("base <name>", the same recipe at the base) that it waits for: the warm build dir is at the base
+    first, and its warnings and binaries are compared with the base's. A documentation-only change gets the
+    static job alone."""
     drafts = []
+    static = draft_static(plan, base_sha=base_sha, head_sha=head_sha, max_build_s=max_build_s,
+                          wanted=tree_has_checkpatch or documentation_only(plan, changed_files))  # fmt: skip
+    if static is not None:
+        drafts.append(static)
+        if documentation_only(plan, changed_files):
+            return drafts
     for build in plan.builds:
-        timeout_s, notes = cap_build_timeout(build, max_build_s)
-        spec = {"name": build.name, "head_sha": head_sha, "script": render_build_script(build),
-                "artifacts": list(build.artifacts), "timeout_s": timeout_s}  # fmt: skip
-        drafts.append(JobDraft(kind="build", name=build.name, device_class=None, needs=None, spec=spec, notes=notes))
+        drafts.extend(_draft_builds(build, head_sha=head_sha, base_sha=base_sha, tree_name=tree_name,
+                                    trusted=trusted, max_build_s=max_build_s))  # fmt: skip
     usable = classes_for_tier(inventory, tier)
-    for test in select_tests(plan, changed_files):
+    for test in select_tests(plan, changed_files, maintainers_text):
         drafts.append(_draft_test(test, inventory, usable, tier, network_tiers))
     return drafts
+
+
+def draft_static(plan: Plan, *, base_sha: str | None, head_sha: str, max_build_s: int, wanted: bool) -> JobDraft | None:
+    """The static job (workers/spec.py StaticSpec): when the plan asks for it, or, when the plan says nothing,
+    when `wanted` (the base has checkpatch.pl, or the change is documentation only, whose diff is still
+    checked). None without a base commit to compare with."""
+    if base_sha is None or (plan.static is None and not wanted):
+        return None
+    checks = plan.static or StaticChecks()
+    # The checks the static worker's spec carries; one the plan turns on that it does not is said, not sent.
+    asked = {key: value for key, value in checks.model_dump().items() if key in StaticSpec.model_fields}
+    unknown = [key for key, value in checks.model_dump().items() if key not in StaticSpec.model_fields and value]
+    notes = tuple(f"static check {key} asked, not run: the static stage does not run it yet" for key in unknown)
+    spec = {"base_sha": base_sha, "head_sha": head_sha, **asked, "timeout_s": min(STATIC_TIMEOUT_S, max_build_s)}
+    return JobDraft(kind="static", name=STATIC_JOB, device_class=None, needs=None, spec=spec, notes=notes)
+
+
+def _draft_builds(build: Build, *, head_sha: str, base_sha: str | None, tree_name: str, trusted: bool,
+                  max_build_s: int) -> list[JobDraft]:  # fmt: skip
+    """A build's job, and before it the base build it waits for when it is a kernel build of a change."""
+    timeout_s, notes = cap_build_timeout(build, max_build_s)
+    spec: dict[str, Any] = {"name": build.name, "head_sha": head_sha, "script": render_build_script(build),
+                            "artifacts": list(build_artifacts(build)), "timeout_s": timeout_s}  # fmt: skip
+    kernel = kernel_build_of(build, tree_name)
+    if kernel is None:  # a command build: no warm state, nothing to compare with
+        return [JobDraft(kind="build", name=build.name, device_class=None, needs=None, spec=spec, notes=notes)]
+    # Only a trusted submitter's build may write warm state that later builds reuse.
+    change = {**spec, "kernel": kernel, "trusted": trusted, "role": "change"}
+    if base_sha is None or base_sha == head_sha:
+        return [JobDraft(kind="build", name=build.name, device_class=None, needs=None, spec=change, notes=notes)]
+    base_name = BASE_BUILD_PREFIX + build.name
+    # The base's build is the plan's recipe at the base commit: trusted, whoever the submitter.
+    base = {**spec, "name": base_name, "head_sha": base_sha, "kernel": kernel, "trusted": True, "role": "base"}
+    return [JobDraft(kind="build", name=base_name, device_class=None, needs=None, spec=base),
+            JobDraft(kind="build", name=build.name, device_class=None, needs=base_name, spec=change,
+                     notes=notes)]  # fmt: skip
 
 
 def _draft_test(
@@ -74,7 +155,8 @@ def _draft_test(
     matches = inventory.match(wanted)
     allowed = [name for name in matches if name in usable]
     spec: dict[str, Any] = {"name": test.name, "kernel": test.kernel,
-                            "commands": [c.model_dump() for c in test.commands], "kunit": test.kunit}  # fmt: skip
+                            "commands": [c.model_dump() for c in test.commands], "kunit": test.kunit,
+                            "modules": test.modules}  # fmt: skip
     if not matches:
         # check_plan_devices refuses such a plan first; kept so a lab changed since cannot crash drafting.
         # Nothing the lab has can run it: that is not a pass of the test, nor a skip it chose.
@@ -95,19 +177,24 @@ def _draft_test(
                     spec=spec, notes=capped.notes)  # fmt: skip
 
 
-def selection_notes(plan: Plan, changed_files: Sequence[str]) -> list[str]:
-    """What the report says about tests that will not run on purpose (said, and not a failure)."""
+def selection_notes(plan: Plan, changed_files: Sequence[str], maintainers_text: str | None = None) -> list[str]:
+    """What the report says about tests that will not run on purpose, or run only because their areas could
+    not be checked (said, and not a failure)."""
+    documentation = documentation_only_note(plan, changed_files)
+    if documentation is not None:
+        return [documentation]
     if not plan.tests:
         return ["the plan has no tests: builds only"]
-    selected = {test.name for test in select_tests(plan, changed_files)}
-    return [f"test {test.name} not selected: the change touches none of {', '.join(test.paths)}"
-            for test in plan.tests if test.name not in selected]  # fmt: skip
+    return [s.reason for s in explain_selection(plan, changed_files, maintainers_text) if s.noteworthy]
 
 
 def no_test_ran(tests: Sequence[tuple[str | None, str | None]]) -> str | None:
     """Why a pipeline tested nothing, from its test jobs' (result, message); None if some test ran.
-    Such a pipeline is not a pass, whatever its builds did."""
+    Such a pipeline is not a pass, whatever its builds did. A test skipped because its kernel is binary
+    identical to the base's is evidence: what it would boot is what the base boots."""
     if not tests or any(result not in ("skip", None) for result, _ in tests):
+        return None
+    if any(result == "skip" and (message or "").startswith(BINARY_IDENTICAL) for result, message in tests):
         return None
     reasons = sorted({message or "skipped" for _, message in tests})
     return "no test ran: " + "; ".join(reason.removeprefix("no test ran: ") for reason in reasons)

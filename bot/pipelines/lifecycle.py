@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session
 
 from bot.core.plans import PlanError, parse_plan
 from bot.core.progress import (
+    JobDraft,
     check_plan_devices,
     draft_jobs,
+    is_base_build,
     job_outcome,
     no_test_ran,
     pipeline_result,
@@ -27,7 +29,7 @@ from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
 
 # Modules: they import this one too, and each uses the other only at call time.
-from bot.pipelines import handover, place_health, retries, scheduler
+from bot.pipelines import base_builds, change_builds, handover, place_health, retries, scheduler
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.pipelines.exchange_grants import exchange_url, job_exchange
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
@@ -44,6 +46,7 @@ from workers.spec import (
     LabgridTarget,
     PatchRef,
     QemuSpec,
+    StaticSpec,
     TestSpec,
     unsafe_path_reason,
     url_credentials_reason,
@@ -127,9 +130,7 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
             app.send_task(START_PIPELINE_TASK, args=[int(done)], queue=CONTROL_QUEUE)
             return int(done)
     check_submission(runtime, submission)
-    patch_refs = [
-        {"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches
-    ]
+    patch_refs = [{"name": name, "digest": runtime.artifacts.put_bytes(data)} for name, data in submission.patches]
     with runtime.store.session() as session:
         if delivery_id is not None:  # intakes without a delivery record of their own (the CLI, the API)
             session.add(Delivery(source=submission.source, delivery_id=delivery_id, event="submission"))
@@ -213,13 +214,14 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox, *, fl
         fields["checkout"] = checkout = CheckoutSpec.model_validate(job.spec)
         inputs = [patch.digest for patch in checkout.patches]
         write_checkout_credential(runtime, job)
-    elif job.kind == "build":
+    elif job.kind in ("build", "static"):
         # A build host of its own gets the tested commits as the checkout's bundle (none when it made none).
         checkout_job, bundle = _source_bundle(session, job) if exchange_url() is not None else (None, None)
         inputs, made_by = ([bundle], _maker(session, checkout_job)) if bundle else ([], None)
         # The lab's caps as configured now: nothing the plan says can lift them.
-        fields["build"] = BuildSpec.model_validate({**job.spec, "limits": runtime.config.caps.build_limits(),
-                                                    "bundle_digest": bundle})  # fmt: skip
+        model = BuildSpec if job.kind == "build" else StaticSpec
+        fields[job.kind] = model.model_validate({**job.spec, "limits": runtime.config.caps.build_limits(),
+                                                 "bundle_digest": bundle})  # fmt: skip
     else:
         # A health check boots the lab's own kernel and builds nothing: it depends on no build.
         build_job = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
@@ -229,7 +231,7 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox, *, fl
             name=job.spec["name"], device_class=dc.name, qemu=QemuSpec(**dc.qemu.model_dump()),
             kernel=job.spec["kernel"], commands=job.spec["commands"], timeout_s=job.spec["timeout_s"],
             artifacts={k: ArtifactRef(**v) for k, v in built.items()},
-            kunit=job.spec.get("kunit", False), labgrid=_labgrid_target(dc),
+            kunit=job.spec.get("kunit", False), modules=job.spec.get("modules"), labgrid=_labgrid_target(dc),
             # The lab's caps drafted for this test (bot/core/caps.py); a job drafted before they existed
             # keeps the spec's defaults.
             **{key: job.spec[key] for key in DECIDED_TEST_FIELDS if key in job.spec},
@@ -352,8 +354,10 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
             remove_checkout_credential(runtime, job.id)  # the worker removed it; a lost worker did not
             _after_checkout(runtime, session, pipeline, job, outbox)
         elif job.kind == "build":
-            _after_build(runtime, session, pipeline, job, outbox)
-        else:
+            after_build(runtime, session, pipeline, job, outbox)
+            if job.build_key is not None:
+                base_builds.after_result(runtime, session, job, outbox)  # other pipelines waiting for it
+        elif job.kind == "test":
             place_health.after_test_result(runtime, session, job)  # counts, before a retry clears the outputs
             retries.after_test_result(runtime, session, job, outbox)
         scheduler.after_result(runtime, session, job, outbox)  # a freed slot, or tests handed over: fill
@@ -362,8 +366,15 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
     outbox.send()
 
 
+MAX_ANNOTATIONS = 500  # a static job's annotations kept (workers/spec.py: the worker caps them too)
+
+
 def _checked_outputs(job: Job, result: JobResult) -> JobResult:
-    """A build's artifact names are a worker's word: any that would leave a job dir voids the result."""
+    """A build's artifact names are a worker's word: any that would leave a job dir voids the result.
+    A static job's annotations are capped whatever its worker sent."""
+    annotations = result.outputs.get("annotations") if job.kind == "static" else None
+    if isinstance(annotations, list) and len(annotations) > MAX_ANNOTATIONS:
+        result = result.model_copy(update={"outputs": {**result.outputs, "annotations": annotations[:MAX_ANNOTATIONS]}})
     artifacts = result.outputs.get("artifacts", {}) if job.kind == "build" else {}
     bad = [name for name in artifacts if unsafe_path_reason(str(name))] if isinstance(artifacts, dict) else ["?"]
     if not bad:
@@ -398,6 +409,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         job.error_code = "user-error"
         job.error_message = str(exc)
         return
+    tree_has = job.outputs.get("tree_has")
     drafts = draft_jobs(
         plan,
         head_sha=tested_sha,
@@ -406,30 +418,60 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         tier=pipeline.tier,
         max_build_s=runtime.config.caps.max_build_s,
         network_tiers=tree.lab_grants.network if tree is not None else (),
+        base_sha=revision.base_sha,
+        tree_name=revision.change.tree.name,
+        # A trusted submitter's plan is the change's own: its build may write warm state.
+        trusted=job.spec.get("plan_from", "head") == "head",
+        tree_has_checkpatch=isinstance(tree_has, dict) and tree_has.get("checkpatch") is True,
     )
     pipeline.notes = [*selection_notes(plan, list(job.outputs.get("changed_files", []))),  # type: ignore[call-overload]
                       *(note for draft in drafts for note in draft.notes)]  # fmt: skip
+    _create_drafted(runtime, session, pipeline, job, drafts, outbox)
+
+
+def _create_drafted(runtime: Runtime, session: Session, pipeline: Pipeline, checkout: Job, drafts: list[JobDraft],
+                    outbox: Outbox) -> None:  # fmt: skip
+    """Create the drafted jobs and send what can start: the static job first (its result is posted before
+    any build's), then the builds; a base build may instead share another pipeline's (base_builds)."""
     builds: dict[str, Job] = {}
     for draft in drafts:
-        queue = BUILD_QUEUE if draft.kind == "build" else lab_queue(draft.device_class or "none")
+        queue = BUILD_QUEUE if draft.kind in ("build", "static") else lab_queue(draft.device_class or "none")
         new = Job(pipeline=pipeline, kind=draft.kind, name=draft.name, queue=queue,
-                  spec=draft.spec if draft.kind == "build" else {**draft.spec, "device_class": draft.device_class},
-                  depends_on_id=builds[draft.needs].id if draft.needs else job.id)  # fmt: skip
+                  spec=draft.spec if draft.kind != "test" else {**draft.spec, "device_class": draft.device_class},
+                  depends_on_id=builds[draft.needs].id if draft.needs else checkout.id)  # fmt: skip
         if draft.skip_reason:
             new.state, new.result, new.error_message = "done", draft.result, draft.skip_reason
+        if is_base_build(draft.kind, draft.spec):
+            new.build_key = base_builds.build_key(pipeline.revision.change.tree.name, draft.spec)
         session.add(new)
         session.flush()
         if draft.kind == "build":
             builds[draft.name] = new
+        if new.build_key is not None:
+            base_builds.start(runtime, session, new, outbox)
+        elif draft.kind != "test" and draft.needs is None:
             dispatch(runtime, session, new, outbox)
+    for build in builds.values():
+        if build.build_key is not None and build.state == "done":  # took a finished base build's pass
+            after_build(runtime, session, pipeline, build, outbox)
 
 
-def _after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: Job, outbox: Outbox) -> None:
+def after_build(runtime: Runtime, session: Session, pipeline: Pipeline, build: Job, outbox: Outbox) -> None:
+    """A build ended: the change's build that waits for its base build goes whatever the base ended as
+    (there is then no base to compare with); tests go if their build passed, or end as skips."""
+    # Also for a failed build: its errors are always reported. Binary identity needs both builds passed.
+    identical = change_builds.compare_with_base(session, pipeline, build)
     ready = []
     for job in pipeline.jobs:
         if job.depends_on_id != build.id or job.state != "pending":
             continue
-        if build.result == "pass":
+        if job.kind == "build":
+            dispatch(runtime, session, job, outbox)
+        elif build.result == "pass" and identical:
+            # Not run, and not needed: what it would boot is what the base boots.
+            job.state, job.result, job.error_message = "done", "skip", identical
+            job.finished_at = utcnow()
+        elif build.result == "pass":
             ready.append(job)
         else:
             job.state, job.result = "done", "skip"
@@ -445,9 +487,11 @@ def finish_if_done(session: Session, pipeline: Pipeline) -> None:
         return
     pipeline.state = "done"
     pipeline.finished_at = utcnow()
-    outcomes = [job_outcome(j.result, j.error_code) for j in pipeline.jobs]
+    # The base's build is not the change's: kept for the comparison and the report, never its result.
+    counted = [j for j in pipeline.jobs if not is_base_build(j.kind, j.spec)]
+    outcomes = [job_outcome(j.result, j.error_code) for j in counted]
     pipeline.result = pipeline_result(outcomes)
-    errors = [j for j in pipeline.jobs if job_outcome(j.result, j.error_code) == "error"]
+    errors = [j for j in counted if job_outcome(j.result, j.error_code) == "error"]
     if errors:
         pipeline.error_code = errors[0].error_code
         pipeline.error_message = errors[0].error_message

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+from sqlalchemy import select
+
 from bot.host.stores import Runtime
-from bot.pipelines import scheduler
+from bot.pipelines import base_builds, scheduler
 from bot.pipelines.handover import hand_over_tests
 from bot.pipelines.lifecycle import Outbox, dispatch, finish_if_done, lock_pipeline, report_after
 from bot.store.models import Job, Pipeline, TestResult, utcnow
 from bot.store.once import once_done, record_once
 from workers.app import app
+
+log = logging.getLogger(__name__)
 
 
 def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str) -> None:
@@ -19,6 +24,7 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
     outbox = Outbox()
     revoke: list[str] = []
     freed: set[str] = set()  # queues of test jobs that held a window's slot
+    cancelled: list[Job] = []
     with runtime.store.session() as session:
         for pipeline_id in pipeline_ids:
             pipeline = lock_pipeline(session, pipeline_id)
@@ -33,9 +39,12 @@ def cancel_pipelines(runtime: Runtime, pipeline_ids: Sequence[int], reason: str)
                     freed.add(job.queue)
                 job.state, job.error_code, job.error_message = "done", "cancelled", reason
                 job.finished_at = utcnow()
+                cancelled.append(job)
             pipeline.state, pipeline.result, pipeline.error_message = "done", "cancelled", reason
             pipeline.finished_at = utcnow()
             report_after(pipeline, outbox)
+        # Other pipelines waiting for a base build that was cancelled here run it themselves.
+        base_builds.after_cancelled(runtime, session, cancelled, outbox)
         scheduler.fill_windows(runtime, session, freed, outbox)
     if revoke:
         app.control.revoke(revoke, terminate=True, signal="SIGTERM")
@@ -89,7 +98,9 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
             session.flush()
         for job in new.jobs:
             parent = session.get(Job, job.depends_on_id) if job.depends_on_id else None
-            if job.state == "pending" and (parent is None or (parent.state == "done" and parent.result == "pass")):
+            # A change's build waits for its base build, not for its pass (lifecycle.after_build).
+            ready = parent is None or (parent.state == "done" and (parent.result == "pass" or job.kind == "build"))
+            if job.state == "pending" and ready:
                 if job.kind == "test":
                     hand_over_tests(runtime, session, [job])  # it waits in the store for its class
                 else:
@@ -111,10 +122,21 @@ def fail_pipeline(runtime: Runtime, pipeline_id: int, message: str) -> None:
         pipeline = session.get(Pipeline, pipeline_id)
         if pipeline is None or pipeline.state == "done":
             return
+        ended = []
         for job in pipeline.jobs:
             if job.state != "done":
                 job.state, job.error_code, job.error_message = "done", "infra-error", "not run: " + message
                 job.finished_at = utcnow()
+                ended.append(job.id)
         pipeline.state, pipeline.result = "done", "error"
         pipeline.error_code, pipeline.error_message = "infra-error", message
         pipeline.finished_at = utcnow()
+    # Apart, once the pipeline is ended: the bug that stopped it must not keep it from ending.
+    try:
+        outbox = Outbox()
+        with runtime.store.session() as session:
+            jobs = session.scalars(select(Job).where(Job.id.in_(ended))).all()
+            base_builds.after_cancelled(runtime, session, jobs, outbox)
+        outbox.send()
+    except Exception:
+        log.exception("pipeline %s: the base builds other pipelines wait for could not be handed on", pipeline_id)

@@ -4,9 +4,7 @@ played by the test: they take a lab queue's messages from Redis the way Celery's
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from bot.host.config import Config, DeviceClass, Scheduling
 from bot.host.stores import Runtime, open_runtime
 from bot.pipelines.lifecycle import record_result
 from bot.store.models import Change, Job, Pipeline, Revision, Tree
+from tests.bot.pipelines.kernel_lab import KernelLab, open_kernel_lab, spec_of_message
 from workers.app import BUILD_QUEUE, configure, lab_queue
 from workers.spec import JobResult, JobSpec
 
@@ -60,13 +59,13 @@ class Lab:
 
     def messages(self, device_class: str) -> list[JobSpec]:
         """The class's messages in the broker, oldest first, left there."""
-        return [_spec(raw) for raw in reversed(self.broker.lrange(lab_queue(device_class), 0, -1))]
+        return [spec_of_message(raw) for raw in reversed(self.broker.lrange(lab_queue(device_class), 0, -1))]
 
     def take(self, device_class: str) -> JobSpec:
         """What a worker of the class does first: take the oldest message."""
         raw = self.broker.rpop(lab_queue(device_class))
         assert raw is not None, f"no message for {device_class}"
-        return _spec(raw)  # type: ignore[arg-type]
+        return spec_of_message(raw)  # type: ignore[arg-type]
 
     def finish(self, spec: JobSpec, result: str = "pass") -> None:
         record_result(self.runtime, JobResult(job_id=spec.job_id, delivery=1, result=result,  # type: ignore[arg-type]
@@ -81,12 +80,6 @@ class Lab:
     def in_flight(self, device_class: str) -> int:
         states = self.states(device_class)
         return states.get("queued", 0) + states.get("running", 0)
-
-
-def _spec(raw: bytes) -> JobSpec:
-    message = json.loads(raw)
-    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    return JobSpec.model_validate_json(args[0])
 
 
 def lab_config(tmp_path: Path, **scheduling: int) -> Config:
@@ -120,3 +113,9 @@ def open_lab(tmp_path: Path, database_url: str, redis_db_url: str) -> Iterator[o
 def lab(open_lab: object) -> Lab:
     made: Lab = open_lab()  # type: ignore[operator]
     return made
+
+
+@pytest.fixture
+def kernel_lab(tmp_path: Path, database_url: str, redis_db_url: str) -> Iterator[KernelLab]:
+    """Pipelines of a kernel tree driven through the real result path (kernel_lab.py)."""
+    yield from open_kernel_lab(tmp_path, database_url, redis_db_url)
