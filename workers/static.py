@@ -234,7 +234,9 @@ def _tree_blobs(mirror: Path, sha: str, name: str, known: dict[str, tuple[str, s
 
 
 def _format_patches(mirror: Path, spec: StaticSpec, dest: Path) -> tuple[list[_Commit], int]:
-    """One mail per non-merge commit of base..head, as `git format-patch` writes it, named by number."""
+    """One mail per non-merge commit of base..head, as `git format-patch` writes it, named by number. The
+    signature ("-- ") ends the diff: checkpatch reports a missing sign-off at the mail's last line, which
+    without it would be the last line of the last file."""
     dest.mkdir()
     shas = _git(mirror, ["rev-list", "--reverse", "--no-merges", f"{spec.base_sha}..{spec.head_sha}"]).split()
     commits = []
@@ -242,7 +244,7 @@ def _format_patches(mirror: Path, spec: StaticSpec, dest: Path) -> tuple[list[_C
         sha = raw.decode()
         subject = _git(mirror, ["log", "-1", "--format=%s", sha]).decode("utf-8", "replace").strip()
         code, text, truncated = _git_capped(mirror, ["format-patch", "-1", "--stdout", "--no-color", "--no-ext-diff",
-                                                     "--no-textconv", "--no-signature", sha],
+                                                     "--no-textconv", "--signature=labgate", sha],
                                             MAX_PATCH_BYTES, binary=True)  # fmt: skip
         if code != 0 and not truncated:
             raise InfraError(f"git format-patch {sha[:12]} failed: {text[-600:]}")

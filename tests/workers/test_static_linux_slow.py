@@ -100,7 +100,7 @@ def test_a_one_line_patch_is_checked_by_the_bases_checkpatch_in_seconds(mirror: 
 def test_a_change_silencing_checkpatch_and_kernel_doc_is_checked_by_the_bases(mirror: Mirror, tmp_path: Path) -> None:
     silent = b"#!/usr/bin/env perl\nexit 0;\n"
     first = mirror.commit(mirror.base, {"scripts/checkpatch.pl": silent, "scripts/kernel-doc": silent},
-                          "scripts: simplify\n\nSigned-off-by: Dev <dev@example.org>\n")  # fmt: skip
+                          "scripts: simplify\n\nNo sign-off: checkpatch reports it at the mail's end.\n")  # fmt: skip
     documented = (b"/**\n * labgate_probe() - a probe\n * @a: the first\n */\nint labgate_probe(int a, int b)\n"
                   b"{\n\treturn a + b;\n}\n")  # fmt: skip
     source = mirror.show(mirror.base, PRINTK) + b"\n" + documented
@@ -114,3 +114,6 @@ def test_a_change_silencing_checkpatch_and_kernel_doc_is_checked_by_the_bases(mi
     # The base's checkpatch: the missing declaration in a header is a real checkpatch finding.
     assert any(a["commit"] == second and a["source"] == "checkpatch" for a in outcome.annotations), probe
     assert case_named(outcome, "static/kernel-doc").reason == "1 warning(s)"
+    signoff = [(a["file"], a["line"]) for a in outcome.annotations if a["check"] == "MISSING_SIGN_OFF"]
+    assert signoff == [("", 0)]  # about the commit, not the last line of its last file
+    assert case_named(outcome, "static/checkpatch/1-scripts-simplify").status == "fail"
