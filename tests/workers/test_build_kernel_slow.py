@@ -32,7 +32,9 @@ def test_linux_one_file_patch_rebuilds_warm_and_a_comment_only_edit_keeps_the_bi
     assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
     figures = json.loads(bench.stdout.strip().split("\n")[-1])["figures"]
     assert figures["cold_units"] > 300  # tinyconfig compiles about a thousand units
-    assert figures["warm_recompiled"] == ["kernel/printk/printk.o"]
-    assert "kernel/printk/printk.o" in figures["copy_recompiled"]
+    # printk.o, and what wraps the changed vmlinux into the bzImage (piggy.o, misc.o, header.o).
+    for recompiled in (figures["warm_recompiled"], figures["copy_recompiled"]):
+        assert "kernel/printk/printk.o" in recompiled
+        assert all(path == "kernel/printk/printk.o" or path.startswith("arch/x86/boot/") for path in recompiled)
     assert figures["comment_only_digest_equal"] is True
     assert figures["noop_recompiled"] == [], "running the config steps again must not rebuild anything"
