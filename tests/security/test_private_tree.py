@@ -25,7 +25,8 @@ def _seeded(world: World, pipeline_id: int) -> Seeded:
     with world.services.runtime.store.session() as session:
         pipeline = session.get(Pipeline, pipeline_id)
         assert pipeline is not None
-        return Seeded(pipeline.id, tuple(j.id for j in pipeline.jobs))
+        artifacts = {j.id: tuple(j.outputs.get("artifacts") or ()) for j in pipeline.jobs}
+        return Seeded(pipeline.id, tuple(j.id for j in pipeline.jobs), artifacts)
 
 
 def _click_through(client: TestClient, start: str) -> set[str]:

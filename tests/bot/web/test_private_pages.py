@@ -9,7 +9,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,8 @@ OPEN_ROUTES = {
 class Seeded:
     pipeline_id: int
     job_ids: tuple[int, ...]
+    # Each job's artifact paths, when they are not the seeded ARTIFACT (a real pipeline's builds).
+    artifacts: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,8 +76,9 @@ def pipeline_urls(routes: list[BaseRoute], seeded: Seeded) -> list[str]:
         if not params <= {"job_id", "pipeline_id", "path"}:
             pytest.fail(f"{route.path}: this test does not know how to fill {sorted(params)}: teach it")
         if "job_id" in params:
-            fill = {"path": ARTIFACT} if "path" in params else {}
-            urls += [route.path_format.format(job_id=j, **fill) for j in seeded.job_ids]
+            for job in seeded.job_ids:
+                paths = seeded.artifacts.get(job, (ARTIFACT,)) if "path" in params else ("",)
+                urls += [route.path_format.format(job_id=job, **({"path": p} if p else {})) for p in paths]
         elif "pipeline_id" in params:
             urls.append(route.path_format.format(pipeline_id=seeded.pipeline_id))
         else:
