@@ -3,6 +3,7 @@
 
 Layout (work/warm, 0700):
   locks/tree-<tree>.lock, locks/ccache-<arch>-<toolchain>.lock   fcntl locks, dropped with the process
+                              (<tree>: the tree's name made a file name, with a digest of the name)
   trees/<tree>/src            the warm source: written by root from the mirror's blobs, bound read-only
   trees/<tree>/src.json       {"commit", "bytes"}; missing while the source is being changed
   trees/<tree>/builds/<key>   a warm build dir; <key>.json {"bytes", "used"}; <key>.dirty while a build
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -52,7 +54,8 @@ def warm_max_bytes() -> int:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    """A file name for a tree's name: readable, never '.' or '..', and two names never share one."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def warm_root(root: Path) -> Path:
@@ -97,6 +100,8 @@ class TreeWarm:
 @contextlib.contextmanager
 def holding_tree(root: Path, tree_name: str) -> Iterator[TreeWarm]:
     """The tree's warm state, this process's alone until the block ends (waits for another build)."""
+    if not tree_name:
+        raise InfraError("a kernel build's warm state needs the name of its tree")
     with _flock(root / "locks" / f"tree-{_safe(tree_name)}.lock"):
         tree = TreeWarm(root, tree_name)
         (tree.dir / "builds").mkdir(parents=True, exist_ok=True)
@@ -104,7 +109,7 @@ def holding_tree(root: Path, tree_name: str) -> Iterator[TreeWarm]:
 
 
 def ccache_dir(root: Path, kernel: KernelBuild) -> Path:
-    path = root / "ccache" / f"{kernel.arch}-{kernel.toolchain}"
+    path = root / "ccache" / f"{kernel.arch}-{kernel.toolchain}"  # both a [a-z0-9_]+ word
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o755)
     return path

@@ -134,4 +134,4 @@ def test_an_untrusted_build_gets_hits_from_the_shared_ccache_it_cannot_write(tmp
     assert outcome.kernel is not None and outcome.kernel["warm"]["mode"] == "cold"
     assert "remote_storage_hit\t3" in log, log
     assert snapshot(project.warm / "ccache" / "x86_64-gcc") == shared
-    assert not (project.warm / "trees" / "tiny_tree" / "builds" / "fedcba9876543210fedcba9876543210").exists()
+    assert not project.tree.build_dir("fedcba9876543210fedcba9876543210").exists()

@@ -116,6 +116,14 @@ def test_warnings_are_parsed_with_paths_relative_to_the_tree() -> None:
     ]  # fmt: skip
 
 
+def test_tree_names_never_leave_the_warm_root_nor_share_a_dir(tmp_path: Path) -> None:
+    root = warm.warm_root(tmp_path / "warm")
+    dirs = {warm.TreeWarm(root, name).dir for name in ("..", ".", "a/b", "a_b", "a.b")}
+    assert len(dirs) == 5 and all(path.parent == root / "trees" for path in dirs)
+    with pytest.raises(InfraError, match="name of its tree"), warm.holding_tree(root, ""):
+        pass
+
+
 def test_the_warm_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(warm.WARM_MAX_BYTES_ENV, "12345")
     assert warm.warm_max_bytes() == 12345

@@ -13,6 +13,7 @@ from workers.artifacts import ArtifactStore
 from workers.build import BuildOutcome, run_build
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
 from workers.spec import BuildLimits, BuildSpec, KernelBuild
+from workers.warm import TreeWarm
 
 MAKEFILE = """\
 O ?= .
@@ -34,6 +35,7 @@ FILES = {
 # As bot/core/plans.py renders a kernel recipe: make with O= and CC="$LABGATE_CC gcc".
 SCRIPT = 'make -s -f "$LABGATE_SRC/Makefile" O="$LABGATE_BUILD" CC="$LABGATE_CC gcc"\n'
 KEY = "0123456789abcdef0123456789abcdef"
+TREE = "tiny/tree"
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.org"}  # fmt: skip
 
@@ -94,7 +96,7 @@ class Project:
                          kernel=KernelBuild(arch="x86_64", warm_key=key), trusted=trusted)  # fmt: skip
         return run_build(spec, mirror=self.mirror, job_dir=self.work / "work" / f"job-{self.jobs}",
                          uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS), store=self.store,
-                         max_log_bytes=1 << 20, tree_name="tiny/tree", warm_dir=self.work / "warm")  # fmt: skip
+                         max_log_bytes=1 << 20, tree_name=TREE, warm_dir=self.work / "warm")  # fmt: skip
 
     def mirror_head(self) -> str:
         return git(self.repo, "rev-parse", "HEAD")
@@ -128,12 +130,16 @@ class Project:
         return self.work / "warm"
 
     @property
+    def tree(self) -> TreeWarm:
+        return TreeWarm(self.warm, TREE)
+
+    @property
     def source(self) -> Path:
-        return self.warm / "trees" / "tiny_tree" / "src"
+        return self.tree.source
 
     @property
     def build_dir(self) -> Path:
-        return self.warm / "trees" / "tiny_tree" / "builds" / KEY
+        return self.tree.build_dir(KEY)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
