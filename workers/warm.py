@@ -187,8 +187,9 @@ def touch_used(tree: TreeWarm, warm_key: str) -> None:
 
 
 def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
-    """Throw away least recently used build dirs until the warm state holds at most max_bytes (never
-    `keep` of the current tree, nor another tree's dir while a build of that tree runs); the bytes held."""
+    """Throw away least recently used build dirs, then other trees' sources, until the warm state holds at
+    most max_bytes (never `keep` of the current tree, its source, nor anything of a tree while a build of
+    it runs); the bytes held. The shared ccaches count but are not evicted here."""
     held = sum(int(_read_json(path).get("bytes", 0)) for path in (root / "trees").glob("*/src.json"))
     held += sum(disk_usage(path) for path in (root / "ccache").glob("*") if path.is_dir())
     builds = []
@@ -208,6 +209,19 @@ def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
         with _flock(root / "locks" / f"tree-{tree_dir.name}.lock", blocking=False) as locked:
             if locked:
                 held -= _drop_build(state_file)
+    # Still over: other trees' sources, the least recently written out first (a tree that builds again
+    # exports its source anew).
+    sources = sorted((path.stat().st_mtime, path) for path in (root / "trees").glob("*/src.json"))
+    for _mtime, state_file in sources:
+        if held <= max_bytes:
+            break
+        if state_file.parent == current.dir:
+            continue
+        with _flock(root / "locks" / f"tree-{state_file.parent.name}.lock", blocking=False) as locked:
+            if locked:
+                held -= int(_read_json(state_file).get("bytes", 0))
+                state_file.unlink(missing_ok=True)
+                shutil.rmtree(state_file.parent / "src", ignore_errors=True)
     return held
 
 

@@ -101,6 +101,18 @@ def test_least_recently_used_build_dirs_are_evicted_past_the_cap(tmp_path: Path)
         assert warm.take_build_dir(tree, "2" * 16) is None
 
 
+def test_other_trees_sources_go_when_build_dirs_are_not_enough(tmp_path: Path) -> None:
+    project, _ = _tree(tmp_path)
+    root = warm.warm_root(tmp_path / "warm")
+    for name in ("old", "current"):
+        with warm.holding_tree(root, name) as tree:
+            _sync(project, tree, project.mirror_head())
+    with warm.holding_tree(root, "current") as current:
+        held = warm.evict(root, current, "1" * 16, max_bytes=1)
+        assert current.source.is_dir() and not warm.TreeWarm(root, "old").source.exists()
+        assert held > 0  # the current tree's source stays, whatever the cap
+
+
 def test_warnings_are_parsed_with_paths_relative_to_the_tree() -> None:
     text = ("/labgate/src/kernel/printk/printk.c:12:5: warning: unused variable 'x' [-Wunused-variable]\n"
             "In file included from /labgate/src/init/main.c:3:\n"
