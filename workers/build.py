@@ -310,8 +310,12 @@ def _kernel_build_dir(spec: BuildSpec, tree: warm.TreeWarm, disk: JobDisk) -> tu
 
 
 def _settle_warm(spec: BuildSpec, tree: warm.TreeWarm, outcome: SandboxOutcome, root: Path) -> int:
-    """A trusted build that ended on its own leaves a clean dir; then the disk held is brought under its cap."""
+    """A trusted build that ended on its own leaves a clean dir; then the disk held is brought under its cap
+    (the shared ccache first, by a trusted build only: it holds the ccache's lock)."""
     assert spec.kernel is not None
     if spec.trusted and outcome.cap is None and not outcome.stuck:
         warm.mark_clean(tree, spec.kernel.warm_key)
-    return warm.evict(root, tree, spec.kernel.warm_key, warm.warm_max_bytes())
+    max_bytes = warm.warm_max_bytes()
+    if spec.trusted:  # it holds the shared ccache's lock: a quarter of the cap at most
+        warm.prune_ccache(warm.ccache_dir(root, spec.kernel), max_bytes // 4)
+    return warm.evict(root, tree, spec.kernel.warm_key, max_bytes)

@@ -14,7 +14,8 @@ Layout (work/warm, 0700):
 Only trusted builds (a trusted change, a base build) write any of it; an untrusted build reads the
 source (read-only bind), builds in a throwaway copy of the build dir and reads the ccache read-only.
 Builds of one tree on one host take turns (the tree lock); trusted builds of one (arch, toolchain)
-take turns too (they hold its ccache). The disk held is capped: least recently used build dirs go first.
+take turns too (they hold its ccache). The disk held is capped (LABGATE_WARM_MAX_BYTES): a shared ccache
+at a quarter of it, then least recently used build dirs go first, then other trees' sources.
 """
 
 from __future__ import annotations
@@ -222,6 +223,28 @@ def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
                 held -= int(_read_json(state_file).get("bytes", 0))
                 state_file.unlink(missing_ok=True)
                 shutil.rmtree(state_file.parent / "src", ignore_errors=True)
+    return held
+
+
+def prune_ccache(path: Path, max_bytes: int) -> int:
+    """Bring a shared ccache (a `file:` remote storage: ccache never evicts it) down to at most max_bytes,
+    the entries least recently used first (trusted builds refresh an entry's mtime when they read it);
+    the bytes it holds. The caller holds the ccache's lock."""
+    entries = []
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(top, name))
+                entries.append((info.st_mtime, info.st_blocks * 512, os.path.join(top, name)))
+    held = sum(size for _mtime, size, _name in entries)
+    for _mtime, size, name in sorted(entries):
+        if held <= max_bytes:
+            break
+        if name.endswith("CACHEDIR.TAG"):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+            held -= size
     return held
 
 

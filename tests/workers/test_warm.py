@@ -128,6 +128,18 @@ def test_warnings_are_parsed_with_paths_relative_to_the_tree() -> None:
     ]  # fmt: skip
 
 
+def test_the_shared_ccache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
+    cache = tmp_path / "ccache"
+    (cache / "ab").mkdir(parents=True)
+    for number in range(4):
+        entry = cache / "ab" / f"entry{number}"
+        entry.write_bytes(b"x" * 8192)
+        os.utime(entry, (number, number))
+    held = warm.prune_ccache(cache, 2 * 8192)
+    assert sorted(path.name for path in (cache / "ab").iterdir()) == ["entry2", "entry3"]
+    assert held <= 2 * 8192
+
+
 def test_tree_names_never_leave_the_warm_root_nor_share_a_dir(tmp_path: Path) -> None:
     root = warm.warm_root(tmp_path / "warm")
     dirs = {warm.TreeWarm(root, name).dir for name in ("..", ".", "a/b", "a_b", "a.b")}
