@@ -115,7 +115,8 @@ class Job(Base):
     task_id: Mapped[str | None] = mapped_column(String(100))  # to revoke it when superseded
     # sha256 of the secret in the job's spec: a result must carry the secret to be recorded.
     result_token_hash: Mapped[str | None] = mapped_column(String(64))
-    reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))  # a re-run kept this result
+    # A re-run kept this result, or a base build took another pipeline's build of its key (base_builds.py).
+    reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     # A build's identity (bot/pipelines/base_builds.py): equal keys build the same tree, commit and recipe,
     # so a base build of one key runs once and every pipeline that needs it shares it.
     build_key: Mapped[str | None] = mapped_column(String(64), index=True)
