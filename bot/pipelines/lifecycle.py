@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.core.plans import PlanError, parse_plan
+from bot.core.plans import Plan, PlanError, parse_plan
 from bot.core.progress import (
     JobDraft,
     check_plan_devices,
@@ -410,6 +410,7 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         job.error_message = str(exc)
         return
     tree_has = job.outputs.get("tree_has")
+    maintainers = _maintainers_text(runtime, plan, job)
     drafts = draft_jobs(
         plan,
         head_sha=tested_sha,
@@ -423,10 +424,23 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         # A trusted submitter's plan is the change's own: its build may write warm state.
         trusted=job.spec.get("plan_from", "head") == "head",
         tree_has_checkpatch=isinstance(tree_has, dict) and tree_has.get("checkpatch") is True,
+        maintainers_text=maintainers,
     )
-    pipeline.notes = [*selection_notes(plan, list(job.outputs.get("changed_files", []))),  # type: ignore[call-overload]
+    pipeline.notes = [*selection_notes(plan, list(job.outputs.get("changed_files", [])),  # type: ignore[call-overload]
+                                       maintainers),
                       *(note for draft in drafts for note in draft.notes)]  # fmt: skip
     _create_drafted(runtime, session, pipeline, job, drafts, outbox)
+
+
+def _maintainers_text(runtime: Runtime, plan: Plan, checkout: Job) -> str | None:
+    """The base's MAINTAINERS as the checkout stored it, when a test of the plan selects by area."""
+    digest = checkout.outputs.get("maintainers_digest")
+    if not any(test.areas for test in plan.tests) or not isinstance(digest, str):
+        return None
+    try:
+        return runtime.artifacts.get_bytes(digest).decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None  # pruned or unreadable: tests with areas then run, and the selection note says why
 
 
 def _create_drafted(runtime: Runtime, session: Session, pipeline: Pipeline, checkout: Job, drafts: list[JobDraft],

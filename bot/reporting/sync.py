@@ -73,8 +73,10 @@ def _plan(runtime: Runtime, pipeline_id: int) -> list[_Write]:
         compared = post_merge_comparison(session, pipeline)
         writes = []
         for job in pipeline.jobs:
-            if job.reused_from_id is not None:
-                continue  # its status from the earlier run still says it passed
+            if job.reused_from_id is not None and pipeline.rerun_of_id is not None:
+                continue  # a re-run kept it: its status from the earlier run still says it passed
+            # A base build shared from another pipeline is reported on this head like any job: this head has
+            # no status for it yet (or a "queued" one, posted while it followed the other pipeline's build).
             report = job_report(job, job_view(runtime, job), job_page_url(runtime, job),
                                 earlier_failure=earlier.get((job.kind, job.name), ""), compared=compared)  # fmt: skip
             row = session.scalar(select(ForgeCheck).where(ForgeCheck.job_id == job.id))
