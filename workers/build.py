@@ -1,5 +1,6 @@
 """Sandboxed builds: the tested commit exported onto the job's own disk, the plan's script run
-as the slot's uid under every cap, artifacts collected without following the build's links."""
+as the slot's uid under every cap, artifacts collected without following the build's links.
+Kernel builds (BuildSpec.kernel) run in warm state instead (workers/warm.py, workers/kbuild.py)."""
 
 from __future__ import annotations
 
