@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from bot.host.stores import Runtime
 from bot.pipelines import lifecycle
+from bot.pipelines.retention import claim_blobs
 from bot.store.models import Job, Tree, utcnow
 
 RUNNING = ("queued", "running")
@@ -46,7 +47,8 @@ def start(runtime: Runtime, session: Session, job: Job, outbox: lifecycle.Outbox
                               Job.result == "pass", Job.error_code.is_(None))
             .order_by(Job.finished_at.desc(), Job.id.desc()).limit(1)
         ).first()  # fmt: skip
-        if passed is not None:
+        # A pass whose artifacts the retention policy pruned (or is pruning now) is not taken: built again.
+        if passed is not None and claim_blobs(runtime, passed.outputs, passed.log_digest):
             take_result(job, passed)
             return
         # The leader's row lock: its result cannot be recorded between our look and our following it,

@@ -129,8 +129,15 @@ class KernelLab:
         """The worker that took the job's message reports its result with the message's token."""
         spec = self.message_for(job_id, lab_queue(QEMU) if self.kind_of(job_id) == "test" else BUILD_QUEUE)
         record_result(self.runtime, JobResult(job_id=job_id, delivery=1, result=result, result_token=spec.result_token,  # type: ignore[arg-type]
-                                              outputs=outputs if outputs is not None else build_outputs(),
+                                              outputs=outputs if outputs is not None else self.stored(build_outputs()),
                                               tests=tests, error_code=error_code))  # fmt: skip
+
+    def stored(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The outputs with each artifact's blob in the store, as a worker's upload leaves it (a finished build
+        is shared only while its blobs are there)."""
+        artifacts = {path: {**ref, "digest": self.runtime.artifacts.put_bytes(path.encode())}
+                     for path, ref in outputs.get("artifacts", {}).items()}  # fmt: skip
+        return {**outputs, "artifacts": artifacts}
 
     def kind_of(self, job_id: int) -> str:
         with self.runtime.store.session() as session:

@@ -202,3 +202,16 @@ def test_a_base_build_is_shared_only_by_the_same_recipe_on_the_same_tree(kernel_
     assert second.follows_id is None and base_messages(kernel_lab) == [first.id, second.id]
     third = kernel_lab.jobs(kernel_lab.checked_out(head="f" * 40, tree_name="linux-next"))[BASE_BUILD]
     assert third.follows_id is None and base_messages(kernel_lab) == [first.id, second.id, third.id]
+
+
+def test_a_base_pass_whose_artifacts_were_pruned_is_built_again(kernel_lab: KernelLab) -> None:
+    first = kernel_lab.jobs(kernel_lab.checked_out())
+    kept = kernel_lab.runtime.artifacts.put_bytes(b"a kernel image")
+    outputs = build_outputs() | {"artifacts": {"arch/x86/boot/bzImage": {"digest": kept, "mode": 0o644}}}
+    kernel_lab.report(first[BASE_BUILD].id, outputs=outputs)
+    taken = kernel_lab.jobs(kernel_lab.checked_out(head="e" * 40))[BASE_BUILD]
+    assert (taken.state, taken.reused_from_id) == ("done", first[BASE_BUILD].id)  # its blobs are there
+    kernel_lab.runtime.artifacts.path_of(kept).unlink()  # gone, as a prune leaves it
+    rebuilt = kernel_lab.jobs(kernel_lab.checked_out(head="f" * 40))[BASE_BUILD]
+    assert (rebuilt.state, rebuilt.reused_from_id) == ("queued", None)
+    assert base_messages(kernel_lab) == [first[BASE_BUILD].id, rebuilt.id]
