@@ -230,7 +230,7 @@ def test_a_worker_killed_mid_boot_leaves_a_lock_the_start_up_sweep_releases_and_
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-    marker = f"/boards/{board['name']}/boot"
+    marker = str(standin.directory / "boards" / str(board["name"]) / "boot")  # this lab's board, not another test's
     assert _qemu_processes(marker), "the board's QEMU belongs to the PDU and outlives the worker"
     owner = f"{socket.gethostname()}/lab-worker"
     observer = Coordinator(standin.coordinator, Identity("test", "observer"))

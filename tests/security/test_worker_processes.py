@@ -1,5 +1,6 @@
 """What a patch cannot reach, checked directly during a `labgate try`: every job worker's and QEMU's
-/proc/<pid>/status and environ (uid, capabilities, environment)."""
+/proc/<pid>/status and environ (uid, capabilities, environment). The QEMUs are the lab's own (their command
+line names its data directory), so other tests' QEMUs may run beside it (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def test_job_workers_hold_no_secret_and_qemu_runs_unprivileged_and_sandboxed(att
                    check=True)  # fmt: skip
     seen_qemu: dict[int, tuple[dict[str, str], str]] = {}
     stop = threading.Event()
+    ours = str(attack_lab.data_dir)  # its kernel, initramfs and job directory are under it
 
     def watch() -> None:
         while not stop.is_set():
@@ -51,7 +53,7 @@ def test_job_workers_hold_no_secret_and_qemu_runs_unprivileged_and_sandboxed(att
                 if entry.isdigit() and b"qemu-system" in _read(int(entry), "cmdline")[:200]:
                     pid = int(entry)
                     cmdline = _read(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace")
-                    if cmdline.startswith("/usr/bin/qemu-system") and pid not in seen_qemu:
+                    if cmdline.startswith("/usr/bin/qemu-system") and ours in cmdline and pid not in seen_qemu:
                         seen_qemu[pid] = (_status(pid), cmdline)
             time.sleep(0.1)
 
