@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bot.core.plans import parse_plan, render_build_script  # noqa: E402
 from workers.artifacts import ArtifactStore  # noqa: E402
 from workers.build import BuildOutcome, run_build  # noqa: E402
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange  # noqa: E402
@@ -39,16 +40,9 @@ TARGETS = {"warm_over_cold": 0.05}
 PRINTK = "kernel/printk/printk.c"
 COMMENT_LINE = " *  Copyright (C) 1991, 1992  Linus Torvalds\n"
 WARM_KEY = "5ebc0de5ebc0de5ebc0de5ebc0de5ebc"
-# As bot/core/plans.py renders the example plan's recipe, with CC on every make (one CC for all steps:
-# a CC that changes between the config steps and the build makes Kbuild run syncconfig again).
-_MAKE = 'make -s O="$LABGATE_BUILD" ARCH=x86_64 CC="$LABGATE_CC gcc"'
-SCRIPT = "\n".join([
-    f"{_MAKE} tinyconfig",
-    '(cd "$LABGATE_BUILD" && "$LABGATE_SRC"/scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" '
-    '"$LABGATE_BUILD/.config" "$LABGATE_SRC"/.labgate/boot.config)',
-    f"{_MAKE} olddefconfig",
-    f'{_MAKE} -j"$(nproc)" bzImage',
-]) + "\n"  # fmt: skip
+# The example plan's tinyconfig recipe, as the control side renders it (CC on every make, the config steps
+# skipped when the worker keeps the warm .config).
+SCRIPT = render_build_script(parse_plan((REPO / "examples" / "linux" / "plan.yaml").read_text()).builds[0])
 
 
 def git(mirror: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:

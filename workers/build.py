@@ -19,7 +19,7 @@ from workers.artifacts import ArtifactStore
 from workers.cgroups import JobCgroup, create_job_cgroup
 from workers.checkout import locked
 from workers.collect import ArtifactCaps, collect_artifacts
-from workers.errors import UserError
+from workers.errors import InfraError, UserError
 from workers.jobdisk import (
     FILE_SIZE_SLACK_BYTES,
     JobDisk,
@@ -30,7 +30,7 @@ from workers.jobdisk import (
 )
 from workers.sandbox import Bind, SandboxLimits, SandboxMounts, SandboxOutcome, run_sandboxed, write_synthetic_etc
 from workers.slots import UidRange, hold_slot
-from workers.source import export_tree, give_to
+from workers.source import changed_between, export_tree, give_to
 from workers.spec import ArtifactRef, BuildSpec
 
 # gcc/clang diagnostics: "path:line:col: warning: text" (also error).
@@ -227,6 +227,7 @@ def run_kernel_build(
             with locked(mirror):
                 source = warm.prepare_source(tree, mirror, spec.head_sha, job_dir / "index")
             build_dir, mode, build_disk = _kernel_build_dir(spec, tree, disk)
+            kconfig_kept = mode != "cold" and _config_still_holds(mirror, tree, spec)
             local_cache = disk.root / "ccache"
             local_cache.mkdir()
             wrapper = job_dir / "bin" / "cc"
@@ -249,7 +250,8 @@ def run_kernel_build(
             outcome = run_sandboxed(
                 ["sh", "-ec", spec.script], cwd=Path(kbuild.SRC),
                 mounts=SandboxMounts(writable=(), etc_dir=etc, tmp_dir=tmp, placed=binds),
-                env=kbuild.kernel_env(kernel, trusted=spec.trusted),
+                env={**kbuild.kernel_env(kernel, trusted=spec.trusted),
+                     **({"LABGATE_KCONFIG_KEPT": "1"} if kconfig_kept else {})},
                 limits=limits, log_path=log_path, slot=slot, cgroup=cgroup, disk=build_disk,
             )  # fmt: skip
             collecting = time.monotonic()
@@ -263,7 +265,7 @@ def run_kernel_build(
             digest = kbuild.binary_digest(build_dir, artifacts) if result == "pass" else None
             give_to(0 if slot.uid is not None else None, *handed)
             handed = ()
-            held_bytes = _settle_warm(spec, tree, outcome, root)
+            held_bytes = _settle_warm(spec, tree, outcome, root, configured=result == "pass")
             built = BuildOutcome(
                 result=result, error_code=None, message=message, log_digest=store.put_file(log_path),
                 command_s=outcome.duration_s, artifacts=artifacts,
@@ -272,6 +274,7 @@ def run_kernel_build(
                 kernel={"warnings": ledger.warnings, "warnings_complete": ledger.complete,
                         "recompiled": ledger.recompiled, "binary_digest": digest,
                         "warm": {"mode": mode, "source": source.how, "source_changed": source.changed,
+                                 "kconfig_kept": kconfig_kept,
                                  "prepare_s": round(prepare_s, 3), "make_s": round(outcome.duration_s, 3),
                                  "collect_s": round(time.monotonic() - collecting, 3),
                                  "held_bytes": held_bytes, "max_bytes": warm.warm_max_bytes()}},
@@ -310,12 +313,30 @@ def _kernel_build_dir(spec: BuildSpec, tree: warm.TreeWarm, disk: JobDisk) -> tu
     return copy, "copy", disk
 
 
-def _settle_warm(spec: BuildSpec, tree: warm.TreeWarm, outcome: SandboxOutcome, root: Path) -> int:
-    """A trusted build that ended on its own leaves a clean dir; then the disk held is brought under its cap
-    (the shared ccache first, by a trusted build only: it holds the ccache's lock)."""
+def _config_still_holds(mirror: Path, tree: warm.TreeWarm, spec: BuildSpec) -> bool:
+    """Whether the warm build dir's .config is what the recipe's config steps would write for this commit:
+    it was made from a commit whose config inputs (kbuild.makes_config) are this one's. The build's script
+    then skips them (LABGATE_KCONFIG_KEPT). The inputs are compared in the mirror, never read from the dir."""
+    assert spec.kernel is not None
+    made_at = warm.configured_at(tree, spec.kernel.warm_key)
+    if made_at is None:
+        return False
+    try:
+        with locked(mirror):
+            changes = changed_between(mirror, made_at, spec.head_sha)
+    except (InfraError, UserError):
+        return False  # the commit left the mirror, or a path cannot be named: make the config again
+    return not any(kbuild.makes_config(change.path) for change in changes)
+
+
+def _settle_warm(spec: BuildSpec, tree: warm.TreeWarm, outcome: SandboxOutcome, root: Path, *,
+                 configured: bool) -> int:  # fmt: skip
+    """A trusted build that ended on its own leaves a clean dir (its .config known good when it passed);
+    then the disk held is brought under its cap (the shared ccache first, by a trusted build only: it
+    holds the ccache's lock)."""
     assert spec.kernel is not None
     if spec.trusted and outcome.cap is None and not outcome.stuck:
-        warm.mark_clean(tree, spec.kernel.warm_key)
+        warm.mark_clean(tree, spec.kernel.warm_key, spec.head_sha if configured else None)
     max_bytes = warm.warm_max_bytes()
     if spec.trusted:  # it holds the shared ccache's lock: a quarter of the cap at most
         warm.prune_ccache(warm.ccache_dir(root, spec.kernel), max_bytes // 4)

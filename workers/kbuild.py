@@ -45,6 +45,15 @@ _WARNING = re.compile(
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+def makes_config(path: str) -> bool:
+    """Whether a changed file can change what the config steps write (Kconfig files and what they include,
+    defconfigs and fragments, the config tools, the compiler probes Kconfig runs, the plan's own files)."""
+    name = path.rsplit("/", 1)[-1]
+    return (name.startswith("Kconfig") or name.endswith("config") or path == "Makefile"
+            or path.startswith(("scripts/kconfig/", ".labgate/"))
+            or (path.startswith("scripts/") and path.count("/") == 1))  # fmt: skip
+
+
 def kernel_env(kernel: KernelBuild, *, trusted: bool) -> dict[str, str]:
     """The sandbox environment of a kernel build. Trusted builds read and write the shared ccache
     (remote-only: nothing of it stays in the job's own dir); untrusted ones read it read-only and

@@ -172,11 +172,19 @@ def mark_dirty(tree: TreeWarm, warm_key: str) -> Path:
     return path
 
 
-def mark_clean(tree: TreeWarm, warm_key: str) -> None:
-    """After a build that ended on its own (whatever its exit code): the dir may be reused."""
+def mark_clean(tree: TreeWarm, warm_key: str, configured_at: str | None = None) -> None:
+    """After a build that ended on its own (whatever its exit code): the dir may be reused. `configured_at`:
+    the commit whose files made the dir's .config (a build that passed), None when its config is in doubt."""
     path = tree.build_dir(warm_key)
-    _write_json(path.with_name(f"{warm_key}.json"), {"bytes": disk_usage(path), "used": time.time()})
+    state: dict[str, object] = {"bytes": disk_usage(path), "used": time.time(), "configured_at": configured_at}
+    _write_json(path.with_name(f"{warm_key}.json"), state)
     path.with_name(f"{warm_key}.dirty").unlink(missing_ok=True)
+
+
+def configured_at(tree: TreeWarm, warm_key: str) -> str | None:
+    """The commit the warm build dir's .config was made from (mark_clean), if known."""
+    value = _read_json(tree.build_dir(warm_key).with_name(f"{warm_key}.json")).get("configured_at")
+    return value if isinstance(value, str) else None
 
 
 def touch_used(tree: TreeWarm, warm_key: str) -> None:

@@ -135,3 +135,30 @@ def test_an_untrusted_build_gets_hits_from_the_shared_ccache_it_cannot_write(tmp
     assert "remote_storage_hit\t3" in log, log
     assert snapshot(project.warm / "ccache" / "x86_64-gcc") == shared
     assert not project.tree.build_dir("fedcba9876543210fedcba9876543210").exists()
+
+
+@root_only
+def test_the_config_steps_run_again_only_when_what_makes_the_config_changed(tmp_path: Path) -> None:
+    project = Project.make(tmp_path)
+    # As bot/core/plans.py renders a recipe: the config steps are skipped when the worker keeps the .config.
+    script = ('if [ "${LABGATE_KCONFIG_KEPT:-}" != 1 ] || [ ! -s "$LABGATE_BUILD/.config" ]; then\n'
+              '  echo "configured from $(cat "$LABGATE_SRC/Kconfig" 2>/dev/null)" > "$LABGATE_BUILD/.config"\nfi\n'
+              + project.script)  # fmt: skip
+
+    def built(sha: str, *, trusted: bool = True) -> dict[str, object]:
+        outcome = project.build(sha, trusted=trusted, script=script)
+        assert outcome.result == "pass" and outcome.kernel is not None, project.log(outcome)
+        return dict(outcome.kernel["warm"])
+
+    assert built(project.mirror_head())["kconfig_kept"] is False  # cold: nothing to keep
+    code_only = project.commit({"util.c": FILES["util.c"].replace("x + 1", "x + 2")}, "code")
+    assert built(code_only)["kconfig_kept"] is True
+    assert built(code_only, trusted=False)["kconfig_kept"] is True  # the copy's .config is the warm one's
+    kconfig = project.commit({"Kconfig": "config NEW\n"}, "a new symbol")
+    assert built(kconfig, trusted=False)["kconfig_kept"] is False
+    assert "config NEW" not in (project.build_dir / ".config").read_text()  # the untrusted build changed no state
+    assert built(kconfig)["kconfig_kept"] is False
+    assert (project.build_dir / ".config").read_text() == "configured from config NEW\n"
+    failing = project.commit({"util.c": "syntax error\n"}, "broken")
+    assert project.build(failing, trusted=True, script=script).result == "fail"
+    assert built(kconfig)["kconfig_kept"] is False  # after a failed build its config is in doubt

@@ -33,27 +33,31 @@ X86 = 'make -s O="$LABGATE_BUILD" ARCH=x86_64 CC="$LABGATE_CC gcc"'
 ARM64 = 'make -s O="$LABGATE_BUILD" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CC="$LABGATE_CC aarch64-linux-gnu-gcc"'
 CLANG = 'make -s O="$LABGATE_BUILD" ARCH=arm64 LLVM=1 CC="$LABGATE_CC clang"'
 TAR = "--sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner"
+KEPT = 'if [ "${LABGATE_KCONFIG_KEPT:-}" != 1 ] || [ ! -s "$LABGATE_BUILD/.config" ]; then\n'
+
+
+def config_steps(*lines: str) -> str:
+    """The config steps, run unless the build worker keeps its warm .config (LABGATE_KCONFIG_KEPT)."""
+    return KEPT + "".join(f"  {line}\n" for line in lines) + "fi\n"
 
 
 def test_x86_64_gcc_image_with_fragments() -> None:
     build = build_of("{config: tinyconfig, fragments: [.labgate/boot.config]}")
-    assert render_build_script(build) == (
-        f"{X86} tinyconfig\n"
+    assert render_build_script(build) == config_steps(
+        f"{X86} tinyconfig",
         '(cd "$LABGATE_BUILD" && "$LABGATE_SRC"/scripts/kconfig/merge_config.sh -m -O "$LABGATE_BUILD" '
-        '"$LABGATE_BUILD/.config" "$LABGATE_SRC"/.labgate/boot.config)\n'
-        f"{X86} olddefconfig\n"
+        '"$LABGATE_BUILD/.config" "$LABGATE_SRC"/.labgate/boot.config)',
+        f"{X86} olddefconfig",
         'for fragment in "$LABGATE_SRC"/.labgate/boot.config; do grep -E \'^CONFIG_[A-Za-z0-9_]+=\' "$fragment" | '
         'while read -r line; do grep -qxF "$line" "$LABGATE_BUILD/.config" || '
-        '{ echo "labgate: $fragment: $line did not survive olddefconfig" >&2; exit 1; }; done; done\n'
-        f'{X86} -j"$(nproc)" bzImage\n'
-    )
+        '{ echo "labgate: $fragment: $line did not survive olddefconfig" >&2; exit 1; }; done; done',
+    ) + f'{X86} -j"$(nproc)" bzImage\n'
     assert build_artifacts(build) == (".config", "System.map", "arch/x86/boot/bzImage")
 
 
 def test_arm64_cross_gcc_with_modules_and_dtbs() -> None:
     build = build_of("{arch: arm64, config: defconfig, targets: [dtbs, modules, image]}")
-    assert render_build_script(build) == (
-        f"{ARM64} defconfig\n"
+    assert render_build_script(build) == config_steps(f"{ARM64} defconfig") + (
         f'{ARM64} -j"$(nproc)" Image modules dtbs\n'
         f"release=$({ARM64} kernelrelease)\n"
         'rm -rf "$LABGATE_BUILD/.labgate-modules"\n'
@@ -72,11 +76,9 @@ def test_arm64_cross_gcc_with_modules_and_dtbs() -> None:
 
 def test_clang_uses_llvm_and_needs_no_cross_prefix_and_a_config_file_is_copied() -> None:
     build = build_of("{arch: arm64, config_file: .labgate/arm64.config, toolchain: clang, target: Image.gz}")
-    assert render_build_script(build) == (
-        'cp "$LABGATE_SRC"/.labgate/arm64.config "$LABGATE_BUILD/.config"\n'
-        f"{CLANG} olddefconfig\n"
-        f'{CLANG} -j"$(nproc)" Image.gz\n'
-    )
+    assert render_build_script(build) == config_steps(
+        'cp "$LABGATE_SRC"/.labgate/arm64.config "$LABGATE_BUILD/.config"', f"{CLANG} olddefconfig"
+    ) + f'{CLANG} -j"$(nproc)" Image.gz\n'
     assert build_artifacts(build) == (".config", "System.map", "arch/arm64/boot/Image.gz")
 
 
@@ -91,7 +93,8 @@ def test_each_arch_has_its_compiler_and_image(arch: str, make: str, image: str) 
     toolchain = "clang" if "LLVM" in make else "gcc"
     build = build_of(f"{{arch: {arch}, toolchain: {toolchain}}}")
     prefix = f'make -s O="$LABGATE_BUILD" {make}'
-    assert render_build_script(build) == f'{prefix} defconfig\n{prefix} -j"$(nproc)" {image.rsplit("/", 1)[1]}\n'
+    expected = config_steps(f"{prefix} defconfig") + f'{prefix} -j"$(nproc)" {image.rsplit("/", 1)[1]}\n'
+    assert render_build_script(build) == expected
     assert build_artifacts(build)[2] == image
 
 
