@@ -51,7 +51,7 @@ EXCLUSIVE_PATHS = ("tests/security/test_build_escape.py", "tests/workers/test_sa
 #     their own stand-in lab (coordinator, PDU, boards); QEMUs found by their image marker, their job
 #     directory or as descendants of their own PDU or worker.
 #   test_injected_boots.py: each boot's QEMU is found by its tmp_path (processes_mentioning).
-# Kernel builds stay exclusive (make -j takes both cores): test_linux_slow.py, test_build_kernel_slow.py,
+# Kernel builds stay exclusive (make -j takes both cores): test_linux_slow.py,
 # test_static_linux_slow.py (it may make a tree from the tarball) and test_console.py's live LKDTM test.
 SHARED_SLOW_PATHS = ("tests/actions/test_actions_end_to_end.py",
                      "tests/bot/core/test_maintainers.py::test_the_same_addresses_as_get_maintainer",

@@ -23,3 +23,14 @@ def prepare_linux_tree(dest: Path) -> Path:
                               text=True, env={**os.environ, "LABGATE_PREPARE_GC": "0"})  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
     return dest
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_linux_tree(factory: pytest.TempPathFactory) -> Path:
+    """One prepared tree per test process, for every slow test that only reads it (clones it, or hands it to
+    `labgate try` as the repository): CI makes it once, not once per test module."""
+    if "tree" not in _SHARED:
+        _SHARED["tree"] = prepare_linux_tree(factory.mktemp("linux-tree") / "linux")
+    return _SHARED["tree"]

@@ -27,9 +27,13 @@ from bot.host.config import Config
 from bot.host.stores import open_runtime
 from bot.store.models import Job, Pipeline, TestResult
 from tests.conftest import EXAMPLES, REPO_ROOT
-from tests.linux_tree import prepare_linux_tree
+from tests.linux_tree import shared_linux_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.needs("root", "the build worker hands warm state to slot uids")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.needs("root", "the build worker hands warm state to slot uids"),
+    pytest.mark.timeout(3600),
+]  # the module's first test pays for the cold build (3 min idle)
 
 PATCHES = EXAMPLES / "linux" / "patches"
 BUILD = "tinyconfig"
@@ -49,8 +53,8 @@ class Tried:
 class Linux:
     """One prepared tree and one labgate data dir shared by the module's tests, in order."""
 
-    def __init__(self, root: Path) -> None:
-        self.tree = prepare_linux_tree(root / "linux")
+    def __init__(self, tree: Path, root: Path) -> None:
+        self.tree = tree  # read only: labgate try clones it
         self.data = root / "data"
         self.config = root / "labgate.yaml"
         self.config.write_text(f"data_dir: {self.data}\ncaps: {{max_build_s: 1500, max_job_s: 180}}\n")
@@ -100,7 +104,7 @@ def _comparison(tried: Tried) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def linux(tmp_path_factory: pytest.TempPathFactory) -> Linux:
-    linux = Linux(tmp_path_factory.mktemp("linux-e2e"))
+    linux = Linux(shared_linux_tree(tmp_path_factory), tmp_path_factory.mktemp("linux-e2e"))
     linux.once("banner.patch")  # the cold run comes first, whichever test asks first
     return linux
 

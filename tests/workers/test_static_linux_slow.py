@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux_tree import prepare_linux_tree
+from tests.linux_tree import shared_linux_tree
 from tests.workers.static_tree import TEST_UIDS, case_named
 from workers.artifacts import ArtifactStore
 from workers.spec import StaticSpec
@@ -59,7 +59,8 @@ class Mirror:
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     root = tmp_path_factory.mktemp("linux-static")
-    source = SHARED_TREE if (SHARED_TREE / "scripts" / "checkpatch.pl").exists() else prepare_linux_tree(root / "linux")
+    shared = (SHARED_TREE / "scripts" / "checkpatch.pl").exists()
+    source = SHARED_TREE if shared else shared_linux_tree(tmp_path_factory)
     subprocess.run(["git", "clone", "-q", "--bare", "--shared", str(source), str(root / "mirror.git")], check=True)
     yield Mirror(root / "mirror.git")
 
