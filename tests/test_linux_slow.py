@@ -5,8 +5,9 @@ first one left:
 1. banner.patch, cold: the mirror is cloned, the base builds from nothing (tinyconfig, gcc), the change
    builds warm on it (init/version.o recompiled), boots, and its KTAP says the banner is there;
 2. checkpatch on that patch, from the base's scripts, in the static job that answered before the builds;
-3. warning.patch (one unused variable in kernel/printk/printk.c): exactly that one new warning;
-4. the same patch from an untrusted submitter: built on a throwaway copy, the same one new warning;
+3. warning.patch (one unused variable in kernel/printk/printk.c) from an untrusted submitter: built on a
+   throwaway copy of the warm build dir, exactly that one new warning;
+4. the same patch from a trusted submitter: built in the warm dir the copy left untouched, the same warning;
 5. docs.patch: only the static checks run, and the report says why;
 6. comment.patch (a comment reworded in place in printk.c): printk.o is recompiled, the binary equals the
    base's, and the boot is skipped as binary identical.
@@ -131,6 +132,19 @@ def test_checkpatch_checks_the_patch_with_the_bases_script_before_any_build_ends
                if job.kind == "build" and job.finished_at is not None)  # fmt: skip
 
 
+def test_the_same_patch_from_an_untrusted_submitter_builds_on_a_copy_with_the_same_verdict(linux: Linux) -> None:
+    # First, while the warm build dir is at the banner change: the copy recompiles what differs from it.
+    tried = linux.once("warning.patch", "--untrusted")
+    change = tried.jobs[f"build {BUILD}"]
+    assert change.outputs["warm"]["mode"] == "copy", change.outputs["warm"]
+    assert {"kernel/printk/printk.o", "init/version.o"} <= set(change.outputs["recompiled"])
+    trusted = linux.once("warning.patch")
+    assert trusted.jobs[f"build {BUILD}"].outputs["warm"]["mode"] == "warm"
+    # Its copy left the warm dir as it was: the trusted build recompiles the same files again.
+    assert {"kernel/printk/printk.o", "init/version.o"} <= set(trusted.jobs[f"build {BUILD}"].outputs["recompiled"])
+    assert _comparison(tried)["new_warnings"] == _comparison(trusted)["new_warnings"]
+
+
 def test_a_patch_adding_one_warning_yields_exactly_that_new_warning(linux: Linux) -> None:
     tried = linux.once("warning.patch")
     assert tried.jobs[f"build base {BUILD}"].reused_from_id is not None  # the base built once, for all
@@ -141,15 +155,6 @@ def test_a_patch_adding_one_warning_yields_exactly_that_new_warning(linux: Linux
     assert "labgate_unused" in new[0]["text"] and new[0]["on_changed_line"] is True
     assert comparison["change_count"] == comparison["base_count"] + 1  # type: ignore[operator]
     assert "1 new warning" in tried.output
-
-
-def test_the_same_patch_from_an_untrusted_submitter_builds_on_a_copy_with_the_same_verdict(linux: Linux) -> None:
-    trusted = linux.once("warning.patch")
-    tried = linux.once("warning.patch", "--untrusted")
-    change = tried.jobs[f"build {BUILD}"]
-    assert change.outputs["warm"]["mode"] == "copy", change.outputs["warm"]
-    assert "kernel/printk/printk.o" in change.outputs["recompiled"]
-    assert _comparison(tried)["new_warnings"] == _comparison(trusted)["new_warnings"]
 
 
 def test_a_documentation_only_patch_runs_only_the_static_checks(linux: Linux) -> None:
