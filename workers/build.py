@@ -208,16 +208,16 @@ def run_kernel_build(
 ) -> BuildOutcome:  # fmt: skip
     """A kernel build in warm state: the warm source read-only at /labgate/src, the build dir at
     /labgate/build (the warm one for a trusted build, a throwaway copy of it for an untrusted one), the
-    shared ccache of (arch, toolchain) writable for trusted builds only."""
+    tree's shared ccache of (arch, toolchain) writable for trusted builds only."""
     kernel = spec.kernel
     assert kernel is not None
     started = time.monotonic()
     root = warm.warm_root(warm_dir)
     with contextlib.ExitStack() as held:
         tree = held.enter_context(warm.holding_tree(root, tree_name))
-        shared = warm.ccache_dir(root, kernel)
-        if spec.trusted:  # it writes the shared ccache: trusted builds of this (arch, toolchain) take turns
-            held.enter_context(warm.holding_ccache(root, kernel))
+        shared = warm.ccache_dir(tree, kernel)
+        if spec.trusted:  # it writes the shared ccache: this tree's trusted builds of (arch, toolchain) take turns
+            held.enter_context(warm.holding_ccache(tree, kernel))
         slot = held.enter_context(hold_slot("build", uids))
         clock = _Stopwatch()
         disk = open_job_disk(job_dir, spec.limits.disk_bytes)
@@ -339,5 +339,5 @@ def _settle_warm(spec: BuildSpec, tree: warm.TreeWarm, outcome: SandboxOutcome, 
         warm.mark_clean(tree, spec.kernel.warm_key, spec.head_sha if configured else None)
     max_bytes = warm.warm_max_bytes()
     if spec.trusted:  # it holds the shared ccache's lock: a quarter of the cap at most
-        warm.prune_ccache(warm.ccache_dir(root, spec.kernel), max_bytes // 4)
+        warm.prune_ccache(warm.ccache_dir(tree, spec.kernel), max_bytes // 4)
     return warm.evict(root, tree, spec.kernel.warm_key, max_bytes)

@@ -24,7 +24,7 @@ from workers.spec import MAX_LEDGER_WARNINGS, ArtifactRef, KernelBuild
 SRC = "/labgate/src"
 BUILD = "/labgate/build"
 CC = "/labgate/bin/cc"
-CCACHE_SHARED = "/labgate/ccache"  # the shared ccache of (arch, toolchain): a `file:` remote storage
+CCACHE_SHARED = "/labgate/ccache"  # the tree's shared ccache of (arch, toolchain): a `file:` remote storage
 CCACHE_LOCAL = "/labgate/ccache-local"  # this job's own ccache dir, thrown away with its disk
 WRAPPER = Path(__file__).with_name("kbuild-cc.sh")
 DIAG_SUFFIX = ".labgate-diag"

@@ -1,19 +1,21 @@
 """Warm state for kernel builds: a source tree per tree, build dirs per warm key, a ccache per
-(arch, toolchain), kept under the worker's work dir between jobs, root's only.
+(tree, arch, toolchain), kept under the worker's work dir between jobs, root's only.
 
 Layout (work/warm, 0700):
-  locks/tree-<tree>.lock, locks/ccache-<arch>-<toolchain>.lock   fcntl locks, dropped with the process
+  locks/tree-<tree>.lock, locks/ccache-<tree>-<arch>-<toolchain>.lock   fcntl locks, dropped with the process
                               (<tree>: the tree's name made a file name, with a digest of the name)
   trees/<tree>/src            the warm source: written by root from the mirror's blobs, bound read-only
   trees/<tree>/src.json       {"commit", "bytes"}; missing while the source is being changed
   trees/<tree>/builds/<key>   a warm build dir; <key>.json {"bytes", "used"}; <key>.dirty while a build
                               runs in it (a build that did not end on its own leaves it, and the next
                               user throws the dir away: make would trust truncated objects' fresh mtimes)
-  ccache/<arch>-<toolchain>   the shared ccache (a ccache `file:` remote storage)
+  ccache/<tree>-<arch>-<toolchain>   the shared ccache (a ccache `file:` remote storage), one per tree:
+                              a tree's trusted builds run code trusted by that tree only, and a private
+                              tree's objects and compiler output are nothing another tree's build may read
 
 Only trusted builds (a trusted change, a base build) write any of it; an untrusted build reads the
 source (read-only bind), builds in a throwaway copy of the build dir and reads the ccache read-only.
-Builds of one tree on one host take turns (the tree lock); trusted builds of one (arch, toolchain)
+Builds of one tree on one host take turns (the tree lock); trusted builds of one (tree, arch, toolchain)
 take turns too (they hold its ccache). The disk held is capped (LABGATE_WARM_MAX_BYTES): a shared ccache
 at a quarter of it, then least recently used build dirs go first, then other trees' sources.
 """
@@ -109,18 +111,25 @@ def holding_tree(root: Path, tree_name: str) -> Iterator[TreeWarm]:
         yield tree
 
 
-def ccache_dir(root: Path, kernel: KernelBuild) -> Path:
-    path = root / "ccache" / f"{kernel.arch}-{kernel.toolchain}"  # both a [a-z0-9_]+ word
+def _ccache_name(tree: TreeWarm, kernel: KernelBuild) -> str:
+    # Never shared between trees: a trusted build of one tree (whose trust is that tree's) could plant
+    # objects another tree's builds would link, and any build could read a private tree's objects.
+    return f"{_safe(tree.name)}-{kernel.arch}-{kernel.toolchain}"  # arch, toolchain: [a-z0-9_]+ words
+
+
+def ccache_dir(tree: TreeWarm, kernel: KernelBuild) -> Path:
+    """The shared ccache of the tree's builds of (arch, toolchain)."""
+    path = tree.root / "ccache" / _ccache_name(tree, kernel)
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o755)
     return path
 
 
 @contextlib.contextmanager
-def holding_ccache(root: Path, kernel: KernelBuild) -> Iterator[Path]:
+def holding_ccache(tree: TreeWarm, kernel: KernelBuild) -> Iterator[Path]:
     """The shared ccache, for a trusted build to write (handed to its uid for the build)."""
-    with _flock(root / "locks" / f"ccache-{kernel.arch}-{kernel.toolchain}.lock"):
-        yield ccache_dir(root, kernel)
+    with _flock(tree.root / "locks" / f"ccache-{_ccache_name(tree, kernel)}.lock"):
+        yield ccache_dir(tree, kernel)
 
 
 @dataclass(frozen=True)

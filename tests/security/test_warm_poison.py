@@ -62,7 +62,7 @@ def test_an_untrusted_build_cannot_poison_the_next_trusted_build(tmp_path: Path)
     marker = tmp_path / "planted-command-ran"
     project = Project.make(tmp_path / "lab")
     assert project.build(project.mirror_head(), trusted=True).result == "pass"
-    shared_ccache = project.warm / "ccache" / "x86_64-gcc"
+    shared_ccache = project.shared_ccache
     ccache_before = snapshot(shared_ccache)
     assert ccache_before, "the trusted base build filled the shared ccache"
     build_before = snapshot(project.build_dir)
@@ -97,3 +97,26 @@ def test_an_untrusted_build_cannot_poison_the_next_trusted_build(tmp_path: Path)
         assert (project.source / name).read_bytes() == git(project.repo, "show", f"{trusted}:{name}").encode() + b"\n"
     assert not marker.exists()
     assert KEY in str(project.build_dir)
+
+
+@root_only
+def test_another_trees_trusted_build_neither_feeds_nor_reads_this_trees_ccache(tmp_path: Path) -> None:
+    """Trust is per tree: a build trusted by another tree (its owner's own code) writes the shared ccache
+    it is given. Were that ccache this tree's too, the objects it stored would be linked into this tree's
+    builds (ccache hits), and this tree's untrusted builds could read what a private tree compiled."""
+    project = Project.make(tmp_path / "lab")
+    sha = project.mirror_head()
+    plant = 'echo "private tree text" > /labgate/ccache/planted\n'
+    other = project.build(sha, trusted=True, script=plant + SCRIPT, tree="someone/else")
+    assert other.result == "pass", project.log(other)
+    stats = SCRIPT + "ccache --print-stats | grep -E '^remote_storage_hit'\n"
+    peek = 'cat /labgate/ccache/planted 2>/dev/null || echo "NOTHING PLANTED HERE"\n'
+    untrusted = project.build(sha, trusted=False, script=peek + stats)
+    log = project.log(untrusted)
+    assert untrusted.result == "pass", log
+    assert "private tree text" not in log and "NOTHING PLANTED HERE" in log, log
+    assert "remote_storage_hit\t3" not in log, "objects another tree's build stored were used"
+    trusted = project.build(sha, trusted=True, script=stats)
+    log = project.log(trusted)
+    assert trusted.result == "pass", log
+    assert "remote_storage_hit\t3" not in log, "objects another tree's build stored were used"

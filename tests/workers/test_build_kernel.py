@@ -125,7 +125,7 @@ def test_an_untrusted_build_gets_hits_from_the_shared_ccache_it_cannot_write(tmp
     project = Project.make(tmp_path)
     sha = project.mirror_head()
     assert project.build(sha, trusted=True).result == "pass"
-    shared = snapshot(project.warm / "ccache" / "x86_64-gcc")
+    shared = snapshot(project.shared_ccache)
     stats = project.script + "ccache --print-stats | grep -E '^(remote_storage_hit|cache_miss)'\n"
     # Another warm key: no warm build dir to copy, so every unit is compiled, each from the shared cache.
     outcome = project.build(sha, trusted=False, script=stats, key="fedcba9876543210fedcba9876543210")
@@ -133,7 +133,7 @@ def test_an_untrusted_build_gets_hits_from_the_shared_ccache_it_cannot_write(tmp
     assert outcome.result == "pass", log
     assert outcome.kernel is not None and outcome.kernel["warm"]["mode"] == "cold"
     assert "remote_storage_hit\t3" in log, log
-    assert snapshot(project.warm / "ccache" / "x86_64-gcc") == shared
+    assert snapshot(project.shared_ccache) == shared
     assert not project.tree.build_dir("fedcba9876543210fedcba9876543210").exists()
 
 

@@ -13,7 +13,7 @@ from workers.artifacts import ArtifactStore
 from workers.build import BuildOutcome, run_build
 from workers.slots import BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS, UidRange
 from workers.spec import BuildLimits, BuildSpec, KernelBuild
-from workers.warm import TreeWarm
+from workers.warm import TreeWarm, ccache_dir
 
 MAKEFILE = """\
 O ?= .
@@ -88,15 +88,15 @@ class Project:
             git(self.repo, "push", "-q", "-f", str(self.mirror), "main")
         return git(self.repo, "rev-parse", "HEAD")
 
-    def build(self, sha: str, *, trusted: bool, script: str = SCRIPT, key: str = KEY,
-              timeout_s: int = 60, artifacts: tuple[str, ...] = ("prog",)) -> BuildOutcome:  # fmt: skip
+    def build(self, sha: str, *, trusted: bool, script: str = SCRIPT, key: str = KEY, timeout_s: int = 60,
+              artifacts: tuple[str, ...] = ("prog",), tree: str = TREE) -> BuildOutcome:  # fmt: skip
         self.jobs += 1
         spec = BuildSpec(name="tiny", head_sha=sha, script=script, artifacts=artifacts, timeout_s=timeout_s,
                          limits=BuildLimits(disk_bytes=256 << 20, memory_bytes=1 << 30),
                          kernel=KernelBuild(arch="x86_64", warm_key=key), trusted=trusted)  # fmt: skip
         return run_build(spec, mirror=self.mirror, job_dir=self.work / "work" / f"job-{self.jobs}",
                          uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS), store=self.store,
-                         max_log_bytes=1 << 20, tree_name=TREE, warm_dir=self.work / "warm")  # fmt: skip
+                         max_log_bytes=1 << 20, tree_name=tree, warm_dir=self.work / "warm")  # fmt: skip
 
     def mirror_head(self) -> str:
         return git(self.repo, "rev-parse", "HEAD")
@@ -132,6 +132,11 @@ class Project:
     @property
     def tree(self) -> TreeWarm:
         return TreeWarm(self.warm, TREE)
+
+    @property
+    def shared_ccache(self) -> Path:
+        """The tree's shared ccache of the builds' (arch, toolchain)."""
+        return ccache_dir(self.tree, KernelBuild(arch="x86_64", warm_key=KEY))
 
     @property
     def source(self) -> Path:
