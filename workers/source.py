@@ -93,6 +93,30 @@ def changed_between(mirror: Path, old: str, new: str) -> list[TreeChange]:
     return changes
 
 
+def check_tree(mirror: Path, sha: str) -> None:
+    """Refuse a commit whose files cannot be a directory's: a name listed twice, or a file where another
+    path needs a directory. Git stores such trees (a hostile pusher's git need not refuse them), its
+    checkout writes one of the entries and its diff pairs another, so the warm source would stop being
+    exactly its commit's files, and the next commit's sync (the next build's, maybe a trusted one)
+    would delete or keep the wrong file."""
+    argv = [*_git(mirror), "ls-tree", "-r", "-z", "--full-tree", "--name-only", sha]
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise InfraError(f"git ls-tree {sha[:12]} in the mirror failed: {done.stderr.decode()[-600:]}")
+    names = [os.fsdecode(raw) for raw in done.stdout.split(b"\0") if raw]
+    files: set[str] = set()
+    for name in names:
+        if name in files:
+            raise UserError(f"the tested tree {sha[:12]} lists {name!r} twice")
+        files.add(name)
+    for name in names:
+        parent = name.rpartition("/")[0]
+        while parent:
+            if parent in files:
+                raise UserError(f"the tested tree {sha[:12]} holds {parent!r} as both a file and a directory")
+            parent = parent.rpartition("/")[0]
+
+
 def tree_path_reason(path: str) -> str | None:
     """Why a path of a commit cannot be written below the warm tree; None if it can."""
     reason = unsafe_path_reason(path)

@@ -37,7 +37,7 @@ from typing import Any
 
 from workers.errors import ConfigError, InfraError
 from workers.jobdisk import disk_usage
-from workers.source import apply_changes, changed_between, export_tree
+from workers.source import apply_changes, changed_between, check_tree, export_tree
 from workers.spec import KernelBuild
 
 WARM_MAX_BYTES_ENV = "LABGATE_WARM_MAX_BYTES"
@@ -144,6 +144,7 @@ def prepare_source(tree: TreeWarm, mirror: Path, sha: str, index_file: Path) -> 
     state = _read_json(state_file)
     if state.get("commit") == sha and tree.source.is_dir():
         return SourceUpdate("kept", 0)
+    check_tree(mirror, sha)  # the sync below trusts the source to be exactly its last commit's files
     # Missing while the tree is changed: a worker that dies half-way leaves a source the next build
     # writes out whole, never one it would take for a commit it is not.
     state_file.unlink(missing_ok=True)

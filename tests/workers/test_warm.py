@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers.warm_project import Project, snapshot
+from tests.workers.warm_project import Project, git, snapshot
 from workers import kbuild, warm
 from workers.errors import InfraError, UserError
 from workers.source import TreeChange, apply_changes, changed_between
@@ -82,6 +82,41 @@ def test_a_commit_with_a_git_directory_is_refused(tmp_path: Path) -> None:
     hostile = project.commit_tree_with(base, ".GIT/config", blob)
     with pytest.raises(UserError, match=r"\.git component"):
         changed_between(project.mirror, base, hostile)
+
+
+def _with_duplicate(project: Project, parent: str, name: str, blob: str) -> str:
+    """A commit whose top tree lists `name` twice (mktree takes it; git's checkout and diff each pick
+    one entry of the two, not the same one), pushed to the mirror as a hostile head would be."""
+    entries = git(project.repo, "ls-tree", parent) + f"\n100644 blob {blob}\t{name}\n"
+    tree = git(project.repo, "mktree", input_bytes=entries.encode())
+    sha = git(project.repo, "commit-tree", tree, "-p", parent, "-m", "hostile")
+    git(project.repo, "push", "-q", "-f", str(project.mirror), f"{sha}:refs/heads/hostile")
+    return sha
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["synced", "exported"])
+def test_a_tree_listing_a_name_twice_never_reaches_the_warm_source(tmp_path: Path, cold: bool) -> None:
+    """The sync trusts that the warm source holds exactly the last commit's files. A hostile tree naming a
+    file twice broke that: git diff paired one entry with the next commit's file and called the other
+    deleted, so the next (trusted) build's source lost keep.c, a file of its own commit."""
+    project, tree = _tree(tmp_path)
+    base = project.mirror_head()
+    if not cold:
+        _sync(project, tree, base)
+    hostile = _with_duplicate(project, base, "keep.c", project.git_blob(b"evil\n"))
+    with pytest.raises(UserError, match="keep.c.*twice"):
+        _sync(project, tree, hostile)
+    assert _sync(project, tree, base).how in ("kept", "exported")
+    assert (tree.source / "keep.c").read_text() == "keep\n"
+
+
+def test_a_tree_with_a_file_where_a_directory_is_is_refused_as_the_changes(tmp_path: Path) -> None:
+    project, tree = _tree(tmp_path)
+    base = project.mirror_head()
+    _sync(project, tree, base)
+    hostile = project.commit_tree_with(base, "keep.c/inner.c", project.git_blob(b"x\n"))
+    with pytest.raises(UserError, match="keep.c.*both a file and a directory"):
+        _sync(project, tree, hostile)
 
 
 def test_least_recently_used_build_dirs_are_evicted_past_the_cap(tmp_path: Path) -> None:
