@@ -289,7 +289,9 @@ class Tree(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     url: RepositoryUrl
-    branches: list[str] = ["main"]
+    # Never empty: a base-commit: trailer must be on one of them (with none, any commit the mirror holds,
+    # a fork's pull request head too, would be built as the trusted base).
+    branches: list[str] = Field(["main"], min_length=1)
     private: bool = Field(False, description="clone with a short-lived read credential minted per checkout "
                                              "(GitHub: an installation token, contents: read, this repository only); "
                                              "its pages open only with a signed link or an operator token")

@@ -115,3 +115,11 @@ def test_a_board_class_needs_its_places_and_a_qemu_class_has_none() -> None:
     with pytest.raises(ConfigError, match="needs a `labgrid:` section"):
         parse_config("device_classes: [{name: q, tags: {}, labgrid: {coordinator: 'h:1', place_tags: {a: b}, "
                      "environment: e.yaml}}]")
+
+
+def test_a_tree_has_at_least_one_branch() -> None:
+    """A series' base-commit: trailer is checked against the tree's branches; with none to check, any
+    commit of the mirror (a fork's pull request head, refs/pull/*) would be built as a trusted base."""
+    text = "trees:\n  - {name: t, url: 'https://example.org/t.git', branches: []}\n"
+    with pytest.raises(ConfigError, match=r"trees\.0\.branches: List should have at least 1 item"):
+        parse_config(text, "site.yaml")
