@@ -9,15 +9,16 @@ Layout (work/warm, 0700):
   trees/<tree>/builds/<key>   a warm build dir; <key>.json {"bytes", "used"}; <key>.dirty while a build
                               runs in it (a build that did not end on its own leaves it, and the next
                               user throws the dir away: make would trust truncated objects' fresh mtimes)
-  ccache/<tree>-<arch>-<toolchain>   the shared ccache (a ccache `file:` remote storage), one per tree:
-                              a tree's trusted builds run code trusted by that tree only, and a private
+  ccache/<tree>/<arch>-<toolchain>   the tree's shared ccache (a ccache `file:` remote storage): a
+                              tree's trusted builds run code trusted by that tree only, and a private
                               tree's objects and compiler output are nothing another tree's build may read
 
 Only trusted builds (a trusted change, a base build) write any of it; an untrusted build reads the
 source (read-only bind), builds in a throwaway copy of the build dir and reads the ccache read-only.
 Builds of one tree on one host take turns (the tree lock); trusted builds of one (tree, arch, toolchain)
 take turns too (they hold its ccache). The disk held is capped (LABGATE_WARM_MAX_BYTES): a shared ccache
-at a quarter of it, then least recently used build dirs go first, then other trees' sources.
+at a quarter of it, then least recently used build dirs go first, then other trees' sources, then other
+trees' ccaches.
 """
 
 from __future__ import annotations
@@ -111,16 +112,13 @@ def holding_tree(root: Path, tree_name: str) -> Iterator[TreeWarm]:
         yield tree
 
 
-def _ccache_name(tree: TreeWarm, kernel: KernelBuild) -> str:
-    # Never shared between trees: a trusted build of one tree (whose trust is that tree's) could plant
-    # objects another tree's builds would link, and any build could read a private tree's objects.
-    return f"{_safe(tree.name)}-{kernel.arch}-{kernel.toolchain}"  # arch, toolchain: [a-z0-9_]+ words
-
-
 def ccache_dir(tree: TreeWarm, kernel: KernelBuild) -> Path:
-    """The shared ccache of the tree's builds of (arch, toolchain)."""
-    path = tree.root / "ccache" / _ccache_name(tree, kernel)
+    """The shared ccache of the tree's builds of (arch, toolchain). Never shared between trees: a trusted
+    build of one tree (trusted by that tree) could plant objects another tree's builds would link, and any
+    tree's build could read what a private tree compiled."""
+    path = tree.root / "ccache" / _safe(tree.name) / f"{kernel.arch}-{kernel.toolchain}"  # [a-z0-9_]+ words
     path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o755)
     os.chmod(path, 0o755)
     return path
 
@@ -128,7 +126,7 @@ def ccache_dir(tree: TreeWarm, kernel: KernelBuild) -> Path:
 @contextlib.contextmanager
 def holding_ccache(tree: TreeWarm, kernel: KernelBuild) -> Iterator[Path]:
     """The shared ccache, for a trusted build to write (handed to its uid for the build)."""
-    with _flock(tree.root / "locks" / f"ccache-{_ccache_name(tree, kernel)}.lock"):
+    with _flock(tree.root / "locks" / f"ccache-{_safe(tree.name)}-{kernel.arch}-{kernel.toolchain}.lock"):
         yield ccache_dir(tree, kernel)
 
 
@@ -208,7 +206,7 @@ def touch_used(tree: TreeWarm, warm_key: str) -> None:
 def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
     """Throw away least recently used build dirs, then other trees' sources, until the warm state holds at
     most max_bytes (never `keep` of the current tree, its source, nor anything of a tree while a build of
-    it runs); the bytes held. The shared ccaches count but are not evicted here."""
+    it runs); the bytes held. Other trees' ccaches go last; the current tree's is pruned by its trusted builds."""
     held = sum(int(_read_json(path).get("bytes", 0)) for path in (root / "trees").glob("*/src.json"))
     held += sum(disk_usage(path) for path in (root / "ccache").glob("*") if path.is_dir())
     builds = []
@@ -241,6 +239,18 @@ def evict(root: Path, current: TreeWarm, keep: str, max_bytes: int) -> int:
                 held -= int(_read_json(state_file).get("bytes", 0))
                 state_file.unlink(missing_ok=True)
                 shutil.rmtree(state_file.parent / "src", ignore_errors=True)
+    # Last, other trees' ccaches (only a tree's trusted builds prune its own: a tree that builds no more
+    # would keep its ccache for ever), the oldest first.
+    caches = sorted((path.stat().st_mtime, path) for path in (root / "ccache").glob("*") if path.is_dir())
+    for _mtime, tree_cache in caches:
+        if held <= max_bytes:
+            break
+        if tree_cache.name == current.dir.name:
+            continue
+        with _flock(root / "locks" / f"tree-{tree_cache.name}.lock", blocking=False) as locked:
+            if locked:
+                held -= disk_usage(tree_cache)
+                shutil.rmtree(tree_cache, ignore_errors=True)
     return held
 
 

@@ -13,6 +13,7 @@ from tests.workers.warm_project import Project, git, snapshot
 from workers import kbuild, warm
 from workers.errors import InfraError, UserError
 from workers.source import TreeChange, apply_changes, changed_between
+from workers.spec import KernelBuild
 
 
 def _tree(tmp_path: Path) -> tuple[Project, warm.TreeWarm]:
@@ -146,6 +147,22 @@ def test_other_trees_sources_go_when_build_dirs_are_not_enough(tmp_path: Path) -
         held = warm.evict(root, current, "1" * 16, max_bytes=1)
         assert current.source.is_dir() and not warm.TreeWarm(root, "old").source.exists()
         assert held > 0  # the current tree's source stays, whatever the cap
+
+
+def test_other_trees_ccaches_go_last(tmp_path: Path) -> None:
+    """Each tree has its own ccache (never read or written by another tree's builds), so a tree that builds
+    no more would keep its ccache for ever: past the cap, other trees' ccaches go too."""
+    root = warm.warm_root(tmp_path / "warm")
+    kernel = KernelBuild(arch="x86_64", warm_key="1" * 16)
+    for name in ("old", "current"):
+        with warm.holding_tree(root, name) as tree:
+            (warm.ccache_dir(tree, kernel) / "entry").write_bytes(b"x" * 8192)
+    with warm.holding_tree(root, "current") as current:
+        assert warm.ccache_dir(current, kernel) != warm.ccache_dir(warm.TreeWarm(root, "old"), kernel)
+        held = warm.evict(root, current, "1" * 16, max_bytes=1)
+        assert (warm.ccache_dir(current, kernel) / "entry").exists()
+        assert not (root / "ccache" / warm.TreeWarm(root, "old").dir.name).exists()
+        assert held > 0
 
 
 def test_warnings_are_parsed_with_paths_relative_to_the_tree() -> None:
