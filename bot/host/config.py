@@ -19,6 +19,7 @@ from bot.core.progress import check_plan_devices
 from bot.core.schema import json_schema, render_json_schema
 from bot.core.trust import TrustPolicy
 from bot.oidc.settings import OidcSettings
+from workers.checkout import mirror_path
 from workers.errors import ConfigError
 from workers.slots import DEFAULT_BUILD_UIDS, DEFAULT_QEMU_UIDS, UidRange
 from workers.spec import (
@@ -534,6 +535,19 @@ class Config(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"device class names must be unique: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("trees")
+    @classmethod
+    def _trees_never_share_a_mirror(cls, value: list[Tree]) -> list[Tree]:
+        # A worker keeps one mirror per tree, named by the tree's name made a file name ("a/b" and "a_b"
+        # are one): two trees there would fetch into, prune and build from each other's objects.
+        by_mirror: dict[str, list[str]] = {}
+        for tree in value:
+            by_mirror.setdefault(mirror_path(Path(), tree.name).name, []).append(tree.name)
+        shared = [" and ".join(repr(name) for name in names) for names in by_mirror.values() if len(names) > 1]
+        if shared:
+            raise ValueError(f"tree names that would share one mirror (or one name twice): {'; '.join(shared)}")
         return value
 
     @model_validator(mode="after")

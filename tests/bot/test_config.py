@@ -123,3 +123,11 @@ def test_a_tree_has_at_least_one_branch() -> None:
     text = "trees:\n  - {name: t, url: 'https://example.org/t.git', branches: []}\n"
     with pytest.raises(ConfigError, match=r"trees\.0\.branches: List should have at least 1 item"):
         parse_config(text, "site.yaml")
+
+
+def test_two_trees_never_share_a_mirror() -> None:
+    """A worker names a tree's mirror by the name made a file name: 'org/linux' and 'org_linux' are one."""
+    text = ("trees:\n  - {name: org/linux, url: 'https://example.org/a.git'}\n"
+            "  - {name: org_linux, url: 'https://example.org/b.git', private: true}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"trees: .*share one mirror.*'org/linux' and 'org_linux'"):
+        parse_config(text, "site.yaml")
