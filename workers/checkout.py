@@ -17,6 +17,7 @@ from pathlib import Path
 
 from workers.errors import InfraError, UserError
 from workers.patchapply import apply_patches
+from workers.source import tree_names_reason
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "labgate",
@@ -213,8 +214,9 @@ PATH_MAX_BYTES = 4095
 
 
 def check_tree_names(mirror: Path, sha: str) -> None:
-    """Refuse a tree the build could not be given: a name longer than the filesystem takes,
-    or one that is not UTF-8 (nothing downstream could name it in a report)."""
+    """Refuse a tree the build could not be given: a name longer than the filesystem takes, one that is
+    not UTF-8 (nothing downstream could name it in a report), a name listed twice or a file where a
+    directory is (git's checkout and diff would each take another entry: workers/source.py)."""
     listing = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", sha], cwd=mirror, capture_output=True,
                              env={**os.environ, **GIT_IDENTITY}, check=False)  # fmt: skip
     if listing.returncode != 0:
@@ -229,6 +231,9 @@ def check_tree_names(mirror: Path, sha: str) -> None:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UserError(f"the tree holds a file name that is not UTF-8: {shown}") from exc
+    reason = tree_names_reason([raw.decode() for raw in listing.stdout.split(b"\0") if raw])
+    if reason:
+        raise UserError(f"the tree {sha[:12]} {reason}")
 
 
 def read_plan(mirror: Path, sha: str, plan_path: str) -> str | None:

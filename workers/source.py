@@ -103,18 +103,26 @@ def check_tree(mirror: Path, sha: str) -> None:
     done = subprocess.run(argv, capture_output=True, check=False)
     if done.returncode != 0:
         raise InfraError(f"git ls-tree {sha[:12]} in the mirror failed: {done.stderr.decode()[-600:]}")
-    names = [os.fsdecode(raw) for raw in done.stdout.split(b"\0") if raw]
+    reason = tree_names_reason([os.fsdecode(raw) for raw in done.stdout.split(b"\0") if raw])
+    if reason:
+        raise UserError(f"the tested tree {sha[:12]} {reason}")
+
+
+def tree_names_reason(names: list[str]) -> str | None:
+    """Why the paths of a tree (`git ls-tree -r --name-only`) cannot all be files of one directory: a
+    name listed twice, or a file where another path needs a directory; None if they can."""
     files: set[str] = set()
     for name in names:
         if name in files:
-            raise UserError(f"the tested tree {sha[:12]} lists {name!r} twice")
+            return f"lists {name!r} twice"
         files.add(name)
     for name in names:
         parent = name.rpartition("/")[0]
         while parent:
             if parent in files:
-                raise UserError(f"the tested tree {sha[:12]} holds {parent!r} as both a file and a directory")
+                return f"holds {parent!r} as both a file and a directory"
             parent = parent.rpartition("/")[0]
+    return None
 
 
 def tree_path_reason(path: str) -> str | None:

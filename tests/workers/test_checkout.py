@@ -104,3 +104,19 @@ def test_a_tree_no_filesystem_can_hold_is_the_changes_error(hello_repo: Path, tm
     subprocess.run([*git, "commit", "-qm", "long name"], check=True)
     with pytest.raises(UserError, match="path too long for a filesystem: nnnn"):
         _checkout(hello_repo, tmp_path, ref="main")
+
+
+def test_a_tree_listing_a_name_twice_is_the_changes_error(hello_repo: Path, tmp_path: Path) -> None:
+    """A ref whose tree (made with mktree, as a hostile pusher's git may) lists a name twice: git's checkout
+    and diff each take one entry of the two; the static stage would write both, the warm source one."""
+
+    def git(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run(["git", "-C", str(hello_repo), "-c", "user.name=m", "-c", "user.email=m@m", *args],
+                              input=stdin, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    blob = git("hash-object", "-w", "--stdin", stdin="evil\n")
+    twice = f"100644 blob {blob}\tREADME.dup\n" * 2
+    tree = git("mktree", stdin=git("ls-tree", "HEAD") + "\n" + twice)
+    git("update-ref", "refs/heads/main", git("commit-tree", tree, "-p", "HEAD", "-m", "twice"))
+    with pytest.raises(UserError, match="lists 'README.dup' twice"):
+        _checkout(hello_repo, tmp_path, ref="main")
