@@ -280,6 +280,8 @@ def prepare_checkout(
                 shutil.rmtree(worktree, ignore_errors=True)
             tested_sha = head_sha
         check_tree_names(mirror, tested_sha)
+        if head_sha != tested_sha:  # merged: git merge-tree keeps one entry of a name the head lists twice
+            check_tree_names(mirror, head_sha)  # the static stage reads the head's own tree
         # Keeps the commit alive for the build jobs: nothing else refers to it.
         git(["update-ref", keep_ref, tested_sha], mirror)
         plan_text = read_plan(mirror, head_sha if plan_from == "head" else base_sha, plan_path)

@@ -117,6 +117,12 @@ def test_a_tree_listing_a_name_twice_is_the_changes_error(hello_repo: Path, tmp_
     blob = git("hash-object", "-w", "--stdin", stdin="evil\n")
     twice = f"100644 blob {blob}\tREADME.dup\n" * 2
     tree = git("mktree", stdin=git("ls-tree", "HEAD") + "\n" + twice)
-    git("update-ref", "refs/heads/main", git("commit-tree", tree, "-p", "HEAD", "-m", "twice"))
+    head = git("commit-tree", tree, "-p", "HEAD", "-m", "twice")
+    git("update-ref", "refs/heads/topic", head)
     with pytest.raises(UserError, match="lists 'README.dup' twice"):
-        _checkout(hello_repo, tmp_path, ref="main")
+        _checkout(hello_repo, tmp_path, ref="topic")
+    # Merged onto a base that moved on, git merge-tree keeps one entry of the two: the merged tree is
+    # clean, the head the static stage reads from is not.
+    git("commit", "-q", "--allow-empty", "-m", "base moves on")
+    with pytest.raises(UserError, match="lists 'README.dup' twice"):
+        _checkout(hello_repo, tmp_path, ref="topic", merge=True, worktree=tmp_path / "wt2")
