@@ -133,7 +133,8 @@ class BuildLimits(_Frozen):
 class KernelBuild(_Frozen):
     """What a build worker must know of a plan's kernel recipe beyond its script (which the control side
     renders, bot/core/plans.py): it builds in warm state (workers/warm.py) keyed by warm_key, through the
-    shared ccache of (arch, toolchain), with the compiler wrapper that keeps every unit's warnings."""
+    ccache of (tree, arch, toolchain) (never shared between trees: trust is per tree), with the compiler
+    wrapper that keeps every unit's warnings."""
 
     arch: str = Field(pattern=r"^[a-z0-9_]+$")  # the kernel's ARCH
     toolchain: Literal["gcc", "clang"] = "gcc"
