@@ -261,7 +261,8 @@ def run_kernel_build(
                 with log_path.open("a") as log:
                     log.write(f"\n*** labgate: {message} ***\n")
             # A process that outlived SIGKILL may still rename things: nothing of that dir is read then.
-            ledger = kbuild.Ledger([], False, []) if outcome.stuck else kbuild.read_ledger(build_dir, since_ns)
+            ledger = (kbuild.Ledger([], False, []) if outcome.stuck
+                      else kbuild.read_ledger(build_dir, since_ns, tree.source))  # fmt: skip
             digest = kbuild.binary_digest(build_dir, artifacts) if result == "pass" else None
             give_to(0 if slot.uid is not None else None, *handed)
             handed = ()

@@ -80,9 +80,12 @@ class Ledger:
     recompiled: list[str]
 
 
-def read_ledger(build_dir: Path, since_ns: int) -> Ledger:
+def read_ledger(build_dir: Path, since_ns: int, source: Path | None = None) -> Ledger:
     """Warnings of every unit of build_dir (deduplicated: a header's warning is one warning however many
-    units include it), and the objects whose diag file was written at or after since_ns."""
+    units include it), and the objects whose diag file was written at or after since_ns. With `source`
+    (the tree the build read), an object whose source file is in neither tree is left out: Kbuild never
+    deletes the objects (and so the diag files) of a file an earlier commit had, and their warnings are not
+    this commit's (a base counted with them would call the same warning, come back, pre-existing)."""
     warnings: list[dict[str, object]] = []
     seen: set[tuple[object, ...]] = set()
     complete = True
@@ -90,6 +93,8 @@ def read_ledger(build_dir: Path, since_ns: int) -> Ledger:
     for relative, info, content in _diag_files(build_dir):
         if info.st_mtime_ns >= since_ns and len(recompiled) < MAX_RECOMPILED:
             recompiled.append(relative.removesuffix(DIAG_SUFFIX))
+        if source is not None and _stale(relative.removesuffix(DIAG_SUFFIX), source, build_dir):
+            continue
         if content is None:  # over the per-file cap: its warnings are not all read
             complete = False
             continue
@@ -103,6 +108,18 @@ def read_ledger(build_dir: Path, since_ns: int) -> Ledger:
             seen.add(key)
             warnings.append(warning)
     return Ledger(warnings, complete, recompiled)
+
+
+UNIT_SOURCES = (".c", ".S", ".s", ".rs")
+
+
+def _stale(output: str, source: Path, build_dir: Path) -> bool:
+    """An object whose unit's source is in neither the tree nor the build dir (generated sources): left
+    from a file an earlier commit had. Outputs other than objects (linker scripts, .i) are never stale."""
+    if not output.endswith(".o"):
+        return False
+    stem = output.removesuffix(".o")
+    return not any(os.path.lexists(root / f"{stem}{suffix}") for root in (source, build_dir) for suffix in UNIT_SOURCES)
 
 
 def parse_warnings(text: str) -> list[dict[str, object]]:

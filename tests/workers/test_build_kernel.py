@@ -162,3 +162,18 @@ def test_the_config_steps_run_again_only_when_what_makes_the_config_changed(tmp_
     failing = project.commit({"util.c": "syntax error\n"}, "broken")
     assert project.build(failing, trusted=True, script=script).result == "fail"
     assert built(kconfig)["kconfig_kept"] is False  # after a failed build its config is in doubt
+
+
+@root_only
+def test_the_warnings_of_a_unit_a_later_commit_deleted_leave_the_ledger(tmp_path: Path) -> None:
+    # Kbuild never deletes the objects of a file a commit removed; nor does the warm dir. Its old warning
+    # counted in a base's ledger would make the same warning, brought back by a change, look pre-existing.
+    project = Project.make(tmp_path)
+    base = project.build(project.mirror_head(), trusted=True)
+    assert base.kernel is not None and _noisy_warning(base.kernel)
+    makefile = FILES["Makefile"].replace(" $(O)/noisy.o", "")
+    without = project.commit({"noisy.c": None, "Makefile": makefile}, "noisy goes")
+    later = project.build(without, trusted=True)
+    assert later.result == "pass" and later.kernel is not None, project.log(later)
+    assert (project.build_dir / "noisy.o").exists()  # still there, as Kbuild leaves it
+    assert _noisy_warning(later.kernel) == [] and later.kernel["warnings_complete"] is True
