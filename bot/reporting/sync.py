@@ -89,6 +89,10 @@ def _plan(runtime: Runtime, pipeline_id: int) -> list[_Write]:
 def _write(runtime: Runtime, sink: JobStatusSink, target: ReportTarget, write: _Write) -> int:
     """One job's status brought to its report; how many forge requests that took."""
     report, requests = write.report, 1
+    if write.claimed and _sent_at_least(runtime, report.job_id, report.rank):
+        # Another sync of this pipeline, planned later, sent a newer state while this one was on its way (a
+        # cancel while a job's "pending" was being planned): sending ours now would move the status backwards.
+        return 0
     status_id = write.status_id
     if status_id is None and not _claim(runtime, sink, target, write):
         requests += 1
@@ -115,6 +119,12 @@ def _claim(runtime: Runtime, sink: JobStatusSink, target: ReportTarget, write: _
     except IntegrityError:
         return False  # another sync of this pipeline claimed it meanwhile
     return True
+
+
+def _sent_at_least(runtime: Runtime, job_id: int, rank: int) -> bool:
+    with runtime.store.session() as session:
+        sent = session.scalar(select(ForgeCheck.sent_rank).where(ForgeCheck.job_id == job_id))
+    return sent is not None and sent >= rank
 
 
 def _store(runtime: Runtime, job_id: int, *, status_id: int, rank: int | None = None) -> None:
