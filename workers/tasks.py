@@ -132,14 +132,19 @@ def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path 
     )
 
 
+def _have_tested_commit(spec: JobSpec, sha: str, bundle: str | None, store: ArtifactStore) -> None:
+    """On a build host of its own (the job came with an exchange), the tested commit into this host's mirror:
+    the tree from its URL, the change from the checkout's bundle. A shared mirror has it already."""
+    if spec.exchange is not None:
+        mirror = mirror_path(work_dir_from_env(), spec.tree_name)
+        fetch_tested_commit(mirror, spec.tree_url, sha, store.path_of(bundle) if bundle else None)
+
+
 def execute_build(spec: JobSpec, delivery: int, later: list[Callable[[], None]]) -> JobResult:
     assert spec.build is not None
     work_dir = work_dir_from_env()
     store = ArtifactStore(artifacts_dir_from_env())
-    if spec.exchange is not None:  # a build host of its own: the tree from its URL, the change from the bundle
-        bundle = spec.build.bundle_digest
-        fetch_tested_commit(mirror_path(work_dir, spec.tree_name), spec.tree_url, spec.build.head_sha,
-                            store.path_of(bundle) if bundle else None)  # fmt: skip
+    _have_tested_commit(spec, spec.build.head_sha, spec.build.bundle_digest, store)
     outcome = run_build(
         spec.build,
         mirror=mirror_path(work_dir, spec.tree_name),
@@ -327,9 +332,7 @@ def execute_static(spec: JobSpec, delivery: int, later: list[Callable[[], None]]
     work_dir = work_dir_from_env()
     store = ArtifactStore(artifacts_dir_from_env())
     mirror = mirror_path(work_dir, spec.tree_name)
-    if spec.exchange is not None:  # a build host of its own: as execute_build
-        bundle = spec.static.bundle_digest
-        fetch_tested_commit(mirror, spec.tree_url, spec.static.head_sha, store.path_of(bundle) if bundle else None)
+    _have_tested_commit(spec, spec.static.head_sha, spec.static.bundle_digest, store)
     outcome = run_static(spec.static, mirror=mirror, job_dir=job_dir(spec),
                          uids=UidRange.from_env(BUILD_UIDS_ENV, DEFAULT_BUILD_UIDS), store=store,
                          max_log_bytes=spec.max_log_bytes)  # fmt: skip

@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+def _all_ask_while_the_mirror_is_held(mirror: Path, job: Callable[[], None], waiting: threading.Barrier) -> None:
+    """JOBS threads run `job` while another job's work holds the mirror: each asks for it before it is free."""
+    threads = [threading.Thread(target=job) for _ in range(JOBS)]
+    with locked(mirror):
+        for thread in threads:
+            thread.start()
+        waiting.wait()
+        _wait_for_waiters(mirror, JOBS)
+    for thread in threads:
+        thread.join(timeout=60)
+
+
 def test_jobs_waiting_together_share_one_fetch_and_all_see_the_new_commit(
     hello_repo: Path, tmp_path: Path, trace: Path
 ) -> None:
@@ -86,14 +99,7 @@ def test_jobs_waiting_together_share_one_fetch_and_all_see_the_new_commit(
         with fresh_mirror(mirror, str(hello_repo)):
             seen.append(resolve(mirror, "main", "base"))
 
-    threads = [threading.Thread(target=job) for _ in range(JOBS)]
-    with locked(mirror):  # another job's work: every job asks while it holds the mirror
-        for thread in threads:
-            thread.start()
-        waiting.wait()
-        _wait_for_waiters(mirror, JOBS)
-    for thread in threads:
-        thread.join(timeout=60)
+    _all_ask_while_the_mirror_is_held(mirror, job, waiting)
     assert seen == [new] * JOBS
     fetches = _fetches(trace) - 1
     assert 1 <= fetches < JOBS
@@ -146,13 +152,6 @@ def test_fetch_tested_commit_fetches_once_for_jobs_that_wait_together(
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
 
-    threads = [threading.Thread(target=job) for _ in range(JOBS)]
-    with locked(mirror):
-        for thread in threads:
-            thread.start()
-        waiting.wait()
-        _wait_for_waiters(mirror, JOBS)
-    for thread in threads:
-        thread.join(timeout=60)
+    _all_ask_while_the_mirror_is_held(mirror, job, waiting)
     assert not errors
     assert _fetches(trace) - 1 == 1
