@@ -80,6 +80,7 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
             spec = {key: value for key, value in job.spec.items() if key not in ("avoid_places", "boot_evidence")}
             copy = Job(pipeline=new, kind=job.kind, name=job.name, queue=job.queue, spec=spec if again else job.spec,
                        depends_on_id=depends.id if depends else None)  # fmt: skip
+            session.add(copy)  # before job.tests loads: an autoflush must not meet it outside the session
             if not again:
                 copy.state, copy.result, copy.outputs = "done", job.result, dict(job.outputs)
                 copy.log_digest, copy.command_s, copy.reused_from_id = job.log_digest, job.command_s, job.id
@@ -88,7 +89,6 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
                     session.add(TestResult(job=copy, path=test.path, status=test.status, directive=test.directive,
                                            reason=test.reason, diagnostics=test.diagnostics,
                                            caveat=test.caveat))  # fmt: skip
-            session.add(copy)
             session.flush()
             copies[job.id] = copy
         if copies and next(iter(copies.values())).state != "done":

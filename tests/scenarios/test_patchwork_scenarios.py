@@ -18,11 +18,12 @@ from bot.cli.main import main
 from bot.forges.patchwork.client import PatchworkClient
 from bot.host.bring_up import Services
 from bot.intake.mailing_list import poll_patchwork
-from bot.store.models import Pipeline
+from bot.store.models import Job, Pipeline
 from tests.bot.forges.mail.conftest import LocalController, RecordingHandler
 from tests.conftest import EXAMPLES, make_git_repo
 from tests.fakes.patchwork_api import FakePatchwork
 from tests.scenarios.running import git, running_labgate, wait_for
+from workers.checkout import locked, mirror_path
 
 PROJECT = "hello"
 SAMPLES = Path(__file__).parent.parent / "samples" / "mbox"
@@ -72,12 +73,19 @@ class World:
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 150) -> None:
         wait_for(predicate, what, timeout_s, poll_s=0.3)
 
-    def wait_final(self, series_id: int) -> dict[int, dict[str, dict[str, Any]]]:
+    def wait_final(self, series_id: int, pipeline_id: int | None = None) -> dict[int, dict[str, dict[str, Any]]]:
+        """Every patch's pipeline checks settled; with `pipeline_id`, each one posted for that pipeline's
+        jobs (a re-run's checks, not the settled ones of the run before it, still shown until it reports)."""
+
         def final() -> bool:
+            jobs = self.job_ids(pipeline_id) if pipeline_id is not None else None  # drafted after its checkout
             for patch_id in self.pw.series_patches(series_id):
                 shown = self.latest(patch_id)
                 if not set(shown) >= PIPELINE_CONTEXTS or any(shown[c]["state"] == "pending"
                                                                for c in PIPELINE_CONTEXTS):  # fmt: skip
+                    return False
+                if jobs is not None and not all(shown[c]["target_url"].split("?")[0].rsplit("/", 1)[-1] in jobs
+                                                for c in PIPELINE_CONTEXTS):  # fmt: skip
                     return False
             return True
 
@@ -89,6 +97,19 @@ class World:
         self.wait(lambda: all("labgate-checkout" in self.latest(p) and self.latest(p)["labgate-checkout"]["state"]
                               != "pending" for p in self.pw.series_patches(series_id)), "checkout's check")  # fmt: skip
         return [self.latest(p)["labgate-checkout"] for p in self.pw.series_patches(series_id)]
+
+    def job_states(self, kind: str) -> set[str]:
+        """The states of the unfinished pipelines' jobs of one kind."""
+        with self.services.runtime.store.session() as session:
+            return {job.state for job in session.query(Job).join(Pipeline).where(Pipeline.state != "done",
+                                                                                 Job.kind == kind)}  # fmt: skip
+
+    def job_ids(self, pipeline_id: int) -> set[str]:
+        """The ids of a pipeline's jobs as a job page's link ends (/jobs/<id>), kept ones' too."""
+        with self.services.runtime.store.session() as session:
+            pipeline = session.get(Pipeline, pipeline_id)
+            assert pipeline is not None
+            return {str(job.reused_from_id or job.id) for job in pipeline.jobs}
 
     def pipelines(self) -> list[tuple[int, str, str | None]]:
         with self.services.runtime.store.session() as session:
@@ -181,11 +202,13 @@ def test_v2_supersedes_a_running_v1(world: World) -> None:
     change_id = f"20260302-topic-{uuid.uuid4().hex[:8]}"
     v1 = world.send(world.series(1, change_id=change_id))
     world.poll()
-    assert world.approve(v1, 1) == 0
-    world.wait(lambda: any(state == "running" for _, state, _ in world.pipelines()), "v1 running")
-    running = [pid for pid, state, _ in world.pipelines() if state != "done"]
-    v2 = world.send(world.series(2, change_id=change_id), version=2)
-    world.poll()
+    # v1 is still running when v2 comes, however slow the machine: its checkout waits for the worker's mirror.
+    with locked(mirror_path(world.services.runtime.data_dir / "worker", "hello")):
+        assert world.approve(v1, 1) == 0
+        world.wait(lambda: world.job_states("checkout") == {"running"}, "v1's checkout running")
+        running = [pid for pid, state, _ in world.pipelines() if state != "done"]
+        v2 = world.send(world.series(2, change_id=change_id), version=2)
+        world.poll()
     world.wait(lambda: all(state == "done" for pid, state, _ in world.pipelines() if pid in running), "v1 cancelled")
     assert {result for pid, _, result in world.pipelines() if pid in running} == {"cancelled"}
     for patch_id in world.pw.series_patches(v1):
@@ -296,7 +319,8 @@ def test_cancel_and_retest_steer_a_series_from_the_cli(world: World) -> None:
     assert dict((p, r) for p, _, r in world.pipelines())[started] == "cancelled"
     assert main(["cancel", *cli]) == 2  # nothing is running any more
     assert main(["retest", *cli]) == 0  # what did not pass (all of it, cancelled) runs again
-    shown = world.wait_final(series_id)
+    (again,) = [pid for pid, _, _ in world.pipelines() if pid not in before | {started}]
+    shown = world.wait_final(series_id, again)
     assert {shown[p][c]["state"] for p in shown for c in PIPELINE_CONTEXTS} == {"success"}
     assert main(["retest", "--series", "999999", "-c", str(world.config_path)]) == 2  # no such series
 
