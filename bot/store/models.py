@@ -1,4 +1,4 @@
-"""SQLAlchemy models: tree, change, revision, pipeline, job, test result, delivery."""
+"""SQLAlchemy models: tree, change, revision, pipeline, job, test result, delivery, triage."""
 
 from __future__ import annotations
 
@@ -322,3 +322,92 @@ class PlaceHealth(Base):
     last_check_at: Mapped[datetime | None]
     recheck_at: Mapped[datetime | None]  # offline after a failed check: the next one is queued then
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ResultHistory(Base):
+    """One test's result at one commit of a base branch, on one device class and build config: the baseline a
+    change's failures are judged against (bot/core/triage.py). Fed by staging-branch pipelines, by base runs a
+    change's failure asked for, and by their re-runs; every run stays, so a first failure is never hidden."""
+
+    __tablename__ = "result_history"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tree: Mapped[str] = mapped_column(String(200))
+    branch: Mapped[str] = mapped_column(String(250))
+    commit: Mapped[str] = mapped_column(String(64))
+    test_path: Mapped[str] = mapped_column(String(500))  # "<test job name>/<test path>", as compare_results keys it
+    device_class: Mapped[str] = mapped_column(String(100))
+    config: Mapped[str] = mapped_column(String(200))  # the build the test ran on (its plan name, e.g. x86_64)
+    status: Mapped[str] = mapped_column(String(20))  # pass fail skip incomplete
+    source: Mapped[str] = mapped_column(String(20))  # staging, base-run, rerun, bisect
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), index=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"sched.wakeup_ns": 1234.0} from `# metric:`
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_result_history_key", ResultHistory.tree, ResultHistory.test_path, ResultHistory.device_class,
+      ResultHistory.config, ResultHistory.commit)  # fmt: skip
+
+
+class TestVerdict(Base):
+    """Triage's word on one test of a change's pipeline (bot/core/triage.py), with its evidence: only `new`
+    fails the check. Written by the control plane once a test job's re-runs and base runs have ended."""
+
+    __tablename__ = "test_verdict"
+    __table_args__ = (UniqueConstraint("job_id", "test_path"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)  # the change's own test job
+    test_path: Mapped[str] = mapped_column(String(500))  # as ResultHistory.test_path
+    device_class: Mapped[str] = mapped_column(String(100))
+    verdict: Mapped[str] = mapped_column(String(20))  # new pre-existing fixed flaky known-issue pass regression
+    evidence: Mapped[str] = mapped_column(Text, default="")  # "failed 4/4 with the change, 0/4 on base"
+    change_runs: Mapped[int] = mapped_column(Integer, default=0)
+    change_fails: Mapped[int] = mapped_column(Integer, default=0)
+    base_runs: Mapped[int] = mapped_column(Integer, default=0)
+    base_fails: Mapped[int] = mapped_column(Integer, default=0)
+    p_value: Mapped[float | None]
+    known_issue: Mapped[str | None] = mapped_column(String(100))  # KnownIssue.issue_id that matched
+    crash_title: Mapped[str] = mapped_column(Text, default="")
+    cut_short: Mapped[str] = mapped_column(Text, default="")  # why re-runs stopped early (a cap), if they did
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KnownIssue(Base):
+    """A known issue written by `labgate known-issue add` (config entries are read-only and never stored):
+    failures it matches are reported as it and do not fail the check, until it expires."""
+
+    __tablename__ = "known_issue"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[str] = mapped_column(String(100), unique=True)
+    link: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)  # tree, branch, arch, device_class, config
+    test_glob: Mapped[str] = mapped_column(String(500), default="")
+    log_regex: Mapped[str] = mapped_column(Text, default="")
+    crash_title: Mapped[str] = mapped_column(Text, default="")
+    expires_on: Mapped[datetime]
+    expired_at: Mapped[datetime | None]  # `labgate known-issue expire`: ended early
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bisection(Base):
+    """A staging push's new failure bisected between the previous head (good) and the new head (bad) with
+    labgate jobs (bot/pipelines/bisection.py): its steps, and the first bad commit with its confidence."""
+
+    __tablename__ = "bisection"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id"), index=True)  # the push that failed
+    tree: Mapped[str] = mapped_column(String(200))
+    branch: Mapped[str] = mapped_column(String(250))
+    test_path: Mapped[str] = mapped_column(String(500))
+    device_class: Mapped[str] = mapped_column(String(100))
+    good_sha: Mapped[str] = mapped_column(String(64))
+    bad_sha: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="running")  # running done failed
+    steps: Mapped[list[Any]] = mapped_column(default=list)  # [{"sha", "runs", "fails", "verdict", "job_ids"}]
+    culprit_sha: Mapped[str | None] = mapped_column(String(64))
+    confidence: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")  # why it stopped, when it did not find one
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
