@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -129,6 +129,48 @@ class ArtifactRetention(_Strict):
                          "a worker uploads before its result names the blob (longer than the longest job)")  # fmt: skip
     prune_interval_s: int = Field(3600, gt=0, description="how often `labgate up` prunes")
     prune: bool = Field(True, description="false: keep everything (no periodic prune)")
+
+
+class Triage(_Strict):
+    """How a change's failures are judged against its base (bot/core/triage.py, bot/pipelines/triage_runs.py):
+    re-runs on the change and on the base, the decision rule's false-alarm bound, and the caps on extra runs."""
+
+    reruns: int = Field(3, ge=0, le=20, description="re-runs of a `new` candidate, each on the change and on the "
+                        "base, interleaved on the same device class (k)")  # fmt: skip
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="the decision rule's false-alarm bound: a test that is no "
+                         "worse with the change is called `new` with at most this probability")  # fmt: skip
+    history: int = Field(20, ge=0, le=500, description="base-branch results on the same class and config read as "
+                         "the test's history (newest first)")  # fmt: skip
+    metric_runs: int = Field(5, ge=2, le=50, description="runs on the change and on the base of a test that "
+                             "reports metrics (m)")  # fmt: skip
+    min_effect: float = Field(0.05, ge=0, le=10, description="smallest relative change of a metric's median "
+                              "reported as a regression (0.05: 5%)")  # fmt: skip
+    max_extra_runs: int = Field(24, ge=0, le=1000, description="extra test runs (re-runs and base runs) one "
+                                "pipeline may ask for; a failure whose runs this cut short is not `new`")  # fmt: skip
+    bisect_max_steps: int = Field(8, ge=1, le=64, description="bisection steps before it gives up")
+    bisect_runs: int = Field(2, ge=1, le=10, description="runs of each bisection step (a flake guard)")
+
+
+class KnownIssueConfig(_Strict):
+    """A known issue kept in config (read-only to `labgate known-issue`): matching failures are reported as
+    it and do not fail the check. Scope keys left out match anything."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$", description="a name people quote")
+    link: str = Field("", description="where the issue is tracked")
+    owner: str = Field("", description="who is fixing it")
+    scope: dict[str, str] = Field(default_factory=dict, description="tree, branch, arch, device_class, config")
+    test: str = Field("", description="test path glob (<test job>/<test path>, e.g. unit/math.*)")
+    log: str = Field("", description="regular expression searched in the failure's log lines")
+    crash: str = Field("", description="crash title (lab/console.py), exactly")
+    expires: date = Field(description="the last day it matches")
+
+    @field_validator("scope")
+    @classmethod
+    def _known_scope_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - {"tree", "branch", "arch", "device_class", "config"})
+        if unknown:
+            raise ValueError(f"unknown scope keys: {', '.join(unknown)} (tree, branch, arch, device_class, config)")
+        return value
 
 
 class Sandbox(_Strict):
@@ -523,6 +565,8 @@ class Config(_Strict):
     retries: Retries = Retries()
     artifacts: ArtifactRetention = ArtifactRetention()
     sandbox: Sandbox = Sandbox()
+    triage: Triage = Triage()
+    known_issues: list[KnownIssueConfig] = Field(default_factory=list, description="known issues kept in config")
     trees: list[Tree] = []
     device_classes: list[DeviceClass] = [
         DeviceClass(name="qemu-x86_64", tags={"arch": "x86_64", "platform": "qemu"})
