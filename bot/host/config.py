@@ -137,7 +137,7 @@ class Triage(_Strict):
 
     reruns: int = Field(3, ge=0, le=20, description="re-runs of a `new` candidate, each on the change and on the "
                         "base, interleaved on the same device class (k)")  # fmt: skip
-    alpha: float = Field(0.01, gt=0, lt=0.5, description="the decision rule's false-alarm bound: a test that is no "
+    alpha: float = Field(0.02, gt=0, lt=0.5, description="the decision rule's false-alarm bound: a test that is no "
                          "worse with the change is called `new` with at most this probability")  # fmt: skip
     history: int = Field(20, ge=0, le=500, description="base-branch results on the same class and config read as "
                          "the test's history (newest first)")  # fmt: skip
