@@ -55,6 +55,10 @@ class CheckoutOutcome:
     base_is_ancestor: bool = True
     tree_has: dict[str, bool] = field(default_factory=dict)  # static tools at the base, by BASE_TOOLS name
     maintainers: bytes | None = None  # the base's MAINTAINERS (None: none, or past MAX_MAINTAINERS_BYTES)
+    # Asked for by a bisection (list_commits): base..head's first-parent commits, oldest first, with their
+    # authors; None when not asked. Past MAX_LISTED_COMMITS only the newest are listed (the control side
+    # then finds the list does not reach the base and refuses it).
+    commits: tuple[tuple[str, str], ...] | None = None
 
 
 def git(args: Sequence[str], cwd: Path, *, check: bool = True,
@@ -255,6 +259,8 @@ def prepare_checkout(
     merge: bool = False,
     credential_file: Path | None = None,
     base_branches: Sequence[str] = (),
+    list_commits: bool = False,
+    revert_sha: str | None = None,
 ) -> CheckoutOutcome:
     """Make the revision's head commit in the mirror (kept under keep_ref) and read its plan.
     With `base_branches`, base_ref is a commit that must be on one of them. `worktree` is a scratch
@@ -270,6 +276,8 @@ def prepare_checkout(
             descends = git(["merge-base", "--is-ancestor", base_sha, head_sha], mirror, check=False).returncode == 0
             if merge and not descends:
                 tested_sha = merge_onto_base(mirror, base_sha, head_sha, f"{base_ref}@{base_sha[:12]}")
+            if revert_sha is not None:
+                tested_sha = revert_on(mirror, head_sha, revert_sha, worktree)
         else:
             shutil.rmtree(worktree, ignore_errors=True)  # a killed worker's leftovers
             worktree.mkdir(parents=True)
@@ -288,9 +296,58 @@ def prepare_checkout(
         diff = git(["diff", "--name-only", f"{base_sha}...{head_sha}"], mirror)
         hunks = git(["diff", "--unified=0", "--no-color", f"{base_sha}...{head_sha}"], mirror)
         tree_has, maintainers = base_facts(mirror, base_sha)
+        commits = first_parent_commits(mirror, base_sha, head_sha) if list_commits else None
     changed_lines = parse_changed_lines(hunks.stdout)
     return CheckoutOutcome(base_sha, head_sha, tested_sha, plan_text, tuple(diff.stdout.split()), changed_lines,
-                           base_is_ancestor=descends, tree_has=tree_has, maintainers=maintainers)  # fmt: skip
+                           base_is_ancestor=descends, tree_has=tree_has, maintainers=maintainers,
+                           commits=commits)  # fmt: skip
+
+
+MAX_LISTED_COMMITS = 1024  # bot/core/bisect.py's cap
+MAX_AUTHOR_CHARS = 200
+
+
+def first_parent_commits(mirror: Path, base_sha: str, head_sha: str) -> tuple[tuple[str, str], ...]:
+    """base..head along first parents (the branch as its maintainer moved it), oldest first, with each
+    commit's author as "Name <mail>": the newest MAX_LISTED_COMMITS of them."""
+    listed = git(["log", "--first-parent", f"--max-count={MAX_LISTED_COMMITS}", "--format=%H%x00%an <%ae>%x00",
+                  f"{base_sha}..{head_sha}"], mirror).stdout  # fmt: skip
+    fields = listed.split("\0")
+    pairs = [(fields[i].strip(), fields[i + 1][:MAX_AUTHOR_CHARS]) for i in range(0, len(fields) - 1, 2)]
+    return tuple(reversed(pairs))
+
+
+def revert_on(mirror: Path, head_sha: str, revert_sha: str, scratch: Path) -> str:
+    """`head` with `revert_sha` (a commit of its history) reverted, as `git revert` would make it
+    when nothing conflicts: the commit's diff against its first parent, applied in reverse on a temporary
+    index that holds head's tree (no worktree). One that does not apply is the tree's error (UserError)."""
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", revert_sha):
+        raise UserError(f"the commit to revert {revert_sha[:80]!r} is no commit id")
+    if git(["merge-base", "--is-ancestor", revert_sha, head_sha], mirror, check=False).returncode != 0:
+        raise UserError(f"the commit to revert {revert_sha[:12]} is not in {head_sha[:12]}'s history")
+    if git(["rev-parse", "--verify", "--quiet", f"{revert_sha}^1"], mirror, check=False).returncode != 0:
+        raise UserError(f"the commit to revert {revert_sha[:12]} is the tree's first commit: it has no parent")
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed worker's leftovers
+    scratch.mkdir(parents=True)
+    try:
+        env = {"GIT_INDEX_FILE": str(scratch / "index")}
+        git(["read-tree", head_sha], mirror, env=env)
+        reverse = ["git", "diff", "--binary", "--full-index", "--no-renames", revert_sha, f"{revert_sha}^1"]
+        diff = subprocess.run(reverse, cwd=mirror, capture_output=True, env={**os.environ, **GIT_IDENTITY}, check=False)
+        if diff.returncode != 0:
+            raise InfraError(f"git diff of {revert_sha[:12]} failed: {diff.stderr.decode(errors='replace').strip()}")
+        if diff.stdout:
+            applied = subprocess.run(["git", "apply", "--cached", "--whitespace=nowarn", "-"], cwd=mirror,
+                                     input=diff.stdout, capture_output=True, check=False,
+                                     env={**os.environ, **GIT_IDENTITY, **env})  # fmt: skip
+            if applied.returncode != 0:
+                why = applied.stderr.decode(errors="replace").strip()[:2000]
+                raise UserError(f"the revert of {revert_sha[:12]} does not apply on {head_sha[:12]}: {why}")
+        tree = git(["write-tree"], mirror, env=env).stdout.strip()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    message = f"labgate: revert {revert_sha} on {head_sha[:12]}"
+    return git(["commit-tree", tree, "-p", head_sha, "-m", message], mirror).stdout.strip()
 
 
 # What the static stage needs from the base (the base's copies run, never the change's), by output name.

@@ -112,6 +112,11 @@ class CheckoutSpec(_Frozen):
     # "base": untrusted submitter, the plan comes from the base, never from the change.
     plan_from: Literal["head", "base"] = "head"
     merge: bool = False  # test `ref` merged onto the base's current head
+    # A bisection (bot/pipelines/bisection.py): list the first-parent commits base..ref with their authors in the
+    # outputs ("commits": [[sha, "Name <mail>"]], oldest first); and test `ref` with this commit of its
+    # first-parent history reverted on it (a revert that does not apply is the tree's error).
+    list_commits: bool = False
+    revert_sha: Annotated[str, Field(pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")] | None = None
 
 
 class ArtifactRef(_Frozen):

@@ -99,6 +99,7 @@ def execute_checkout(spec: JobSpec, delivery: int, later: list[Callable[[], None
             # The base's MAINTAINERS, for the control side to map the areas a change touches to suites.
             **({"maintainers_digest": store.put_bytes(outcome.maintainers)} if outcome.maintainers is not None else {}),
             **({"bundle_digest": bundle} if bundle else {}),
+            **({"commits": [list(pair) for pair in outcome.commits]} if outcome.commits is not None else {}),
         },
     )
 
@@ -129,6 +130,8 @@ def _checkout(spec: JobSpec, patches: list[tuple[str, bytes]], credential: Path 
         merge=spec.checkout.merge,
         credential_file=credential,
         base_branches=spec.checkout.base_branches,
+        list_commits=spec.checkout.list_commits,
+        revert_sha=spec.checkout.revert_sha,
     )
 
 
