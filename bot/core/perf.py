@@ -92,9 +92,8 @@ def mann_whitney_one_sided(worse_candidate: Sequence[float], other: Sequence[flo
     if not x or not y:
         return 1.0
     pooled = sorted(x + y)
-    ranks2 = _doubled_midranks(pooled)  # twice the mid-rank of each distinct value: integers
+    ranks2, ties = _doubled_midranks(pooled)
     observed = sum(ranks2[v] for v in x)
-    ties = tuple(pooled.count(v) for v in sorted(ranks2))
     if len(pooled) > EXACT_MAX_RUNS:
         return _normal_tail(observed, len(x), len(y), ties)
     counts = _rank_sum_counts(ties, len(x))
@@ -102,16 +101,19 @@ def mann_whitney_one_sided(worse_candidate: Sequence[float], other: Sequence[flo
     return sum(ways for s, ways in counts.items() if s >= observed) / total
 
 
-def _doubled_midranks(pooled: list[float]) -> dict[float, int]:
+def _doubled_midranks(pooled: list[float]) -> tuple[dict[float, int], tuple[int, ...]]:
+    """Twice the mid-rank of each distinct value of a sorted sample (integers), and the tie groups' sizes."""
     ranks: dict[float, int] = {}
+    ties: list[int] = []
     i = 0
     while i < len(pooled):
         j = i
         while j < len(pooled) and pooled[j] == pooled[i]:
             j += 1
         ranks[pooled[i]] = (i + 1) + j  # ranks i+1..j: twice their mean
+        ties.append(j - i)
         i = j
-    return ranks
+    return ranks, tuple(ties)
 
 
 @functools.lru_cache(maxsize=64)

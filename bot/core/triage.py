@@ -153,7 +153,9 @@ def runs_wanted(ev: Evidence, rule: TriageRule) -> tuple[int, int]:
         return (0, 0)
     if c.history_fails:  # it failed on every earlier base run: one run at the base commit tells which
         return (0, 0) if c.base_runs else (0, 1)
-    want = max(rule.reruns, 0) + 1  # pass/fail runs: an incomplete re-run does not count and is run again
+    # Pass/fail runs: an incomplete re-run does not count and is asked for again. A cap (ev.cut_short) does
+    # not change what is wanted: triage calls a candidate without them `unconfirmed`, whatever cut them.
+    want = max(rule.reruns, 0) + 1
     return (max(want - c.change_runs, 0), max(want - c.base_runs, 0))
 
 
@@ -196,8 +198,10 @@ def triage(ev: Evidence, rule: TriageRule) -> Triage:
     if c.history_fails:  # every earlier base run failed, the base commit's passed: the base changed under it
         return verdict("flaky", f"base history mixed on {ev.device_class} ({fails_all} of {base_all} failed)")
     if runs_wanted(ev, rule) != (0, 0):
-        why = ev.cut_short or "re-runs missing"
-        return verdict("unconfirmed", f"re-runs cut short ({why}): failed {counts}")
+        if ev.cut_short:
+            return verdict("unconfirmed", f"re-runs cut short ({ev.cut_short}): failed {counts}")
+        want = max(rule.reruns, 0) + 1
+        return verdict("unconfirmed", f"evidence incomplete ({want} runs wanted on each side): failed {counts}")
     p = fisher_one_sided(c.change_fails, c.change_runs, fails_all, base_all)
     if p > rule.alpha:
         return verdict("flaky", f"not confirmed by re-runs: failed {counts} (p={p:.2g})", p)
@@ -233,8 +237,9 @@ def fisher_one_sided(change_fails: int, change_runs: int, base_fails: int, base_
 
 def new_rate(rule: TriageRule, change_p: float, base_p: float, history_runs: int = 0) -> float:
     """P(`new`), exact, for a test failing with probability change_p with the change and base_p on the base:
-    the whole procedure (history, first-run trigger, k re-runs, k+1 base runs), each run independent."""
-    k, h = max(rule.reruns, 0), max(history_runs, 0)
+    the whole procedure (history, first-run trigger, k re-runs, k+1 base runs), each run independent.
+    history_runs: the base history's pass/fail results available; triage reads at most rule.history."""
+    k, h = max(rule.reruns, 0), min(max(history_runs, 0), max(rule.history, 0))
     # `new` needs a clean history, a failing first run and k+1 passing base runs; then re-runs' failures j.
     gate = (1 - base_p) ** h * change_p * (1 - base_p) ** (k + 1)
     confirm = sum(math.comb(k, j) * change_p**j * (1 - change_p) ** (k - j) for j in _confirming(k, h, rule.alpha))

@@ -182,3 +182,32 @@ def test_failures_with_one_crash_title_are_one_problem() -> None:
     a, b, c, d, e = t("a", "BUG: x"), t("b", ""), t("c", "Oops: y"), t("d", "BUG: x"), t("e", "")
     groups = group_by_crash([a, b, c, d, e])
     assert groups == [("BUG: x", [a, d]), ("", [b]), ("Oops: y", [c]), ("", [e])]
+
+
+def test_missing_runs_without_a_cap_are_unconfirmed_and_say_so() -> None:
+    t = triage(ev("ffff"), RULE)  # no base commit to run at: no base runs came
+    assert (t.verdict, t.evidence) == ("unconfirmed", "evidence incomplete (4 runs wanted on each side): "
+                                                      "failed 4/4 with the change, 0/0 on base")  # fmt: skip
+
+
+def test_a_cap_that_left_a_tests_evidence_complete_does_not_hide_its_new_failure() -> None:
+    t = triage(ev("ffff", "pppp", cut_short="cap of 24 extra runs"), RULE)  # the cap cut another test's runs
+    assert t.verdict == "new" and t.cut_short == "cap of 24 extra runs"
+
+
+def test_statuses_other_than_pass_and_fail_are_no_evidence_either_way() -> None:
+    forged = Evidence("t", QEMU, ("fail", "PASS", "pass ", "xfail"), ("pass",) * 4)
+    assert runs_wanted(forged, RULE) == (3, 0)  # only the real fail counts: nothing dilutes it
+    assert triage(forged, RULE).verdict == "unconfirmed"
+
+
+def test_a_crash_title_does_not_move_a_verdict() -> None:
+    plain, titled = ev("ffff", "pppp"), ev("ffff", "pppp", crash_title="known issue KI-1 `pass`")
+    assert triage(titled, RULE).verdict == triage(plain, RULE).verdict == "new"
+    assert triage(titled, RULE).crash_title == "known issue KI-1 `pass`"
+
+
+def test_the_rates_read_no_more_history_than_the_rule_does() -> None:
+    assert false_new_rate(RULE, 0.1, 500) == false_new_rate(RULE, 0.1, 20)
+    assert false_new_bound(TriageRule(reruns=0), 20) == 0.0  # 1/1 against 0/21 is p=1/22: never `new`
+    assert triage(ev("f", "p", "p" * 20), TriageRule(reruns=0)).verdict == "flaky"
