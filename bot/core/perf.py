@@ -169,6 +169,7 @@ def compare_metric(
         return MetricComparison(name, unit, better, change_t, base_t, None, p, False, text)
     before, after = _median(base_t), _median(change_t)
     pct = (after - before) / abs(before) * 100 if before else None
+    pct = pct if pct is not None and math.isfinite(pct) else None  # 1e300 against 1e-300: say the values
     worse_by = sign * (after - before)
     effect = worse_by / abs(before) if before else (math.inf if worse_by > 0 else 0.0)
     regression = p <= alpha and worse_by > 0 and effect >= min_effect
@@ -179,7 +180,7 @@ def compare_metric(
 def _median(values: tuple[float, ...]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return ordered[mid] if len(ordered) % 2 else ordered[mid - 1] / 2 + ordered[mid] / 2  # no overflow at 1e308
 
 
 def _text(name: str, unit: str, before: float, after: float, pct: float | None, p: float, n: int, m: int) -> str:

@@ -135,10 +135,6 @@ class _Counts:
     def history_mixed(self) -> bool:
         return 0 < self.history_fails < self.history_runs
 
-    @property
-    def base_stable(self) -> bool:
-        return self.base_fails == 0 and self.history_fails == 0
-
 
 def _runs(statuses: tuple[str, ...]) -> int:
     return sum(1 for s in statuses if s in (PASS, FAIL))

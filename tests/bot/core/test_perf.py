@@ -246,3 +246,19 @@ def test_noise_alone_is_called_a_regression_at_most_alpha_of_the_time() -> None:
 
 def test_a_ten_percent_slowdown_under_two_percent_noise_is_caught() -> None:
     assert _regressions(20261209, 110, 2.2, min_effect=MIN_EFFECT) >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("change", "base"),
+    [
+        ([1e308] * 5, [-1e308] * 5),
+        ([1e308, 1e308], [1e308, 1e308]),
+        ([1e300] * 5, [1e-300] * 5),
+        ([-1e-300] * 5, [1e-300] * 5),
+    ],
+)
+def test_extreme_values_give_finite_figures_and_a_verdict(change: list[float], base: list[float]) -> None:
+    c = compare_metric("x", "", "lower", change, base, alpha=ALPHA, min_effect=MIN_EFFECT)
+    assert c.change_pct is None or math.isfinite(c.change_pct)
+    assert "nan" not in c.text and "inf" not in c.text and 0 <= c.p_value <= 1
+    assert c.regression == (change[0] > base[0] and len(change) == 5)
