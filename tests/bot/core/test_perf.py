@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from bot.core import perf
 from bot.core.perf import (
     MAX_METRICS,
     Metric,
@@ -149,13 +150,16 @@ def test_five_runs_each_fully_separated_give_the_smallest_p_1_in_252() -> None:
     assert mann_whitney_one_sided([], [1.0]) == 1.0
 
 
-def test_large_samples_use_a_normal_approximation_close_to_exact() -> None:
+def test_large_samples_use_a_normal_approximation_close_to_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(5)
-    x = [rng.gauss(0.4, 1) for _ in range(30)]
-    y = [rng.gauss(0, 1) for _ in range(30)]
-    approx = mann_whitney_one_sided(x, y)
-    exact_ish = mann_whitney_one_sided(x[:20], y[:20])  # exact on 40: same direction, same order
-    assert 0 < approx < 1 and 0 < exact_ish < 1
+    for shift in (0.0, 0.3, 0.8):
+        x = [round(rng.gauss(shift, 1), 1) for _ in range(20)]  # rounded: ties too
+        y = [round(rng.gauss(0, 1), 1) for _ in range(20)]
+        exact = mann_whitney_one_sided(x, y)
+        with monkeypatch.context() as patched:
+            patched.setattr(perf, "EXACT_MAX_RUNS", 0)
+            approx = mann_whitney_one_sided(x, y)
+        assert approx == pytest.approx(exact, abs=0.01), (shift, exact, approx)
     start = time.perf_counter()
     mann_whitney_one_sided(list(range(20)), [v + 0.5 for v in range(20)])  # the exact path at its largest
     assert time.perf_counter() - start < 2
