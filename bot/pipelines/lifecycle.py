@@ -24,12 +24,13 @@ from bot.core.progress import (
     pipeline_result,
     selection_notes,
 )
+from bot.core.reproduce import REPRODUCE_KEY, Reproduction, reproduction_drafts
 from bot.core.signed_urls import is_digest
 from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
 
 # Modules: they import this one too, and each uses the other only at call time.
-from bot.pipelines import base_builds, change_builds, handover, place_health, retries, scheduler
+from bot.pipelines import base_builds, change_builds, handover, place_health, retries, scheduler, triage_runs
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.pipelines.exchange_grants import exchange_url, job_exchange
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
@@ -80,6 +81,8 @@ class Submission:
     author_trusted: bool = True
     kind: str = "pre-merge"
     tier: str = "hardware"  # "qemu": an approved untrusted change may not reach boards
+    # `labgate reproduce`: the jobs to run after the checkout instead of the plan's (bot/core/reproduce.py)
+    reproduction: Reproduction | None = None
 
 
 def change_for(session: Session, submission: Submission) -> Change:
@@ -144,8 +147,10 @@ def submit(runtime: Runtime, submission: Submission, delivery_id: str | None = N
                                 base_branches=submission.base_branches,
                                 patches=tuple(PatchRef(**p) for p in patch_refs),
                                 plan_from=submission.plan_from, merge=submission.merge)  # type: ignore[arg-type]  # fmt: skip
+        reproduction = submission.reproduction
+        extra = {REPRODUCE_KEY: reproduction.model_dump(mode="json")} if reproduction is not None else {}
         session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE,
-                        spec=checkout.model_dump(mode="json")))  # fmt: skip
+                        spec={**checkout.model_dump(mode="json"), **extra}))  # fmt: skip
         pipeline_id = pipeline.id
         if once_key is not None:
             record_once(session, once_key, str(pipeline_id))
@@ -211,7 +216,8 @@ def dispatch(runtime: Runtime, session: Session, job: Job, outbox: Outbox, *, fl
     inputs: list[str] = []
     made_by: int | None = None
     if job.kind == "checkout":
-        fields["checkout"] = checkout = CheckoutSpec.model_validate(job.spec)
+        fields["checkout"] = checkout = CheckoutSpec.model_validate(
+            {key: value for key, value in job.spec.items() if key != REPRODUCE_KEY})  # the control side's
         inputs = [patch.digest for patch in checkout.patches]
         write_checkout_credential(runtime, job)
     elif job.kind in ("build", "static"):
@@ -360,6 +366,7 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
         elif job.kind == "test":
             place_health.after_test_result(runtime, session, job)  # counts, before a retry clears the outputs
             retries.after_test_result(runtime, session, job, outbox)
+        triage_runs.after_result(runtime, session, job, outbox)  # history, re-runs and base runs, verdicts
         scheduler.after_result(runtime, session, job, outbox)  # a freed slot, or tests handed over: fill
         finish_if_done(session, pipeline)
         report_after(pipeline, outbox)
@@ -395,6 +402,16 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
     plan_path = job.spec.get("plan_path", ".labgate/plan.yaml")
     plan_text = job.outputs.pop("plan_text", None)
     job.outputs = dict(job.outputs)  # reassign so the JSON column is saved without the plan
+    if REPRODUCE_KEY in job.spec:  # `labgate reproduce`: that job's builds and test, not the plan's
+        try:
+            drafts, pipeline.notes = reproduction_drafts(Reproduction.model_validate(job.spec[REPRODUCE_KEY]),
+                                                         tested_sha=tested_sha, base_sha=revision.base_sha,
+                                                         inventory=runtime.config.inventory())  # fmt: skip
+        except (UserError, KeyError) as exc:  # KeyError: its device class left this machine's config since
+            job.result, job.error_code, job.error_message = None, "user-error", f"reproduction: {exc}"
+            return
+        _create_drafted(runtime, session, pipeline, job, drafts, outbox)
+        return
     tree = runtime.config.tree(revision.change.tree.name)
     from_config = config_plan(tree) if tree is not None and not isinstance(plan_text, str) else None
     if from_config is not None:
@@ -502,8 +519,9 @@ def finish_if_done(session: Session, pipeline: Pipeline) -> None:
     pipeline.state = "done"
     pipeline.finished_at = utcnow()
     # The base's build is not the change's: kept for the comparison and the report, never its result.
-    counted = [j for j in pipeline.jobs if not is_base_build(j.kind, j.spec)]
-    outcomes = [job_outcome(j.result, j.error_code) for j in counted]
+    # Nor are triage runs (evidence); a triaged test job fails it only with a new failure or regression.
+    counted = [j for j in pipeline.jobs if not is_base_build(j.kind, j.spec) and not triage_runs.is_triage_run(j)]
+    outcomes = [triage_runs.judged_outcome(session, j) for j in counted]
     pipeline.result = pipeline_result(outcomes)
     errors = [j for j in counted if job_outcome(j.result, j.error_code) == "error"]
     if errors:

@@ -1,0 +1,522 @@
+"""Triage runs: when a change's test job fails (or reports metrics), re-runs of it and runs at its base
+commit, interleaved on the same device class, until bot/core/triage.py can decide; then its verdicts.
+
+What is triaged: a pre-merge pipeline's own test job (not a triage run, not a health check) that has a
+test with status `fail`, or that failed with no test result (its `<job>/boot`, bot/pipelines/history.py),
+or whose tests report metrics. A job that ended `incomplete` is not: that is the lab's, and retries
+(bot/pipelines/retries.py) have had their go.
+
+A triage run is a test job of the change's pipeline with Job.spec["triage"] = {"of", "side", "n"}, written
+here only: the change's test job gets spec["triage_state"] "running", then "done" once its TestVerdict rows
+are written. Nothing a job's worker sends (outputs, tests) is read as a verdict, a triage mark or a state.
+
+A base run needs the base's build: the pipeline's own base build, or one drafted as bot/core/progress.py
+drafts them (role base, build_key) and shared through bot/pipelines/base_builds.py. The base run itself is
+shared the same way: its run key (Job.build_key of a test job: the base build's key, the test's recipe, the
+class and the run's number at that commit) runs once; a later pipeline takes its result, a concurrent one
+follows it (Job.follows_id) and takes its result when it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.core.perf import MetricComparison, compare_metric, parse_metrics
+from bot.core.progress import BASE_BUILD_PREFIX, is_base_build, job_outcome
+from bot.core.schedule import job_priority
+from bot.core.triage import Evidence, Triage, TriageRule, runs_wanted, triage
+from bot.host.stores import Runtime
+from bot.pipelines import base_builds, handover, history, lifecycle, scheduler
+from bot.store.models import Job, Pipeline, TestResult, TestVerdict, Tree
+from workers.app import BUILD_QUEUE
+
+if TYPE_CHECKING:
+    from bot.pipelines.lifecycle import Outbox
+
+MARK = "triage"  # Job.spec of a triage run: {"of": change test job id, "side": "change"|"base", "n": 1..}
+STATE = "triage_state"  # Job.spec of the change's test job: "running", then "done"
+CUT_SHORT = "triage_cut_short"  # Job.spec of the change's test job: why its runs stopped early
+ROUND = "triage_round"  # Job.spec of the change's test job: how many batches of runs it asked for
+CHANGE, BASE = "change", "base"
+TRIAGED_KINDS = ("pre-merge",)  # staging pushes are compared head to head and feed the history instead
+PRIORITY_DROP = 5  # triage runs go after the normal jobs of the same kind of pipeline
+MAX_ROUNDS = 3  # batches of runs: the first, and two for runs that ended without evidence (incomplete)
+MAX_CRASH_TITLE = 300
+FAILING_VERDICTS = ("new", "regression")
+NOT_COPIED = (STATE, CUT_SHORT, ROUND, "boot_evidence", "avoid_places")  # read afresh at hand-over
+FINAL = ("pass", "fail", "skip", "incomplete")  # a base run's result another pipeline may take
+
+
+def is_triage_run(job: Job) -> bool:
+    return history.triage_of(job) is not None
+
+
+def judged_outcome(session: Session, job: Job) -> str:
+    """A job's word in its pipeline's result: a triaged test job fails only when a verdict of its own is
+    new or a regression; every other job as job_outcome says (Job.result itself stays the raw result)."""
+    raw = job_outcome(job.result, job.error_code)
+    if job.spec.get(STATE) != "done":
+        return raw
+    verdicts = list(session.scalars(select(TestVerdict.verdict).where(TestVerdict.job_id == job.id)))
+    if not verdicts:  # "done" copied by a retest, or written by no one we know: the raw result stands
+        return raw
+    if any(verdict in FAILING_VERDICTS for verdict in verdicts):
+        return "fail"
+    return "pass" if raw == "fail" else raw
+
+
+def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> None:
+    """Any job's result was recorded: the history, a shared base run's followers, a change's failed test
+    job's triage started, and any triage of the pipeline whose runs all ended moved on."""
+    if job.kind == "test" and job.state == "done":
+        history.after_test_result(session, job)
+        mark = history.triage_of(job)
+        if mark is not None and mark.get("side") == BASE and job.build_key is not None and job.follows_id is None:
+            _release_followers(runtime, session, job, outbox)
+        elif mark is None and _wants_triage(session, job):
+            _start(runtime, session, job)
+    advance(runtime, session, job.pipeline, outbox)
+
+
+def _wants_triage(session: Session, job: Job) -> bool:
+    if job.pipeline.kind not in TRIAGED_KINDS or job.reused_from_id is not None:
+        return False
+    if job.spec.get(STATE) == "running":
+        return False
+    return session.scalar(select(TestVerdict.id).where(TestVerdict.job_id == job.id).limit(1)) is None
+
+
+def _start(runtime: Runtime, session: Session, job: Job) -> None:
+    """A fresh state (a retest's copy carries the old run's), if the job has anything to triage."""
+    context = _Context.of(runtime, session, job)
+    if not context.failing and not context.metric_paths:
+        return
+    fresh = {key: value for key, value in job.spec.items() if key not in (STATE, CUT_SHORT, ROUND)}
+    job.spec = {**fresh, STATE: "running"}
+
+
+def advance(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outbox) -> None:
+    """Each test job of the pipeline under triage whose runs have all ended: more runs, or its verdicts.
+    Its waiting runs go after the normal jobs (a base build's end hands them over at the normal priority)."""
+    session.flush()
+    for job in list(pipeline.jobs):
+        if job.state == scheduler.WAITING and is_triage_run(job):
+            job.priority = _priority(pipeline)
+        if job.kind != "test" or job.spec.get(STATE) != "running" or job.state != "done":
+            continue
+        runs = runs_of(pipeline, job)
+        if any(run.state != "done" for run in runs):
+            continue
+        if not _more_runs(runtime, session, job, runs, outbox):
+            conclude(runtime, session, job)
+
+
+def runs_of(pipeline: Pipeline, job: Job) -> list[Job]:
+    return [run for run in pipeline.jobs if (mark := history.triage_of(run)) is not None and mark["of"] == job.id]
+
+
+@dataclass
+class _Context:
+    """What one change test job's triage reads: its identity, its failing and metric tests, and the rule."""
+
+    runtime: Runtime
+    job: Job
+    tree: str
+    base_sha: str | None
+    job_name: str
+    config: str
+    device_class: str
+    rule: TriageRule
+    arch: str = ""
+    failing: list[str] = field(default_factory=list)
+    metric_paths: list[str] = field(default_factory=list)
+    known_entries: list[Any] | None = None  # read once per context, when a failure needs them
+
+    @classmethod
+    def of(cls, runtime: Runtime, session: Session, job: Job) -> _Context:
+        settings = runtime.config.triage
+        name, config = history.identity(session, job)
+        statuses = history.statuses_of(job, name)
+        context = cls(runtime, job, job.pipeline.revision.change.tree.name, job.pipeline.revision.base_sha, name,
+                      config, str(job.spec.get("device_class") or ""),
+                      TriageRule(reruns=settings.reruns, alpha=settings.alpha, history=settings.history))  # fmt: skip
+        build = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
+        kernel = build.spec.get("kernel") if build is not None else None
+        context.arch = str(kernel.get("arch") or "") if isinstance(kernel, dict) else ""
+        context.failing = [path for path, status in statuses.items() if status == "fail"]
+        context.metric_paths = [f"{name}/{test.path}" for test in job.tests
+                                if test.status == "pass" and history.metrics_of(test.diagnostics)]  # fmt: skip
+        return context
+
+
+def _more_runs(runtime: Runtime, session: Session, job: Job, runs: list[Job], outbox: Outbox) -> bool:
+    """Draft the next batch of runs the evidence still wants (within the pipeline's cap); whether it did."""
+    context = _Context.of(runtime, session, job)
+    rounds = int(job.spec.get(ROUND) or 0)
+    change, base = _wanted(session, context, runs)
+    if (change, base) == (0, 0):
+        return False
+    if rounds >= MAX_ROUNDS:
+        _cut(job, f"{rounds} batches of re-runs ended without the evidence asked for (runs incomplete)")
+        return False
+    if base and context.base_sha is None:
+        base = 0  # no base commit is known: there is nothing to run at
+    pipeline = job.pipeline
+    cap = runtime.config.triage.max_extra_runs
+    used = sum(1 for other in pipeline.jobs if is_triage_run(other))
+    order = interleaved(change, base)
+    if len(order) > cap - used:
+        given = max(cap - used, 0)
+        _cut(job, f"the pipeline's cap of {cap} extra runs was reached: {given} of the {len(order)} runs asked "
+                  f"for were drafted")  # fmt: skip
+        order = order[:given]
+    if not order:
+        return False
+    job.spec = {**job.spec, ROUND: rounds + 1}
+    base_build = _base_build(runtime, session, job, outbox) if BASE in order else None
+    ready: list[Job] = []
+    numbers = {CHANGE: _last_n(runs, CHANGE), BASE: _last_n(runs, BASE)}
+    at_base = history.runs_at(session, context.tree, context.base_sha or "", context.job_name,
+                              context.device_class, context.config)  # fmt: skip
+    for side in order:
+        if side == BASE and base_build is None:
+            continue
+        numbers[side] += 1
+        run = _new_run(session, job, side, numbers[side])
+        if side == CHANGE:
+            ready.append(run)
+            continue
+        assert base_build is not None
+        at_base += 1
+        run.depends_on_id = base_build.id
+        run.build_key = run_key(base_build, job, context.device_class, at_base)
+        if _share(session, run) or base_build.state != "done":
+            continue  # it took or follows another pipeline's run, or waits for its build (lifecycle.after_build)
+        if base_build.result == "pass":
+            ready.append(run)
+        else:
+            run.state, run.result = "done", "skip"
+            run.error_message = f"not run: build {base_build.name} did not pass"
+    hand_over(runtime, session, ready)
+    return True
+
+
+def interleaved(change: int, base: int) -> list[str]:
+    """change, base, change, base, ...: a lab that drifts hurts both sides alike."""
+    order: list[str] = []
+    for index in range(max(change, base)):
+        order += [CHANGE] if index < change else []
+        order += [BASE] if index < base else []
+    return order
+
+
+def _wanted(session: Session, context: _Context, runs: list[Job]) -> tuple[int, int]:
+    """The most runs any failing test still wants; metric tests want metric_runs on each side."""
+    change = base = 0
+    for path in context.failing:
+        wanted = runs_wanted(evidence(session, context, path, runs), context.rule)
+        change, base = max(change, wanted[0]), max(base, wanted[1])
+    if context.metric_paths:
+        metric_runs = context.runtime.config.triage.metric_runs
+        ran = 1 + sum(1 for run in runs if _mark(run).get("side") == CHANGE)
+        at_base = history.runs_at(session, context.tree, context.base_sha or "", context.job_name,
+                                  context.device_class, context.config)  # fmt: skip
+        change, base = max(change, metric_runs - ran), max(base, metric_runs - at_base)
+    return change, base
+
+
+def _mark(run: Job) -> dict[str, Any]:
+    return history.triage_of(run) or {}
+
+
+def _last_n(runs: list[Job], side: str) -> int:
+    return max([int(_mark(run).get("n") or 0) for run in runs if _mark(run).get("side") == side], default=0)
+
+
+def _cut(job: Job, why: str) -> None:
+    job.spec = {**job.spec, CUT_SHORT: job.spec.get(CUT_SHORT) or why}
+
+
+def _new_run(session: Session, job: Job, side: str, n: int) -> Job:
+    """A re-run of the change's test job (side change) or its run at the base (side base), pending."""
+    spec = {key: value for key, value in job.spec.items() if key not in NOT_COPIED}
+    taken = {other.name for other in job.pipeline.jobs}
+    name = f"{job.name[:160]} [{side} run {n}]"
+    while name in taken:  # a retest's copies keep their names
+        name += "'"
+    run = Job(pipeline=job.pipeline, kind="test", name=name, queue=job.queue, depends_on_id=job.depends_on_id,
+              spec={**spec, MARK: {"of": job.id, "side": side, "n": n}})  # fmt: skip
+    session.add(run)
+    session.flush()
+    return run
+
+
+def run_key(base_build: Job, job: Job, device_class: str, number: int) -> str:
+    """What makes two base runs the same run: the base build (tree, commit, recipe), the test's recipe,
+    the class, and which run at that commit it is."""
+    recipe = {key: job.spec.get(key) for key in ("name", "kernel", "commands", "kunit", "modules", "timeout_s")}
+    identity = ["triage-base-run", base_build.build_key or base_build.id, recipe, device_class, number]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _share(session: Session, run: Job) -> bool:
+    """Take a finished base run of the same key, or follow one not finished; False: this one runs."""
+    # Serialised per tree, as base builds are: two pipelines drafting at once see each other's run.
+    session.scalar(select(Tree.id).where(Tree.id == run.pipeline.revision.change.tree_id).with_for_update())
+    session.flush()
+    same = select(Job).where(Job.build_key == run.build_key, Job.kind == "test", Job.id != run.id)
+    done = session.scalars(same.where(Job.state == "done", Job.result.in_(FINAL), Job.error_code.is_(None))
+                           .order_by(Job.id).limit(1)).first()  # fmt: skip
+    if done is not None:
+        base_builds.take_result(run, done)
+        return True
+    leader = session.scalars(same.where(Job.state != "done", Job.follows_id.is_(None))
+                             .order_by(Job.id).limit(1).with_for_update()).first()  # fmt: skip
+    if leader is None:
+        return False
+    # Its build is the leader's (the same key): what it would boot if it has to run after all.
+    run.follows_id, run.depends_on_id = leader.id, leader.depends_on_id
+    return True
+
+
+def _release_followers(runtime: Runtime, session: Session, leader: Job, outbox: Outbox) -> None:
+    """A shared base run ended: its followers take its result (a run that failed is evidence too), or,
+    when ours failed it (no result), the first of them runs it and the others follow that one."""
+    session.flush()
+    followers = list(session.scalars(select(Job).where(Job.follows_id == leader.id, Job.state == "pending")
+                                     .order_by(Job.id).with_for_update()))  # fmt: skip
+    if not followers:
+        return
+    if leader.result in FINAL and leader.error_code is None:
+        for follower in followers:
+            base_builds.take_result(follower, leader)
+            follower.follows_id = None
+            _moved_on(runtime, session, follower.pipeline, outbox)
+        return
+    first, rest = followers[0], followers[1:]
+    first.follows_id = None
+    for follower in rest:
+        follower.follows_id = first.id
+    hand_over(runtime, session, [first])
+    lifecycle.report_after(first.pipeline, outbox)
+
+
+def _moved_on(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outbox) -> None:
+    advance(runtime, session, pipeline, outbox)
+    lifecycle.finish_if_done(session, pipeline)
+    lifecycle.report_after(pipeline, outbox)
+
+
+def hand_over(runtime: Runtime, session: Session, runs: list[Job]) -> None:
+    """To their class's queue, after the normal jobs of their kind of pipeline."""
+    if not runs:
+        return
+    handover.hand_over_tests(runtime, session, runs)
+    for run in runs:
+        if run.state == scheduler.WAITING:
+            run.priority = _priority(run.pipeline)
+
+
+def _priority(pipeline: Pipeline) -> int:
+    return job_priority(pipeline.kind, pipeline.revision.change.author_trusted) - PRIORITY_DROP
+
+
+def existing_base_build(session: Session, job: Job) -> Job | None:
+    """The pipeline's build of the job's recipe at the base commit, if it has one: its own build when that
+    is at the base, the base build its build waits for, or one drafted for triage before."""
+    pipeline = job.pipeline
+    build = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
+    if build is None or pipeline.revision.base_sha is None:
+        return None
+    if build.spec.get("head_sha") == pipeline.revision.base_sha:
+        return build
+    parent = session.get(Job, build.depends_on_id) if build.depends_on_id is not None else None
+    if parent is not None and is_base_build(parent.kind, parent.spec):
+        return parent
+    name = BASE_BUILD_PREFIX + build.name
+    return next((other for other in pipeline.jobs if other.kind == "build" and other.name == name), None)
+
+
+def _base_build(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -> Job | None:
+    """The base build for the job's base runs: the pipeline's, or one drafted now as bot/core/progress.py
+    drafts them (role base, build_key) and shared through base_builds."""
+    pipeline = job.pipeline
+    build = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
+    base_sha = pipeline.revision.base_sha
+    found = existing_base_build(session, job)
+    if found is not None or build is None or base_sha is None:
+        return found
+    name = BASE_BUILD_PREFIX + build.name
+    spec = {**build.spec, "name": name, "head_sha": base_sha, "trusted": True, "role": "base"}
+    base = Job(pipeline=pipeline, kind="build", name=name, queue=BUILD_QUEUE, spec=spec,
+               depends_on_id=build.depends_on_id,
+               build_key=base_builds.build_key(pipeline.revision.change.tree.name, spec))  # fmt: skip
+    session.add(base)
+    session.flush()
+    base_builds.start(runtime, session, base, outbox)
+    return base
+
+
+def evidence(session: Session, context: _Context, path: str, runs: list[Job]) -> Evidence:
+    """One test's evidence, from what the control plane recorded: the job's and its re-runs' statuses,
+    the history at the base commit and before it, the base build's result."""
+    job = context.job
+    change = [history.statuses_of(job, context.job_name).get(path, "incomplete")]
+    for run in sorted(runs, key=lambda r: int(_mark(r).get("n") or 0)):
+        if _mark(run).get("side") == CHANGE and run.state == "done":
+            change.append(history.statuses_of(run, context.job_name).get(path, _missing(run)))
+    base_rows: list[str] = []
+    older: list[str] = []
+    absent = False
+    if context.base_sha is not None:
+        at = (context.tree, context.base_sha)
+        base_rows = [row.status for row in history.base_result_at(session, *at, path, context.device_class,
+                                                                    context.config)]  # fmt: skip
+        booted = [row.status for row in history.base_result_at(session, *at, history.boot_path(context.job_name),
+                                                                 context.device_class, context.config)]  # fmt: skip
+        absent = not base_rows and "pass" in booted and path != history.boot_path(context.job_name)
+        older = [row.status for row in history.history_for(
+            session, context.tree, history.branch_of(job.pipeline), path, context.device_class, context.config,
+            context.rule.history, exclude_commit=context.base_sha)]  # fmt: skip
+    return Evidence(path=path, device_class=context.device_class, change=tuple(change), base=tuple(base_rows),
+                    history=tuple(older), known_issue=_known_issue(context, path), crash_title=_crash_title(job),
+                    cut_short=str(job.spec.get(CUT_SHORT) or ""), absent_on_base=absent,
+                    base_build_failed=_base_build_failed(session, job, runs))  # fmt: skip
+
+
+def _missing(run: Job) -> str:
+    """A test a re-run has no result for: it did not run (a crash before it is the run's `<job>/boot`)."""
+    return "skip" if run.result == "skip" else "incomplete"
+
+
+def _base_build_failed(session: Session, job: Job, runs: list[Job]) -> bool:
+    """The base's build of the recipe failed (its own, or the one a base run was sent to boot)."""
+    builds = [existing_base_build(session, job)]
+    builds += [session.get(Job, run.depends_on_id) for run in runs
+               if _mark(run).get("side") == BASE and run.depends_on_id is not None]  # fmt: skip
+    return any(build is not None and build.state == "done" and build.result == "fail" and build.error_code is None
+               for build in builds)  # fmt: skip
+
+
+def _crash_title(job: Job) -> str:
+    """The crash title lab/console.py found in the job's console (the worker's word, shown, never judged)."""
+    crash = job.outputs.get("crash") if isinstance(job.outputs, dict) else None
+    title = crash.get("title") if isinstance(crash, dict) else None
+    return title[:MAX_CRASH_TITLE] if isinstance(title, str) else ""
+
+
+def _known_issue(context: _Context, path: str) -> str | None:
+    """The known issue (bot/pipelines/known_issues.py) that explains the failure, if one does: matched on
+    the test's path, its diagnostics and the crash title, in the failure's scope."""
+    try:
+        from bot.core.known_issues import FailureScope
+        from bot.pipelines import known_issues
+    except ImportError:  # the registry's control side is not there yet: no failure is explained by it
+        return None
+    if context.known_entries is None:
+        context.known_entries = known_issues.entries_of(context.runtime)
+    if not context.known_entries:
+        return None
+    test = path.removeprefix(f"{context.job_name}/")
+    log = "\n".join(case.diagnostics or "" for case in context.job.tests if case.path == test)
+    where = FailureScope(tree=context.tree, branch=history.branch_of(context.job.pipeline), arch=context.arch,
+                         device_class=context.device_class, config=context.config)  # fmt: skip
+    return known_issues.known_issue_for(context.known_entries, where=where, test_path=path, log=log,
+                                        crash_title=_crash_title(context.job))  # fmt: skip
+
+
+def conclude(runtime: Runtime, session: Session, job: Job) -> list[TestVerdict]:
+    """The job's verdicts, written once its runs have ended (or none were needed); its state "done"."""
+    context = _Context.of(runtime, session, job)
+    runs = runs_of(job.pipeline, job)
+    found: dict[str, Triage] = {}
+    for path in context.failing:
+        found[path] = triage(evidence(session, context, path, runs), context.rule)
+    for path in _maybe_fixed(session, context):
+        found.setdefault(path, triage(evidence(session, context, path, runs), context.rule))
+    rows = {path: _verdict_row(job, result) for path, result in found.items()}
+    for path in context.metric_paths:
+        perf = _perf_row(session, context, path, runs)
+        if perf is not None and (path not in rows or perf.verdict == "regression"):
+            rows[path] = perf
+    for row in rows.values():
+        session.add(row)
+    job.spec = {**job.spec, STATE: "done"}
+    session.flush()
+    return list(rows.values())
+
+
+def _maybe_fixed(session: Session, context: _Context) -> list[str]:
+    """Tests passing with the change that failed at the base commit: only where base runs exist."""
+    if context.base_sha is None:
+        return []
+    passing = [path for path, status in history.statuses_of(context.job, context.job_name).items() if status == "pass"]
+    return [path for path in passing
+            if "fail" in history.statuses(history.base_result_at(session, context.tree, context.base_sha, path,
+                                                                 context.device_class, context.config))]  # fmt: skip
+
+
+def _verdict_row(job: Job, result: Triage) -> TestVerdict:
+    return TestVerdict(pipeline_id=job.pipeline_id, job_id=job.id, test_path=result.path[:500],
+                       device_class=result.device_class, verdict=result.verdict, evidence=result.evidence,
+                       change_runs=result.change_runs, change_fails=result.change_fails, base_runs=result.base_runs,
+                       base_fails=result.base_fails, p_value=result.p_value, known_issue=result.known_issue,
+                       crash_title=result.crash_title, cut_short=result.cut_short)  # fmt: skip
+
+
+def _perf_row(session: Session, context: _Context, path: str, runs: list[Job]) -> TestVerdict | None:
+    """A metric test's comparison with the base commit, metric by metric (bot/core/perf.py). Which way is
+    better, and the unit, are what the base's own runs declare: a change cannot flip them."""
+    if context.base_sha is None:
+        return None
+    test = path.removeprefix(f"{context.job_name}/")
+    change: dict[str, list[float]] = {}
+    for run in [context.job, *(r for r in runs if _mark(r).get("side") == CHANGE and r.state == "done")]:
+        for case in run.tests:
+            if case.path == test and case.status == "pass":
+                for metric in parse_metrics(case.diagnostics or ""):
+                    change.setdefault(metric.name, []).append(metric.value)
+    rows = history.base_result_at(session, context.tree, context.base_sha, path, context.device_class,
+                                  context.config)  # fmt: skip
+    declared = _declared(session, rows, test)
+    settings = context.runtime.config.triage
+    compared: list[MetricComparison] = []
+    for name, (unit, better) in sorted(declared.items()):
+        base = [float(row.metrics[name]) for row in rows if row.status == "pass" and _number(row.metrics.get(name))]
+        try:
+            compared.append(compare_metric(name, unit, better, change.get(name, []), base, alpha=settings.alpha,
+                                           min_effect=settings.min_effect))  # fmt: skip
+        except ValueError:
+            continue  # not a finite number: nothing to compare
+    if not compared:
+        return None
+    worse = [comparison for comparison in compared if comparison.regression]
+    first = (worse or compared)[0]
+    return TestVerdict(pipeline_id=context.job.pipeline_id, job_id=context.job.id, test_path=path[:500],
+                       device_class=context.device_class, verdict="regression" if worse else "pass",
+                       evidence="; ".join(comparison.text for comparison in (worse or compared))[:4000],
+                       change_runs=len(first.change), change_fails=0, base_runs=len(first.base), base_fails=0,
+                       p_value=min(comparison.p_value for comparison in (worse or compared)), known_issue=None,
+                       crash_title="", cut_short=str(context.job.spec.get(CUT_SHORT) or ""))  # fmt: skip
+
+
+def _declared(session: Session, rows: list[Any], test: str) -> dict[str, tuple[str, str]]:
+    """name -> (unit, better) as the base's first passing run that reports metrics prints them."""
+    for row in rows:
+        if row.status != "pass" or not row.metrics or row.job_id is None:
+            continue
+        case = session.scalars(select(TestResult).where(TestResult.job_id == row.job_id, TestResult.path == test)
+                               .limit(1)).first()  # fmt: skip
+        if case is not None:
+            return {metric.name: (metric.unit, metric.better) for metric in parse_metrics(case.diagnostics or "")}
+    return {}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

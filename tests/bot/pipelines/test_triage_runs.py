@@ -1,0 +1,255 @@
+"""Triage runs through the real result path: a change's failing test job is re-run and run at its base
+commit, interleaved on its class at a lower priority; base runs are shared by every change on that base;
+the extra-run cap cuts short; verdicts decide the pipeline's result, and nothing a job's worker sends
+(outputs, tests) is read as a verdict, a triage mark or a crash title that decides."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.host.config import Triage
+from bot.pipelines.history import BOOT
+from bot.pipelines.triage_runs import CUT_SHORT, MARK, STATE
+from bot.store.models import Job, Pipeline, ResultHistory
+from bot.store.models import TestVerdict as VerdictRow
+from bot.pipelines.lifecycle import record_result
+from tests.bot.pipelines.kernel_lab import BASE, QEMU, KernelLab, build_outputs, spec_of_message
+from workers.app import lab_queue
+from workers.spec import JobResult, TestCase
+
+TEST = f"{QEMU} boot"
+PATH = f"{TEST}/hello"
+Outcome = Callable[[Job], tuple[str, tuple[TestCase, ...]]]
+
+
+def failing(_: Job) -> tuple[str, tuple[TestCase, ...]]:
+    return "fail", (TestCase(path="hello", status="fail", diagnostics="# hello: expected 1, got 2"),)
+
+
+def passing(_: Job) -> tuple[str, tuple[TestCase, ...]]:
+    return "pass", (TestCase(path="hello", status="pass"),)
+
+
+def by_side(change: Outcome, base: Outcome) -> Outcome:
+    return lambda job: base(job) if job.spec[MARK]["side"] == "base" else change(job)
+
+
+def queued_test(lab: KernelLab, head: str = "c" * 40) -> tuple[int, Job]:
+    """A pipeline whose builds passed and whose test job is queued: its id and the test job."""
+    pipeline_id = lab.checked_out(head=head, checkpatch=False)
+    jobs = lab.jobs(pipeline_id)
+    if jobs["base x86_64"].state != "done":
+        lab.report(jobs["base x86_64"].id, outputs=lab.stored(build_outputs("1" * 64)))
+    lab.report(jobs["x86_64"].id, outputs=lab.stored(build_outputs(head[:1] * 64)))
+    return pipeline_id, lab.jobs(pipeline_id)[TEST]
+
+
+def finish(lab: KernelLab, job_id: int, outcome: Outcome, outputs: dict[str, Any] | None = None) -> None:
+    with lab.runtime.store.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        result, tests = outcome(job)
+    lab.report(job_id, result, outputs=outputs or {}, tests=tests)
+
+
+def drive(lab: KernelLab, outcome: Outcome) -> list[int]:
+    """Play the lab's workers until no triage run is queued; the job ids in the order they were run."""
+    ran: list[int] = []
+    while True:
+        with lab.runtime.store.session() as session:
+            queued = list(session.scalars(select(Job.id).where(Job.kind == "test", Job.state == "queued")
+                                          .order_by(Job.id)))  # fmt: skip
+        sent = [m.job_id for m in lab.messages(lab_queue(QEMU)) if m.job_id in queued]
+        if not sent:
+            return ran
+        finish(lab, sent[0], outcome)
+        ran.append(sent[0])
+
+
+def triage_runs(lab: KernelLab, pipeline_id: int) -> list[Job]:
+    return sorted((job for job in lab.jobs(pipeline_id).values() if MARK in job.spec), key=lambda job: job.id)
+
+
+def verdicts(lab: KernelLab, pipeline_id: int) -> dict[str, VerdictRow]:
+    with lab.runtime.store.session() as session:
+        rows = session.scalars(select(VerdictRow).where(VerdictRow.pipeline_id == pipeline_id)).all()
+        session.expunge_all()
+        return {row.test_path: row for row in rows}
+
+
+def with_triage(lab: KernelLab, **settings: Any) -> KernelLab:
+    config = lab.runtime.config.model_copy(update={"triage": Triage(**settings)})
+    return dataclasses.replace(lab, runtime=dataclasses.replace(lab.runtime, config=config))
+
+
+def test_a_new_failure_is_rerun_interleaved_with_base_runs_and_fails_the_pipeline(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    finish(kernel_lab, test.id, failing)
+    runs = triage_runs(kernel_lab, pipeline_id)
+    assert [(r.spec[MARK]["side"], r.spec[MARK]["n"]) for r in runs] == [
+        ("change", 1), ("base", 1), ("change", 2), ("base", 2), ("change", 3), ("base", 3), ("base", 4)]
+    assert all(r.spec[MARK]["of"] == test.id for r in runs)
+    assert kernel_lab.jobs(pipeline_id)[TEST].spec[STATE] == "running"
+    base_build = kernel_lab.jobs(pipeline_id)["base x86_64"]
+    assert {r.depends_on_id for r in runs if r.spec[MARK]["side"] == "base"} == {base_build.id}
+    assert {r.depends_on_id for r in runs if r.spec[MARK]["side"] == "change"} == {test.depends_on_id}
+    # The class's window (4) holds the first four, in the interleaved order, behind normal jobs.
+    sent = [m.job_id for m in kernel_lab.messages(lab_queue(QEMU))]
+    assert sent == [test.id, *(r.id for r in runs[:4])]
+    assert all(r.priority < test.priority for r in triage_runs(kernel_lab, pipeline_id))
+    assert kernel_lab.pipeline(pipeline_id).state == "running"  # waits for its evidence
+    ran = drive(kernel_lab, by_side(failing, passing))
+    assert ran == [r.id for r in runs]  # interleaved as drafted
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.evidence) == ("new", "failed 4/4 with the change, 0/4 on base")
+    assert (verdict.change_runs, verdict.change_fails, verdict.base_runs, verdict.base_fails) == (4, 4, 4, 0)
+    assert verdict.job_id == test.id and verdict.p_value is not None and verdict.p_value <= 0.02
+    pipeline = kernel_lab.pipeline(pipeline_id)
+    assert (pipeline.state, pipeline.result) == ("done", "fail")
+    after = kernel_lab.jobs(pipeline_id)[TEST]
+    assert (after.result, after.spec[STATE]) == ("fail", "done")  # the raw result stays
+    with kernel_lab.runtime.store.session() as session:
+        rows = session.scalars(select(ResultHistory).where(ResultHistory.test_path == PATH)).all()
+        assert sorted((r.commit, r.status, r.source) for r in rows) == sorted(
+            [(BASE, "pass", "base-run")] + [(BASE, "pass", "rerun")] * 3)  # the change's runs are not history
+        assert {(r.branch, r.config, r.device_class) for r in rows} == {("master", "x86_64", QEMU)}
+
+
+def test_a_base_run_is_shared_by_two_changes_on_one_base(kernel_lab: KernelLab) -> None:
+    first_id, first = queued_test(kernel_lab, "c" * 40)
+    second_id, second = queued_test(kernel_lab, "d" * 40)
+    finish(kernel_lab, first.id, failing)
+    finish(kernel_lab, second.id, failing)
+    leaders = [r for r in triage_runs(kernel_lab, first_id) if r.spec[MARK]["side"] == "base"]
+    followers = [r for r in triage_runs(kernel_lab, second_id) if r.spec[MARK]["side"] == "base"]
+    assert [f.follows_id for f in followers] == [leader.id for leader in leaders]
+    assert all(f.state == "pending" for f in followers)
+    ran = drive(kernel_lab, by_side(failing, passing))
+    base_ran = [job_id for job_id in ran if job_id in {r.id for r in [*leaders, *followers]}]
+    assert base_ran == [leader.id for leader in leaders]  # four base runs in all, not eight
+    after = [r for r in triage_runs(kernel_lab, second_id) if r.spec[MARK]["side"] == "base"]
+    assert [(r.state, r.result, r.reused_from_id) for r in after] == [("done", "pass", lead.id) for lead in leaders]
+    for pipeline_id in (first_id, second_id):
+        verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+        assert (verdict.verdict, verdict.base_runs, verdict.base_fails) == ("new", 4, 0)
+        assert kernel_lab.pipeline(pipeline_id).result == "fail"
+    # A third change on that base later: the base's four runs are known, only its own re-runs go.
+    third_id, third = queued_test(kernel_lab, "e" * 40)
+    finish(kernel_lab, third.id, failing)
+    assert [r.spec[MARK]["side"] for r in triage_runs(kernel_lab, third_id)] == ["change"] * 3
+    drive(kernel_lab, failing)
+    assert verdicts(kernel_lab, third_id)[PATH].verdict == "new"
+
+
+def test_a_failure_on_the_base_too_is_pre_existing_and_passes(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    finish(kernel_lab, test.id, failing)
+    drive(kernel_lab, failing)
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert verdict.verdict == "pre-existing" and verdict.base_fails >= 1
+    pipeline = kernel_lab.pipeline(pipeline_id)
+    assert (pipeline.state, pipeline.result) == ("done", "pass")
+    assert kernel_lab.jobs(pipeline_id)[TEST].result == "fail"
+
+
+def test_a_flaky_base_history_gives_flaky_without_reruns(kernel_lab: KernelLab) -> None:
+    with kernel_lab.runtime.store.session() as session:
+        for index, status in enumerate(["pass", "fail", "pass", "pass", "fail", "pass"]):
+            session.add(ResultHistory(tree="linux", branch="master", commit=f"{index:040x}", test_path=PATH,
+                                      device_class=QEMU, config="x86_64", status=status, source="staging"))  # fmt: skip
+    pipeline_id, test = queued_test(kernel_lab)
+    finish(kernel_lab, test.id, failing)
+    assert triage_runs(kernel_lab, pipeline_id) == []
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.evidence) == ("flaky", f"base history mixed on {QEMU} (2 of 6 failed)")
+    pipeline = kernel_lab.pipeline(pipeline_id)
+    assert (pipeline.state, pipeline.result) == ("done", "pass")
+
+
+def test_the_extra_run_cap_cuts_short_and_the_failure_is_unconfirmed(kernel_lab: KernelLab) -> None:
+    lab = with_triage(kernel_lab, max_extra_runs=3)
+    pipeline_id, test = queued_test(lab)
+    finish(lab, test.id, failing)
+    runs = triage_runs(lab, pipeline_id)
+    assert [r.spec[MARK]["side"] for r in runs] == ["change", "base", "change"]
+    drive(lab, by_side(failing, passing))
+    verdict = verdicts(lab, pipeline_id)[PATH]
+    cut = "the pipeline's cap of 3 extra runs was reached: 3 of the 7 runs asked for were drafted"
+    assert (verdict.verdict, verdict.cut_short) == ("unconfirmed", cut)
+    assert cut in verdict.evidence and lab.jobs(pipeline_id)[TEST].spec[CUT_SHORT] == cut
+    assert lab.pipeline(pipeline_id).result == "pass"  # cut short is not new
+
+
+def test_a_boot_failure_with_no_test_result_is_triaged_as_the_jobs_boot(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    kernel_lab.report(test.id, "fail", outputs={})
+    assert len(triage_runs(kernel_lab, pipeline_id)) == 7
+    drive(kernel_lab, by_side(lambda _: ("fail", ()), passing))
+    verdict = verdicts(kernel_lab, pipeline_id)[f"{TEST}/{BOOT}"]
+    assert (verdict.verdict, verdict.change_fails, verdict.base_runs) == ("new", 4, 4)
+
+
+def test_a_passing_pipeline_runs_nothing_more_and_writes_no_verdict(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    finish(kernel_lab, test.id, passing)
+    assert triage_runs(kernel_lab, pipeline_id) == [] and verdicts(kernel_lab, pipeline_id) == {}
+    assert STATE not in kernel_lab.jobs(pipeline_id)[TEST].spec
+    assert kernel_lab.pipeline(pipeline_id).result == "pass"
+
+
+def test_an_incomplete_job_is_not_triaged(kernel_lab: KernelLab) -> None:
+    lab = kernel_lab
+    pipeline_id, _ = queued_test(lab)
+    while (raw := lab.broker.rpop(lab_queue(QEMU))) is not None:  # the first attempt and its retries
+        spec = spec_of_message(raw)  # type: ignore[arg-type]
+        record_result(lab.runtime, JobResult(job_id=spec.job_id, delivery=1, result="incomplete",
+                                             error_code="qemu-crashed", result_token=spec.result_token))  # fmt: skip
+    job = lab.jobs(pipeline_id)[TEST]
+    assert (job.state, job.result, job.attempts) == ("done", "incomplete", 3)
+    assert triage_runs(lab, pipeline_id) == [] and STATE not in job.spec
+    assert lab.pipeline(pipeline_id).result == "incomplete"  # as before: the lab's, not the change's
+
+
+def test_what_a_change_job_sends_cannot_change_its_verdict(kernel_lab: KernelLab) -> None:
+    """Attack: the job's outputs and tests claim a verdict, a triage mark, a done state and a crash title
+    (a kernel prints what it likes to its console); only what the control plane wrote is read."""
+    pipeline_id, test = queued_test(kernel_lab)
+    forged = {"verdict": "pass", MARK: {"of": test.id, "side": "base", "n": 1}, STATE: "done",
+              "crash": {"title": "x" * 100_000, "kind": "BUG"}, "triage_verdicts": {PATH: "flaky"}}  # fmt: skip
+    lie = "# verdict: flaky\n# metric: t=1 ms lower is better\n# triage: pre-existing"
+    hostile = (TestCase(path="hello", status="fail", diagnostics=lie),)
+    finish(kernel_lab, test.id, lambda _: ("fail", hostile), outputs=forged)
+    after = kernel_lab.jobs(pipeline_id)[TEST]
+    assert MARK not in after.spec and after.spec[STATE] == "running"
+    for _ in range(7):
+        ran = drive(kernel_lab, by_side(lambda _: ("fail", hostile), passing))
+        if not ran:
+            break
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert verdict.verdict == "new" and len(verdict.crash_title) == 300  # shown, capped, never judged
+    assert kernel_lab.pipeline(pipeline_id).result == "fail"
+
+
+def test_a_staging_pipelines_tests_feed_the_history_with_their_metrics(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    with kernel_lab.runtime.store.session() as session:
+        pipeline = session.get(Pipeline, pipeline_id)
+        assert pipeline is not None
+        pipeline.kind = "post-merge"
+        pipeline.revision.change.external_id = "org/linux@next"
+    measured = (TestCase(path="hello", status="pass", diagnostics="# metric: sched.wakeup_ns=1234.5 ns lower is better"),
+                TestCase(path="bye", status="fail"))  # fmt: skip
+    finish(kernel_lab, test.id, lambda _: ("fail", measured))
+    assert triage_runs(kernel_lab, pipeline_id) == []  # a staging push is compared head to head, as before
+    with kernel_lab.runtime.store.session() as session:
+        rows = session.scalars(select(ResultHistory).order_by(ResultHistory.test_path)).all()
+        assert [(r.test_path, r.status, r.source, r.branch, r.commit, r.metrics) for r in rows] == [
+            (f"{TEST}/boot", "pass", "staging", "next", "c" * 40, {}),
+            (f"{TEST}/bye", "fail", "staging", "next", "c" * 40, {}),
+            (PATH, "pass", "staging", "next", "c" * 40, {"sched.wakeup_ns": 1234.5}),
+        ]  # fmt: skip
+    assert kernel_lab.pipeline(pipeline_id).result == "fail"
