@@ -25,13 +25,13 @@ MAX_METRICS = 200  # kept per text: a test printing 100,000 metric lines costs a
 MAX_LINE = 512  # longer lines are not metric lines: the pattern below stays cheap on anything it sees
 EXACT_MAX_RUNS = 40  # pooled runs up to which the U test is exact; beyond, the normal approximation
 
-_METRIC = re.compile(
-    r"[ \t]*(?:#[ \t]*){1,8}metric:[ \t]*"
-    r"(?P<name>[A-Za-z0-9_.:-]{1,100})[ \t]*=[ \t]*"
-    r"(?P<value>[-+]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,3})?)"
-    r"(?:[ \t]+(?P<unit>[A-Za-z%/]{1,16}))?"
-    r"(?:[ \t]*,?[ \t]*[\[(]?(?P<better>higher|lower)[ \t]+is[ \t]+better[\])]?)?"
-    r"[ \t]*\r?",
+_METRIC = re.compile(  # possessive quantifiers (++, *+): a part once read is never re-split, so no backtracking
+    r"[ \t]*+(?:#[ \t]*+){1,8}+metric:[ \t]*+"
+    r"(?P<name>[A-Za-z0-9_.:-]{1,100}+)[ \t]*+=[ \t]*+"
+    r"(?P<value>[-+]?+(?:[0-9]{1,30}+(?:\.[0-9]{0,30}+)?+|\.[0-9]{1,30}+)(?:[eE][-+]?+[0-9]{1,3}+)?+)"
+    r"(?:[ \t]++(?P<unit>[A-Za-z%/]{1,16}+))?"
+    r"(?:[ \t]*+,?+[ \t]*+[\[(]?+(?P<better>higher|lower)[ \t]++is[ \t]++better[\])]?+)?+"
+    r"[ \t]*+\r?+",
     re.ASCII,
 )
 

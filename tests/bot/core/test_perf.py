@@ -80,10 +80,16 @@ def test_a_flood_of_metric_lines_keeps_only_the_cap() -> None:
     assert len(metrics) == MAX_METRICS and metrics[0].name == "m0"
 
 
-def _seconds(text: str) -> float:
-    start = time.perf_counter()
-    parse_metrics(text)
-    return time.perf_counter() - start
+def _growth(small: str, large: str) -> float:
+    """How much longer large takes than small: CPU time (other helpers share the cores), best of 5."""
+    best = {small: math.inf, large: math.inf}
+    parse_metrics(small)  # warm the pattern
+    for _ in range(5):
+        for text in (small, large):
+            start = time.process_time()
+            parse_metrics(text)
+            best[text] = min(best[text], time.process_time() - start)
+    return best[large] / max(best[small], 1e-6)
 
 
 @pytest.mark.parametrize(
@@ -96,17 +102,14 @@ def _seconds(text: str) -> float:
     ],
 )
 def test_hostile_output_is_read_in_linear_time(line: str) -> None:
-    small, large = (line + "\n") * 1_000, (line + "\n") * 10_000
-    _seconds(small)  # warm the pattern
-    ratio = min(_seconds(large) for _ in range(3)) / max(min(_seconds(small) for _ in range(3)), 1e-6)
-    assert ratio < 30, ratio  # 10x the input: linear is ~10, quadratic would be ~100
+    growth = _growth((line + "\n") * 1_000, (line + "\n") * 16_000)
+    assert growth < 64, growth  # 16x the input: linear is ~16, quadratic would be ~256
 
 
 def test_a_huge_single_line_is_skipped_in_linear_time() -> None:
-    small, large = "# metric: x=" + "9" * 200_000, "# metric: x=" + "9" * 2_000_000
+    small, large = "# metric: x=" + "9" * 250_000, "# metric: x=" + "9" * 4_000_000
     assert parse_metrics(large + "\n# metric: ok=1") == [Metric("ok", 1.0, "", "lower")]
-    ratio = min(_seconds(large) for _ in range(3)) / max(min(_seconds(small) for _ in range(3)), 1e-6)
-    assert ratio < 30, ratio
+    assert _growth(small, large) < 64
 
 
 def test_parse_metrics_never_raises_on_random_bytes() -> None:
@@ -160,9 +163,9 @@ def test_large_samples_use_a_normal_approximation_close_to_exact(monkeypatch: py
             patched.setattr(perf, "EXACT_MAX_RUNS", 0)
             approx = mann_whitney_one_sided(x, y)
         assert approx == pytest.approx(exact, abs=0.01), (shift, exact, approx)
-    start = time.perf_counter()
+    start = time.process_time()
     mann_whitney_one_sided(list(range(20)), [v + 0.5 for v in range(20)])  # the exact path at its largest
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
 
 
 def test_the_u_test_refuses_non_finite_values() -> None:

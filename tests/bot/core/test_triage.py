@@ -211,3 +211,12 @@ def test_the_rates_read_no_more_history_than_the_rule_does() -> None:
     assert false_new_rate(RULE, 0.1, 500) == false_new_rate(RULE, 0.1, 20)
     assert false_new_bound(TriageRule(reruns=0), 20) == 0.0  # 1/1 against 0/21 is p=1/22: never `new`
     assert triage(ev("f", "p", "p" * 20), TriageRule(reruns=0)).verdict == "flaky"
+
+
+def test_the_module_docstring_states_the_computed_figures() -> None:
+    import bot.core.triage as module
+
+    doc = module.__doc__ or ""
+    for h in (0, 20):
+        assert f"history {h}: false_new_bound = " in doc
+        assert f"{false_new_bound(RULE, h):.4f}" in doc.split(f"history {h}: false_new_bound = ")[1][:40]
