@@ -8,8 +8,11 @@ Tests report a measurement as a KTAP diagnostic line `# metric: <name>=<value> <
 - the change's median moved the bad way by at least min_effect of the base's median (0.05: 5%).
 
 Under "no worse with the change" (both sides drawn from one distribution) the test alone calls a regression
-with probability at most alpha, so the rule does too. Text people read: "sched.wakeup_ns +14% (p=0.004, 5 runs
-each)".
+with probability at most alpha, so the rule does too: with 5 runs each and alpha 0.02, exactly 4 of the 252
+rank splits give p <= alpha (p = 1/252, 2/252, and 4/252 for two), a level of 4/252 = 0.016.
+That is per metric: a test reporting M noisy metrics has up to M times that chance that one of them is called.
+
+Text people read: "sched.wakeup_ns +14% (p=0.004, 5 runs each)".
 """
 
 from __future__ import annotations
