@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.cli.artifacts import add_artifacts_parser, run_artifacts
+from bot.cli.known_issue import add_known_issue_parser, run_known_issue
 from bot.cli.lab import add_lab_parser, run_lab
 from bot.host.config import Config, load_config, render_config_json_schema
 from workers.errors import ConfigError, LabgateError, UserError
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--hardware", action="store_true", help="also allow real boards")
     approve.add_argument("--as", dest="approver", required=True, help="who approves (kept with the approval)")
     _config_arg(approve)
-    for lab_command in [*add_lab_parser(sub), *add_artifacts_parser(sub)]:
+    for lab_command in [*add_lab_parser(sub), *add_artifacts_parser(sub), *add_known_issue_parser(sub)]:
         _config_arg(lab_command)
     return parser
 
@@ -121,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_lab(config, args)
         if args.command == "artifacts":
             return run_artifacts(config, args)
+        if args.command == "known-issue":
+            return run_known_issue(config, args)
     except (ConfigError, UserError) as exc:
         print(f"labgate: {exc}", file=sys.stderr)
         return EXIT_ERROR
