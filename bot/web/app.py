@@ -18,6 +18,7 @@ from bot.web.artifact_exchange import exchange_routes
 from bot.web.artifacts import artifact_routes
 from bot.web.hooks import open_github_hook, open_gitlab_hook
 from bot.web.intake import open_intake
+from bot.web.job_spec_api import job_spec_routes
 from bot.web.pages import page_routes, scope_of_job
 from bot.web.submissions import open_submission_api
 
@@ -51,6 +52,7 @@ def create_app(runtime: Runtime, *, submission_verifier: Verifier | None = None)
     routes += exchange_routes(runtime) if exchange_url() is not None else []
     routes += page_routes(runtime)  # each through the one access check (bot/web/access.py)
     routes += artifact_routes(runtime, scope_of_job)  # a job's log and artifacts, for people: the same check
+    routes += job_spec_routes(runtime)  # what `labgate reproduce` needs of a job: the same check
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -184,7 +184,7 @@ def test_a_new_route_without_the_check_is_caught(site: Site) -> None:
 
 def test_every_url_of_a_private_pipeline_is_404_without_credentials(site: Site) -> None:
     urls = site.urls(site.secret)
-    assert len(urls) == 3 * 3 + 1  # page, log and artifact of each job, the pipeline page
+    assert len(urls) == 3 * 4 + 1  # page, log, artifact and reproduction spec of each job, the pipeline page
     missing_job, missing_pipeline = site.client.get("/jobs/999999"), site.client.get("/pipelines/999999")
     assert missing_job.status_code == 404
     assert _shape(missing_job) == _shape(missing_pipeline)
