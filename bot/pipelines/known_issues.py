@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from bot.core.known_issues import (
     FailureScope,
@@ -22,11 +22,11 @@ from bot.core.known_issues import (
     is_active,
     stale,
 )
-from bot.core.progress import BASE_BUILD_PREFIX
 from bot.core.triage import Evidence, Triage, TriageRule, runs_wanted, triage
 from bot.host.config import KnownIssueConfig
 from bot.host.stores import Runtime
-from bot.store.models import Job, KnownIssue, ResultHistory, TestVerdict
+from bot.pipelines import history
+from bot.store.models import Change, Job, KnownIssue, Pipeline, ResultHistory, Revision, TestVerdict
 from workers.errors import UserError
 
 RECENT_RUNS = 2000  # newest verdicts and history rows read for staleness
@@ -215,17 +215,15 @@ def _recent_runs(session: Session, runtime: Runtime) -> list[tuple[datetime, See
     """The newest verdicts and base-branch results, newest first, each with where it ran."""
     arch = {dc.name: dc.tags.get("arch", "") for dc in runtime.config.device_classes}
     runs: list[tuple[datetime, SeenRun]] = []
-    verdicts = session.scalars(select(TestVerdict).order_by(TestVerdict.created_at.desc()).limit(RECENT_RUNS))
-    places: dict[int, FailureScope] = {}
+    verdicts = list(session.scalars(select(TestVerdict).order_by(TestVerdict.created_at.desc()).limit(RECENT_RUNS)))
+    places = _places(session, verdicts)
     for verdict in verdicts:
-        if verdict.job_id not in places:
-            places[verdict.job_id] = _place_of_job(session, verdict.job_id)
-        where = replace(places[verdict.job_id], device_class=verdict.device_class,
-                        arch=arch.get(verdict.device_class, ""))  # fmt: skip
+        tree, branch, config = places.get(verdict.job_id, ("", "", ""))
+        where = FailureScope(tree, branch, arch.get(verdict.device_class, ""), verdict.device_class, config)
         judged = verdict.change_runs > 0 or bool(verdict.known_issue)  # no pass/fail run: no evidence
         runs.append((_utc(verdict.created_at), SeenRun(where, verdict.test_path, verdict.known_issue or "", judged)))
-    history = session.scalars(select(ResultHistory).order_by(ResultHistory.created_at.desc()).limit(RECENT_RUNS))
-    for row in history:
+    base_rows = session.scalars(select(ResultHistory).order_by(ResultHistory.created_at.desc()).limit(RECENT_RUNS))
+    for row in base_rows:
         where = FailureScope(row.tree, row.branch, arch.get(row.device_class, ""), row.device_class, row.config)
         # A base run was matched against no entry: only its pass says something (nothing to explain).
         runs.append((_utc(row.created_at), SeenRun(where, row.test_path, "", judged=row.status == "pass")))
@@ -233,16 +231,16 @@ def _recent_runs(session: Session, runtime: Runtime) -> list[tuple[datetime, See
     return runs
 
 
-def _place_of_job(session: Session, job_id: int) -> FailureScope:
-    """Tree, base branch and build config of a change's test job (its build's plan name)."""
-    job = session.get(Job, job_id)
-    if job is None:
-        return FailureScope()
-    revision = job.pipeline.revision
-    build = session.get(Job, job.depends_on_id) if job.depends_on_id is not None else None
-    config = str((build.spec.get("name") if build is not None else None) or (build.name if build else ""))
-    return FailureScope(tree=revision.change.tree.name, branch=revision.base_ref,
-                        config=config.removeprefix(BASE_BUILD_PREFIX))  # fmt: skip
+def _places(session: Session, verdicts: list[TestVerdict]) -> dict[int, tuple[str, str, str]]:
+    """Job id -> (tree, base branch, build config) of the verdicts' test jobs, as the history keys them;
+    the rows are loaded a few queries in all (history's look-ups then find them in the session)."""
+    jobs = session.scalars(select(Job).where(Job.id.in_({v.job_id for v in verdicts}))).all()
+    pipelines = session.scalars(select(Pipeline).where(Pipeline.id.in_({j.pipeline_id for j in jobs}))
+                                .options(selectinload(Pipeline.revision).selectinload(Revision.change)
+                                         .selectinload(Change.tree))).all()  # fmt: skip
+    session.scalars(select(Job).where(Job.id.in_({j.depends_on_id for j in jobs if j.depends_on_id}))).all()
+    where = {pipeline.id: (pipeline.revision.change.tree.name, history.branch_of(pipeline)) for pipeline in pipelines}
+    return {job.id: (*where[job.pipeline_id], history.identity(session, job)[1]) for job in jobs}
 
 
 def _from_config(item: KnownIssueConfig) -> KnownIssueEntry:

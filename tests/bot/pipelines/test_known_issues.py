@@ -180,6 +180,18 @@ def test_list_marks_entries_that_explained_none_of_the_last_n_runs_in_scope_stal
     assert not any(item.stale for item in listing(registry.runtime, n=5))  # CFG-1: 4 judged runs only
 
 
+def test_staleness_counts_runs_by_tree_branch_and_build_config(registry: Registry) -> None:
+    registry.entry("KI-NET", test_glob="unit/other.*", scope={"tree": "net", "branch": "main", "config": "x86_64"})
+    registry.entry("KI-ARM", test_glob="unit/other.*", scope={"config": "arm64"})
+    registry.entry("KI-NEXT", test_glob="unit/other.*", scope={"branch": "next"})
+    for _ in range(2):
+        registry.verdict(registry.test_job(), "unit/other.x", "flaky", age_h=0, change=(4, 1))
+    registry.verdict(registry.test_job(build="base arm64"), "unit/other.x", "flaky", age_h=0, change=(4, 1))
+    listed = {item.entry.issue_id: item.stale for item in listing(registry.runtime, n=2)}
+    assert listed == {"CFG-1": False, "KI-NET": True, "KI-ARM": False, "KI-NEXT": False}
+    assert {item.entry.issue_id: item.stale for item in listing(registry.runtime, n=1)}["KI-ARM"]  # "base arm64"
+
+
 def test_list_says_why_a_config_entry_can_never_match(tmp_path: Path, database_url: str) -> None:
     bad = [KnownIssueConfig(id="CFG-RE", test="unit/*", log=r"(a)\1", expires=LATER),
            KnownIssueConfig(id="CFG-NONE", expires=LATER),
