@@ -1,10 +1,12 @@
-"""Plain-text reports of a pipeline: what is broken first, then the table."""
+"""Reports of a pipeline: the verdict line, what is new and broken first (one block a crash), then the rest."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from bot.core.triage import Triage, group_by_crash
 
 _ERROR_LINE = re.compile(r"(error|Error|ERROR|FAIL|fatal|\*\*\*|No rule|undefined reference|not ok)")
 
@@ -159,3 +161,207 @@ def render_job_markdown(job: JobView, *, tests: Sequence[tuple[str, str]] = (), 
         if len(tests) > 200:
             out.append(f"| … | {len(tests) - 200} more |")
     return "\n".join(out).strip() or "No details."
+
+
+# -- verdicts: what triage found, first line first ------------------------------------------------------
+
+# The verdict line's words, in its order: what fails the check first, what passed last. `failed` is a test
+# failure no triage judged (a staging push's, or one whose job has no verdicts), `broken` a job that failed
+# without a failing test (a build, a boot): both fail the check, as every failure did before triage.
+_VERDICT_WORDS: tuple[tuple[str, str, str], ...] = (
+    ("new", "new failure", "new failures"),
+    ("regression", "regression", "regressions"),
+    ("failed", "failed", "failed"),
+    ("broken", "failed job", "failed jobs"),
+    ("pre-existing", "pre-existing failure", "pre-existing failures"),
+    ("flaky", "flaky", "flaky"),
+    ("known-issue", "known issue", "known issues"),
+    ("unconfirmed", "unconfirmed", "unconfirmed"),
+    ("incomplete", "incomplete", "incomplete"),
+    ("fixed", "fixed", "fixed"),
+    ("pass", "passed", "passed"),
+)
+VERDICTS = tuple(key for key, _, _ in _VERDICT_WORDS)
+FAILING = frozenset({"new", "regression", "failed", "broken"})  # what fails the check
+NEW = ("new", "regression")
+MAX_ERROR_LINES = 20
+MAX_LISTED = 50  # tests listed per section of the rest; the pipeline's page has them all
+_WEB_LINK = re.compile(r"https?://[^\s]+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class TestVerdictView:
+    """One test's verdict as a report shows it (bot/reporting/verdicts.py reads it from the store). Every
+    text field but `evidence`, `cut_short`, the links and `reproduce` is the change's or its DUT's words."""
+
+    __test__ = False  # not a pytest class
+
+    job_id: int  # the change's own test job
+    job: str  # its name: "qemu-x86_64 unit"
+    test: str  # the test's path in it: "math.mul"
+    device_class: str
+    verdict: str  # one of VERDICTS (never failed/broken: those have no verdict row)
+    evidence: str = ""  # "failed 4/4 with the change, 0/4 on base"
+    crash_title: str = ""
+    known_issue: str | None = None
+    known_issue_link: str = ""
+    cut_short: str = ""
+    error_lines: str = ""  # the test's first error lines, at most MAX_ERROR_LINES
+    log_url: str = ""
+    reproduce: str = ""  # `labgate reproduce <job id> --server <url>`
+
+    @property
+    def name(self) -> str:
+        return f"{self.job}/{self.test}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One new problem: the failures that share a crash title, listed once with every test it hit; or one
+    failure without a crash title."""
+
+    crash_title: str
+    failures: tuple[TestVerdictView, ...]
+
+
+def verdict_line(counts: Mapping[str, int]) -> str:
+    """"2 new failures, 1 flaky, 1 known issue, 140 passed": each non-zero count in VERDICTS' order."""
+    unknown = sorted(set(counts) - set(VERDICTS))
+    if unknown:
+        raise ValueError(f"verdict_line: unknown verdicts {unknown} (known: {', '.join(VERDICTS)})")
+    said = [f"{counts[key]} {one if counts[key] == 1 else many}" for key, one, many in _VERDICT_WORDS
+            if counts.get(key, 0) > 0]  # fmt: skip
+    return ", ".join(said) or "no test results"
+
+
+def new_problems(verdicts: Sequence[TestVerdictView]) -> list[Problem]:
+    """The new failures and regressions as problems, in the order they were found: those with the same
+    crash title are one (bot/core/triage.group_by_crash), each without a crash title one of its own."""
+    new = [view for view in verdicts if view.verdict in NEW]
+    waiting: dict[Triage, list[TestVerdictView]] = {}
+    for view in new:
+        waiting.setdefault(_as_triage(view), []).append(view)
+    problems = []
+    for title, group in group_by_crash([_as_triage(view) for view in new]):
+        found = tuple(waiting[triage].pop(0) for triage in group if waiting.get(triage))
+        problems += [Problem(title, found)] if found else []
+    # A failure the grouping left out is still reported, on its own.
+    return problems + [Problem(view.crash_title, (view,)) for views in waiting.values() for view in views]
+
+
+def _as_triage(view: TestVerdictView) -> Triage:
+    return Triage(path=view.name, device_class=view.device_class, verdict=view.verdict, evidence=view.evidence,
+                  change_runs=0, change_fails=0, base_runs=0, base_fails=0, p_value=None,
+                  known_issue=view.known_issue, crash_title=view.crash_title, cut_short=view.cut_short)  # fmt: skip
+
+
+def _where_markdown(view: TestVerdictView) -> str:
+    said = f"{inline_code(view.name)} on {inline_code(view.device_class)}"
+    return said + (f": {inline_text(view.evidence)}" if view.evidence else "")
+
+
+def problem_markdown(problem: Problem) -> str:
+    """A new problem: what failed where, with its evidence and log; its crash title; the first error lines
+    and the command that reproduces it (of its first failure). What the change wrote is text."""
+    first = problem.failures[0]
+    word = "regression" if all(view.verdict == "regression" for view in problem.failures) else "failure"
+    hits = [_where_markdown(view) + (f" · {link('log', view.log_url)}" if view.log_url else "")
+            for view in problem.failures]  # fmt: skip
+    if problem.crash_title and len(hits) > 1:
+        out = [f"**New crash:** {inline_code(problem.crash_title)}, hit {len(hits)} tests:", ""]
+        out += [f"- {hit}" for hit in hits] + [""]
+    else:
+        out = [f"**New {word}:** {hits[0]}", ""]
+        out += [f"Crash: {inline_code(problem.crash_title)}", ""] if problem.crash_title else []
+    if first.error_lines.strip():
+        out += [fenced(_first_lines(first.error_lines)), ""]
+    if first.reproduce:
+        out += ["Reproduce locally:", "", fenced(first.reproduce), ""]
+    return "\n".join(out).strip()
+
+
+def _first_lines(text: str) -> str:
+    return "\n".join(_LINE_ENDING.sub("\n", text).split("\n")[:MAX_ERROR_LINES])
+
+
+# The rest, after the new problems: heading, and what a reader should know of why it does not count.
+_REST: tuple[tuple[str, str], ...] = (
+    ("pre-existing", "Pre-existing failures (they fail on the base too)"),
+    ("flaky", "Flaky (their base history is mixed, or re-runs did not confirm the failure)"),
+    ("known-issue", "Known issues"),
+    ("unconfirmed", "Unconfirmed (re-runs were cut short)"),
+    ("fixed", "Fixed (they failed on the base)"),
+)
+
+
+def _known_issue_markdown(view: TestVerdictView) -> str:
+    issue = view.known_issue or "?"
+    shown = link(issue, view.known_issue_link) if _WEB_LINK.fullmatch(view.known_issue_link) else inline_text(issue)
+    return f"known issue {shown}"
+
+
+def rest_markdown(verdicts: Sequence[TestVerdictView]) -> str:
+    """Flaky tests, known issues with their ids and links, pre-existing failures, unconfirmed ones and
+    fixes: listed, never counted against the change."""
+    out: list[str] = []
+    for verdict, heading in _REST:
+        listed = [view for view in verdicts if view.verdict == verdict]
+        if not listed:
+            continue
+        out += [f"**{heading}:**", ""]
+        for view in listed[:MAX_LISTED]:
+            item = _where_markdown(view)
+            if view.known_issue:
+                item += f" ({_known_issue_markdown(view)})"
+            if view.cut_short:
+                item += f" ({inline_text(view.cut_short)})"
+            out.append(f"- {item}")
+        if len(listed) > MAX_LISTED:
+            out.append(f"- … and {len(listed) - MAX_LISTED} more")
+        out.append("")
+    return "\n".join(out).strip()
+
+
+def verdicts_markdown(verdicts: Sequence[TestVerdictView]) -> str:
+    """Each new problem's block, then the rest; empty when there are no verdicts."""
+    blocks = [problem_markdown(problem) for problem in new_problems(verdicts)]
+    rest = rest_markdown(verdicts)
+    return "\n\n".join([*blocks, *([rest] if rest else [])])
+
+
+def _where_text(view: TestVerdictView) -> str:
+    return f"{view.name} on {view.device_class}" + (f" ({view.evidence})" if view.evidence else "")
+
+
+def problem_title(problem: Problem) -> str:
+    """A new problem on one line of plain text (a mail's heading of it)."""
+    word = "regression" if all(view.verdict == "regression" for view in problem.failures) else "failure"
+    if problem.crash_title and len(problem.failures) > 1:
+        hits = "; ".join(_where_text(view) for view in problem.failures)
+        return f"New crash '{problem.crash_title}', hit {len(problem.failures)} tests: {hits}"
+    return f"New {word}: {_where_text(problem.failures[0])}"
+
+
+def problem_text(problem: Problem) -> str:
+    """A new problem's crash title and first error lines, plain and verbatim."""
+    first = problem.failures[0]
+    crash = [f"crash: {problem.crash_title}"] if problem.crash_title else []
+    return "\n".join([*crash, *([_first_lines(first.error_lines)] if first.error_lines.strip() else [])])
+
+
+def rest_lines(verdicts: Sequence[TestVerdictView]) -> list[str]:
+    """The rest in plain text: one line a section, each test on it."""
+    out = []
+    for verdict, heading in _REST:
+        listed = [view for view in verdicts if view.verdict == verdict]
+        if not listed:
+            continue
+        items = []
+        for view in listed[:MAX_LISTED]:
+            issue = f"known issue {view.known_issue}" + (f" {view.known_issue_link}" if view.known_issue_link else "")
+            notes = [issue] if view.known_issue else []
+            notes += [view.cut_short] if view.cut_short else []
+            items.append(_where_text(view) + (f" [{'; '.join(notes)}]" if notes else ""))
+        more = [f"and {len(listed) - MAX_LISTED} more"] if len(listed) > MAX_LISTED else []
+        out.append(f"{heading}: " + "; ".join(items + more) + ".")
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -9,12 +10,24 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from bot.core.mail_text import error_lines_of
-from bot.core.render import JobView, inline_code, outcome_word, render_counts, render_job_markdown
+from bot.core.render import (
+    FAILING,
+    NEW,
+    JobView,
+    TestVerdictView,
+    inline_code,
+    outcome_word,
+    render_counts,
+    render_job_markdown,
+    verdict_line,
+    verdicts_markdown,
+)
 from bot.core.triage import compare_results, render_comparison
 from bot.pipelines.retries import attempts_of
 from bot.pipelines.scheduler import waiting_report_title
 from bot.reporting.pipeline_views import changed_lines_of, job_findings
-from bot.reporting.sinks import JobReport, Verdict
+from bot.reporting.sinks import SUMMARY_LABEL, JobReport, Verdict
+from bot.reporting.verdicts import being_confirmed_words, counts_of, is_being_confirmed, reported_jobs, verdicts_of
 from bot.store.models import Job, JobAttempt, Pipeline, Revision
 
 MAX_TITLE = 250
@@ -23,12 +36,14 @@ NO_DETAILS = "No details."  # render_job_markdown's word for a job with nothing 
 
 
 def job_label(kind: str, name: str) -> str:
-    """What a person reads as the job's name on any forge."""
+    """What a person reads as the job's name on any forge; never the pipeline summary's label (a job named
+    `summary` would otherwise supersede its Patchwork check)."""
     if kind == "checkout":
         return "labgate / checkout"
     if kind == "build":
         return f"labgate / build {name}"
-    return f"labgate / {name}"
+    label = f"labgate / {name}"
+    return f"labgate / {kind} {name}" if label == SUMMARY_LABEL else label
 
 
 def verdict_for(view: JobView) -> Verdict:
@@ -78,9 +93,41 @@ def earlier_attempts(job: Job) -> str:
     return f"Retried after incomplete attempts (the lab's side failed, not the change):\n{lines}"
 
 
-def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: str = "",
-               compared: str = "") -> JobReport:  # fmt: skip
-    """The report of one job now: queued, running, or done with its outcome, failures first."""
+def triaged_verdict(view: JobView, verdicts: Sequence[TestVerdictView], counts: dict[str, int]) -> Verdict:
+    """A triaged test job's verdict: `fail` only for a new failure or regression (or a failure triage did not
+    judge); a failure triage explained (flaky, pre-existing, a known issue) passes, a board fault is neutral.
+    A job cancelled, timed out or failed by us keeps its verdict; a failure no verdict explains stays one."""
+    raw = verdict_for(view)
+    if any(counts.get(key) for key in FAILING):
+        return "fail"
+    explained = any(v.verdict not in ("pass", "fixed") for v in verdicts)
+    if raw != "fail" or view.error_code or not explained:
+        return raw
+    return "neutral" if view.result == "incomplete" else "pass"
+
+
+def _triaged_title(verdict: Verdict, view: JobView, verdicts: Sequence[TestVerdictView], line: str) -> str:
+    if verdict == "fail":
+        first = next((v.test for v in verdicts if v.verdict in NEW), None)
+        first = first or next((t.path for t in view.failed_tests if t.path not in {v.test for v in verdicts}), None)
+        return f"fail: {first} ({line})" if first else f"fail ({line})"
+    return f"{'incomplete' if verdict == 'neutral' else verdict} ({line})"
+
+
+def being_confirmed(base: JobReport, job: Job, view: JobView) -> JobReport:
+    """A test job whose failures are being re-run with the change and on the base: not a failure yet."""
+    title = being_confirmed_words([job])
+    said = (f"The first run {'failed' if view.result == 'fail' else 'did not pass'}: labgate re-runs its failures "
+            "with the change and on the base before it says whether the change broke them.")  # fmt: skip
+    tests = tuple((t.path, t.status + (f" # {t.directive}" if t.directive else "")) for t in job.tests)
+    summary = said + "\n\n" + render_job_markdown(view, tests=tests)
+    return replace(base, stage="running", title=title[:MAX_TITLE], summary=summary[:MAX_SUMMARY])
+
+
+def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: str = "", compared: str = "",
+               verdicts: Sequence[TestVerdictView] | None = None) -> JobReport:  # fmt: skip
+    """The report of one job now: queued, running, being confirmed, or done with its outcome, failures first.
+    `verdicts`: the job's test verdicts (bot/reporting/verdicts.py), read from the job's session if None."""
     label = job_label(job.kind, job.name)
     base = JobReport(job_id=job.id, pipeline_id=job.pipeline_id, kind=job.kind, name=job.name, label=label,
                      stage="queued", verdict="pending", title="queued", summary="Waiting for a worker.",
@@ -104,6 +151,13 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
                            summary=f"Attempt {max(1, view.attempts)} waits for a place: {inline_code(waiting)}."
                            + (f"\n\n{retried}" if retried else ""))  # fmt: skip
         return replace(base, stage="running", title="running", summary=running + (f"\n\n{retried}" if retried else ""))
+    if view.state == "done" and is_being_confirmed(job):
+        return being_confirmed(base, job, view)
+    if verdicts is None:
+        session = object_session(job)
+        verdicts = verdicts_of(session, job.pipeline).get(job.id, ()) if session and job.kind == "test" else ()
+    if verdicts and job.kind == "test":
+        return _triaged_report(base, job, view, verdicts, retried)
     word = outcome_word(view)
     counts = render_counts(view.test_counts)
     first = view.failed_tests[0].path if view.failed_tests else None
@@ -130,8 +184,24 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
                    error_lines=error_lines)  # fmt: skip
 
 
+def _triaged_report(base: JobReport, job: Job, view: JobView, verdicts: Sequence[TestVerdictView],
+                    retried: str) -> JobReport:  # fmt: skip
+    """A test job with verdicts: titled by what triage found, its new failures first, then the rest, then
+    the run's own results."""
+    counts = counts_of(job, verdicts)
+    verdict = triaged_verdict(view, verdicts, counts)
+    line = verdict_line(counts)
+    tests = tuple((t.path, t.status + (f" # {t.directive}" if t.directive else "")) for t in job.tests)
+    parts = [f"**{line}**", verdicts_markdown(verdicts), "Results of this run:", render_job_markdown(view, tests=tests)]
+    summary = "\n\n".join(part for part in [*parts, retried] if part)
+    title = _triaged_title(verdict, view, verdicts, line)
+    return replace(base, stage="done", verdict=verdict, title=title[:MAX_TITLE], summary=summary[:MAX_SUMMARY],
+                   error_lines=error_lines_of(view) if verdict != "pass" else "")  # fmt: skip
+
+
 def _test_statuses(pipeline: Pipeline) -> dict[str, str]:
-    return {f"{job.name}/{t.path}": t.status for job in pipeline.jobs if job.kind == "test" for t in job.tests}
+    return {f"{job.name}/{t.path}": t.status for job in reported_jobs(pipeline.jobs) if job.kind == "test"
+            for t in job.tests}  # fmt: skip
 
 
 def post_merge_comparison(session: Session, pipeline: Pipeline) -> str:

@@ -9,11 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from bot.core.render import TestVerdictView
+
 Stage = Literal["queued", "running", "done"]
 RANK: dict[str, int] = {"queued": 1, "running": 2, "done": 3}
 # How a result should look on a forge, whoever shows it: our infrastructure's failures never blame
 # the change (neutral), a cancelled or timed-out job says so.
 Verdict = Literal["pending", "pass", "fail", "neutral", "cancelled", "timed-out", "warning"]
+# A pipeline's summary, shown as a status of its own next to the jobs' (GitHub's `labgate / summary` check
+# run, a Patchwork check): a JobReport of this kind, with job_id 0.
+SUMMARY_KIND = "summary"
+SUMMARY_LABEL = "labgate / summary"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class JobReport:
     @property
     def rank(self) -> int:
         return RANK[self.stage]
+
+    @property
+    def key(self) -> str:
+        """What names it among a head's statuses on a forge that keeps one (a check run's external id):
+        the job's id, or `pipeline-<id>` for a pipeline's summary."""
+        return f"pipeline-{self.pipeline_id}" if self.kind == SUMMARY_KIND else str(self.job_id)
 
 
 class JobStatusSink(Protocol):
@@ -81,6 +93,10 @@ class PipelineSummary:
     our_error: bool = False  # our infrastructure failed: nobody is mailed about it
     notes: tuple[str, ...] = field(default_factory=tuple)
     reproduce: str = ""  # commands that reproduce the pipeline locally, one a line (`labgate try ...`)
+    # The first line of every final report (bot/core/render.py verdict_line): "1 new failure, 140 passed";
+    # while it runs, "running: ..."; a pipeline that tested nothing, "not tested: <why>".
+    verdict_line: str = ""
+    verdicts: tuple[TestVerdictView, ...] = ()  # of its test jobs, in job order: new ones, and the rest
 
 
 class PipelineSummarySink(Protocol):

@@ -1,4 +1,5 @@
-"""Check runs on GitHub, one per job (queued -> in_progress -> completed), and the approval check:
+"""Check runs on GitHub, one per job (queued -> in_progress -> completed), the pipeline's `labgate / summary`
+check run next to them (its verdict line as title, then what is new and broken), and the approval check:
 the GitHub side of bot/reporting (its sync loop decides what to send and when)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 from bot.forges.github.client import GitHubApp
 from bot.host.stores import Runtime
 from bot.reporting.sinks import JobReport
-from bot.reporting.sync import ReportTarget, sync_job_reports
+from bot.reporting.sync import ReportTarget, sync_job_reports, sync_summary_status
 
 SOURCE = "github"
 MAX_ANNOTATIONS_PER_REQUEST = 50
@@ -53,7 +54,7 @@ class CheckRunSink:
     def create(self, report: JobReport) -> int:
         body, batches = self._body(report)
         check_id = self.github.create_check(self.installation, self.repo, {
-            "name": report.label, "head_sha": self.head_sha, "external_id": str(report.job_id), **body})  # fmt: skip
+            "name": report.label, "head_sha": self.head_sha, "external_id": report.key, **body})  # fmt: skip
         self._more_annotations(check_id, body, batches)
         return check_id
 
@@ -63,7 +64,7 @@ class CheckRunSink:
         self._more_annotations(status_id, body, batches)
 
     def find(self, report: JobReport) -> int | None:
-        return self.github.find_check(self.installation, self.repo, self.head_sha, report.label, str(report.job_id))
+        return self.github.find_check(self.installation, self.repo, self.head_sha, report.label, report.key)
 
     def _body(self, report: JobReport) -> tuple[dict[str, Any], list[list[dict[str, Any]]]]:
         # GitHub takes 50 annotations a request; the rest follow in updates (it appends them).
@@ -89,8 +90,10 @@ def check_run_sink(github: GitHubApp, target: ReportTarget) -> CheckRunSink | No
 
 
 def sync_checks(runtime: Runtime, github: GitHubApp, pipeline_id: int) -> int:
-    """Bring every job's check run up to date; returns how many requests were made."""
-    return sync_job_reports(runtime, pipeline_id, lambda target: check_run_sink(github, target))
+    """Bring every job's check run and the pipeline's summary check run up to date; returns how many requests
+    were made."""
+    jobs = sync_job_reports(runtime, pipeline_id, lambda target: check_run_sink(github, target))
+    return jobs + sync_summary_status(runtime, pipeline_id, lambda target: check_run_sink(github, target))
 
 
 def post_approval_check(

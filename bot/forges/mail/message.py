@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from bot.core.mail_text import MailFailure, MailReport, one_line, render_report_mail, reply_subject
+from bot.core.render import new_problems, problem_text, problem_title, rest_lines
 from bot.reporting.sinks import PipelineSummary
 
 # Header lines up to SMTP's hard limit: folding a long Message-Id in References would have the
@@ -100,19 +101,27 @@ def report_message_id(pipeline_id: int, thread: MailThread, domain: str) -> str:
 
 
 def mail_report_of(summary: PipelineSummary) -> MailReport:
-    """What the mail says, from the summary: each job whose verdict is `fail`, with its first error lines,
-    and the new warnings and static findings of each job not quoted so already (a passing build's new
-    warning is news too; a failed job's findings with errors are its error lines)."""
-    failures = tuple(
-        MailFailure(title=f"{job.label}: {job.title}", error_lines=job.error_lines, url=job.details_url)
-        for job in summary.jobs
-        if job.verdict == "fail"
-    )
-    quoted = {job.job_id for job in summary.jobs if job.verdict == "fail" and job.error_lines == job.findings}
+    """What the mail says, from the summary: its verdict line first; each new problem (one a crash, with the
+    tests it hit, their evidence, its first error lines and its log), then each other job whose verdict is
+    `fail` with its first error lines; the new warnings and static findings of each job not quoted so already
+    (a passing build's new warning is news too; a failed job's findings with errors are its error lines);
+    the commands that reproduce each new problem's job before the pipeline's own; the rest triage found
+    (flaky, known issues, pre-existing, unconfirmed, fixed) ahead of the notes."""
+    problems = new_problems(summary.verdicts)
+    new = tuple(MailFailure(title=problem_title(problem), error_lines=problem_text(problem),
+                            url=problem.failures[0].log_url) for problem in problems)  # fmt: skip
+    shown = {view.job_id for problem in problems for view in problem.failures}
+    broken = [job for job in summary.jobs if job.verdict == "fail" and job.job_id not in shown]
+    failures = new + tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.error_lines,
+                                       url=job.details_url) for job in broken)  # fmt: skip
+    quoted = {job.job_id for job in broken if job.error_lines == job.findings}
     findings = tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.findings, url=job.details_url)
                      for job in summary.jobs if job.findings and job.job_id not in quoted)  # fmt: skip
-    return MailReport(verdict_line=summary.headline, failures=failures, url=summary.url,
-                      reproduce=summary.reproduce, notes=summary.notes, findings=findings)  # fmt: skip
+    commands = dict.fromkeys(problem.failures[0].reproduce for problem in problems if problem.failures[0].reproduce)
+    reproduce = "\n".join([*commands, *([summary.reproduce] if summary.reproduce else [])])
+    return MailReport(verdict_line=summary.verdict_line or summary.headline, failures=failures, url=summary.url,
+                      reproduce=reproduce, notes=(*rest_lines(summary.verdicts), *summary.notes),
+                      findings=findings)  # fmt: skip
 
 
 def compose_report_mail(summary: PipelineSummary, *, sender: Address, recipients: MailRecipients,

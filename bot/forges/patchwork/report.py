@@ -16,7 +16,7 @@ from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SOURCE, SeriesRecord, load_series
 from bot.host.stores import Runtime
 from bot.reporting.sinks import JobReport, PipelineSummary
-from bot.reporting.sync import ReportTarget, sync_job_reports
+from bot.reporting.sync import ReportTarget, sync_job_reports, sync_summary_status
 
 
 def as_series_summary(summary: PipelineSummary) -> PipelineSummary:
@@ -28,8 +28,10 @@ def as_series_summary(summary: PipelineSummary) -> PipelineSummary:
     if untested is None:
         return summary
     headline = one_line(f"labgate: {untested.title}")
-    text = summary.text.replace(summary.headline, headline, 1)
-    return replace(summary, verdict="warning", headline=headline, text=text)
+    first = one_line(untested.title)
+    text = summary.text.replace(summary.verdict_line, first, 1) if summary.verdict_line else summary.text
+    return replace(summary, verdict="warning", headline=headline, text=text.replace(summary.headline, headline, 1),
+                   verdict_line=first)  # fmt: skip
 
 
 def as_series_check(report: JobReport) -> JobReport:
@@ -72,10 +74,14 @@ def series_record_of(runtime: Runtime, server: str, target: ReportTarget) -> Ser
 
 
 def sync_series_checks(runtime: Runtime, client: PatchworkClient, pipeline_id: int) -> int:
-    """Bring every job's checks up to date on every patch of the series; how many requests that took."""
+    """Bring every job's checks up to date on every patch of the series, then the pipeline's summary check
+    (`labgate-summary`: its verdict line as the description, the pipeline's page as the link; a check's
+    description is one short line there); how many requests that took."""
 
     def open_sink(target: ReportTarget) -> SeriesChecksSink | None:
         record = series_record_of(runtime, client.url, target)
         return SeriesChecksSink(client, record) if record is not None and record.patch_ids else None
 
-    return sync_job_reports(runtime, pipeline_id, open_sink)
+    jobs = sync_job_reports(runtime, pipeline_id, open_sink)
+    said = sync_summary_status(runtime, pipeline_id, open_sink, render=lambda summary: "", adapt=as_series_summary)
+    return jobs + said

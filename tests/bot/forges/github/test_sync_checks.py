@@ -18,6 +18,7 @@ from bot.forges.github.reporter import sync_checks
 from bot.host.config import Config, Tree, Web
 from bot.host.retrying import is_transient
 from bot.host.stores import Runtime, open_runtime
+from bot.reporting.sinks import SUMMARY_LABEL
 from bot.store import models
 from bot.tasks import CLASSIFIERS
 from tests.fakes.github_api import FakeGitHub
@@ -45,7 +46,11 @@ class Stage:
                 job.state, job.result = state, result if state == "done" else None
 
     def runs(self) -> list[dict[str, object]]:
-        return [r for r in self.fake.check_runs(REPO) if r["head_sha"] == HEAD]
+        """The jobs' check runs on the head."""
+        return [r for r in self.fake.check_runs(REPO) if r["head_sha"] == HEAD and r["name"] != SUMMARY_LABEL]
+
+    def summaries(self) -> list[dict[str, object]]:
+        return [r for r in self.fake.check_runs(REPO) if r["head_sha"] == HEAD and r["name"] == SUMMARY_LABEL]
 
     def assert_one_final_run_per_job(self) -> None:
         runs = self.runs()
@@ -55,8 +60,12 @@ class Stage:
                                "labgate / build x86_64": ("completed", "success"),
                                "labgate / qemu-x86_64 unit": ("completed", "failure")}  # fmt: skip
         with self.runtime.store.session() as session:
-            rows = session.scalars(select(models.ForgeCheck)).all()
+            rows = session.scalars(select(models.ForgeCheck).where(models.ForgeCheck.job_id.is_not(None))).all()
             assert sorted((r.check_id, r.sent_rank) for r in rows) == sorted((r["id"], 3) for r in runs)
+            [summary] = session.scalars(select(models.ForgeCheck).where(models.ForgeCheck.job_id.is_(None))).all()
+        # The pipeline is still running: one summary check run, in progress, never a second.
+        [run] = self.summaries()
+        assert (summary.check_id, summary.sent_rank, run["status"]) == (run["id"], 2, "in_progress")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -103,7 +112,7 @@ def test_a_lost_create_answer_is_found_not_posted_again(stage: Stage) -> None:
 
 def test_github_down_mid_sync_then_back(stage: Stage) -> None:
     stage.set_jobs("queued")
-    assert sync_checks(stage.runtime, stage.github, stage.pipeline_id) == 3
+    assert sync_checks(stage.runtime, stage.github, stage.pipeline_id) == 3 + 1  # the jobs' and the summary
     stage.set_jobs("done")
     # The second update fails on every try PyGithub makes (5 retries), then GitHub comes back.
     first_id = min(int(str(r["id"])) for r in stage.runs())
@@ -112,7 +121,8 @@ def test_github_down_mid_sync_then_back(stage: Stage) -> None:
         sync_checks(stage.runtime, stage.github, stage.pipeline_id)
     assert is_transient(down.value, CLASSIFIERS)
     with stage.runtime.store.session() as session:
-        ranks = sorted(r.sent_rank for r in session.scalars(select(models.ForgeCheck)))
+        jobs = select(models.ForgeCheck).where(models.ForgeCheck.job_id.is_not(None))
+        ranks = sorted(r.sent_rank for r in session.scalars(jobs))
     assert ranks == [1, 1, 3], "the update that went through is recorded, the failed ones are not"
     sync_checks(stage.runtime, stage.github, stage.pipeline_id)
     stage.assert_one_final_run_per_job()
@@ -163,7 +173,7 @@ def test_no_transaction_is_open_during_an_http_call(stage: Stage) -> None:
 
     stage.github._call = watched  # type: ignore[method-assign]
     sync_checks(stage.runtime, stage.github, stage.pipeline_id)
-    assert len(stage.runs()) == 3
+    assert len(stage.runs()) == 3 and len(stage.summaries()) == 1
     assert calls_inside == []
 
 
