@@ -174,6 +174,6 @@ def steps_as_json(steps: Sequence[Step]) -> list[dict[str, object]]:
 
 
 def steps_from_json(raw: Sequence[Mapping[str, object]]) -> list[Step]:
-    """The test steps of a Bisection row (its revert step left out)."""
+    """The ended test steps of a Bisection row (its revert, and a step still running, left out)."""
     return [Step(str(item["sha"]), tuple(str(s) for s in item["statuses"]))  # type: ignore[attr-defined]
-            for item in raw if item.get("role", "test") == "test"]  # fmt: skip
+            for item in raw if item.get("role", "test") == "test" and item.get("verdict") != "running"]  # fmt: skip

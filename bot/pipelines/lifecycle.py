@@ -30,7 +30,7 @@ from bot.host.config import DeviceClass, config_plan
 from bot.host.stores import Runtime
 
 # Modules: they import this one too, and each uses the other only at call time.
-from bot.pipelines import base_builds, change_builds, handover, place_health, retries, scheduler, triage_runs
+from bot.pipelines import base_builds, bisection, change_builds, handover, place_health, retries, scheduler, triage_runs
 from bot.pipelines.credentials import remove_checkout_credential, write_checkout_credential
 from bot.pipelines.exchange_grants import exchange_url, job_exchange
 from bot.store.models import Change, Delivery, Job, Pipeline, Revision, TestResult, Tree, utcnow
@@ -369,6 +369,7 @@ def record_result(runtime: Runtime, result: JobResult) -> None:
         triage_runs.after_result(runtime, session, job, outbox)  # history, re-runs and base runs, verdicts
         scheduler.after_result(runtime, session, job, outbox)  # a freed slot, or tests handed over: fill
         finish_if_done(session, pipeline)
+        bisection.after_result(runtime, session, pipeline, outbox)  # a staging push's new failure; a step's end
         report_after(pipeline, outbox)
     outbox.send()
 
@@ -425,6 +426,10 @@ def _after_checkout(runtime: Runtime, session: Session, pipeline: Pipeline, job:
         job.result = None
         job.error_code = "user-error"
         job.error_message = str(exc)
+        return
+    if pipeline.kind == bisection.KIND:  # a bisection's step: its one test and build (bot/pipelines/bisection.py)
+        _create_drafted(runtime, session, pipeline, job, bisection.step_drafts(runtime, session, pipeline, plan,
+                                                                               tested_sha), outbox)  # fmt: skip
         return
     tree_has = job.outputs.get("tree_has")
     maintainers = _maintainers_text(runtime, plan, job)

@@ -133,7 +133,8 @@ def test_steps_round_trip_through_json() -> None:
     raw = steps_as_json(steps)
     assert raw[0]["verdict"] == "bad" and raw[0]["fails"] == 2 and raw[1]["verdict"] == "untestable"
     revert = {"sha": sha(3), "statuses": ["pass"], "role": "revert"}
-    assert steps_from_json([*raw, revert]) == steps
+    running = {"sha": sha(4), "statuses": [], "role": "test", "verdict": "running"}
+    assert steps_from_json([*raw, revert, running]) == steps
 
 
 # The list is the checkout worker's word.
