@@ -7,6 +7,7 @@ own result (a kernel that never reached its runner fails `<job>/boot`, a board f
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -71,7 +72,8 @@ def metrics_of(diagnostics: str) -> dict[str, float]:
     for metric in parse_metrics(diagnostics or ""):
         if len(found) >= MAX_METRICS:
             break
-        found.setdefault(str(metric.name)[:200], float(metric.value))
+        if math.isfinite(metric.value):  # JSON (PostgreSQL's) holds no NaN nor infinity
+            found.setdefault(str(metric.name)[:200], float(metric.value))
     return found
 
 

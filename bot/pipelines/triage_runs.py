@@ -3,8 +3,9 @@ commit, interleaved on the same device class, until bot/core/triage.py can decid
 
 What is triaged: a pre-merge pipeline's own test job (not a triage run, not a health check) that has a
 test with status `fail`, or that failed with no test result (its `<job>/boot`, bot/pipelines/history.py),
-or whose tests report metrics. A job that ended `incomplete` is not: that is the lab's, and retries
-(bot/pipelines/retries.py) have had their go.
+or whose tests report metrics; and only when its base commit is known (else the raw result stands). A
+job that ended `incomplete` is not: that is the lab's, and retries (bot/pipelines/retries.py) have had
+their go. A job that failed while every test it ran passed (a crash after them) keeps its raw `fail`.
 
 A triage run is a test job of the change's pipeline with Job.spec["triage"] = {"of", "side", "n"}, written
 here only: the change's test job gets spec["triage_state"] "running", then "done" once its TestVerdict rows
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +97,8 @@ def _wants_triage(session: Session, job: Job) -> bool:
 def _start(runtime: Runtime, session: Session, job: Job) -> None:
     """A fresh state (a retest's copy carries the old run's), if the job has anything to triage."""
     context = _Context.of(runtime, session, job)
-    if not context.failing and not context.metric_paths:
-        return
+    if context.base_sha is None or (not context.failing and not context.metric_paths):
+        return  # with no base commit there is nothing to judge against: the raw result stands, as before
     fresh = {key: value for key, value in job.spec.items() if key not in (STATE, CUT_SHORT, ROUND)}
     job.spec = {**fresh, STATE: "running"}
 
@@ -165,8 +167,6 @@ def _more_runs(runtime: Runtime, session: Session, job: Job, runs: list[Job], ou
     if rounds >= MAX_ROUNDS:
         _cut(job, f"{rounds} batches of re-runs ended without the evidence asked for (runs incomplete)")
         return False
-    if base and context.base_sha is None:
-        base = 0  # no base commit is known: there is nothing to run at
     pipeline = job.pipeline
     cap = runtime.config.triage.max_extra_runs
     used = sum(1 for other in pipeline.jobs if is_triage_run(other))
@@ -477,11 +477,14 @@ def _perf_row(session: Session, context: _Context, path: str, runs: list[Job]) -
         return None
     test = path.removeprefix(f"{context.job_name}/")
     change: dict[str, list[float]] = {}
+    passed = 0  # runs with the change in which the test passed: each must measure what the base measures
     for run in [context.job, *(r for r in runs if _mark(r).get("side") == CHANGE and r.state == "done")]:
         for case in run.tests:
             if case.path == test and case.status == "pass":
+                passed += 1
                 for metric in parse_metrics(case.diagnostics or ""):
-                    change.setdefault(metric.name, []).append(metric.value)
+                    if math.isfinite(metric.value):
+                        change.setdefault(metric.name, []).append(metric.value)
     rows = history.base_result_at(session, context.tree, context.base_sha, path, context.device_class,
                                   context.config)  # fmt: skip
     declared = _declared(session, rows, test)
@@ -489,6 +492,14 @@ def _perf_row(session: Session, context: _Context, path: str, runs: list[Job]) -
     compared: list[MetricComparison] = []
     for name, (unit, better) in sorted(declared.items()):
         base = [float(row.metrics[name]) for row in rows if row.status == "pass" and _number(row.metrics.get(name))]
+        missing = passed - len(change.get(name, []))
+        if base and missing > 0:
+            # The base measures it and some run with the change did not (or printed no number): a change must
+            # not dodge its comparison by leaving the line out.
+            text = f"{name}: reported on base ({len(base)} runs), not in {missing} of {passed} runs with the change"
+            compared.append(MetricComparison(name, unit, better, tuple(change.get(name, [])), tuple(base), None,
+                                             0.0, True, text))  # fmt: skip
+            continue
         try:
             compared.append(compare_metric(name, unit, better, change.get(name, []), base, alpha=settings.alpha,
                                            min_effect=settings.min_effect))  # fmt: skip

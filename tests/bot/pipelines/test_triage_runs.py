@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
 
-from bot.host.config import Triage
+from bot.host.config import KnownIssueConfig, Triage
 from bot.pipelines.history import BOOT
+from bot.pipelines.lifecycle import record_result
 from bot.pipelines.triage_runs import CUT_SHORT, MARK, STATE
 from bot.store.models import Job, Pipeline, ResultHistory
 from bot.store.models import TestVerdict as VerdictRow
-from bot.pipelines.lifecycle import record_result
-from tests.bot.pipelines.kernel_lab import BASE, QEMU, KernelLab, build_outputs, spec_of_message
+from tests.bot.pipelines.kernel_lab import BASE, PLAN, QEMU, KernelLab, build_outputs, spec_of_message
 from workers.app import lab_queue
 from workers.spec import JobResult, TestCase
 
@@ -241,8 +242,8 @@ def test_a_staging_pipelines_tests_feed_the_history_with_their_metrics(kernel_la
         assert pipeline is not None
         pipeline.kind = "post-merge"
         pipeline.revision.change.external_id = "org/linux@next"
-    measured = (TestCase(path="hello", status="pass", diagnostics="# metric: sched.wakeup_ns=1234.5 ns lower is better"),
-                TestCase(path="bye", status="fail"))  # fmt: skip
+    metric = "# metric: sched.wakeup_ns=1234.5 ns lower is better"
+    measured = (TestCase(path="hello", status="pass", diagnostics=metric), TestCase(path="bye", status="fail"))
     finish(kernel_lab, test.id, lambda _: ("fail", measured))
     assert triage_runs(kernel_lab, pipeline_id) == []  # a staging push is compared head to head, as before
     with kernel_lab.runtime.store.session() as session:
@@ -253,3 +254,106 @@ def test_a_staging_pipelines_tests_feed_the_history_with_their_metrics(kernel_la
             (PATH, "pass", "staging", "next", "c" * 40, {"sched.wakeup_ns": 1234.5}),
         ]  # fmt: skip
     assert kernel_lab.pipeline(pipeline_id).result == "fail"
+
+
+def measured(values: dict[str, list[float]], first: float) -> Outcome:
+    """A passing test that reports sched.wakeup_ns: `first` on the change's own run, then by side and run."""
+
+    def outcome(job: Job) -> tuple[str, tuple[TestCase, ...]]:
+        mark = job.spec.get(MARK)
+        value = first if mark is None else values[mark["side"]][mark["n"] - 1]
+        line = f"# metric: sched.wakeup_ns={value} ns lower is better"
+        return "pass", (TestCase(path="hello", status="pass", diagnostics=line),)
+
+    return outcome
+
+
+def test_a_slowdown_in_a_reported_metric_is_a_regression(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    slow = measured({"change": [115, 116, 114, 117], "base": [100, 101, 99, 100, 102]}, 115)
+    finish(kernel_lab, test.id, slow)
+    runs = triage_runs(kernel_lab, pipeline_id)
+    assert [r.spec[MARK]["side"] for r in runs] == ["change", "base"] * 4 + ["base"]  # metric_runs 5 a side
+    drive(kernel_lab, slow)
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert verdict.verdict == "regression" and verdict.evidence.startswith("sched.wakeup_ns +15% (p=")
+    assert (verdict.change_runs, verdict.base_runs) == (5, 5)
+    pipeline = kernel_lab.pipeline(pipeline_id)
+    assert (pipeline.result, kernel_lab.jobs(pipeline_id)[TEST].result) == ("fail", "pass")
+
+
+def test_noise_in_a_reported_metric_passes(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    noise = measured({"change": [101, 99, 100, 102], "base": [100, 101, 99, 100, 102]}, 100)
+    finish(kernel_lab, test.id, noise)
+    drive(kernel_lab, noise)
+    assert verdicts(kernel_lab, pipeline_id)[PATH].verdict == "pass"
+    assert kernel_lab.pipeline(pipeline_id).result == "pass"
+
+
+def test_a_change_cannot_dodge_its_comparison(kernel_lab: KernelLab) -> None:
+    """Attack: its re-runs print no number (nan) and call the metric `higher is better`; the base's runs
+    declare which way is better, and a metric the base measures must be measured with the change."""
+    pipeline_id, test = queued_test(kernel_lab)
+    base = measured({"change": [], "base": [100, 101, 99, 100, 102]}, 0)
+
+    def dodging(job: Job) -> tuple[str, tuple[TestCase, ...]]:
+        if job.spec.get(MARK, {}).get("side") == "base":
+            return base(job)
+        return "pass", (TestCase(path="hello", status="pass",
+                                 diagnostics="# metric: sched.wakeup_ns=nan ns higher is better"),)  # fmt: skip
+
+    first = "# metric: sched.wakeup_ns=200 ns higher is better"
+    finish(kernel_lab, test.id, lambda _: ("pass", (TestCase(path="hello", status="pass", diagnostics=first),)))
+    drive(kernel_lab, dodging)
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.evidence) == (
+        "regression", "sched.wakeup_ns: reported on base (5 runs), not in 4 of 5 runs with the change")
+    assert kernel_lab.pipeline(pipeline_id).result == "fail"
+
+
+def test_a_base_whose_build_fails_makes_the_failure_pre_existing_without_runs(kernel_lab: KernelLab) -> None:
+    pipeline_id = kernel_lab.checked_out(checkpatch=False)
+    jobs = kernel_lab.jobs(pipeline_id)
+    kernel_lab.report(jobs["base x86_64"].id, "fail", outputs=build_outputs(""))
+    kernel_lab.report(jobs["x86_64"].id, outputs=kernel_lab.stored(build_outputs("2" * 64)))
+    finish(kernel_lab, jobs[TEST].id, failing)
+    assert triage_runs(kernel_lab, pipeline_id) == []
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.evidence) == ("pre-existing", "the base's build fails")
+    assert kernel_lab.pipeline(pipeline_id).result == "pass"
+
+
+COMMAND_PLAN = PLAN.replace("kernel: {arch: x86_64, config: tinyconfig, targets: [image, modules]}",
+                            "command: make\n    artifacts: [bzImage, modules.tar.gz]")  # fmt: skip
+COMMAND_OUTPUTS = {"artifacts": {"bzImage": {"digest": "a" * 64, "mode": 0o644}}}
+
+
+def test_a_command_build_gets_one_shared_base_build_for_its_base_runs(kernel_lab: KernelLab) -> None:
+    pipelines = [kernel_lab.checked_out(plan=COMMAND_PLAN, checkpatch=False, head=h * 40) for h in "cd"]
+    for pipeline_id in pipelines:
+        jobs = kernel_lab.jobs(pipeline_id)
+        assert "base x86_64" not in jobs  # nothing to compare a command build with
+        kernel_lab.report(jobs["x86_64"].id, outputs=kernel_lab.stored(COMMAND_OUTPUTS))
+        finish(kernel_lab, jobs[TEST].id, failing)
+    bases = [kernel_lab.jobs(p)["base x86_64"] for p in pipelines]
+    assert [(b.spec["role"], b.spec["head_sha"], b.spec["trusted"]) for b in bases] == [("base", BASE, True)] * 2
+    assert (bases[0].state, bases[1].follows_id) == ("queued", bases[0].id)  # one build of the base
+    assert [m.job_id for m in kernel_lab.messages() if m.build is not None and m.build.role == "base"] == [bases[0].id]
+    kernel_lab.report(bases[0].id, outputs=kernel_lab.stored(COMMAND_OUTPUTS))
+    drive(kernel_lab, by_side(failing, passing))
+    for pipeline_id in pipelines:
+        assert verdicts(kernel_lab, pipeline_id)[PATH].verdict == "new"
+        assert kernel_lab.pipeline(pipeline_id).result == "fail"
+
+
+def test_a_known_issue_explains_the_failure_without_reruns(kernel_lab: KernelLab) -> None:
+    issue = KnownIssueConfig(id="KI-7", test=f"{QEMU} boot/hel*", log="expected 1", expires=date(2999, 1, 1))
+    config = kernel_lab.runtime.config.model_copy(update={"known_issues": [issue]})
+    lab = dataclasses.replace(kernel_lab, runtime=dataclasses.replace(kernel_lab.runtime, config=config))
+    pipeline_id, test = queued_test(lab)
+    finish(lab, test.id, failing)
+    assert triage_runs(lab, pipeline_id) == []
+    verdict = verdicts(lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.known_issue) == ("known-issue", "KI-7")
+    assert lab.pipeline(pipeline_id).result == "pass"
