@@ -160,6 +160,18 @@ def test_attack_hostile_test_names_and_crash_titles_are_shown_escaped(cli: Cli) 
         assert "\nlabgate: all passed" not in out  # a forged line of our own output
 
 
+def test_attack_a_config_entry_with_terminal_escapes_is_listed_escaped(cli: Cli) -> None:
+    config = json.loads(cli.path.read_text())
+    config["known_issues"].append({"id": "CFG-2", "test": "unit/\x1b[2J*", "owner": "ops\x1b]0;x\x07",
+                                   "crash": "\u202eBUG", "expires": str(TODAY)})  # fmt: skip
+    cli.path.write_text(json.dumps(config))
+    code, out, _ = cli("list")
+    assert code == 0
+    assert not any(char in out for char in "\x1b\x07\u202e"), out
+    assert "CFG-2 [config] active, last day " in out and "owner ops\\x1b]0;x\\x07" in out
+    assert "test unit/\\x1b[2J*; crash \\u202eBUG" in out
+
+
 def test_check_without_lists_what_would_have_failed(cli: Cli) -> None:
     assert cli.add("KI-1")[0] == 0
     cli.verdict("unit/math.mul", known="KI-1")
