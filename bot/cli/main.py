@@ -13,6 +13,7 @@ from pathlib import Path
 from bot.cli.artifacts import add_artifacts_parser, run_artifacts
 from bot.cli.known_issue import add_known_issue_parser, run_known_issue
 from bot.cli.lab import add_lab_parser, run_lab
+from bot.cli.reproduce import add_reproduce_parser
 from bot.host.config import Config, load_config, render_config_json_schema
 from workers.errors import ConfigError, LabgateError, UserError
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--hardware", action="store_true", help="also allow real boards")
     approve.add_argument("--as", dest="approver", required=True, help="who approves (kept with the approval)")
     _config_arg(approve)
+    _config_arg(add_reproduce_parser(sub))
     for lab_command in [*add_lab_parser(sub), *add_artifacts_parser(sub), *add_known_issue_parser(sub)]:
         _config_arg(lab_command)
     return parser
@@ -97,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.cli.try_change import run_try
 
             return run_try(config, args)
+        if args.command == "reproduce":
+            from bot.cli.reproduce import run_reproduce
+
+            return run_reproduce(config, args)
         if args.command == "up":
             from bot.cli.up import run_up
 

@@ -104,20 +104,26 @@ def watch(runtime: Runtime, pipeline_id: int, timeout_s: float, console: Console
 
 def run_try(config: Config, args: argparse.Namespace) -> int:
     submission = read_submission(args, config.caps.max_patch_bytes)
+    return run_submission(config, args.config, submission, args.timeout)
+
+
+def run_submission(config: Config, config_path: Path | None, submission: Submission, timeout_s: float) -> int:
+    """Run a submission on this machine's workers (private ones started if none serve the queues), watch
+    it and print its result table; `labgate try` and `labgate reproduce`. The exit code of its result."""
     console = Console()
-    services = open_services(config, args.config)
+    services = open_services(config, config_path)
     try:
         started = start_missing_workers(services)
         if started:
             console.print(f"started private workers: {', '.join(started)}")
-        pipeline_id = submit(services.runtime, submission, delivery_id=f"try-{submission.external_id}")
+        pipeline_id = submit(services.runtime, submission, delivery_id=f"{submission.source}-{submission.external_id}")
         console.print(f"pipeline {pipeline_id}: {submission.tree_name} "
                       f"{submission.title} on {submission.base_ref}")  # fmt: skip
-        view = watch(services.runtime, pipeline_id, args.timeout, console)
+        view = watch(services.runtime, pipeline_id, timeout_s, console)
     finally:
         services.stop()
     if view.state != "done":
-        print(f"labgate: pipeline {pipeline_id} did not finish within {args.timeout:.0f} s", file=sys.stderr)
+        print(f"labgate: pipeline {pipeline_id} did not finish within {timeout_s:.0f} s", file=sys.stderr)
         return 2
     console.print(progress_table(view))
     problems = render_problems(view.jobs)
