@@ -27,7 +27,8 @@ MAX_PROGRAM = 256  # instructions of a compiled log regex (linear_match's own ca
 SEARCH_BUDGET = 2_000_000  # instructions x characters one log search may step through (about a second)
 MAX_TEST_PATH = 1000  # a longer test path matches no glob (the store keeps 500)
 MAX_TEXT = 500  # characters of a glob, a crash title, a scope value, an owner
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0/C1 controls (ANSI escapes), line separators and bidi overrides: refused in an entry, escaped when shown.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 Source = Literal["config", "store"]
 
@@ -191,7 +192,7 @@ def entry_problems(entry: KnownIssueEntry, *, today: date) -> list[tuple[str, st
              "crash_title": entry.crash_title, "log_regex": entry.log_regex,
              **{f"scope.{key}": value for key, value in entry.scope.items()}}  # fmt: skip
     for name, text in texts.items():
-        if _CONTROL.search(text):
+        if CONTROL_CHARACTERS.search(text):
             problems.append((name, "holds a control character"))
         elif len(text) > MAX_TEXT:
             problems.append((name, f"is {len(text)} characters, over the cap of {MAX_TEXT}"))
