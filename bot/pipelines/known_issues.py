@@ -30,7 +30,6 @@ from bot.store.models import Change, Job, KnownIssue, Pipeline, ResultHistory, R
 from workers.errors import UserError
 
 RECENT_RUNS = 2000  # newest verdicts and history rows read for staleness
-PASSED = ("pass", "fixed")  # verdicts of a test that passed with the change: explained by no entry
 
 
 class KnownIssueInputError(UserError):
@@ -253,10 +252,11 @@ def _from_row(row: KnownIssue) -> KnownIssueEntry:
     scope = {str(k): str(v) for k, v in row.scope.items()} if isinstance(row.scope, dict) else {}
     return KnownIssueEntry(issue_id=row.issue_id, link=row.link, owner=row.owner, scope=scope,
                            test_glob=row.test_glob, log_regex=row.log_regex, crash_title=row.crash_title,
-                           expires_on=row.expires_on.date(), source="store",
-                           expired_at=row.expired_at.date() if row.expired_at is not None else None)  # fmt: skip
+                           expires_on=_utc(row.expires_on).date(), source="store",
+                           expired_at=_utc(row.expired_at).date() if row.expired_at is not None else None)  # fmt: skip
 
 
 def _utc(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the store writes UTC."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    """In UTC, as the store writes: SQLite hands back naive datetimes, PostgreSQL ones in its session's zone
+    (a day written as UTC midnight would read as the day before west of Greenwich)."""
+    return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -247,4 +247,23 @@ def test_a_verdict_whose_entry_was_removed_from_config_can_still_be_previewed(re
 
 def test_store_dates_round_trip_as_days(registry: Registry) -> None:
     registry.entry("KI-1", expires_on=date(2099, 12, 31))
-    assert entries_of(registry.runtime)[1].expires_on == date(2099, 12, 31)
+    expire(registry.runtime, "KI-1", today=date(2099, 1, 1))
+    assert (entries_of(registry.runtime)[1].expires_on, entries_of(registry.runtime)[1].expired_at) == (
+        date(2099, 12, 31), date(2099, 1, 1))  # fmt: skip
+
+
+def test_store_days_read_the_same_in_a_session_west_of_greenwich(tmp_path: Path, postgres_url: str) -> None:
+    from bot.store.db import migrate
+
+    migrate(postgres_url)
+    west = open_runtime(Config(data_dir=tmp_path / "d"), create=False,
+                        database_url=postgres_url + "?options=-c%20timezone%3DAmerica%2FNew_York")  # fmt: skip
+    try:
+        add(west, KnownIssueEntry(issue_id="KI-1", test_glob="u/*", expires_on=LATER),
+            created_by="op")  # fmt: skip
+        with west.store.session() as session:
+            stored = session.scalar(select(models.KnownIssue.expires_on))
+        assert stored is not None and stored.utcoffset() != timedelta(0)  # the session's zone, not UTC
+        assert entries_of(west)[0].expires_on == LATER
+    finally:
+        west.store.engine.dispose()
