@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from bot.core.perf import MetricComparison, compare_metric, parse_metrics
 from bot.core.progress import BASE_BUILD_PREFIX, is_base_build, job_outcome
+from bot.core.reproduce import REPRODUCE_KEY
 from bot.core.schedule import job_priority
 from bot.core.triage import Evidence, Triage, TriageRule, runs_wanted, triage
 from bot.host.stores import Runtime
@@ -65,7 +66,9 @@ def judged_outcome(session: Session, job: Job) -> str:
     raw = job_outcome(job.result, job.error_code)
     if job.spec.get(STATE) != "done":
         return raw
-    verdicts = list(session.scalars(select(TestVerdict.verdict).where(TestVerdict.job_id == job.id)))
+    # A retest's copy of a job it did not run again (Job.reused_from_id) keeps that job's verdicts.
+    judged = job.reused_from_id if job.reused_from_id is not None else job.id
+    verdicts = list(session.scalars(select(TestVerdict.verdict).where(TestVerdict.job_id == judged)))
     if not verdicts:  # "done" copied by a retest, or written by no one we know: the raw result stands
         return raw
     if any(verdict in FAILING_VERDICTS for verdict in verdicts):
@@ -89,6 +92,8 @@ def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -
 def _wants_triage(session: Session, job: Job) -> bool:
     if job.pipeline.kind not in TRIAGED_KINDS or job.reused_from_id is not None:
         return False
+    if any(other.kind == "checkout" and REPRODUCE_KEY in other.spec for other in job.pipeline.jobs):
+        return False  # `labgate reproduce` runs exactly the job it reproduces, and says what it did
     if job.spec.get(STATE) == "running":
         return False
     return session.scalar(select(TestVerdict.id).where(TestVerdict.job_id == job.id).limit(1)) is None
@@ -278,7 +283,10 @@ def _share(session: Session, run: Job) -> bool:
         return True
     leader = session.scalars(same.where(Job.state != "done", Job.follows_id.is_(None))
                              .order_by(Job.id).limit(1).with_for_update()).first()  # fmt: skip
-    if leader is None:
+    build = session.get(Job, leader.depends_on_id) if leader is not None and leader.depends_on_id else None
+    if leader is None or build is None or (build.state, build.result) != ("done", "pass"):
+        # Followed only once its build passed: a follower the leader's cancel hands the run to
+        # (base_builds.after_cancelled) boots that build, never one that was cancelled with it.
         return False
     # Its build is the leader's (the same key): what it would boot if it has to run after all.
     run.follows_id, run.depends_on_id = leader.id, leader.depends_on_id

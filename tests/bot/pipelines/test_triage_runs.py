@@ -15,6 +15,7 @@ from sqlalchemy import select
 from bot.host.config import KnownIssueConfig, Triage
 from bot.pipelines.history import BOOT
 from bot.pipelines.lifecycle import record_result
+from bot.pipelines.steering import cancel_pipelines, retest_failed
 from bot.pipelines.triage_runs import CUT_SHORT, MARK, STATE
 from bot.store.models import Job, Pipeline, ResultHistory
 from bot.store.models import TestVerdict as VerdictRow
@@ -357,3 +358,37 @@ def test_a_known_issue_explains_the_failure_without_reruns(kernel_lab: KernelLab
     verdict = verdicts(lab, pipeline_id)[PATH]
     assert (verdict.verdict, verdict.known_issue) == ("known-issue", "KI-7")
     assert lab.pipeline(pipeline_id).result == "pass"
+
+
+def test_a_cancelled_leaders_base_runs_go_to_its_followers_with_the_base_build(kernel_lab: KernelLab) -> None:
+    """Attack: a change that leads the base runs is superseded (its author pushes again) while another
+    change follows them: the follower runs them itself, booting the base build, never nothing."""
+    first_id, first = queued_test(kernel_lab, "c" * 40)
+    second_id, second = queued_test(kernel_lab, "d" * 40)
+    finish(kernel_lab, first.id, failing)
+    finish(kernel_lab, second.id, failing)
+    cancel_pipelines(kernel_lab.runtime, [first_id], "superseded")
+    followers = [r for r in triage_runs(kernel_lab, second_id) if r.spec[MARK]["side"] == "base"]
+    assert all(r.follows_id is None and r.state == "queued" for r in followers)
+    base_build = kernel_lab.jobs(first_id)["base x86_64"]
+    for run in followers:
+        sent = kernel_lab.message_for(run.id, lab_queue(QEMU)).test
+        assert sent is not None and sent.artifacts["arch/x86/boot/bzImage"].digest == (
+            base_build.outputs["artifacts"]["arch/x86/boot/bzImage"]["digest"])
+    drive(kernel_lab, by_side(failing, passing))
+    verdict = verdicts(kernel_lab, second_id)[PATH]
+    assert (verdict.verdict, verdict.base_runs, verdict.base_fails) == ("new", 4, 0)
+    assert kernel_lab.pipeline(second_id).result == "fail"
+
+
+def test_a_retest_keeps_the_verdicts_of_a_job_it_does_not_run_again(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    finish(kernel_lab, test.id, failing)
+    drive(kernel_lab, failing)
+    assert kernel_lab.pipeline(pipeline_id).result == "pass"  # pre-existing
+    again = retest_failed(kernel_lab.runtime, pipeline_id, f"{TEST} [change run 1]")
+    assert again is not None
+    copy = kernel_lab.jobs(again)[TEST]
+    assert (copy.state, copy.result, copy.reused_from_id) == ("done", "fail", test.id)
+    drive(kernel_lab, failing)
+    assert kernel_lab.pipeline(again).result == "pass"  # still pre-existing, not the raw fail
