@@ -136,6 +136,11 @@ def test_a_failing_test_the_change_adds_is_new() -> None:
     assert t.verdict == "new" and "adds this test" in t.evidence and runs_wanted(e, RULE) == (0, 0)
 
 
+def test_attack_a_test_the_change_adds_named_into_a_known_issues_glob_is_still_new() -> None:
+    e = ev("f", absent_on_base=True, known_issue="KI-1")  # the change picked a name the entry's glob fits
+    assert triage(e, RULE).verdict == "new"
+
+
 def test_a_history_that_always_failed_runs_the_base_once() -> None:
     assert runs_wanted(ev("f", history="ffff"), RULE) == (0, 1)
     assert triage(ev("f", "f", "ffff"), RULE).verdict == "pre-existing"
