@@ -107,7 +107,7 @@ def _after_push(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     started = session.scalar(select(Bisection.id).where(Bisection.pipeline_id == pipeline.id))
     if pipeline.result == "cancelled" or started is not None:  # one bisection per push
         return
-    found = _new_failure(session, pipeline)
+    found = _new_failure(session, pipeline, runtime.config.triage.history)
     if found is None:
         return
     previous, job, path = found
@@ -123,9 +123,10 @@ def _after_push(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     _submit_step(session, bisection, pipeline, bad, outbox, list_commits=True)
 
 
-def _new_failure(session: Session, pipeline: Pipeline) -> tuple[Pipeline, Job, str] | None:
-    """The previous head's pipeline, and the first test (its job and path) that fails now and did not then;
-    None when there is none, or nothing to compare with (the first run, a rewritten branch)."""
+def _new_failure(session: Session, pipeline: Pipeline, history_limit: int) -> tuple[Pipeline, Job, str] | None:
+    """The previous head's pipeline, and the first test (its job and path) that fails now and did not then,
+    one whose branch history shows no failure before others (a flaky test's bisection would stop at its first
+    mixed step); None when there is none, or nothing to compare with (the first run, a rewritten branch)."""
     previous = session.scalar(
         select(Pipeline).join(Revision)
         .where(Revision.change_id == pipeline.revision.change_id, Pipeline.id < pipeline.id,
@@ -137,11 +138,22 @@ def _new_failure(session: Session, pipeline: Pipeline) -> tuple[Pipeline, Job, s
         return None
     compared = compare_results(_statuses(pipeline), _statuses(previous))
     now = {f"{job.name}/{t.path}": (job, t.path, t.status) for job in _test_jobs(pipeline) for t in job.tests}
-    for key in compared.new:
-        job, path, status = now[key]
-        if status == "fail":  # an incomplete run is the lab's: nothing to bisect
-            return previous, job, path
-    return None
+    # An incomplete run is the lab's: nothing to bisect.
+    failing = [(job, path) for job, path, status in (now[key] for key in compared.new) if status == "fail"]
+    stable = [(job, path) for job, path in failing if not _failed_before(session, pipeline, job, path, history_limit)]
+    if not failing:
+        return None
+    job, path = (stable or failing)[0]
+    return previous, job, path
+
+
+def _failed_before(session: Session, pipeline: Pipeline, job: Job, path: str, limit: int) -> bool:
+    """Whether the test failed on the branch before this head (its history on the same class and config)."""
+    name, config = history.identity(session, job)
+    rows = history.history_for(session, pipeline.revision.change.tree.name, history.branch_of(pipeline),
+                               f"{name}/{path}", str(job.spec.get("device_class") or ""), config, limit,
+                               exclude_commit=pipeline.revision.head_sha)  # fmt: skip
+    return any(row.status == "fail" for row in rows)
 
 
 def _test_jobs(pipeline: Pipeline) -> list[Job]:

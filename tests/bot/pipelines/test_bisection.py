@@ -4,6 +4,7 @@ result path: each step's checkout, builds and test runs are reported as their wo
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ MAILING = {"trees": [TreeConfig(name=TREE, url="https://example.org/linux.git",
            "smtp": Smtp(host="127.0.0.1", port=2525, starttls=False, sender="ci@lab.example.org")}  # fmt: skip
 
 
-def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None, *, ancestor: bool = True) -> int:
+def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None, *, ancestor: bool = True,
+                  flaky: str | None = None) -> int:  # fmt: skip
     """A staging push's post-merge pipeline with its checkout and build done; its test job queued with a token
     (None: finished now, passing). Its id."""
     with lab.runtime.store.session() as session:
@@ -74,13 +76,15 @@ def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None
         session.flush()
         test_id, pipeline_id = test.id, pipeline.id
     if first_status is not None:
-        finish_push(lab, test_id, first_status)
+        finish_push(lab, test_id, first_status, flaky=flaky)
     return pipeline_id
 
 
-def finish_push(lab: KernelLab, test_id: int, status: str) -> None:
+def finish_push(lab: KernelLab, test_id: int, status: str, *, flaky: str | None = None) -> None:
+    """The push's test job reports test `a` (and, listed first, a flaky test `b` when given)."""
+    tests = ((TestCase(path="b", status=flaky),) if flaky else ()) + (TestCase(path="a", status=status),)  # type: ignore[arg-type]
     record_result(lab.runtime, JobResult(job_id=test_id, delivery=1, result="pass" if status == "pass" else "fail",
-                                         result_token=TOKEN, tests=(TestCase(path="a", status=status),)))  # type: ignore[arg-type]  # fmt: skip
+                                         result_token=TOKEN, tests=tests))  # fmt: skip
 
 
 def the_test_job(lab: KernelLab, pipeline_id: int) -> int:
@@ -100,7 +104,7 @@ def listed(commits: list[str]) -> list[list[str]]:
 
 
 def run_step(lab: KernelLab, pipeline_id: int, outcome: Outcome, *, commits: object = None,
-             plan: str = PLAN) -> None:  # fmt: skip
+             plan: str = PLAN, flaky: random.Random | None = None) -> None:  # fmt: skip
     """The step's checkout, builds and test runs, each reported by its worker; the last ends the step."""
     start_pipeline(lab.runtime, pipeline_id)
     jobs = lab.jobs(pipeline_id)
@@ -129,22 +133,27 @@ def run_step(lab: KernelLab, pipeline_id: int, outcome: Outcome, *, commits: obj
             elif job.kind == "test":
                 run = 1 if "(run" not in job.name else int(job.name.rsplit(" ", 1)[1].rstrip(")"))
                 status = outcome(tested, run)
+                # Test `b`, when there is a `flaky` one, fails at random in every run, wherever it runs.
+                other = (TestCase(path="b", status=flaky.choice(("pass", "fail"))),) if flaky else ()
                 lab.report(job.id, result="pass" if status == "pass" else "fail",
-                           tests=(TestCase(path="a", status=status),))  # type: ignore[arg-type]  # fmt: skip
+                           tests=(*other, TestCase(path="a", status=status)))  # type: ignore[arg-type]  # fmt: skip
     raise AssertionError(f"step pipeline {pipeline_id} did not end: {[(j.name, j.state) for j in jobs.values()]}")
 
 
 def bisect(lab: KernelLab, outcome: Outcome, *, commits: object = None, limit: int = 20,
-           plan_at: Callable[[int], str] = lambda step: PLAN) -> Bisection:  # fmt: skip
+           plan_at: Callable[[int], str] = lambda step: PLAN,
+           flaky: random.Random | None = None) -> Bisection:  # fmt: skip
     """A push of COMMITS whose test `a` passed at GOOD and fails at BAD, bisected step by step to its end."""
-    previous = push_pipeline(lab, "f" * 40, GOOD, "pass")
-    assert previous
-    push_pipeline(lab, GOOD, BAD, "fail")
+    if flaky is not None:  # `b` failed on the branch before: its history is mixed
+        push_pipeline(lab, "e" * 40, "f" * 40, "pass", flaky="fail")
+    push_pipeline(lab, "f" * 40, GOOD, "pass", flaky="pass" if flaky else None)
+    push_pipeline(lab, GOOD, BAD, "fail", flaky="fail" if flaky else None)  # `b` is new at the head too
     for _ in range(limit):
         found = bisection(lab)
         if found.state != "running":
             return found
-        run_step(lab, found.steps[-1]["pipeline_id"], outcome, commits=commits, plan=plan_at(len(found.steps)))
+        run_step(lab, found.steps[-1]["pipeline_id"], outcome, commits=commits, plan=plan_at(len(found.steps)),
+                 flaky=flaky)  # fmt: skip
     raise AssertionError("the bisection did not end")
 
 
@@ -187,6 +196,15 @@ def test_a_new_failure_is_bisected_to_its_first_bad_commit_and_confirmed_by_its_
         assert {row.commit for row in rows} == {s for s, role, _ in tested if role == "test"}  # not the revert's
     mails = [m for m in lab.broker.lrange(CONTROL_QUEUE, 0, -1) if b"bot.bisection_mail" in m]
     assert len(mails) == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_flaky_test_beside_it_does_not_hide_the_culprit(lab: KernelLab, seed: int) -> None:
+    """Test `b` fails at random and is new at the head too, listed first: its branch history is mixed, so the
+    stable `a` is bisected, and `b`'s failures in the steps are not read."""
+    found = bisect(lab, breaks_at(6), flaky=random.Random(seed))
+    assert found.test_path == f"{TEST_JOB}/a"
+    assert found.state == "done" and found.culprit_sha == COMMITS[6] and "confirmed" in found.confidence
 
 
 @pytest.mark.parametrize("culprit", [1, 8])
