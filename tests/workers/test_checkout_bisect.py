@@ -3,6 +3,7 @@ reverted on the head in the bare mirror (no worktree), a revert that conflicts b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from bot.core.bisect import author_address, parse_commit_list
 from workers.checkout import CheckoutOutcome, mirror_path, prepare_checkout
 from workers.errors import UserError
-from workers.spec import CheckoutSpec
+from workers.spec import CheckoutSpec, JobSpec
+from workers.tasks import execute_checkout
 
 
 def git(repo: Path, *args: str, author: str = "Dev <dev@example.org>") -> str:
@@ -140,3 +142,29 @@ def test_an_author_with_a_line_break_is_listed_as_written_and_refused_as_an_addr
     assert outcome.commits is not None and outcome.commits[-1][0] == bad
     assert "Bcc: victim@example.org" in outcome.commits[-1][1]  # after a CR (text mode reads it as a LF)
     assert author_address(outcome.commits[-1][1]) is None
+
+
+def test_the_checkout_job_sends_what_the_control_side_reads(staging: tuple[Path, list[str]], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Through the checkout task's body: the list as JSON the control side's parse_commit_list takes, and a
+    revert step's tested commit; a revert that conflicts raises the tree's error (UserError: not retried)."""
+    repo, shas = staging
+    monkeypatch.setenv("LABGATE_WORK_DIR", str(tmp_path / "worker"))
+    monkeypatch.setenv("LABGATE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+
+    def job(**fields: object) -> JobSpec:
+        return JobSpec(job_id=9, pipeline_id=4, kind="checkout", tree_name="t", tree_url=str(repo),
+                       max_log_bytes=1 << 20,
+                       checkout=CheckoutSpec(base_ref=shas[0], ref=shas[-1], **fields))  # type: ignore[arg-type]  # fmt: skip
+
+    listed = execute_checkout(job(list_commits=True), 1, []).outputs
+    sent = json.loads(json.dumps(listed))  # as it crosses the results queue
+    assert parse_commit_list(sent["commits"], shas[0], shas[-1])[0] == tuple(shas)
+    assert "commits" not in execute_checkout(job(), 1, []).outputs
+    reverted = execute_checkout(job(revert_sha=shas[4]), 1, []).outputs
+    assert reverted["head_sha"] == shas[-1] and reverted["tested_sha"] not in shas
+    assert git(mirror_path(tmp_path / "worker", "t"), "show", f"{reverted['tested_sha']}:status") == "ok"
+    commit(repo, "status", "edited again\n")
+    with pytest.raises(UserError, match="does not apply"):
+        execute_checkout(job(revert_sha=shas[4]).model_copy(update={"checkout": CheckoutSpec(
+            base_ref=shas[0], ref="main", revert_sha=shas[4])}), 1, [])  # fmt: skip
