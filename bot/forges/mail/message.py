@@ -10,7 +10,7 @@ import email.policy
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -124,6 +124,13 @@ def mail_report_of(summary: PipelineSummary) -> MailReport:
                       findings=findings)  # fmt: skip
 
 
+def report_body(report: MailReport) -> str:
+    """The mail's text: its first line the verdict line, whole (never wrapped: it is what a reader and a
+    mail filter look for), then the report as render_report_mail lays it out."""
+    rest = render_report_mail(replace(report, verdict_line="")).lstrip("\n")
+    return f"{one_line(report.verdict_line)}\n\n{rest}"
+
+
 def compose_report_mail(summary: PipelineSummary, *, sender: Address, recipients: MailRecipients,
                         thread: MailThread, message_id: str, date: datetime) -> EmailMessage:  # fmt: skip
     """The whole mail: one text/plain part, UTF-8, replying to the thread when there is one."""
@@ -141,5 +148,5 @@ def compose_report_mail(summary: PipelineSummary, *, sender: Address, recipients
         message["References"] = parent
     # RFC 3834: mail made by a machine; vacation responders and list bots do not answer it.
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(render_report_mail(mail_report_of(summary)), subtype="plain", charset="utf-8")
+    message.set_content(report_body(mail_report_of(summary)), subtype="plain", charset="utf-8")
     return message

@@ -11,7 +11,24 @@ import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from bot.core.render import FailedTest, JobView, fenced, inline_code, inline_text, link, render_job_markdown
+from bot.core.render import (
+    FailedTest,
+    JobView,
+    TestVerdictView,
+    fenced,
+    inline_code,
+    inline_text,
+    link,
+    new_problems,
+    problem_markdown,
+    problem_text,
+    problem_title,
+    render_job_markdown,
+    rest_lines,
+    rest_markdown,
+    verdict_line,
+    verdicts_markdown,
+)
 
 MARKDOWN = MarkdownIt("commonmark").enable("table")
 FORGED = "**All 214 tests passed: safe to merge** ![t](https://attacker/pixel.png) [details](https://attacker/login)"
@@ -184,3 +201,119 @@ def test_a_job_report_shows_the_changes_text_as_text() -> None:
     rows = [token for token in tokens if token.type == "tr_open"]
     assert len(rows) == 3  # the header and one row per test
     assert sum(1 for token in tokens if token.type == "td_open") == 4
+
+
+# -- verdicts ---------------------------------------------------------------------------------------------
+
+CRASH = "BUG: KASAN: use-after-free in frob_release"
+PUBLIC_LOG = "https://ci.example.org/jobs/7/log"
+ISSUE_LINK = "https://bugs.example.org/7"
+
+
+def verdict(test: str = "math.mul", verdict: str = "new", **fields: object) -> TestVerdictView:
+    defaults: dict[str, object] = {"job_id": 7, "job": "qemu-x86_64 unit", "test": test,
+                                   "device_class": "qemu-x86_64", "verdict": verdict,
+                                   "evidence": "failed 4/4 with the change, 0/4 on base", "log_url": PUBLIC_LOG,
+                                   "reproduce": "labgate reproduce 7 --server https://ci.example.org"}  # fmt: skip
+    return TestVerdictView(**(defaults | fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("counts", "line"), [
+    ({"new": 2, "flaky": 1, "known-issue": 1, "pass": 140}, "2 new failures, 1 flaky, 1 known issue, 140 passed"),
+    ({"pass": 1, "fixed": 1, "unconfirmed": 1, "known-issue": 1, "flaky": 2, "pre-existing": 1, "regression": 1,
+      "new": 1}, "1 new failure, 1 regression, 1 pre-existing failure, 2 flaky, 1 known issue, 1 unconfirmed, "
+                 "1 fixed, 1 passed"),
+    ({"regression": 2, "pre-existing": 3, "known-issue": 2, "new": 0, "pass": 0}, "2 regressions, 3 pre-existing "
+                                                                                   "failures, 2 known issues"),
+    ({"failed": 1, "broken": 2, "incomplete": 1}, "1 failed, 2 failed jobs, 1 incomplete"),
+    ({}, "no test results"),
+    ({"new": 0}, "no test results"),
+])  # fmt: skip
+def test_the_verdict_line_counts_in_order_singular_and_plural_leaving_zeros_out(counts: dict[str, int],
+                                                                               line: str) -> None:  # fmt: skip
+    assert verdict_line(counts) == line
+
+
+def test_a_verdict_the_line_does_not_know_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown verdicts \\['looks-fine'\\]"):
+        verdict_line({"looks-fine": 1})
+
+
+def test_failures_with_one_crash_title_are_one_problem_with_every_test_it_hit() -> None:
+    found = [verdict("a", crash_title=CRASH), verdict("b"), verdict("c", "flaky", crash_title=CRASH),
+             verdict("d", crash_title=CRASH, job="qemu-arm64 unit"),
+             verdict("e", "regression", crash_title="WARNING in g")]  # fmt: skip
+    problems = new_problems(found)
+    assert [(p.crash_title, [v.test for v in p.failures]) for p in problems] == [
+        (CRASH, ["a", "d"]), ("", ["b"]), ("WARNING in g", ["e"])]  # fmt: skip
+    markdown = problem_markdown(problems[0])
+    assert markdown.startswith(f"**New crash:** `{CRASH}`, hit 2 tests:")
+    assert problem_title(problems[0]).startswith(f"New crash '{CRASH}', hit 2 tests: qemu-x86_64 unit/a on")
+    assert problem_markdown(problems[2]).startswith("**New regression:** `qemu-x86_64 unit/e`")
+    # Two identical failures (one test reported twice) stay two hits, not one.
+    twice = new_problems([verdict("a", crash_title=CRASH), verdict("a", crash_title=CRASH)])
+    assert [len(p.failures) for p in twice] == [2]
+
+
+def test_a_new_failure_block_has_evidence_error_lines_crash_log_and_reproduce_command() -> None:
+    lines = "\n".join(f"line {n}" for n in range(50))
+    [problem] = new_problems([verdict(crash_title=CRASH, error_lines=lines)])
+    tokens = MARKDOWN.parse(problem_markdown(problem))
+    assert_nothing_active(tokens, allowed_links=(PUBLIC_LOG,))
+    inline = " ".join(token.content for token in tokens if token.type == "inline")
+    assert "failed 4/4 with the change, 0/4 on base" in inline and f"Crash: `{CRASH}`" in inline
+    fences = [token.content for token in tokens if token.type == "fence"]
+    assert fences == ["\n".join(f"line {n}" for n in range(20)) + "\n",
+                      "labgate reproduce 7 --server https://ci.example.org\n"]  # fmt: skip
+    assert problem_text(problem).split("\n") == [f"crash: {CRASH}", *(f"line {n}" for n in range(20))]
+
+
+@pytest.mark.parametrize("hostile", INLINE_BREAKERS)
+def test_what_a_change_names_in_a_verdict_stays_text(hostile: str) -> None:
+    """A test's name (KTAP), a crash title (the console), a device class and job name (the plan), the
+    evidence and why re-runs stopped: text in every block, never a link, an image, HTML or a heading."""
+    found = [verdict(hostile, crash_title=hostile, job=hostile, device_class=hostile, evidence=hostile),
+             verdict(hostile, "flaky", cut_short=hostile), verdict(hostile, "known-issue", known_issue=hostile,
+                                                                    known_issue_link=ISSUE_LINK)]  # fmt: skip
+    tokens = MARKDOWN.parse(verdicts_markdown(found))
+    assert_nothing_active(tokens, allowed_links=(PUBLIC_LOG, ISSUE_LINK))
+    assert not any(token.type in ("heading_open", "hr", "table_open", "blockquote_open") for token in tokens)
+    # Our three headings are the only emphasis: the new failure's, the flaky and the known issues'.
+    assert sum(1 for token in walk(tokens) if token.type in ("strong_open", "em_open", "s_open")) == 3
+    said = " ".join(token.content for token in walk(tokens) if token.type in ("text", "code_inline"))
+    assert " ".join(hostile.split()) in said
+
+
+@pytest.mark.parametrize("content", FENCE_BREAKERS)
+def test_error_lines_that_close_a_fence_stay_in_the_new_failures_block(content: str) -> None:
+    [problem] = new_problems([verdict(error_lines=content)])
+    tokens = MARKDOWN.parse(problem_markdown(problem))
+    assert_nothing_active(tokens, allowed_links=(PUBLIC_LOG,))
+    fences = [token.content for token in tokens if token.type == "fence"]
+    assert fences[-1] == "labgate reproduce 7 --server https://ci.example.org\n"  # the block did not end early
+    expected = content.replace("\r\n", "\n").replace("\r", "\n")
+    assert fences[:-1] == ([expected + "\n"] if expected.strip() else [])
+
+
+@pytest.mark.parametrize("target", ["javascript:alert(1)", "https://bugs.example.org/7 [x](https://attacker/login)",
+                                    "data:text/html,<script>", ""])  # fmt: skip
+def test_a_known_issue_links_only_to_a_web_address(target: str) -> None:
+    found = [verdict("fs.read", "known-issue", known_issue="KI-7", known_issue_link=target)]
+    tokens = MARKDOWN.parse(rest_markdown(found))
+    assert_nothing_active(tokens)
+    assert "KI-7" in " ".join(token.content for token in tokens if token.type == "inline")
+
+
+def test_the_rest_lists_each_kind_with_why_it_does_not_count_and_caps_long_lists() -> None:
+    found = [verdict(f"t{n}", "flaky") for n in range(60)] + [
+        verdict("p", "pre-existing"), verdict("k", "known-issue", known_issue="KI-7", known_issue_link=ISSUE_LINK),
+        verdict("u", "unconfirmed", cut_short="the extra-run cap (24) was reached"), verdict("f", "fixed")]  # fmt: skip
+    markdown = rest_markdown(found)
+    order = ["Pre-existing failures", "Flaky", "Known issues", "Unconfirmed", "Fixed"]
+    assert [markdown.index(word) for word in order] == sorted(markdown.index(word) for word in order)
+    assert "- … and 10 more" in markdown and "t49" in markdown and "t50" not in markdown
+    assert f"[KI-7]({ISSUE_LINK})" in markdown and "the extra-run cap \\(24\\) was reached" in markdown
+    plain = rest_lines(found)
+    assert plain[2] == (f"Known issues: qemu-x86_64 unit/k on qemu-x86_64 (failed 4/4 with the change, 0/4 on base) "
+                        f"[known issue KI-7 {ISSUE_LINK}].")  # fmt: skip
+    assert verdicts_markdown([]) == "" and rest_lines([]) == []

@@ -7,6 +7,7 @@ GitLab's status and merge request note, Patchwork checks (FakePatchwork) and the
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from bot.core.build_compare import compare_builds, comparison_outputs
 from bot.forges.github.client import GitHubApp, make_retry
@@ -72,6 +74,17 @@ class Stage:
         return next(job for job in self.summary.jobs if job.label == label)
 
 
+def pull_request_pipeline(session: Session) -> models.Pipeline:
+    """A done, failed pipeline of pull request 1 of REPO on tree linux, added to the session."""
+    tree = models.Tree(name="linux", url="https://example.org/linux.git")
+    change = models.Change(tree=tree, source="github", external_id=f"{REPO}#1", title="t", number=1,
+                           forge_repo=REPO, installation_id=INSTALLATION)  # fmt: skip
+    pipeline = models.Pipeline(revision=models.Revision(change=change, base_ref="main", head_sha=HEAD),
+                               state="done", result="fail")  # fmt: skip
+    session.add(pipeline)
+    return pipeline
+
+
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[Stage]:
     config = Config(data_dir=tmp_path / "data", web=Web(public_url="https://ci.example.org"),
@@ -97,12 +110,7 @@ def stage(tmp_path: Path) -> Iterator[Stage]:
             {"file": "drivers/a.c", "line": 90, "level": "warning", "text": "unused variable 'r'"}]}),
     ]  # fmt: skip
     with runtime.store.session() as session:
-        tree = models.Tree(name="linux", url="https://example.org/linux.git")
-        change_row = models.Change(tree=tree, source="github", external_id=f"{REPO}#1", title="t", number=1,
-                                   forge_repo=REPO, installation_id=INSTALLATION)  # fmt: skip
-        pipeline = models.Pipeline(revision=models.Revision(change=change_row, base_ref="main", head_sha=HEAD),
-                                   state="done", result="fail")  # fmt: skip
-        session.add(pipeline)
+        pipeline = pull_request_pipeline(session)
         for kind, name, result, spec, outputs in jobs:
             job = models.Job(pipeline=pipeline, kind=kind, name=name, queue=kind, state="done", result=result,
                              spec=spec, outputs=outputs)  # fmt: skip
@@ -216,13 +224,20 @@ def test_github_check_runs_carry_the_count_line_and_only_the_chosen_annotations(
     assert runs["labgate / build x86_64 base"]["output"]["annotations"] == []
 
 
-def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
+@contextmanager
+def merge_request() -> Iterator[tuple[FakeGitLab, GitLabClient, int]]:
+    """A FakeGitLab with merge request 1 of HEAD in project octo-group/linux, where labgate is a developer:
+    the fake, labgate's client, the project's id."""
     with FakeGitLab() as fake:
         fake.add_user("labgate")
         project = fake.add_project("octo-group/linux")
         fake.add_member("labgate", DEVELOPER, project=project)
         fake.add_merge_request(project, 1, head_sha=HEAD, author="labgate")
-        client = GitLabClient(fake.base_url, fake.add_token("labgate"))
+        yield fake, GitLabClient(fake.base_url, fake.add_token("labgate")), project
+
+
+def test_gitlab_status_and_note_carry_the_findings(stage: Stage) -> None:
+    with merge_request() as (fake, client, project):
         CommitStatusSink(client, project, HEAD, None).create(stage.report("labgate / build x86_64"))
         MergeRequestNoteSink(stage.runtime, client, project, 1).publish(stage.summary)
         [status] = fake.statuses_of(project, HEAD)
