@@ -173,9 +173,14 @@ def triage(ev: Evidence, rule: TriageRule) -> Triage:
             return verdict("unconfirmed", f"no pass/fail run with the change ({_tally(others)}): not a failure")
         return verdict("pass", f"no pass/fail run with the change ({_tally(others)})")
     if c.change_fails == 0:
-        if c.base_fails:
+        # Fixed only where the base failed every time: a test that fails now and then on the base (at its
+        # commit or in its history) passing with the change is that test's luck, not the change's fix.
+        if c.base_fails and c.base_fails == c.base_runs and not c.history_mixed:
             return verdict("fixed", f"passed {c.change_runs}/{c.change_runs} with the change, "
                                     f"failed {c.base_fails}/{c.base_runs} on base")  # fmt: skip
+        if c.base_fails:
+            return verdict("pass", f"passed {c.change_runs}/{c.change_runs} with the change; flaky on base "
+                                   f"({c.base_fails} of {c.base_runs} failed)")  # fmt: skip
         return verdict("pass", f"passed {c.change_runs}/{c.change_runs} with the change")
     if ev.absent_on_base:  # before known issues: a change must not name its own new test into an entry's glob
         return verdict("new", f"the change adds this test: failed {c.change_fails}/{c.change_runs} with the change")

@@ -82,6 +82,13 @@ def test_a_test_passing_with_the_change_that_failed_at_the_base_is_fixed() -> No
     assert runs_wanted(ev("p", "f"), RULE) == (0, 0)
 
 
+def test_a_flaky_test_passing_with_the_change_is_no_fix() -> None:
+    assert triage(ev("p", "fpfp"), RULE).verdict == "pass"  # the base commit itself is mixed
+    assert triage(ev("p", "f", "pfpp"), RULE).verdict == "pass"  # its history is
+    assert "flaky on base (2 of 4 failed)" in triage(ev("p", "fpfp"), RULE).evidence
+    assert triage(ev("p", "ff", "fff"), RULE).verdict == "fixed"
+
+
 def test_a_pass_is_a_pass_and_wants_no_runs() -> None:
     t = triage(ev("p", history="pfpf"), RULE)
     assert (t.verdict, t.evidence) == ("pass", "passed 1/1 with the change")
