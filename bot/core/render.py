@@ -185,7 +185,9 @@ VERDICTS = tuple(key for key, _, _ in _VERDICT_WORDS)
 FAILING = frozenset({"new", "regression", "failed", "broken"})  # what fails the check
 NEW = ("new", "regression")
 MAX_ERROR_LINES = 20
-MAX_LISTED = 50  # tests listed per section of the rest; the pipeline's page has them all
+MAX_LISTED = 50  # tests listed per section of the rest, or hit by one crash; the pipeline's page has them all
+MAX_PROBLEMS = 20  # new problems shown in full in one report; the rest are counted
+MAX_LINE = 500  # characters of an error line shown
 _WEB_LINK = re.compile(r"https?://[^\s]+", re.ASCII)
 
 
@@ -269,7 +271,8 @@ def problem_markdown(problem: Problem) -> str:
             for view in problem.failures]  # fmt: skip
     if problem.crash_title and len(hits) > 1:
         out = [f"**New crash:** {inline_code(problem.crash_title)}, hit {len(hits)} tests:", ""]
-        out += [f"- {hit}" for hit in hits] + [""]
+        out += [f"- {hit}" for hit in hits[:MAX_LISTED]]
+        out += [f"- … and {len(hits) - MAX_LISTED} more", ""] if len(hits) > MAX_LISTED else [""]
     else:
         out = [f"**New {word}:** {hits[0]}", ""]
         out += [f"Crash: {inline_code(problem.crash_title)}", ""] if problem.crash_title else []
@@ -281,7 +284,9 @@ def problem_markdown(problem: Problem) -> str:
 
 
 def _first_lines(text: str) -> str:
-    return "\n".join(_LINE_ENDING.sub("\n", text).split("\n")[:MAX_ERROR_LINES])
+    """The first MAX_ERROR_LINES lines, each cut at MAX_LINE: a DUT may print megabytes on one line."""
+    lines = _LINE_ENDING.sub("\n", text).split("\n")[:MAX_ERROR_LINES]
+    return "\n".join(line if len(line) <= MAX_LINE else line[:MAX_LINE] + " [...]" for line in lines)
 
 
 # The rest, after the new problems: heading, and what a reader should know of why it does not count.
@@ -324,7 +329,10 @@ def rest_markdown(verdicts: Sequence[TestVerdictView]) -> str:
 
 def verdicts_markdown(verdicts: Sequence[TestVerdictView]) -> str:
     """Each new problem's block, then the rest; empty when there are no verdicts."""
-    blocks = [problem_markdown(problem) for problem in new_problems(verdicts)]
+    problems = new_problems(verdicts)
+    blocks = [problem_markdown(problem) for problem in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        blocks.append(f"… and {len(problems) - MAX_PROBLEMS} more new problems: see the pipeline's page.")
     rest = rest_markdown(verdicts)
     return "\n\n".join([*blocks, *([rest] if rest else [])])
 
@@ -337,8 +345,9 @@ def problem_title(problem: Problem) -> str:
     """A new problem on one line of plain text (a mail's heading of it)."""
     word = "regression" if all(view.verdict == "regression" for view in problem.failures) else "failure"
     if problem.crash_title and len(problem.failures) > 1:
-        hits = "; ".join(_where_text(view) for view in problem.failures)
-        return f"New crash '{problem.crash_title}', hit {len(problem.failures)} tests: {hits}"
+        hits = [_where_text(view) for view in problem.failures[:MAX_LISTED]]
+        more = [f"and {len(problem.failures) - MAX_LISTED} more"] if len(problem.failures) > MAX_LISTED else []
+        return f"New crash '{problem.crash_title}', hit {len(problem.failures)} tests: {'; '.join(hits + more)}"
     return f"New {word}: {_where_text(problem.failures[0])}"
 
 

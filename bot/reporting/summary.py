@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from bot.core.mail_text import one_line
 from bot.core.render import (
     FAILING,
+    MAX_PROBLEMS,
     NEW,
     TestVerdictView,
     fenced,
@@ -93,7 +94,7 @@ def pipeline_summary(runtime: Runtime, pipeline_id: int, *, reproduce: str = "")
         done = pipeline.state == "done"
         verdict: Verdict = _VERDICT.get(pipeline.result or "", "warning") if done else "pending"
         headline = headline_of(pipeline, jobs)
-        said = [*(problem_title(problem) for problem in new_problems(verdicts)), *rest_lines(verdicts)]
+        said = [*(problem_title(problem) for problem in new_problems(verdicts)[:MAX_PROBLEMS]), *rest_lines(verdicts)]
         lines = [first, "", *said, *([""] if said else []), *(f"{job.label}: {job.title}" for job in jobs)]
         return PipelineSummary(
             pipeline_id=pipeline.id, done=done, verdict=verdict, headline=headline, text="\n".join(lines),

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from bot.core.mail_text import MailFailure, MailReport, one_line, render_report_mail, reply_subject
-from bot.core.render import new_problems, problem_text, problem_title, rest_lines
+from bot.core.render import MAX_PROBLEMS, new_problems, problem_text, problem_title, rest_lines
 from bot.reporting.sinks import PipelineSummary
 
 # Header lines up to SMTP's hard limit: folding a long Message-Id in References would have the
@@ -107,7 +107,7 @@ def mail_report_of(summary: PipelineSummary) -> MailReport:
     (a passing build's new warning is news too; a failed job's findings with errors are its error lines);
     the commands that reproduce each new problem's job before the pipeline's own; the rest triage found
     (flaky, known issues, pre-existing, unconfirmed, fixed) ahead of the notes."""
-    problems = new_problems(summary.verdicts)
+    problems = new_problems(summary.verdicts)  # the mail shows the first 20 and counts the rest
     new = tuple(MailFailure(title=problem_title(problem), error_lines=problem_text(problem),
                             url=problem.failures[0].log_url) for problem in problems)  # fmt: skip
     shown = {view.job_id for problem in problems for view in problem.failures}
@@ -117,7 +117,8 @@ def mail_report_of(summary: PipelineSummary) -> MailReport:
     quoted = {job.job_id for job in broken if job.error_lines == job.findings}
     findings = tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.findings, url=job.details_url)
                      for job in summary.jobs if job.findings and job.job_id not in quoted)  # fmt: skip
-    commands = dict.fromkeys(problem.failures[0].reproduce for problem in problems if problem.failures[0].reproduce)
+    commands = dict.fromkeys(problem.failures[0].reproduce for problem in problems[:MAX_PROBLEMS]
+                             if problem.failures[0].reproduce)  # fmt: skip
     reproduce = "\n".join([*commands, *([summary.reproduce] if summary.reproduce else [])])
     return MailReport(verdict_line=summary.verdict_line or summary.headline, failures=failures, url=summary.url,
                       reproduce=reproduce, notes=(*rest_lines(summary.verdicts), *summary.notes),

@@ -317,3 +317,18 @@ def test_the_rest_lists_each_kind_with_why_it_does_not_count_and_caps_long_lists
     assert plain[2] == (f"Known issues: qemu-x86_64 unit/k on qemu-x86_64 (failed 4/4 with the change, 0/4 on base) "
                         f"[known issue KI-7 {ISSUE_LINK}].")  # fmt: skip
     assert verdicts_markdown([]) == "" and rest_lines([]) == []
+
+
+def test_a_flood_of_new_failures_and_huge_lines_is_capped() -> None:
+    """A change that breaks thousands of tests, or a DUT printing megabytes on one line, makes a report of
+    bounded size that still counts everything."""
+    huge = "x" * 4_000_000
+    flood = [verdict(f"t{n}", crash_title=f"BUG in f{n}", error_lines=huge) for n in range(1000)]
+    flood += [verdict(f"c{n}", crash_title=CRASH) for n in range(500)]
+    markdown = verdicts_markdown(flood)
+    assert len(markdown) < 200_000
+    assert markdown.count("**New failure:**") == 20 and "… and 981 more new problems" in markdown
+    [crash] = [p for p in new_problems(flood) if p.crash_title == CRASH]
+    assert problem_markdown(crash).count("\n- ") == 51 and "- … and 450 more" in problem_markdown(crash)
+    assert len(problem_title(crash)) < 10_000 and problem_title(crash).endswith("and 450 more")
+    assert max(len(line) for line in problem_text(new_problems(flood)[0]).split("\n")) == 500 + len(" [...]")

@@ -5,10 +5,10 @@ jobs of the report. Forges through the fakes that record what they were sent."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from email.headerregistry import Address
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ from sqlalchemy import select
 from bot.core.render import new_problems
 from bot.forges.github.client import GitHubApp, make_retry
 from bot.forges.github.reporter import sync_checks
-from bot.forges.gitlab.reporter import MergeRequestNoteSink
-from bot.forges.mail.message import MailRecipients, MailThread, compose_report_mail
+from bot.forges.gitlab.reporter import MergeRequestNoteSink, inert
 from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SeriesRecord, save_series
 from bot.forges.patchwork.report import sync_series_checks
@@ -31,6 +30,7 @@ from bot.store import models
 from tests.bot.reporting.test_build_static_reports import (
     INSTALLATION,
     REPO,
+    mail_body,
     merge_request,
     pull_request_pipeline,
 )
@@ -302,10 +302,7 @@ def test_patchwork_gets_a_summary_check_with_the_verdict_line_and_the_pipeline_l
 
 
 def test_the_mail_body_starts_with_the_verdict_line_and_reproduces_the_new_failure(stage: Stage) -> None:
-    mail = compose_report_mail(stage.summary(), sender=Address("labgate", addr_spec="ci@example.org"),
-                               recipients=MailRecipients.parse(["dev@example.org"]), thread=MailThread("[PATCH] x"),
-                               message_id="<1@example.org>", date=datetime(2026, 12, 7, tzinfo=UTC))  # fmt: skip
-    body = str(mail.get_content())
+    body = mail_body(stage.summary())
     lines = body.split("\n")
     assert lines[0] == VERDICT_LINE
     assert body.count(f"New crash '{CRASH}', hit 2 tests") == 1
@@ -313,3 +310,29 @@ def test_the_mail_body_starts_with_the_verdict_line_and_reproduces_the_new_failu
     assert f"    {PUBLIC}/jobs/{stage.jobs[X86]}/log" in lines
     assert "known issue KI-7 https://bugs.example.org/7" in " ".join(lines)
 
+
+
+FORGED = "**All tests passed** [login](https://attacker/login) ![x](https://attacker/p.png) <b>hi</b>"
+
+
+def test_what_a_change_wrote_stays_text_from_the_store_to_every_forge(stage: Stage) -> None:
+    """A DUT names its tests, prints its crash (and so its title) and its diagnostics: in the summary check
+    run and the merge request note they are text, with no link but ours, no quick action, no mention; in
+    Patchwork's description and the mail's first line they do not appear at all (the verdict line is ours)."""
+    hostile = f"x\n/merge\n@maintainers ```\n{FORGED}"
+    with stage.runtime.store.session() as session:
+        for row in session.scalars(select(models.TestVerdict).where(models.TestVerdict.verdict == "new")):
+            row.crash_title, row.test_path = hostile, f"{row.test_path.split('/')[0]}/{hostile}"
+        for test in session.scalars(select(models.TestResult).where(models.TestResult.path == "math.mul")):
+            test.path, test.diagnostics = hostile, hostile
+    summary = stage.summary()
+    assert summary.verdict_line == VERDICT_LINE
+    ours = (PUBLIC, "https://bugs.example.org/7")
+    for markdown in (summary_markdown(summary), inert(summary_markdown(summary))):
+        tokens = list(walk(MARKDOWN.parse(markdown)))
+        assert not any(t.type in ("image", "html_inline", "html_block", "heading_open") for t in tokens)
+        assert all(str(t.attrs["href"]).startswith(ours) for t in tokens if t.type == "link_open")
+    note = inert(summary_markdown(summary))
+    assert not re.search(r"^\s*/", note, re.MULTILINE) and not re.search(r"@[A-Za-z]", note)
+    body = mail_body(summary)
+    assert body.split("\n")[0] == VERDICT_LINE and "All tests passed" in body  # quoted, after the verdict
