@@ -102,10 +102,11 @@ def _after_push(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     change_id = pipeline.revision.change_id
     for older in session.scalars(select(Bisection).join(Pipeline, Bisection.pipeline_id == Pipeline.id)
                                  .join(Revision).where(Revision.change_id == change_id, Bisection.state == RUNNING,
-                                                       Bisection.pipeline_id < pipeline.id)):  # fmt: skip
+                                                       Revision.id < pipeline.revision_id)):  # fmt: skip
         _cancel(session, older, f"superseded by the newer push's pipeline {pipeline.id}")
     started = session.scalar(select(Bisection.id).where(Bisection.pipeline_id == pipeline.id))
-    if pipeline.result == "cancelled" or started is not None:  # one bisection per push
+    # One bisection per push: a re-run of the push's pipeline (a retest) starts none of its own.
+    if pipeline.result == "cancelled" or pipeline.rerun_of_id is not None or started is not None:
         return
     found = _new_failure(session, pipeline, runtime.config.triage.history)
     if found is None:
@@ -209,7 +210,7 @@ def _after_step(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     _record_history(session, bisection, pipeline, entries[index])
     newer = session.scalar(select(Pipeline.id).join(Revision).where(Revision.change_id == push.revision.change_id,
                                                                      Pipeline.kind == PUSH_KIND,
-                                                                     Pipeline.id > push.id))  # fmt: skip
+                                                                     Revision.id > push.revision_id))  # fmt: skip
     if newer is not None:
         _cancel(session, bisection, f"superseded by the newer push's pipeline {newer}")
         return
@@ -304,6 +305,7 @@ def _finish(session: Session, bisection: Bisection, push: Pipeline, outbox: Outb
     bisection.state, bisection.message, bisection.confidence = state, message, confidence
     bisection.finished_at = utcnow()
     push.notes = [*(push.notes or []), report_line(bisection)[:MAX_NOTE]]
+    lifecycle.report_after(push, outbox)  # a forge's summary of the push says it too
     outbox.add(bisection_mail.BISECTION_MAIL_TASK, [bisection.id], CONTROL_QUEUE)
 
 

@@ -288,6 +288,29 @@ def test_a_step_ending_after_a_newer_push_started_starts_no_other(lab: KernelLab
     assert found.state == "cancelled" and len(found.steps) == 1
 
 
+def test_a_retest_of_the_push_neither_supersedes_nor_doubles_it(lab: KernelLab) -> None:
+    push_pipeline(lab, "f" * 40, GOOD, "pass")
+    push = push_pipeline(lab, GOOD, BAD, "fail")
+    with lab.runtime.store.session() as session:  # the push's failed test job run again, as a retest makes it
+        original = session.get(Pipeline, push)
+        assert original is not None
+        rerun = Pipeline(revision=original.revision, state="running", kind="post-merge", rerun_of_id=push)
+        build = Job(pipeline=rerun, kind="build", name="x86_64", queue="build", state="done", result="pass",
+                    spec={"name": "x86_64", "head_sha": BAD})  # fmt: skip
+        session.add(build)
+        session.flush()
+        test = Job(pipeline=rerun, kind="test", name=TEST_JOB, queue=f"lab.{QEMU}", depends_on_id=build.id,
+                   state="running", spec={"name": "boot", "device_class": QEMU},
+                   result_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())  # fmt: skip
+        session.add(test)
+        session.flush()
+        test_id = test.id
+    finish_push(lab, test_id, "fail")
+    run_step(lab, bisection(lab).steps[-1]["pipeline_id"], breaks_at(5))
+    with lab.runtime.store.session() as session:
+        assert [(b.pipeline_id, b.state) for b in session.scalars(select(Bisection))] == [(push, "running")]
+
+
 @pytest.mark.parametrize("case", ["first-run", "rewritten", "no-new-failure", "incomplete"])
 def test_no_bisection_without_a_new_failure_to_bisect(lab: KernelLab, case: str) -> None:
     if case != "first-run":
