@@ -196,3 +196,15 @@ def test_patch_content_that_is_not_base64_is_refused(store: Store) -> None:
     doc["patches"][0]["content_base64"] = "!!not base64"
     with pytest.raises(UserError, match="patch 0001-fix.patch: its content is not base64"):
         reproduction_submission(store.config, JobSpecDoc.model_validate(doc), from_server=True)
+
+
+def test_a_ref_change_is_remade_from_the_very_commit_tested(store: Store) -> None:
+    """A pushed branch or a pull request's head: the commit tested then, never what the ref names today."""
+    doc = read_local_spec(store.config, store.test_job).model_dump(mode="json")
+    doc["revision"] |= {"ref": "refs/heads/topic", "head_sha": "c" * 40}
+    doc["patches"] = []
+    submission = reproduction_submission(store.config, JobSpecDoc.model_validate(doc), from_server=False)
+    assert (submission.base_ref, submission.ref, submission.patches) == (BASE, "c" * 40, ())
+    doc["revision"] |= {"head_sha": None}
+    with pytest.raises(UserError, match="never resolved ref 'refs/heads/topic' to a commit"):
+        reproduction_submission(store.config, JobSpecDoc.model_validate(doc), from_server=False)
