@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bot.core.reproduce import REPRODUCE_KEY
 from bot.host.config import KnownIssueConfig, Triage
 from bot.pipelines.history import BOOT
 from bot.pipelines.lifecycle import record_result
@@ -392,3 +393,13 @@ def test_a_retest_keeps_the_verdicts_of_a_job_it_does_not_run_again(kernel_lab: 
     assert (copy.state, copy.result, copy.reused_from_id) == ("done", "fail", test.id)
     drive(kernel_lab, failing)
     assert kernel_lab.pipeline(again).result == "pass"  # still pre-existing, not the raw fail
+
+
+def test_a_reproduction_runs_exactly_its_job_untriaged(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+    with kernel_lab.runtime.store.session() as session:
+        checkout = session.scalars(select(Job).where(Job.pipeline_id == pipeline_id, Job.kind == "checkout")).one()
+        checkout.spec = {**checkout.spec, REPRODUCE_KEY: {"job_id": 1}}
+    finish(kernel_lab, test.id, failing)
+    assert triage_runs(kernel_lab, pipeline_id) == [] and verdicts(kernel_lab, pipeline_id) == {}
+    assert kernel_lab.pipeline(pipeline_id).result == "fail"  # `labgate reproduce` exits 1 with the failing test
