@@ -162,5 +162,7 @@ def summary_markdown(summary: PipelineSummary, *, lead: str = "") -> str:
     lines += [f"| {link(job.label, job.details_url)} | {inline_text(job.title)} |" for job in summary.jobs]
     if summary.reproduce:
         lines += ["", "Reproduce:", "", fenced(summary.reproduce)]
-    lines += ["", link(f"Pipeline {summary.pipeline_id}", summary.url)]
+    # The check's outcome in words ("labgate: pass", "labgate: fail: 1 failing (...)"), by the pipeline's link.
+    outcome = f"{inline_text(summary.headline)} · " if summary.verdict_line else ""
+    lines += ["", outcome + link(f"Pipeline {summary.pipeline_id}", summary.url)]
     return "\n".join(lines) + "\n"

@@ -117,12 +117,14 @@ def mail_report_of(summary: PipelineSummary) -> MailReport:
     quoted = {job.job_id for job in broken if job.error_lines == job.findings}
     findings = tuple(MailFailure(title=f"{job.label}: {job.title}", error_lines=job.findings, url=job.details_url)
                      for job in summary.jobs if job.findings and job.job_id not in quoted)  # fmt: skip
+    # The check's outcome in words ("labgate: pass"), last: the verdict line leads.
+    outcome = [summary.headline] if summary.verdict_line and summary.headline else []
     commands = dict.fromkeys(problem.failures[0].reproduce for problem in problems[:MAX_PROBLEMS]
                              if problem.failures[0].reproduce)  # fmt: skip
     reproduce = "\n".join([*commands, *([summary.reproduce] if summary.reproduce else [])])
     return MailReport(verdict_line=summary.verdict_line or summary.headline, failures=failures, url=summary.url,
-                      reproduce=reproduce, notes=(*rest_lines(summary.verdicts), *summary.notes),
-                      findings=findings)  # fmt: skip
+                      reproduce=reproduce, findings=findings,
+                      notes=(*rest_lines(summary.verdicts), *summary.notes, *outcome))  # fmt: skip
 
 
 def report_body(report: MailReport) -> str:
