@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bot.core.schedule import PRIORITY_BISECTION
 from bot.host.config import Smtp, TreeMail, Triage
@@ -62,22 +63,27 @@ def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None
                                   forge_repo="org/linux", submitter="maintainer")  # fmt: skip
         revision = Revision(change=change, base_ref=base, ref=head, base_sha=base, head_sha=head)
         pipeline = Pipeline(revision=revision, state="running", kind="post-merge")
-        checkout = Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE, state="done",
-                       result="pass", outputs={"base_is_ancestor": ancestor},
-                       spec=CheckoutSpec(base_ref=base, ref=head).model_dump(mode="json"))  # fmt: skip
-        build = Job(pipeline=pipeline, kind="build", name="x86_64", queue="build", state="done", result="pass",
-                    spec={"name": "x86_64", "head_sha": head})  # fmt: skip
-        session.add_all([checkout, build])
-        session.flush()
-        test = Job(pipeline=pipeline, kind="test", name=TEST_JOB, queue=f"lab.{QEMU}", depends_on_id=build.id,
-                   state="running", spec={"name": "boot", "device_class": QEMU},
-                   result_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())  # fmt: skip
-        session.add(test)
-        session.flush()
-        test_id, pipeline_id = test.id, pipeline.id
+        session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE, state="done",
+                        result="pass", outputs={"base_is_ancestor": ancestor},
+                        spec=CheckoutSpec(base_ref=base, ref=head).model_dump(mode="json")))  # fmt: skip
+        test_id, pipeline_id = built_and_testing(session, pipeline, head), pipeline.id
     if first_status is not None:
         finish_push(lab, test_id, first_status, flaky=flaky)
     return pipeline_id
+
+
+def built_and_testing(session: Session, pipeline: Pipeline, head: str) -> int:
+    """The pipeline's build, passed, and its test job, running with a worker holding TOKEN; the test job's id."""
+    build = Job(pipeline=pipeline, kind="build", name="x86_64", queue="build", state="done", result="pass",
+                spec={"name": "x86_64", "head_sha": head})  # fmt: skip
+    session.add(build)
+    session.flush()
+    test = Job(pipeline=pipeline, kind="test", name=TEST_JOB, queue=f"lab.{QEMU}", depends_on_id=build.id,
+               state="running", spec={"name": "boot", "device_class": QEMU},
+               result_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())  # fmt: skip
+    session.add(test)
+    session.flush()
+    return test.id
 
 
 def finish_push(lab: KernelLab, test_id: int, status: str, *, flaky: str | None = None) -> None:
@@ -295,16 +301,7 @@ def test_a_retest_of_the_push_neither_supersedes_nor_doubles_it(lab: KernelLab) 
         original = session.get(Pipeline, push)
         assert original is not None
         rerun = Pipeline(revision=original.revision, state="running", kind="post-merge", rerun_of_id=push)
-        build = Job(pipeline=rerun, kind="build", name="x86_64", queue="build", state="done", result="pass",
-                    spec={"name": "x86_64", "head_sha": BAD})  # fmt: skip
-        session.add(build)
-        session.flush()
-        test = Job(pipeline=rerun, kind="test", name=TEST_JOB, queue=f"lab.{QEMU}", depends_on_id=build.id,
-                   state="running", spec={"name": "boot", "device_class": QEMU},
-                   result_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest())  # fmt: skip
-        session.add(test)
-        session.flush()
-        test_id = test.id
+        test_id = built_and_testing(session, rerun, BAD)
     finish_push(lab, test_id, "fail")
     run_step(lab, bisection(lab).steps[-1]["pipeline_id"], breaks_at(5))
     with lab.runtime.store.session() as session:
