@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +21,15 @@ from bot.pipelines.steering import cancel_pipelines, retest_failed
 from bot.pipelines.triage_runs import CUT_SHORT, MARK, STATE
 from bot.store.models import Job, Pipeline, ResultHistory
 from bot.store.models import TestVerdict as VerdictRow
-from tests.bot.pipelines.kernel_lab import BASE, PLAN, QEMU, KernelLab, build_outputs, spec_of_message
+from tests.bot.pipelines.kernel_lab import (
+    BASE,
+    PLAN,
+    QEMU,
+    KernelLab,
+    build_outputs,
+    run_together,
+    spec_of_message,
+)
 from workers.app import lab_queue
 from workers.spec import JobResult, TestCase
 
@@ -403,3 +412,33 @@ def test_a_reproduction_runs_exactly_its_job_untriaged(kernel_lab: KernelLab) ->
     finish(kernel_lab, test.id, failing)
     assert triage_runs(kernel_lab, pipeline_id) == [] and verdicts(kernel_lab, pipeline_id) == {}
     assert kernel_lab.pipeline(pipeline_id).result == "fail"  # `labgate reproduce` exits 1 with the failing test
+
+
+def test_a_test_that_failed_on_the_base_and_passes_with_the_change_is_fixed(kernel_lab: KernelLab) -> None:
+    pipeline_id, test = queued_test(kernel_lab)
+
+    def outcome(job: Job) -> tuple[str, tuple[TestCase, ...]]:
+        on_base = job.spec.get(MARK, {}).get("side") == "base"
+        return "fail", (TestCase(path="hello", status="pass" if on_base else "fail"),
+                        TestCase(path="bye", status="fail" if on_base else "pass"))  # fmt: skip
+
+    finish(kernel_lab, test.id, outcome)
+    drive(kernel_lab, outcome)
+    found = verdicts(kernel_lab, pipeline_id)
+    assert found[PATH].verdict == "new"
+    fixed = found[f"{TEST}/bye"]
+    assert (fixed.verdict, fixed.evidence) == ("fixed", "passed 4/4 with the change, failed 4/4 on base")
+
+
+def test_changes_failing_at_once_on_one_base_share_its_runs(kernel_lab: KernelLab) -> None:
+    queued = [queued_test(kernel_lab, f"{n:x}" * 40) for n in range(3, 7)]  # the class's window holds four
+    run_together([partial(finish, kernel_lab, test.id, failing) for _, test in queued])
+    base_runs = [r for pipeline_id, _ in queued for r in triage_runs(kernel_lab, pipeline_id)
+                 if r.spec[MARK]["side"] == "base"]  # fmt: skip
+    leaders = [r for r in base_runs if r.follows_id is None and r.reused_from_id is None]
+    assert len(leaders) == 4 and len(base_runs) == 16
+    drive(kernel_lab, by_side(failing, passing))
+    with kernel_lab.runtime.store.session() as session:
+        ran = set(session.scalars(select(ResultHistory.job_id).where(ResultHistory.test_path == PATH)))
+    assert ran == {r.id for r in leaders}  # four base runs in all
+    assert all(verdicts(kernel_lab, pipeline_id)[PATH].verdict == "new" for pipeline_id, _ in queued)
