@@ -90,7 +90,10 @@ def step_drafts(runtime: Runtime, session: Session, pipeline: Pipeline, plan: Pl
     drafts = draft_jobs(narrowed, head_sha=tested_sha, changed_files=(), inventory=runtime.config.inventory(),
                         tier=pipeline.tier, max_build_s=runtime.config.caps.max_build_s,
                         network_tiers=tree.lab_grants.network if tree is not None else (),
-                        base_sha=None, tree_name=pipeline.revision.change.tree.name, trusted=True)  # fmt: skip
+                        base_sha=None, tree_name=pipeline.revision.change.tree.name,
+                        # As lifecycle trusts a push's own build: its plan is the branch's (plan_from head).
+                        trusted=all(own.spec.get("plan_from", "head") == "head" for own in pipeline.jobs
+                                    if own.kind == "checkout"))  # fmt: skip
     runs = runtime.config.triage.bisect_runs
     repeated = [draft for draft in drafts if draft.kind == "build"]
     for draft in (d for d in drafts if d.kind == "test"):

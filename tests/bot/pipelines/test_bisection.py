@@ -53,7 +53,7 @@ MAILING = {"trees": [TreeConfig(name=TREE, url="https://example.org/linux.git",
 
 
 def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None, *, ancestor: bool = True,
-                  flaky: str | None = None) -> int:  # fmt: skip
+                  flaky: str | None = None, plan_from: str = "head") -> int:  # fmt: skip
     """A staging push's post-merge pipeline with its checkout and build done; its test job queued with a token
     (None: finished now, passing). Its id."""
     with lab.runtime.store.session() as session:
@@ -65,7 +65,7 @@ def push_pipeline(lab: KernelLab, base: str, head: str, first_status: str | None
         pipeline = Pipeline(revision=revision, state="running", kind="post-merge")
         session.add(Job(pipeline=pipeline, kind="checkout", name="checkout", queue=CHECKOUT_QUEUE, state="done",
                         result="pass", outputs={"base_is_ancestor": ancestor},
-                        spec=CheckoutSpec(base_ref=base, ref=head).model_dump(mode="json")))  # fmt: skip
+                        spec=CheckoutSpec(base_ref=base, ref=head, plan_from=plan_from).model_dump(mode="json")))  # type: ignore[arg-type]  # fmt: skip
         test_id, pipeline_id = built_and_testing(session, pipeline, head), pipeline.id
     if first_status is not None:
         finish_push(lab, test_id, first_status, flaky=flaky)
@@ -292,6 +292,17 @@ def test_a_step_ending_after_a_newer_push_started_starts_no_other(lab: KernelLab
     run_step(lab, bisection(lab).steps[-1]["pipeline_id"], breaks_at(5))
     found = bisection(lab)
     assert found.state == "cancelled" and len(found.steps) == 1
+
+
+@pytest.mark.parametrize("plan_from", ["head", "base"])
+def test_a_steps_build_is_trusted_as_the_pushs_own_was(lab: KernelLab, plan_from: str) -> None:
+    push_pipeline(lab, "f" * 40, GOOD, "pass")
+    push_pipeline(lab, GOOD, BAD, "fail", plan_from=plan_from)
+    step = bisection(lab).steps[-1]["pipeline_id"]
+    run_step(lab, step, breaks_at(5))
+    assert CheckoutSpec.model_validate(lab.jobs(step)["checkout"].spec).plan_from == plan_from
+    [build] = [job for job in lab.jobs(step).values() if job.kind == "build"]
+    assert build.spec["trusted"] is (plan_from == "head")  # a base plan: the build may not write warm state
 
 
 def test_a_retest_of_the_push_neither_supersedes_nor_doubles_it(lab: KernelLab) -> None:
