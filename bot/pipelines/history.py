@@ -48,12 +48,19 @@ def identity(session: Session, job: Job) -> tuple[str, str]:
 
 
 def branch_of(pipeline: Pipeline) -> str:
-    """The base branch: a staging push's own branch (its change is "<repo>@<branch>"), else the revision's
-    base ref (a branch name for forge changes)."""
+    """The base branch: a staging push's own branch (its change is "<repo>@<branch>"); the revision's base ref
+    when it names a branch (forge changes); for a base given as a commit (a Patchwork series' base-commit:),
+    the first of the branches the checkout made sure it is on."""
     change = pipeline.revision.change
     if pipeline.kind == "post-merge" and "@" in change.external_id:
         return change.external_id.rsplit("@", 1)[1]
-    return pipeline.revision.base_ref
+    base_ref = pipeline.revision.base_ref
+    if SHA.match(base_ref):
+        checkout = next((job for job in pipeline.jobs if job.kind == "checkout"), None)
+        branches = checkout.spec.get("base_branches") if checkout is not None else None
+        if isinstance(branches, list) and branches and isinstance(branches[0], str):
+            return branches[0]
+    return base_ref
 
 
 def statuses_of(job: Job, job_name: str) -> dict[str, str]:

@@ -136,3 +136,17 @@ def test_hostile_test_output_is_cut_to_size(runtime: Runtime) -> None:
         assert len(stored) == 1 and len(stored[0].test_path) == 500
         assert 0 < len(stored[0].metrics) <= history.MAX_METRICS and "m0" in stored[0].metrics
         assert "a" not in stored[0].metrics and "b" not in stored[0].metrics  # JSON has no NaN nor infinity
+
+
+def test_a_base_given_as_a_commit_is_kept_under_the_branch_it_is_on(runtime: Runtime) -> None:
+    with runtime.store.session() as session:
+        job = ran(session, kind="pre-merge", external_id="series-1")
+        job.pipeline.revision.base_ref = BASE  # a Patchwork series' base-commit: trailer
+        assert history.branch_of(job.pipeline) == BASE  # no checkout to say which branch it is on
+        session.add(Job(pipeline=job.pipeline, kind="checkout", name="checkout", queue="checkout",
+                        spec={"base_branches": ["net-next", "net"]}))  # fmt: skip
+        session.flush()
+        session.refresh(job.pipeline)
+        assert history.branch_of(job.pipeline) == "net-next"
+        job.pipeline.revision.base_ref = "net"
+        assert history.branch_of(job.pipeline) == "net"
