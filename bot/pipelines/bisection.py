@@ -237,7 +237,10 @@ def _after_step(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     elif decision.action == "revert":
         _submit_step(session, bisection, push, bisection.bad_sha, outbox, revert_sha=decision.sha)
     else:
-        _finish(session, bisection, push, outbox, "failed", message=decision.message)
+        checkout = next((job for job in pipeline.jobs if job.kind == "checkout"), None)
+        failed = _first_line(checkout.error_message) if checkout is not None and checkout.result != "pass" else ""
+        why = f"{decision.message}: its checkout failed: {failed}" if failed else decision.message
+        _finish(session, bisection, push, outbox, "failed", message=why)
 
 
 def _bisection_of(session: Session, pipeline: Pipeline, *, lock: bool = False) -> Bisection | None:

@@ -246,6 +246,23 @@ def test_a_commit_whose_plan_lacks_the_test_stops_the_bisection(lab: KernelLab) 
         assert step.notes == [f"the bisected test is not in the plan at {made[:12]}"]
 
 
+def test_a_step_whose_checkout_fails_stops_it_with_gits_words(lab: KernelLab) -> None:
+    push_pipeline(lab, "f" * 40, GOOD, "pass")
+    push_pipeline(lab, GOOD, BAD, "fail")
+    run_step(lab, bisection(lab).steps[-1]["pipeline_id"], breaks_at(5))
+    step = bisection(lab).steps[-1]["pipeline_id"]
+    start_pipeline(lab.runtime, step)
+    checkout = lab.jobs(step)["checkout"]
+    token = lab.message_for(checkout.id, CHECKOUT_QUEUE).result_token
+    record_result(lab.runtime, JobResult(job_id=checkout.id, delivery=1, result=None, error_code="user-error",
+                                         error_message="the tree holds a path too long for a filesystem: x\ny",
+                                         result_token=token))  # fmt: skip
+    found = bisection(lab)
+    assert found.state == "failed" and found.message == (
+        f"the test could not be run at {COMMITS[4][:12]} (no result): its checkout failed: "
+        "the tree holds a path too long for a filesystem: x")  # fmt: skip
+
+
 def test_a_revert_that_does_not_fix_it_is_not_confirmed(lab: KernelLab) -> None:
     def outcome(tested: str, run: int) -> str:
         return "fail" if tested.startswith("revert:") else breaks_at(5)(tested, run)
