@@ -157,7 +157,7 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
         session = object_session(job)
         verdicts = verdicts_of(session, job.pipeline).get(job.id, ()) if session and job.kind == "test" else ()
     if verdicts and job.kind == "test":
-        return _triaged_report(base, job, view, verdicts, retried)
+        return _triaged_report(base, job, view, verdicts, retried, earlier_failure=earlier_failure)
     word = outcome_word(view)
     counts = render_counts(view.test_counts)
     first = view.failed_tests[0].path if view.failed_tests else None
@@ -184,15 +184,16 @@ def job_report(job: Job, view: JobView, details_url: str, *, earlier_failure: st
                    error_lines=error_lines)  # fmt: skip
 
 
-def _triaged_report(base: JobReport, job: Job, view: JobView, verdicts: Sequence[TestVerdictView],
-                    retried: str) -> JobReport:  # fmt: skip
+def _triaged_report(base: JobReport, job: Job, view: JobView, verdicts: Sequence[TestVerdictView], retried: str,
+                    *, earlier_failure: str = "") -> JobReport:  # fmt: skip
     """A test job with verdicts: titled by what triage found, its new failures first, then the rest, then
     the run's own results."""
     counts = counts_of(job, verdicts)
     verdict = triaged_verdict(view, verdicts, counts)
     line = verdict_line(counts)
     tests = tuple((t.path, t.status + (f" # {t.directive}" if t.directive else "")) for t in job.tests)
-    parts = [f"**{line}**", verdicts_markdown(verdicts), "Results of this run:", render_job_markdown(view, tests=tests)]
+    run = render_job_markdown(view, tests=tests, earlier_failure=earlier_failure)  # a retest's first failure too
+    parts = [f"**{line}**", verdicts_markdown(verdicts), "Results of this run:", run]
     summary = "\n\n".join(part for part in [*parts, retried] if part)
     title = _triaged_title(verdict, view, verdicts, line)
     return replace(base, stage="done", verdict=verdict, title=title[:MAX_TITLE], summary=summary[:MAX_SUMMARY],

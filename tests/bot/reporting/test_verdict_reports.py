@@ -24,6 +24,8 @@ from bot.forges.patchwork.desk import SeriesRecord, save_series
 from bot.forges.patchwork.report import sync_series_checks
 from bot.host.config import Config, KnownIssueConfig, Tree, Web
 from bot.host.stores import Runtime, open_runtime
+from bot.reporting.job_reports import job_report
+from bot.reporting.pipeline_views import job_view
 from bot.reporting.sinks import SUMMARY_LABEL, JobReport, PipelineSummary
 from bot.reporting.summary import pipeline_summary, summary_markdown
 from bot.store import models
@@ -336,3 +338,12 @@ def test_what_a_change_wrote_stays_text_from_the_store_to_every_forge(stage: Sta
     assert not re.search(r"^\s*/", note, re.MULTILINE) and not re.search(r"@[A-Za-z]", note)
     body = mail_body(summary)
     assert body.split("\n")[0] == VERDICT_LINE and "All tests passed" in body  # quoted, after the verdict
+
+
+def test_a_retested_triaged_job_keeps_its_first_failure_visible(stage: Stage) -> None:
+    with stage.runtime.store.session() as session:
+        job = session.get(models.Job, stage.jobs[X86])
+        assert job is not None
+        report = job_report(job, job_view(stage.runtime, job), "", earlier_failure="pipeline 1: not ok math.mul")
+    assert report.verdict == "fail" and "**Earlier attempt:**" in report.summary
+    assert "pipeline 1: not ok math.mul" in report.summary
