@@ -60,6 +60,7 @@ MAX_ROUNDS = 3  # batches of runs: the first, and two for runs that ended withou
 FAILING_VERDICTS = ("new", "regression")
 NOT_COPIED = (STATE, CUT_SHORT, ROUND, "boot_evidence", "avoid_places")  # read afresh at hand-over
 FINAL = ("pass", "fail", "skip", "incomplete")  # a base run's result another pipeline may take
+BACK_PRESSURE = "back-pressure"  # a run the class's full queue turned away (bot/pipelines/scheduler.py)
 
 
 def is_triage_run(job: Job) -> bool:
@@ -123,11 +124,26 @@ def advance(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outb
             job.priority = _priority(pipeline)
         if job.kind != "test" or job.spec.get(STATE) != "running" or job.state != "done":
             continue
-        runs = runs_of(pipeline, job)
-        if any(run.state != "done" for run in runs):
-            continue
-        if not _more_runs(runtime, session, job, runs, outbox):
-            conclude(runtime, session, job)
+        for _ in range(MAX_ROUNDS + 1):  # again when a batch ended as it was drafted (back-pressure skips it)
+            runs = runs_of(pipeline, job)
+            if any(run.state != "done" for run in runs):
+                break
+            if any(run.error_code == BACK_PRESSURE for run in runs):
+                _refused(job)
+                break
+            if not _more_runs(runtime, session, job, runs, outbox):
+                conclude(runtime, session, job)
+                break
+
+
+def _refused(job: Job) -> None:
+    """The class's queue was full and turned runs away: the failure is not judged (its raw result stands).
+    Back-pressure is what every submitter's jobs together cause, so a change must not gain from it (a cap
+    of its own pipeline only makes a failure unconfirmed)."""
+    device_class = str(job.spec.get("device_class") or "")
+    why = f"triage of {job.name} stopped: {device_class}'s queue was full; its raw result stands"
+    job.spec = {key: value for key, value in job.spec.items() if key not in (STATE, ROUND)} | {CUT_SHORT: why}
+    job.pipeline.notes = [*job.pipeline.notes, why]
 
 
 def _more_runs(runtime: Runtime, session: Session, job: Job, runs: list[Job], outbox: Outbox) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.core.reproduce import REPRODUCE_KEY
-from bot.host.config import KnownIssueConfig, Triage
+from bot.host.config import KnownIssueConfig, Scheduling, Triage
 from bot.pipelines.history import BOOT
 from bot.pipelines.lifecycle import record_result
 from bot.pipelines.steering import cancel_pipelines, retest_failed
@@ -442,3 +442,19 @@ def test_changes_failing_at_once_on_one_base_share_its_runs(kernel_lab: KernelLa
         ran = set(session.scalars(select(ResultHistory.job_id).where(ResultHistory.test_path == PATH)))
     assert ran == {r.id for r in leaders}  # four base runs in all
     assert all(verdicts(kernel_lab, pipeline_id)[PATH].verdict == "new" for pipeline_id, _ in queued)
+
+
+def test_a_full_queue_never_turns_a_failure_into_a_pass(kernel_lab: KernelLab) -> None:
+    """Attack: the class's queue is full (other changes, maybe the submitter's own, fill it) and turns the
+    triage runs away; the failure is not judged unconfirmed and passed: its raw result stands, said."""
+    config = kernel_lab.runtime.config.model_copy(update={"scheduling": Scheduling(max_waiting_per_class=1)})
+    lab = dataclasses.replace(kernel_lab, runtime=dataclasses.replace(kernel_lab.runtime, config=config))
+    pipeline_id, test = queued_test(lab)
+    finish(lab, test.id, failing)
+    assert [r.error_code for r in triage_runs(lab, pipeline_id)][-2:] == ["back-pressure"] * 2
+    drive(lab, by_side(failing, passing))
+    job = lab.jobs(pipeline_id)[TEST]
+    assert STATE not in job.spec and "queue was full" in job.spec[CUT_SHORT]
+    assert verdicts(lab, pipeline_id) == {}
+    pipeline = lab.pipeline(pipeline_id)
+    assert (pipeline.result, pipeline.notes[-1]) == ("fail", job.spec[CUT_SHORT])
