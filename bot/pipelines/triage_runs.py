@@ -126,36 +126,38 @@ def advance(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outb
             continue
         for _ in range(MAX_ROUNDS + 1):  # again when a batch ended as it was drafted (back-pressure skips it)
             runs = runs_of(pipeline, job)
-            if any(run.state != "done" for run in runs):
+            if job.spec.get(STATE) != "running" or any(run.state != "done" for run in runs):
                 break
             if any(run.error_code == BACK_PRESSURE for run in runs):
-                _refused(job)
+                device_class = job.spec.get("device_class")
+                _unjudged(job, f"triage of {job.name} stopped: {device_class}'s queue was full")
                 break
             if not _more_runs(runtime, session, job, runs, outbox):
                 conclude(runtime, session, job)
                 break
 
 
-def _refused(job: Job) -> None:
-    """The class's queue was full and turned runs away: the failure is not judged (its raw result stands).
-    Back-pressure is what every submitter's jobs together cause, so a change must not gain from it (a cap
-    of its own pipeline only makes a failure unconfirmed)."""
-    device_class = str(job.spec.get("device_class") or "")
-    why = f"triage of {job.name} stopped: {device_class}'s queue was full; its raw result stands"
+def _unjudged(job: Job, why: str) -> None:
+    """The lab gave no evidence: the failure is not judged, its raw result stands, and the report says why.
+    What stops it here (a full queue, which every submitter's jobs cause together; runs that keep ending
+    incomplete, which a change's kernel can cause) must not make a failure pass; only the pipeline's own
+    extra-run cap makes one unconfirmed."""
+    why = f"{why}; its raw result stands"
     job.spec = {key: value for key, value in job.spec.items() if key not in (STATE, ROUND)} | {CUT_SHORT: why}
     job.pipeline.notes = [*job.pipeline.notes, why]
 
 
 def _more_runs(runtime: Runtime, session: Session, job: Job, runs: list[Job], outbox: Outbox) -> bool:
-    """Draft the next batch of runs the evidence still wants (within the pipeline's cap); whether it did."""
+    """Draft the next batch of runs the evidence still wants (within the pipeline's cap); False: decide now."""
     context = Context.of(runtime, session, job)
     rounds = int(job.spec.get(ROUND) or 0)
     change, base = _wanted(session, context, runs)
     if (change, base) == (0, 0):
         return False
     if rounds >= MAX_ROUNDS:
-        _cut(job, f"{rounds} batches of re-runs ended without the evidence asked for (runs incomplete)")
-        return False
+        _unjudged(job, f"triage of {job.name} stopped: {rounds} batches of runs ended without the evidence "
+                       f"asked for (incomplete)")  # fmt: skip
+        return True
     pipeline = job.pipeline
     cap = runtime.config.triage.max_extra_runs
     used = sum(1 for other in pipeline.jobs if is_triage_run(other))

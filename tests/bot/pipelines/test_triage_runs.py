@@ -454,7 +454,22 @@ def test_a_full_queue_never_turns_a_failure_into_a_pass(kernel_lab: KernelLab) -
     assert [r.error_code for r in triage_runs(lab, pipeline_id)][-2:] == ["back-pressure"] * 2
     drive(lab, by_side(failing, passing))
     job = lab.jobs(pipeline_id)[TEST]
-    assert STATE not in job.spec and "queue was full" in job.spec[CUT_SHORT]
+    why = f"triage of {TEST} stopped: {QEMU}'s queue was full; its raw result stands"
+    assert STATE not in job.spec and job.spec[CUT_SHORT] == why
     assert verdicts(lab, pipeline_id) == {}
     pipeline = lab.pipeline(pipeline_id)
     assert (pipeline.result, pipeline.notes[-1]) == ("fail", job.spec[CUT_SHORT])
+
+
+def test_reruns_that_keep_ending_incomplete_leave_the_failure_unjudged(kernel_lab: KernelLab) -> None:
+    """A change's kernel can make QEMU exit on its own (`incomplete`, the lab's word): runs that never give
+    evidence do not make its failure unconfirmed and passed."""
+    lab = with_triage(kernel_lab, reruns=1)
+    pipeline_id, test = queued_test(lab)
+    finish(lab, test.id, failing)
+    drive(lab, by_side(lambda _: ("incomplete", ()), passing))
+    change_runs = [r for r in triage_runs(lab, pipeline_id) if r.spec[MARK]["side"] == "change"]
+    assert len(change_runs) == 3 and {r.result for r in change_runs} == {"incomplete"}  # three batches
+    job = lab.jobs(pipeline_id)[TEST]
+    assert STATE not in job.spec and "3 batches of runs ended without the evidence" in job.spec[CUT_SHORT]
+    assert verdicts(lab, pipeline_id) == {} and lab.pipeline(pipeline_id).result == "fail"
