@@ -473,3 +473,18 @@ def test_reruns_that_keep_ending_incomplete_leave_the_failure_unjudged(kernel_la
     job = lab.jobs(pipeline_id)[TEST]
     assert STATE not in job.spec and "3 batches of runs ended without the evidence" in job.spec[CUT_SHORT]
     assert verdicts(lab, pipeline_id) == {} and lab.pipeline(pipeline_id).result == "fail"
+
+
+def test_a_drafted_base_build_that_fails_makes_the_failure_pre_existing(kernel_lab: KernelLab) -> None:
+    pipeline_id = kernel_lab.checked_out(plan=COMMAND_PLAN, checkpatch=False)
+    jobs = kernel_lab.jobs(pipeline_id)
+    kernel_lab.report(jobs["x86_64"].id, outputs=kernel_lab.stored(COMMAND_OUTPUTS))
+    finish(kernel_lab, jobs[TEST].id, failing)
+    base_build = kernel_lab.jobs(pipeline_id)["base x86_64"]
+    kernel_lab.report(base_build.id, "fail", outputs={})
+    base_runs = [r for r in triage_runs(kernel_lab, pipeline_id) if r.spec[MARK]["side"] == "base"]
+    assert {(r.state, r.result) for r in base_runs} == {("done", "skip")}  # nothing to boot
+    drive(kernel_lab, failing)
+    verdict = verdicts(kernel_lab, pipeline_id)[PATH]
+    assert (verdict.verdict, verdict.evidence) == ("pre-existing", "the base's build fails")
+    assert kernel_lab.pipeline(pipeline_id).result == "pass"
