@@ -129,8 +129,9 @@ def _after_push(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
 
 def _new_failure(session: Session, pipeline: Pipeline, history_limit: int) -> tuple[Pipeline, Job, str] | None:
     """The previous head's pipeline, and the first test (its job and path) that fails now and did not then,
-    one whose branch history shows no failure before others (a flaky test's bisection would stop at its first
-    mixed step); None when there is none, or nothing to compare with (the first run, a rewritten branch)."""
+    and never failed in its branch history; None when there is none, or nothing to compare with (the first
+    run, a rewritten branch). A test that failed before on the branch is flaky there: its failure now is no
+    news, and its bisection would stop at its first mixed step after spending the lab's time."""
     previous = session.scalar(
         select(Pipeline).join(Revision)
         .where(Revision.change_id == pipeline.revision.change_id, Pipeline.id < pipeline.id,
@@ -145,9 +146,9 @@ def _new_failure(session: Session, pipeline: Pipeline, history_limit: int) -> tu
     # An incomplete run is the lab's: nothing to bisect.
     failing = [(job, path) for job, path, status in (now[key] for key in compared.new) if status == "fail"]
     stable = [(job, path) for job, path in failing if not _failed_before(session, pipeline, job, path, history_limit)]
-    if not failing:
+    if not stable:
         return None
-    job, path = (stable or failing)[0]
+    job, path = stable[0]
     return previous, job, path
 
 

@@ -346,6 +346,16 @@ def test_no_bisection_without_a_new_failure_to_bisect(lab: KernelLab, case: str)
         assert session.scalar(select(Pipeline.id).where(Pipeline.kind == KIND)) is None
 
 
+def test_a_test_that_failed_before_on_the_branch_alone_is_not_bisected(lab: KernelLab) -> None:
+    """Only the flaky `b` is new at the head (`a` passes): its branch history is mixed, so nothing is bisected."""
+    push_pipeline(lab, "e" * 40, "f" * 40, "pass", flaky="fail")
+    push_pipeline(lab, "f" * 40, GOOD, "pass", flaky="pass")
+    push_pipeline(lab, GOOD, BAD, "pass", flaky="fail")
+    with lab.runtime.store.session() as session:
+        assert session.scalar(select(Bisection.id)) is None
+        assert session.scalar(select(Pipeline.id).where(Pipeline.kind == KIND)) is None
+
+
 def test_a_steps_failure_is_never_bisected_itself(lab: KernelLab) -> None:
     """A step's failing test is the bisection's evidence, never a push of its own: one bisection in all."""
     found = bisect(lab, breaks_at(5))
