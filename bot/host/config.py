@@ -135,6 +135,8 @@ class Triage(_Strict):
     """How a change's failures are judged against its base (bot/core/triage.py, bot/pipelines/triage_runs.py):
     re-runs on the change and on the base, the decision rule's false-alarm bound, and the caps on extra runs."""
 
+    enabled: bool = Field(True, description="false: a change's failures are reported as they came, with no re-runs "
+                          "or base runs (a lab with no time to spare; every failure then fails the check)")  # fmt: skip
     reruns: int = Field(3, ge=0, le=20, description="re-runs of a `new` candidate, each on the change and on the "
                         "base, interleaved on the same device class (k)")  # fmt: skip
     alpha: float = Field(0.02, gt=0, lt=0.5, description="the decision rule's false-alarm bound: a test that is no "
