@@ -47,7 +47,7 @@ from bot.pipelines.triage_verdicts import (
     mark_of,
     runs_of,
 )
-from bot.store.models import Job, Pipeline, TestVerdict, Tree
+from bot.store.models import Job, Pipeline, TestVerdict, Tree, utcnow
 from workers.app import BUILD_QUEUE
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ MAX_ROUNDS = 3  # batches of runs: the first, and two for runs that ended withou
 FAILING_VERDICTS = ("new", "regression")
 NOT_COPIED = (STATE, CUT_SHORT, ROUND, "boot_evidence", "avoid_places")  # read afresh at hand-over
 FINAL = ("pass", "fail", "skip", "incomplete")  # a base run's result another pipeline may take
+NOT_NEEDED = "not-needed"  # a run dropped once the evidence decided
 BACK_PRESSURE = "back-pressure"  # a run the class's full queue turned away (bot/pipelines/scheduler.py)
 
 
@@ -126,6 +127,9 @@ def advance(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outb
             continue
         for _ in range(MAX_ROUNDS + 1):  # again when a batch ended as it was drafted (back-pressure skips it)
             runs = runs_of(pipeline, job)
+            if any(run.state != "done" for run in runs):
+                _drop_unneeded(runtime, session, job, runs)
+                runs = runs_of(pipeline, job)
             if job.spec.get(STATE) != "running" or any(run.state != "done" for run in runs):
                 break
             if any(run.error_code == BACK_PRESSURE for run in runs):
@@ -135,6 +139,27 @@ def advance(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: Outb
             if not _more_runs(runtime, session, job, runs, outbox):
                 conclude(runtime, session, job)
                 break
+
+
+def _drop_unneeded(runtime: Runtime, session: Session, job: Job, runs: list[Job]) -> None:
+    """Once the evidence so far decides (a base run failed too: pre-existing), the job's runs still waiting
+    are not run: they end `skip`, and its verdict comes now rather than after them. A base run another
+    pipeline follows is left to run."""
+    context = Context.of(runtime, session, job)
+    if context.metric_paths or _wanted(session, context, runs) != (0, 0):
+        return
+    waiting = [run.id for run in runs if run.state in ("pending", scheduler.WAITING)]
+    if not waiting:
+        return
+    followed = set(session.scalars(select(Job.follows_id).where(Job.follows_id.in_(waiting))))
+    # Under their row locks, as they are now: a fill sending one of them meanwhile has made it `queued`.
+    for run in session.scalars(select(Job).where(Job.id.in_(waiting)).with_for_update()
+                               .execution_options(populate_existing=True)):  # fmt: skip
+        if run.state in ("pending", scheduler.WAITING) and run.id not in followed:
+            run.state, run.result, run.error_code = "done", "skip", NOT_NEEDED  # never taken by another pipeline
+            run.error_message = "not needed: the evidence already decides"
+            run.follows_id = None
+            run.finished_at = utcnow()
 
 
 def _unjudged(job: Job, why: str) -> None:

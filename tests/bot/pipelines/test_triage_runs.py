@@ -160,9 +160,13 @@ def test_a_base_run_is_shared_by_two_changes_on_one_base(kernel_lab: KernelLab) 
 def test_a_failure_on_the_base_too_is_pre_existing_and_passes(kernel_lab: KernelLab) -> None:
     pipeline_id, test = queued_test(kernel_lab)
     finish(kernel_lab, test.id, failing)
-    drive(kernel_lab, failing)
+    ran = drive(kernel_lab, failing)
+    runs = triage_runs(kernel_lab, pipeline_id)
+    # The base's first failure decides: what had not been sent by then is dropped, never sent.
+    assert ran == [r.id for r in runs[:5]] and [r.spec[MARK]["side"] for r in runs[5:]] == ["base", "base"]
+    assert [(r.result, r.error_code) for r in runs[5:]] == [("skip", "not-needed")] * 2
     verdict = verdicts(kernel_lab, pipeline_id)[PATH]
-    assert verdict.verdict == "pre-existing" and verdict.base_fails >= 1
+    assert (verdict.verdict, verdict.evidence) == ("pre-existing", "fails on base too (2/2)")
     pipeline = kernel_lab.pipeline(pipeline_id)
     assert (pipeline.state, pipeline.result) == ("done", "pass")
     assert kernel_lab.jobs(pipeline_id)[TEST].result == "fail"
