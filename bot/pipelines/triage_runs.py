@@ -185,7 +185,7 @@ def _more_runs(runtime: Runtime, session: Session, job: Job, runs: list[Job], ou
         return True
     pipeline = job.pipeline
     cap = runtime.config.triage.max_extra_runs
-    used = sum(1 for other in pipeline.jobs if is_triage_run(other))
+    used = sum(1 for other in pipeline.jobs if is_triage_run(other) and other.error_code != NOT_NEEDED)
     order = interleaved(change, base)
     if len(order) > cap - used:
         given = max(cap - used, 0)

@@ -68,14 +68,15 @@ def finish(lab: KernelLab, job_id: int, outcome: Outcome, outputs: dict[str, Any
     lab.report(job_id, result, outputs=outputs or {}, tests=tests)
 
 
-def drive(lab: KernelLab, outcome: Outcome) -> list[int]:
-    """Play the lab's workers until no triage run is queued; the job ids in the order they were run."""
+def drive(lab: KernelLab, outcome: Outcome, *, leave: frozenset[int] = frozenset()) -> list[int]:
+    """Play the lab's workers until no test job is queued (but those to `leave`); the job ids in the order
+    they were run."""
     ran: list[int] = []
     while True:
         with lab.runtime.store.session() as session:
             queued = list(session.scalars(select(Job.id).where(Job.kind == "test", Job.state == "queued")
                                           .order_by(Job.id)))  # fmt: skip
-        sent = [m.job_id for m in lab.messages(lab_queue(QEMU)) if m.job_id in queued]
+        sent = [m.job_id for m in lab.messages(lab_queue(QEMU)) if m.job_id in queued and m.job_id not in leave]
         if not sent:
             return ran
         finish(lab, sent[0], outcome)
@@ -492,3 +493,29 @@ def test_a_drafted_base_build_that_fails_makes_the_failure_pre_existing(kernel_l
     verdict = verdicts(kernel_lab, pipeline_id)[PATH]
     assert (verdict.verdict, verdict.evidence) == ("pre-existing", "the base's build fails")
     assert kernel_lab.pipeline(pipeline_id).result == "pass"
+
+
+TWO_TESTS = PLAN + """\
+  - name: again
+    build: x86_64
+    kernel: arch/x86/boot/bzImage
+    device: {platform: qemu}
+    commands: [{name: b, run: "true"}]
+"""
+
+
+def test_runs_dropped_as_not_needed_do_not_count_against_the_cap(kernel_lab: KernelLab) -> None:
+    lab = with_triage(kernel_lab, max_extra_runs=7)
+    pipeline_id = lab.checked_out(plan=TWO_TESTS, checkpatch=False)
+    jobs = lab.jobs(pipeline_id)
+    lab.report(jobs["base x86_64"].id, outputs=lab.stored(build_outputs("1" * 64)))
+    lab.report(jobs["x86_64"].id, outputs=lab.stored(build_outputs("2" * 64)))
+    other = f"{QEMU} again"
+    finish(lab, jobs[TEST].id, failing)  # its seven runs: the whole cap
+    drive(lab, failing, leave=frozenset({jobs[other].id}))
+    assert verdicts(lab, pipeline_id)[PATH].verdict == "pre-existing"
+    dropped = [r for r in triage_runs(lab, pipeline_id) if r.error_code == "not-needed"]
+    assert len(dropped) == 3  # the window held "again" and three runs: the first base run decided
+    lab.report(jobs[other].id, "fail", outputs={}, tests=(TestCase(path="hello", status="fail"),))
+    runs = [r for r in triage_runs(lab, pipeline_id) if r.spec[MARK]["of"] == jobs[other].id]
+    assert [r.spec[MARK]["side"] for r in runs] == ["change", "base", "change"]  # what the dropped runs left
