@@ -17,7 +17,7 @@ from bot.host.stores import Runtime
 from bot.pipelines.history import triage_of
 from bot.reporting.page_links import link_token, page_url, public_base_url, tree_is_private
 from bot.reporting.pipeline_views import read_log
-from bot.store.models import Job, KnownIssue, Pipeline, TestVerdict
+from bot.store.models import Job, KnownIssue, Pipeline, TestResult, TestVerdict
 
 TRIAGE_RUNNING = "running"  # Job.spec["triage_state"] while a test job's re-runs and base runs go on
 
@@ -69,20 +69,21 @@ def verdicts_of(session: Session, pipeline: Pipeline, runtime: Runtime | None = 
     rows = session.scalars(select(TestVerdict).where(TestVerdict.pipeline_id == pipeline.id)
                            .order_by(TestVerdict.id)).all()  # fmt: skip
     found: dict[int, list[TestVerdictView]] = {}
-    logs: dict[int, str] = {}
+    sources: dict[int, FailureSources] = {}
     for row in rows:
         job = jobs.get(row.job_id)
         if job is None:
             continue  # not a reported test job of this pipeline
         test = row.test_path.removeprefix(f"{job.name}/")
-        if runtime is not None and job.id not in logs and (row.crash_title or not _test_lines(job, test)):
-            logs[job.id] = read_log(runtime, job.log_digest)  # read once a job, and only when needed
+        if job.id not in sources:
+            sources[job.id] = FailureSources(job, runtime)
+        source = sources[job.id]
         view = TestVerdictView(
             job_id=job.id, job=job.name, test=test, device_class=row.device_class,
             verdict=row.verdict if row.verdict in VERDICTS else "failed", evidence=row.evidence,
             crash_title=row.crash_title, known_issue=row.known_issue,
             known_issue_link=_issue_link(session, runtime, row.known_issue), cut_short=row.cut_short,
-            error_lines=error_lines(job, test, row.crash_title, logs.get(job.id, "")),
+            error_lines=source.error_lines(test, row.crash_title),
         )  # fmt: skip
         if runtime is not None:
             view = replace(view, log_url=_log_url(runtime, job), reproduce=reproduce_command(runtime, job))
@@ -106,24 +107,45 @@ def _log_url(runtime: Runtime, job: Job) -> str:
     return page_url(runtime.config, runtime.data_dir, f"/jobs/{job.id}/log", tree, job.pipeline_id)
 
 
-def _test_lines(job: Job, test: str) -> list[str]:
-    for result in job.tests:
-        if result.path == test:
-            head = f"not ok {result.path}" + (f" ({result.reason})" if result.reason else "")
-            return [head, *(line for line in result.diagnostics.split("\n") if line.strip())]
-    return []
+class FailureSources:
+    """Where a job's failures are quoted from, each read once however many verdicts it has: its tests by
+    path, and (with a runtime, when a failure needs it) its log's lines."""
 
+    def __init__(self, job: Job, runtime: Runtime | None) -> None:
+        self.job, self.runtime = job, runtime
+        self.tests: dict[str, TestResult] = {}
+        for result in job.tests:
+            self.tests.setdefault(result.path, result)
+        self._log: list[str] | None = None
+        self._crash_at: dict[str, int | None] = {}
 
-def error_lines(job: Job, test: str, crash_title: str, log: str) -> str:
-    """A failure's first error lines (at most MAX_ERROR_LINES): the log's from its crash title on when the
-    log has it, else the test's own diagnostics, else the job's error message or its log's first errors."""
-    lines = log.split("\n")
-    at = next((n for n, line in enumerate(lines) if crash_title and crash_title in line), None)
-    if at is not None:
-        return "\n".join(lines[at : at + MAX_ERROR_LINES])
-    own = _test_lines(job, test) or (job.error_message or "").split("\n")
-    said = "\n".join(own[:MAX_ERROR_LINES]).strip()
-    return said or (first_error_lines(log, MAX_ERROR_LINES) if log else "")
+    def log_lines(self) -> list[str]:
+        if self._log is None:
+            text = read_log(self.runtime, self.job.log_digest) if self.runtime is not None else ""
+            self._log = text.split("\n") if text else []
+        return self._log
+
+    def test_lines(self, test: str) -> list[str]:
+        result = self.tests.get(test)
+        if result is None:
+            return []
+        head = f"not ok {result.path}" + (f" ({result.reason})" if result.reason else "")
+        return [head, *(line for line in result.diagnostics.split("\n") if line.strip())]
+
+    def error_lines(self, test: str, crash_title: str) -> str:
+        """A failure's first error lines (at most MAX_ERROR_LINES): the log's from its crash title on when
+        the log has it, else the test's own diagnostics, else the job's error message or its log's errors."""
+        if crash_title:
+            if crash_title not in self._crash_at:
+                lines = self.log_lines()
+                self._crash_at[crash_title] = next((n for n, line in enumerate(lines) if crash_title in line), None)
+            at = self._crash_at[crash_title]
+            if at is not None:
+                return "\n".join(self.log_lines()[at : at + MAX_ERROR_LINES])
+        own = self.test_lines(test) or (self.job.error_message or "").split("\n")
+        said = "\n".join(own[:MAX_ERROR_LINES]).strip()
+        log = self.log_lines()
+        return said or (first_error_lines("\n".join(log), MAX_ERROR_LINES) if log else "")
 
 
 def counts_of(job: Job, verdicts: Sequence[TestVerdictView]) -> Counter[str]:
