@@ -69,6 +69,8 @@ def retest_failed(runtime: Runtime, pipeline_id: int, job_name: str | None = Non
         session.add(new)
         copies: dict[int, Job] = {}
         for job in old.jobs:
+            if isinstance(job.spec.get("triage"), dict):
+                continue  # the old run's evidence runs: the re-run's own failures ask for their own
             again = (job.name == job_name or f"{job.kind} {job.name}" == job_name) if job_name else (
                 job.result not in ("pass", "skip") or job.error_code is not None)  # fmt: skip
             depends = copies.get(job.depends_on_id) if job.depends_on_id else None

@@ -92,12 +92,14 @@ def after_result(runtime: Runtime, session: Session, job: Job, outbox: Outbox) -
         mark = history.triage_of(job)
         if mark is not None and mark.get("side") == BASE and job.build_key is not None and job.follows_id is None:
             _release_followers(runtime, session, job, outbox)
-        elif mark is None and _wants_triage(session, job):
+        elif mark is None and _wants_triage(runtime, session, job):
             _start(runtime, session, job)
     advance(runtime, session, job.pipeline, outbox)
 
 
-def _wants_triage(session: Session, job: Job) -> bool:
+def _wants_triage(runtime: Runtime, session: Session, job: Job) -> bool:
+    if not runtime.config.triage.enabled:
+        return False  # the operator's choice: failures reported as they came
     if job.pipeline.kind not in TRIAGED_KINDS or job.reused_from_id is not None:
         return False
     if any(other.kind == "checkout" and REPRODUCE_KEY in other.spec for other in job.pipeline.jobs):

@@ -218,6 +218,15 @@ def test_a_passing_pipeline_runs_nothing_more_and_writes_no_verdict(kernel_lab: 
     assert kernel_lab.pipeline(pipeline_id).result == "pass"
 
 
+def test_with_triage_off_a_failure_fails_at_once_and_nothing_more_runs(kernel_lab: KernelLab) -> None:
+    lab = with_triage(kernel_lab, enabled=False)
+    pipeline_id, test = queued_test(lab)
+    finish(lab, test.id, failing)
+    assert triage_runs(lab, pipeline_id) == [] and verdicts(lab, pipeline_id) == {}
+    assert STATE not in lab.jobs(pipeline_id)[TEST].spec
+    assert (lab.pipeline(pipeline_id).state, lab.pipeline(pipeline_id).result) == ("done", "fail")
+
+
 def test_an_incomplete_job_is_not_triaged(kernel_lab: KernelLab) -> None:
     lab = kernel_lab
     pipeline_id, _ = queued_test(lab)
