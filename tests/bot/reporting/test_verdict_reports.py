@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from bot.core.render import new_problems
 from bot.forges.github.client import GitHubApp, make_retry
-from bot.forges.github.reporter import sync_checks
+from bot.forges.github.reporter import check_run_sink, sync_checks
 from bot.forges.gitlab.reporter import MergeRequestNoteSink, inert
 from bot.forges.patchwork.client import PatchworkClient
 from bot.forges.patchwork.desk import SeriesRecord, save_series
@@ -27,9 +27,11 @@ from bot.host.stores import Runtime, open_runtime
 from bot.reporting.job_reports import job_report
 from bot.reporting.pipeline_views import job_view
 from bot.reporting.sinks import SUMMARY_LABEL, JobReport, PipelineSummary
-from bot.reporting.summary import pipeline_summary, summary_markdown
+from bot.reporting.summary import pipeline_summary, summary_markdown, summary_report
+from bot.reporting.sync import _claim, _Write, report_target
 from bot.store import models
 from tests.bot.reporting.test_build_static_reports import (
+    HEAD,
     INSTALLATION,
     REPO,
     mail_body,
@@ -347,3 +349,22 @@ def test_a_retested_triaged_job_keeps_its_first_failure_visible(stage: Stage) ->
         report = job_report(job, job_view(stage.runtime, job), "", earlier_failure="pipeline 1: not ok math.mul")
     assert report.verdict == "fail" and "**Earlier attempt:**" in report.summary
     assert "pipeline 1: not ok math.mul" in report.summary
+
+
+def test_a_summary_create_whose_answer_was_lost_is_found_not_made_twice(stage: Stage) -> None:
+    """Another sync claimed the summary's row and GitHub made its check run, but the answer never came back:
+    the next sync finds it by its external id (pipeline-<id>) and brings it up to date."""
+    with FakeGitHub() as fake:
+        github = github_app(fake)
+        target = report_target(stage.runtime, stage.pipeline_id)
+        sink = check_run_sink(github, target) if target is not None else None
+        summary = stage.summary()
+        assert target is not None and sink is not None
+        lost = summary_report(summary, "running", "lost")
+        assert _claim(stage.runtime, sink, target, _Write(lost, None, claimed=False))
+        assert not _claim(stage.runtime, sink, target, _Write(lost, None, claimed=False))  # one claim a pipeline
+        sink.create(lost)  # reached GitHub; its id was never stored
+        sync_checks(stage.runtime, github, stage.pipeline_id)
+        [run] = [run for run in fake.check_runs(REPO) if run["name"] == SUMMARY_LABEL]
+        assert (run["status"], run["output"]["title"]) == ("completed", VERDICT_LINE)
+        assert fake.requests_to("GET", rf"/repos/{REPO}/commits/{HEAD}/check-runs")  # looked up, not created again
