@@ -71,7 +71,8 @@ def summary_line(pipeline: Pipeline, jobs: Sequence[Job], counts: Counter[str]) 
             return f"running: {confirming}"
         return f"{pipeline.state}: {line} so far" if counts else pipeline.state
     if pipeline.result == "cancelled":
-        return f"cancelled ({line})" if counts else "cancelled"
+        said = one_line(f"cancelled: {pipeline.error_message}") if pipeline.error_message else "cancelled"
+        return f"{said} ({line})" if counts else said
     if pipeline.result == "error" and not any(counts.get(key) for key in FAILING):
         return one_line(f"not tested: {pipeline.error_message or pipeline.error_code or 'error'}")
     return line

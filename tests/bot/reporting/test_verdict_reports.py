@@ -368,3 +368,8 @@ def test_a_summary_create_whose_answer_was_lost_is_found_not_made_twice(stage: S
         [run] = [run for run in fake.check_runs(REPO) if run["name"] == SUMMARY_LABEL]
         assert (run["status"], run["output"]["title"]) == ("completed", VERDICT_LINE)
         assert fake.requests_to("GET", rf"/repos/{REPO}/commits/{HEAD}/check-runs")  # looked up, not created again
+
+
+def test_a_cancelled_pipelines_summary_says_why(stage: Stage) -> None:
+    stage.edit(pipeline={"result": "cancelled", "error_message": f"superseded by {'d' * 40}"})
+    assert stage.summary().verdict_line == f"cancelled: superseded by {'d' * 40} ({VERDICT_LINE})"
