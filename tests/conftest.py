@@ -52,6 +52,8 @@ EXCLUSIVE_PATHS = ("tests/security/test_build_escape.py", "tests/workers/test_sa
 #     directory or as descendants of their own PDU or worker.
 #   test_injected_boots.py: each boot's QEMU is found by its tmp_path (processes_mentioning).
 #   tests/bench/test_campaign.py: its own Redis database and SQLite store; the job workers are played.
+#   test_triage_e2e.py, test_reproduce_slow.py, test_bisection_e2e.py: a labgate of their own (as
+#     test_pipeline_e2e.py's and test_poller.py's, which run here too); they assert on their store and mail.
 #   test_modules.py's real boots and test_arm64_example.py: a test worker or `labgate try` of their own, in
 #     their tmp_path; they assert on the job's result and log only (no kernel build: Debian's kernels).
 # Kernel builds stay exclusive (make -j takes both cores): test_linux_slow.py,
@@ -62,7 +64,8 @@ SHARED_SLOW_PATHS = ("tests/actions/test_actions_end_to_end.py",
                      "tests/lab/test_board_health.py", "tests/lab/test_place_health_e2e.py",
                      "tests/lab/test_standin_board.py", "tests/lab/test_lab_worker_recovery.py",
                      "tests/workers/test_injected_boots.py", "tests/lab/test_modules.py",
-                     "tests/lab/test_arm64_example.py", "tests/bench/test_campaign.py")  # fmt: skip
+                     "tests/lab/test_arm64_example.py", "tests/bench/test_campaign.py", "tests/test_triage_e2e.py",
+                     "tests/test_reproduce_slow.py", "tests/bot/pipelines/test_bisection_e2e.py")  # fmt: skip
 
 
 def _is_exclusive(item: pytest.Item) -> bool:

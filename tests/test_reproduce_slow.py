@@ -56,8 +56,11 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("reproduce")
     config_path = root / "labgate.yaml"
-    config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n")
-    config = Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120})  # type: ignore[arg-type]
+    # Triage off: the job to reproduce is the failing one, not its re-runs (tests/test_triage_e2e.py has those).
+    config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n"
+                           "triage: {enabled: false}\n")
+    config = Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120},  # type: ignore[arg-type]
+                    triage={"enabled": False})  # type: ignore[arg-type]
     services = open_services(config, config_path)
     try:
         start_all_workers(services)

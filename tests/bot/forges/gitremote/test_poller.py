@@ -85,7 +85,8 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
     smtp = LocalController(handler, hostname="127.0.0.1", port=0, server_hostname="mx.test", ready_timeout=10)
     smtp.start()
     config_path = tmp_path / "labgate.yaml"
-    config_path.write_text(f"data_dir: data\ncaps: {{max_build_s: 120, max_job_s: 120}}\n"
+    # One run per bisection step: a push with a new failure starts one (bot/pipelines/bisection.py).
+    config_path.write_text(f"data_dir: data\ncaps: {{max_build_s: 120, max_job_s: 120}}\ntriage: {{bisect_runs: 1}}\n"
                            f"smtp: {{host: 127.0.0.1, port: {smtp.port}, starttls: false, sender: 'ci@example.org'}}\n"
                            f"trees:\n  - name: hello\n    url: {bare}\n    staging_branches: [staging]\n"
                            f"    poll_staging: true\n    mail: {{report: true, push_to: [{LIST}]}}\n")  # fmt: skip
