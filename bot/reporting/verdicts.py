@@ -74,7 +74,7 @@ def verdicts_of(session: Session, pipeline: Pipeline, runtime: Runtime | None = 
         job = jobs.get(row.job_id)
         if job is None:
             continue  # not a reported test job of this pipeline
-        test = row.test_path.removeprefix(f"{job.name}/")
+        test = test_in_job(job, row.test_path)
         if job.id not in sources:
             sources[job.id] = FailureSources(job, runtime)
         source = sources[job.id]
@@ -105,6 +105,15 @@ def _issue_link(session: Session, runtime: Runtime | None, issue_id: str | None)
 def _log_url(runtime: Runtime, job: Job) -> str:
     tree = job.pipeline.revision.change.tree.name
     return page_url(runtime.config, runtime.data_dir, f"/jobs/{job.id}/log", tree, job.pipeline_id)
+
+
+def test_in_job(job: Job, test_path: str) -> str:
+    """The test's path in its job from a verdict's "<test job>/<path>": the job named as the plan names its
+    test ("unit", bot/pipelines/history.py) or as the job is ("qemu-x86_64 unit")."""
+    for name in (job.spec.get("name") if isinstance(job.spec, dict) else None, job.name):
+        if isinstance(name, str) and name and test_path.startswith(f"{name}/"):
+            return test_path[len(name) + 1 :]
+    return test_path
 
 
 class FailureSources:

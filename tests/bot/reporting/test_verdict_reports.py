@@ -373,3 +373,18 @@ def test_a_summary_create_whose_answer_was_lost_is_found_not_made_twice(stage: S
 def test_a_cancelled_pipelines_summary_says_why(stage: Stage) -> None:
     stage.edit(pipeline={"result": "cancelled", "error_message": f"superseded by {'d' * 40}"})
     assert stage.summary().verdict_line == f"cancelled: superseded by {'d' * 40} ({VERDICT_LINE})"
+
+
+def test_verdicts_kept_under_the_plans_test_name_are_read_alike(stage: Stage) -> None:
+    """The history and verdicts may name a test job as the plan does ("unit/math.mul") or as the job is
+    ("qemu-x86_64 unit/math.mul"): the report is the same."""
+    before = stage.report(f"labgate / {X86}")
+    with stage.runtime.store.session() as session:
+        job = session.get(models.Job, stage.jobs[X86])
+        assert job is not None
+        job.spec = {**job.spec, "name": "unit"}
+        for row in session.scalars(select(models.TestVerdict).where(models.TestVerdict.job_id == job.id)):
+            row.test_path = row.test_path.replace(f"{X86}/", "unit/", 1)
+    after = stage.report(f"labgate / {X86}")
+    assert (after.verdict, after.title) == (before.verdict, before.title)
+    assert stage.summary().verdict_line == VERDICT_LINE
