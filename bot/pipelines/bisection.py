@@ -119,7 +119,7 @@ def _after_push(runtime: Runtime, session: Session, pipeline: Pipeline, outbox: 
     if not (SHA.fullmatch(good) and SHA.fullmatch(bad)) or good == bad:
         return
     bisection = Bisection(pipeline_id=pipeline.id, tree=pipeline.revision.change.tree.name,
-                          branch=history.branch_of(pipeline), test_path=f"{job.name}/{path}"[:500],
+                          branch=history.branch_of(pipeline), test_path=f"{history.test_job_name(job)}/{path}"[:500],
                           device_class=str(job.spec.get("device_class") or ""), good_sha=good, bad_sha=bad,
                           state=RUNNING, steps=[])  # fmt: skip
     session.add(bisection)
@@ -257,14 +257,15 @@ def _bisected_job(session: Session, bisection: Bisection) -> Job | None:
     """The push pipeline's test job the bisected test failed in."""
     push = session.get(Pipeline, bisection.pipeline_id)
     jobs = _test_jobs(push) if push is not None else []
-    return next((job for job in jobs if bisection.test_path.startswith(f"{job.name}/")), None)
+    return next((job for job in jobs if bisection.test_path.startswith(f"{history.test_job_name(job)}/")
+                 and job.spec.get("device_class") == bisection.device_class), None)  # fmt: skip
 
 
 def _step_statuses(session: Session, bisection: Bisection, pipeline: Pipeline) -> tuple[str, ...]:
     """The bisected test's status in each run of the step ("" where a run has no such result: its build or
     checkout failed, or the test is gone); an `incomplete` run is the lab's."""
     job = _bisected_job(session, bisection)
-    path = bisection.test_path.removeprefix(f"{job.name}/") if job is not None else ""
+    path = bisection.test_path.removeprefix(f"{history.test_job_name(job)}/") if job is not None else ""
     found = []
     for run in (j for j in pipeline.jobs if j.kind == "test"):
         statuses = [t.status for t in run.tests if t.path == path]

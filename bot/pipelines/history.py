@@ -36,6 +36,13 @@ def triage_of(job: Job) -> dict[str, Any] | None:
     return mark if isinstance(mark, dict) and isinstance(mark.get("of"), int) else None
 
 
+def test_job_name(job: Job) -> str:
+    """A test job's name in the history, verdicts, known issues and bisections: the plan's name for the test
+    ("unit"), as people write it in a known issue's glob; the device class is a column of its own."""
+    name = job.spec.get("name")
+    return name if isinstance(name, str) and name else job.name
+
+
 def identity(session: Session, job: Job) -> tuple[str, str]:
     """(job name, config) a test job's results are kept under: a triage run's are its change job's, and the
     config is the plan's build name (a base build "base x86_64" is config "x86_64")."""
@@ -44,7 +51,7 @@ def identity(session: Session, job: Job) -> tuple[str, str]:
     named = own if own is not None else job
     build = session.get(Job, named.depends_on_id) if named.depends_on_id is not None else None
     config = str((build.spec.get("name") if build is not None else None) or (build.name if build else ""))
-    return named.name, config.removeprefix(BASE_BUILD_PREFIX)
+    return test_job_name(named), config.removeprefix(BASE_BUILD_PREFIX)
 
 
 def branch_of(pipeline: Pipeline) -> str:

@@ -32,6 +32,7 @@ BRANCH = "staging"
 COMMITS = [f"{0xC0 + i:040x}" for i in range(9)]  # the previous head and the 8 commits pushed after it
 GOOD, BAD = COMMITS[0], COMMITS[-1]
 TEST_JOB = f"{QEMU} boot"
+TEST_PATH = "boot/a"  # the bisected test as the history and verdicts name it (plan test name / test path)
 AUTHOR = "Culprit Person <culprit@example.org>"
 Outcome = Callable[[str, int], str]  # (tested commit, or "revert:<sha>"; run number) -> status of test "a"
 
@@ -180,7 +181,7 @@ def test_a_new_failure_is_bisected_to_its_first_bad_commit_and_confirmed_by_its_
     assert found.state == "done" and found.culprit_sha == COMMITS[5]
     assert found.confidence == (f"first bad commit {COMMITS[5][:12]} (failed 2/2 there, passed 2/2 at its parent; "
                                 "confirmed: its revert passes 2/2 on the new head)")  # fmt: skip
-    assert (found.good_sha, found.bad_sha, found.test_path, found.device_class) == (GOOD, BAD, f"{TEST_JOB}/a", QEMU)
+    assert (found.good_sha, found.bad_sha, found.test_path, found.device_class) == (GOOD, BAD, TEST_PATH, QEMU)
     tested = [(s["sha"], s["role"], s["verdict"]) for s in found.steps]
     assert tested[0] == (BAD, "test", "bad")  # the new head first: it confirms the failure and lists the commits
     assert tested[-1] == (COMMITS[5], "revert", "good")
@@ -196,7 +197,7 @@ def test_a_new_failure_is_bisected_to_its_first_bad_commit_and_confirmed_by_its_
             # No static stage, no base build: nothing is compared, so no run is skipped as the base's twin.
             assert sorted(job.kind for job in step.jobs) == ["build", "checkout", "test", "test"]
         push = session.scalar(select(Pipeline).where(Pipeline.kind == "post-merge").order_by(Pipeline.id.desc()))
-        assert push is not None and any(note.startswith(f"bisection of {TEST_JOB}/a") for note in push.notes)
+        assert push is not None and any(note.startswith(f"bisection of {TEST_PATH}") for note in push.notes)
         assert session.scalar(select(Bisection.id).where(Bisection.pipeline_id != push.id)) is None  # one only
         rows = list(session.scalars(select(ResultHistory).where(ResultHistory.source == "bisect")))
         assert {row.commit for row in rows} == {s for s, role, _ in tested if role == "test"}  # not the revert's
@@ -209,7 +210,7 @@ def test_a_flaky_test_beside_it_does_not_hide_the_culprit(lab: KernelLab, seed: 
     """Test `b` fails at random and is new at the head too, listed first: its branch history is mixed, so the
     stable `a` is bisected, and `b`'s failures in the steps are not read."""
     found = bisect(lab, breaks_at(6), flaky=random.Random(seed))
-    assert found.test_path == f"{TEST_JOB}/a"
+    assert found.test_path == TEST_PATH
     assert found.state == "done" and found.culprit_sha == COMMITS[6] and "confirmed" in found.confidence
 
 
@@ -410,7 +411,7 @@ def test_a_hostile_test_path_stays_one_subject_line(lab: KernelLab) -> None:
     with lab.runtime.store.session() as session:
         row = session.get(Bisection, found.id)
         assert row is not None
-        row.test_path = f"{TEST_JOB}/a\r\nBcc: victim@example.org"
+        row.test_path = f"{TEST_PATH}\r\nBcc: victim@example.org"
     smtp = FakeSmtp()
     bisection_mail.send_report(lab.runtime, found.id, smtp)
     headers = smtp.sent[0].as_string().split("\n\n", 1)[0]

@@ -33,8 +33,8 @@ from tests.bot.pipelines.kernel_lab import (
 from workers.app import lab_queue
 from workers.spec import JobResult, TestCase
 
-TEST = f"{QEMU} boot"
-PATH = f"{TEST}/hello"
+TEST = f"{QEMU} boot"  # the job's name; its tests are "boot/<path>" in the history and verdicts
+PATH = "boot/hello"
 Outcome = Callable[[Job], tuple[str, tuple[TestCase, ...]]]
 
 
@@ -206,7 +206,7 @@ def test_a_boot_failure_with_no_test_result_is_triaged_as_the_jobs_boot(kernel_l
     kernel_lab.report(test.id, "fail", outputs={})
     assert len(triage_runs(kernel_lab, pipeline_id)) == 7
     drive(kernel_lab, by_side(lambda _: ("fail", ()), passing))
-    verdict = verdicts(kernel_lab, pipeline_id)[f"{TEST}/{BOOT}"]
+    verdict = verdicts(kernel_lab, pipeline_id)[f"boot/{BOOT}"]
     assert (verdict.verdict, verdict.change_fails, verdict.base_runs) == ("new", 4, 4)
 
 
@@ -274,8 +274,8 @@ def test_a_staging_pipelines_tests_feed_the_history_with_their_metrics(kernel_la
     with kernel_lab.runtime.store.session() as session:
         rows = session.scalars(select(ResultHistory).order_by(ResultHistory.test_path)).all()
         assert [(r.test_path, r.status, r.source, r.branch, r.commit, r.metrics) for r in rows] == [
-            (f"{TEST}/boot", "pass", "staging", "next", "c" * 40, {}),
-            (f"{TEST}/bye", "fail", "staging", "next", "c" * 40, {}),
+            ("boot/boot", "pass", "staging", "next", "c" * 40, {}),
+            ("boot/bye", "fail", "staging", "next", "c" * 40, {}),
             (PATH, "pass", "staging", "next", "c" * 40, {"sched.wakeup_ns": 1234.5}),
         ]  # fmt: skip
     assert kernel_lab.pipeline(pipeline_id).result == "fail"
@@ -373,7 +373,7 @@ def test_a_command_build_gets_one_shared_base_build_for_its_base_runs(kernel_lab
 
 
 def test_a_known_issue_explains_the_failure_without_reruns(kernel_lab: KernelLab) -> None:
-    issue = KnownIssueConfig(id="KI-7", test=f"{QEMU} boot/hel*", log="expected 1", expires=date(2999, 1, 1))
+    issue = KnownIssueConfig(id="KI-7", test="boot/hel*", log="expected 1", expires=date(2999, 1, 1))
     config = kernel_lab.runtime.config.model_copy(update={"known_issues": [issue]})
     lab = dataclasses.replace(kernel_lab, runtime=dataclasses.replace(kernel_lab.runtime, config=config))
     pipeline_id, test = queued_test(lab)
@@ -440,7 +440,7 @@ def test_a_test_that_failed_on_the_base_and_passes_with_the_change_is_fixed(kern
     drive(kernel_lab, outcome)
     found = verdicts(kernel_lab, pipeline_id)
     assert found[PATH].verdict == "new"
-    fixed = found[f"{TEST}/bye"]
+    fixed = found["boot/bye"]
     assert (fixed.verdict, fixed.evidence) == ("fixed", "passed 4/4 with the change, failed 4/4 on base")
 
 
