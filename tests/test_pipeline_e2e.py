@@ -54,12 +54,16 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The module's labgate. Triage is off unless the module using it sets TRIAGE = True (test_triage_e2e.py):
+    these tests are about the pipeline, and a failing change's re-runs and base runs would triple their time."""
+    triage = bool(getattr(request.module, "TRIAGE", False))
     root = tmp_path_factory.mktemp("lab")
     config_path = root / "labgate.yaml"
-    config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n")
-    services = open_services(Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120}),
-                             config_path)  # fmt: skip
+    config_path.write_text(f"data_dir: {root / 'data'}\ncaps: {{max_build_s: 120, max_job_s: 120}}\n"
+                           f"triage: {{enabled: {str(triage).lower()}}}\n")
+    services = open_services(Config(data_dir=root / "data", caps={"max_build_s": 120, "max_job_s": 120},  # type: ignore[arg-type]
+                                    triage={"enabled": triage}), config_path)  # type: ignore[arg-type]  # fmt: skip
     try:
         start_all_workers(services)
         hello = make_git_repo(EXAMPLES / "hello", root / "hello")

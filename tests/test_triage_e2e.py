@@ -14,6 +14,7 @@ from tests.test_pipeline_e2e import PATCHES, Lab, lab  # noqa: F401  (the module
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs("qemu", "the test job boots the Debian kernel on QEMU")]
 FAILING = "unit/math.mul"
+TRIAGE = True  # test_pipeline_e2e.py's lab, with triage on
 
 
 def pipeline_rows(running: Lab, pipeline_id: int) -> tuple[Pipeline, list[Job], list[VerdictRow]]:

@@ -10,6 +10,7 @@ from bot.core.findings import Findings, StaticTest, build_findings, static_findi
 from bot.core.mail_text import printable
 from bot.core.render import FailedTest, JobView, first_error_lines
 from bot.host.stores import Runtime
+from bot.pipelines.history import triage_of
 from bot.store.models import Job, Pipeline
 
 
@@ -104,7 +105,8 @@ def pipeline_view(runtime: Runtime, pipeline_id: int, *, with_logs: bool = True)
             id=pipeline.id, state=pipeline.state, result=pipeline.result,
             tree=revision.change.tree.name, base_ref=revision.base_ref, base_sha=revision.base_sha,
             head_sha=revision.head_sha,
-            jobs=tuple(job_view(runtime, j, with_logs=with_logs) for j in pipeline.jobs),
+            # A triage run (a re-run, a run at the base) is the evidence of its job's verdict, not a job to list.
+            jobs=tuple(job_view(runtime, j, with_logs=with_logs) for j in pipeline.jobs if triage_of(j) is None),
             message=pipeline.error_message, notes=tuple(pipeline.notes or ()),
             findings=_findings_of(pipeline.jobs) if with_logs else (),  # the final view's, not each poll's
         )  # fmt: skip

@@ -227,7 +227,8 @@ def test_synchronize_cancels_the_running_pipeline(world: World) -> None:
     git(world.origin, "update-ref", "refs/pull/4/head", first)
     git(world.origin, "checkout", "-q", "main")
     world.post("pull_request", world.pull_payload("opened", 4, first))
-    world.wait(lambda: "labgate / checkout" in world.checks(first), "the first pipeline to start")
+    # Its test job's check run exists (queued at least): the cancel has a job of the first head's to end.
+    world.wait(lambda: "labgate / qemu-x86_64 unit" in world.checks(first), "the first pipeline's test job")
     second = world.push_pull(4, None)  # a force-push: the new head has the quick plan again
     world.post("pull_request", world.pull_payload("synchronize", 4, second))
     runs = world.wait_completed(first, PIPELINE_CHECKS & set(world.checks(first)) | {"labgate / checkout"})
@@ -413,6 +414,7 @@ def test_a_lost_answer_mid_sync_leaves_one_check_run_per_job(world: World) -> No
     runs = world.wait_completed(sha, PIPELINE_CHECKS)
     assert {runs[n]["conclusion"] for n in PIPELINE_CHECKS} == {"success"}
     mine = [r for r in world.fake.check_runs(REPO) if r["head_sha"] == sha]
-    assert sorted(r["name"] for r in mine) == sorted(PIPELINE_CHECKS), "one check run per job, none doubled"
+    # One check run per job and the pipeline's summary, none doubled.
+    assert sorted(r["name"] for r in mine) == sorted([*PIPELINE_CHECKS, "labgate / summary"])
     lost = [r for r in world.fake.requests_to("POST", rf"/repos/{REPO}/check-runs$") if r.status == 502]
     assert len(lost) == 1 and lost[0].json["head_sha"] == sha

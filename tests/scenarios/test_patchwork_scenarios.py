@@ -398,7 +398,7 @@ def test_attack_a_binary_or_escaping_patch_2_is_refused_by_rule_and_nothing_is_b
     assert world.approve(series_id, 1) == 0
     pipeline_id = assert_refused_before_building(world, series_id, rule, PATCH_2)
     body = pipeline_mail(world, pipeline_id).get_content()
-    assert " ".join(body.split()).startswith(f"labgate: not tested: patch {PATCH_2}: 0002.patch:")  # as the checks
+    assert " ".join(body.split()).startswith(f"not tested: patch {PATCH_2}: 0002.patch:")  # as the checks
     assert rule in body and "labgate try" in body  # the submitter reads the rule and how to reproduce it
 
 

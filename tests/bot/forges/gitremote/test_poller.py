@@ -116,7 +116,8 @@ def test_a_fast_forward_then_a_rewrite(remote: Remote) -> None:
     assert mail["To"] == LIST and mail["In-Reply-To"] is None
     assert mail["Subject"] == f"labgate: hello staging at {forward[:12]}"
     body = mail.get_content()
-    assert body.startswith("labgate: pass") and "First run on this branch" in body
+    assert body.splitlines()[0] == "7 passed"  # the verdict line first (bot/core/render.py)
+    assert "labgate: pass" in body and "First run on this branch" in body
     assert f"labgate try {remote.services.runtime.config.trees[0].url} --ref {forward}" in body
 
     git(remote.work, "reset", "-q", "--hard", first)
@@ -129,7 +130,8 @@ def test_a_fast_forward_then_a_rewrite(remote: Remote) -> None:
     assert text.startswith("The branch was rewritten") and f"pipeline {moved.id}" in text
     assert "new failure" not in text.lower()
     body = remote.mail_about(again.id).get_content()
-    assert body.startswith("labgate: fail") and "math.mul" in body  # the failing test, by name
+    assert body.splitlines()[0].startswith("1 failed") and "labgate: fail" in body
+    assert "math.mul" in body  # the failing test, by name
     assert "The branch was rewritten" in body and "New failures since" not in body
     assert poll_all(runtime) == []
     with runtime.store.session() as session:
