@@ -114,6 +114,11 @@ def _start(runtime: Runtime, session: Session, job: Job) -> None:
     context = Context.of(runtime, session, job)
     if context.base_sha is None or (not context.failing and not context.metric_paths):
         return  # with no base commit there is nothing to judge against: the raw result stands, as before
+    revision = job.pipeline.revision
+    if revision.head_sha == context.base_sha:
+        # Nothing changed (`labgate try --ref main` on main): a failure would be its own base's, and so
+        # "pre-existing", which passes. The run asked about this commit: its raw result stands.
+        return
     fresh = {key: value for key, value in job.spec.items() if key not in (STATE, CUT_SHORT, ROUND)}
     job.spec = {**fresh, STATE: "running"}
 

@@ -70,7 +70,8 @@ def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(pr
     answer = world.post("pull_request", world.pull_payload("opened", 11, sha))
     assert answer.status_code == 202 and answer.json()["status"] == "accepted", answer.json()
     runs = world.wait_completed(sha, PIPELINE_CHECKS)
-    job_ids = {int(run["external_id"]) for run in runs.values()}
+    job_ids = {int(run["external_id"]) for name, run in runs.items() if name in PIPELINE_CHECKS}  # the summary's
+    # external id is its pipeline's ("pipeline-N")
     with world.services.runtime.store.session() as session:
         [pipeline_id] = {job.pipeline_id for job in (session.get(Job, j) for j in job_ids) if job is not None}
     seeded = _seeded(world, pipeline_id)
@@ -78,9 +79,10 @@ def test_the_check_runs_link_opens_its_private_pipeline_and_nothing_else_does(pr
     # Without the link, every URL of the pipeline is the 404 of a pipeline that does not exist.
     _assert_all_hidden(world.client, seeded)
 
-    # Every details_url labgate ever sent is signed, and the newest opens its job page.
+    # Every details_url labgate ever sent is signed (a job's, or the summary's pipeline page), and the newest
+    # opens its job page.
     sent = [r.json["details_url"] for r in world.fake.requests if (r.json or {}).get("details_url")]
-    signed = re.compile(rf"{re.escape(public)}/jobs/\d+\?token=[0-9]+\.[0-9]+\.[0-9a-f]{{64}}")
+    signed = re.compile(rf"{re.escape(public)}/(jobs|pipelines)/\d+\?token=[0-9]+\.[0-9]+\.[0-9a-f]{{64}}")
     assert sent and all(signed.fullmatch(u) for u in sent), sent
     unit = runs["labgate / qemu-x86_64 unit"]
     start = unit["details_url"].removeprefix(public)

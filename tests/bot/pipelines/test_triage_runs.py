@@ -227,6 +227,21 @@ def test_with_triage_off_a_failure_fails_at_once_and_nothing_more_runs(kernel_la
     assert (lab.pipeline(pipeline_id).state, lab.pipeline(pipeline_id).result) == ("done", "fail")
 
 
+def test_a_run_of_the_base_itself_keeps_its_failure(kernel_lab: KernelLab) -> None:
+    """Attack: `labgate try --ref main` on main (head == base). Its failure at its own base would be
+    "pre-existing" and pass: nothing is triaged, the raw failure stands."""
+    checkout_id = kernel_lab.new_checkout()
+    kernel_lab.pass_checkout(checkout_id, head=BASE, checkpatch=False)
+    pipeline_id = kernel_lab.pipeline_of(checkout_id)
+    for job in kernel_lab.jobs(pipeline_id).values():
+        if job.kind == "build" and job.state == "queued":
+            kernel_lab.report(job.id, outputs=kernel_lab.stored(build_outputs("1" * 64)))
+    test = kernel_lab.jobs(pipeline_id)[TEST]
+    finish(kernel_lab, test.id, failing)
+    assert triage_runs(kernel_lab, pipeline_id) == [] and verdicts(kernel_lab, pipeline_id) == {}
+    assert (kernel_lab.pipeline(pipeline_id).state, kernel_lab.pipeline(pipeline_id).result) == ("done", "fail")
+
+
 def test_an_incomplete_job_is_not_triaged(kernel_lab: KernelLab) -> None:
     lab = kernel_lab
     pipeline_id, _ = queued_test(lab)
