@@ -335,6 +335,11 @@ def run_seed(seed: int, store: str, redis_db: int) -> list[Outcome]:
     outcomes = [_outcome(runtime, truth, pipeline_id) for truth, pipeline_id in zip(CHANGES, ids, strict=True)]
     runtime.store.engine.dispose()
     broker.flushdb()
+    if database_url is not None:  # the seed's own PostgreSQL database, gone with it
+        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{database_url.rsplit("/", 1)[1]}"'))
+        admin.dispose()
     return outcomes
 
 
