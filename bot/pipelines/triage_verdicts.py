@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.core.known_issues import FailureScope
 from bot.core.perf import MetricComparison, compare_metric, parse_metrics
 from bot.core.progress import BASE_BUILD_PREFIX, is_base_build
 from bot.core.triage import Evidence, Triage, TriageRule, triage
 from bot.host.stores import Runtime
-from bot.pipelines import history
+from bot.pipelines import history, known_issues
 from bot.store.models import Job, Pipeline, TestResult, TestVerdict
 
 MARK = "triage"  # Job.spec of a triage run: {"of": change test job id, "side": "change"|"base", "n": 1..}
@@ -135,11 +136,6 @@ def _crash_title(job: Job) -> str:
 def _known_issue(context: Context, path: str) -> str | None:
     """The known issue (bot/pipelines/known_issues.py) that explains the failure, if one does: matched on
     the test's path, its diagnostics and the crash title, in the failure's scope."""
-    try:
-        from bot.core.known_issues import FailureScope
-        from bot.pipelines import known_issues
-    except ImportError:  # the registry's control side is not there yet: no failure is explained by it
-        return None
     if context.known_entries is None:
         context.known_entries = known_issues.entries_of(context.runtime)
     if not context.known_entries:

@@ -118,9 +118,10 @@ class Job(Base):
     # A re-run kept this result, or a base build took another pipeline's build of its key (base_builds.py).
     reused_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     # A build's identity (bot/pipelines/base_builds.py): equal keys build the same tree, commit and recipe,
-    # so a base build of one key runs once and every pipeline that needs it shares it.
+    # so a base build of one key runs once and every pipeline that needs it shares it. On a test job, a base
+    # run's identity (bot/pipelines/triage_runs.py): shared the same way by every change on that base.
     build_key: Mapped[str | None] = mapped_column(String(64), index=True)
-    # A base build waiting for another pipeline's build of the same key to finish, to take its result.
+    # A base build (or base run) waiting for another pipeline's job of the same key to finish, to take its result.
     follows_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), index=True)
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(64))
